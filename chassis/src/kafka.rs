@@ -1,0 +1,216 @@
+//! Kafka client set-up. The settings here carry the pipeline's delivery guarantees, so they live
+//! in one place: idempotent producers with `acks=all`, transactional producers fenced by a stable
+//! id, and consumers that read only committed data and store offsets by hand once work is durable.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer};
+use serde::{Deserialize, Serialize};
+
+/// Connection and naming settings shared by every Kafka client of a service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated `host:port`.
+    pub brokers: String,
+    /// Prefix of every topic, consumer group and transactional id, so several deployments (or
+    /// test runs) can share one cluster without seeing each other's data. Empty in production.
+    pub namespace: String,
+    /// How long a produced record may wait for delivery before it fails (`message.timeout.ms`).
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Largest record a client sends or fetches; at least the inline image limit plus headroom.
+    pub max_message_bytes: usize,
+    /// Extra librdkafka properties applied to every client (e.g. `"client.rack" = "a"`).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: default_brokers(),
+            namespace: String::new(),
+            delivery_timeout: Duration::from_secs(10),
+            max_message_bytes: default_max_message_bytes(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".to_owned()
+}
+
+/// 8 MiB of inline image plus room for the rest of the record and its headers.
+fn default_max_message_bytes() -> usize {
+    9 * 1024 * 1024
+}
+
+/// Why a Kafka client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// librdkafka refused the configuration or could not create the client.
+    #[error("creating Kafka {role} client: {source}")]
+    Create {
+        /// Which client (producer, consumer, admin).
+        role: &'static str,
+        /// The underlying error.
+        source: KafkaError,
+    },
+    /// The transaction coordinator did not answer, or fenced this id.
+    #[error("initialising transactions for {transactional_id}: {source}")]
+    InitTransactions {
+        /// The id that was being registered.
+        transactional_id: String,
+        /// The underlying error.
+        source: KafkaError,
+    },
+}
+
+impl KafkaConfig {
+    /// The namespaced name of a topic, consumer group or transactional id.
+    pub fn name(&self, base: &str) -> String {
+        format!("{}{}", self.namespace, base)
+    }
+
+    /// Properties every client shares.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("message.max.bytes", self.max_message_bytes.to_string())
+            // Fail fast on a broker that is gone instead of hanging on TCP timeouts.
+            .set("socket.connection.setup.timeout.ms", "5000")
+            .set("reconnect.backoff.max.ms", "2000");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// An idempotent producer: `acks=all`, no duplicates or reordering on retry.
+    pub fn producer(&self) -> Result<FutureProducer, KafkaSetupError> {
+        self.producer_config()
+            .create()
+            .map_err(|source| KafkaSetupError::Create { role: "producer", source })
+    }
+
+    fn producer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", self.delivery_timeout.as_millis().to_string())
+            // Requests are latency-sensitive; a 1 ms linger still batches under load.
+            .set("linger.ms", "1")
+            // Bounded in-process buffer: produce fails fast with QueueFull instead of growing.
+            .set("queue.buffering.max.kbytes", "262144")
+            .set("queue.buffering.max.messages", "100000");
+        config
+    }
+
+    /// A transactional producer registered under the namespaced `transactional_id`. A second
+    /// process with the same id fences this one, which is how zombies are kept from writing.
+    pub async fn transactional_producer(
+        &self,
+        transactional_id: &str,
+    ) -> Result<FutureProducer, KafkaSetupError> {
+        let transactional_id = self.name(transactional_id);
+        let producer: FutureProducer = self
+            .producer_config()
+            .set("transactional.id", &transactional_id)
+            .set("transaction.timeout.ms", "30000")
+            .create()
+            .map_err(|source| KafkaSetupError::Create { role: "transactional producer", source })?;
+        let init = producer.clone();
+        // init_transactions blocks while it finds the coordinator: keep it off the runtime.
+        let result = tokio::task::spawn_blocking(move || {
+            init.init_transactions(Duration::from_secs(30))
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled));
+        result.map_err(|source| KafkaSetupError::InitTransactions { transactional_id, source })?;
+        Ok(producer)
+    }
+
+    /// Consumer settings for at-least-once (or transactional) processing: no automatic offset
+    /// store, read only committed records, fetch sizes that fit the largest record.
+    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("group.id", self.name(group_id))
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("fetch.message.max.bytes", self.max_message_bytes.to_string())
+            // Bound librdkafka's prefetch buffer: memory stays flat however far behind we are.
+            .set("queued.max.messages.kbytes", "65536");
+        config
+    }
+
+    /// A stream consumer with the given context (rebalance handling lives there).
+    pub fn consumer<C: ConsumerContext + 'static>(
+        &self,
+        config: &ClientConfig,
+        context: C,
+    ) -> Result<StreamConsumer<C>, KafkaSetupError> {
+        config
+            .create_with_context(context)
+            .map_err(|source| KafkaSetupError::Create { role: "consumer", source })
+    }
+
+    /// An admin client for topic management.
+    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaSetupError> {
+        self.client_config()
+            .create()
+            .map_err(|source| KafkaSetupError::Create { role: "admin", source })
+    }
+}
+
+/// A consumer context that logs every rebalance; consumers without their own rebalance logic use it.
+#[derive(Debug, Clone, Default)]
+pub struct RebalanceLogger {
+    /// Which consumer this is, in log lines.
+    pub consumer: &'static str,
+}
+
+impl rdkafka::ClientContext for RebalanceLogger {}
+
+impl ConsumerContext for RebalanceLogger {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        log_rebalance(self.consumer, "Rebalance starting", rebalance);
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        log_rebalance(self.consumer, "Rebalance done", rebalance);
+    }
+}
+
+/// Logs a rebalance with the partitions it moves.
+pub fn log_rebalance(consumer: &str, message: &str, rebalance: &Rebalance<'_>) {
+    match rebalance {
+        Rebalance::Assign(list) => {
+            tracing::info!(consumer, assigned = ?partitions(list), "{message}")
+        }
+        Rebalance::Revoke(list) => {
+            tracing::info!(consumer, revoked = ?partitions(list), "{message}")
+        }
+        Rebalance::Error(error) => tracing::warn!(consumer, %error, "{message}"),
+    }
+}
+
+/// `topic/partition` pairs of a list, for log lines.
+pub fn partitions(list: &rdkafka::TopicPartitionList) -> Vec<String> {
+    list.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect()
+}

@@ -1,0 +1,15 @@
+//! The shared runtime every imgpipe service stands on: layered config, telemetry, the ops HTTP
+//! endpoint (`/metrics`, `/healthz`, `/readyz`), cooperative shutdown, and the Kafka and ClickHouse
+//! client set-up whose settings carry the pipeline's delivery guarantees.
+
+pub mod clickhouse;
+pub mod config;
+pub mod health;
+pub mod kafka;
+pub mod ops;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{ConfigError, load_config};
+pub use health::Readiness;
+pub use shutdown::Shutdown;

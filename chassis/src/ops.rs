@@ -1,0 +1,70 @@
+//! The ops endpoint every service exposes on its own port, apart from any data-plane traffic:
+//! `/metrics` (Prometheus text), `/healthz` (the process is alive) and `/readyz` (every dependency
+//! this service needs is usable; 503 with the reasons otherwise).
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+use serde::{Deserialize, Serialize};
+
+use crate::{Readiness, Shutdown};
+
+/// Where the ops endpoint listens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone)]
+struct OpsState {
+    registries: Vec<Registry>,
+    readiness: Readiness,
+}
+
+/// The ops router: metrics from every given registry (one per service in `imgpipe all`).
+pub fn router(registries: Vec<Registry>, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(OpsState { registries, readiness })
+}
+
+/// Serves the ops router until shutdown.
+pub async fn serve(
+    listen: SocketAddr,
+    registries: Vec<Registry>,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "Ops endpoint listening");
+    axum::serve(listener, router(registries, readiness))
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    let families: Vec<_> = state.registries.iter().flat_map(Registry::gather).collect();
+    let mut body = Vec::new();
+    match TextEncoder::new().encode(&families, &mut body) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "Encoding metrics failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let (ready, checks) = state.readiness.snapshot();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(serde_json::json!({ "ready": ready, "checks": checks }))).into_response()
+}

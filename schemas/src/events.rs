@@ -1,0 +1,441 @@
+//! Rust mirrors of the Avro schemas in `schemas/avro/`. Field names match the schemas exactly;
+//! timestamps are epoch milliseconds, durations microseconds, as the schemas' field names say.
+
+use serde::{Deserialize, Serialize};
+
+/// An event type bound to its topic and schema.
+pub trait Event: Serialize + for<'de> Deserialize<'de> + Send + Sync {
+    /// Base name of the topic this event is written to (before the deployment's namespace).
+    const TOPIC: &'static str;
+    /// The Avro schema, as registered under `<topic>-value`.
+    const SCHEMA: &'static str;
+}
+
+/// How the image is fitted into the requested box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Fit {
+    /// Fit within the box, keep aspect ratio.
+    #[default]
+    Inside,
+    /// Fill the box, keep aspect ratio, crop the overflow by gravity.
+    Cover,
+    /// Fit within the box, pad to exactly the box.
+    Contain,
+    /// Stretch to exactly the box.
+    Fill,
+}
+
+/// Which part of the image `cover` keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Gravity {
+    /// Keep the centre.
+    #[default]
+    Centre,
+    /// Keep the top edge.
+    North,
+    /// Keep the bottom edge.
+    South,
+    /// Keep the right edge.
+    East,
+    /// Keep the left edge.
+    West,
+    /// Keep the top-right corner.
+    NorthEast,
+    /// Keep the top-left corner.
+    NorthWest,
+    /// Keep the bottom-right corner.
+    SouthEast,
+    /// Keep the bottom-left corner.
+    SouthWest,
+}
+
+/// Image formats the pipeline knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ImageFormat {
+    /// JPEG (JFIF/EXIF).
+    Jpeg,
+    /// PNG.
+    Png,
+    /// WebP.
+    Webp,
+    /// GIF (input only: the first frame is used).
+    Gif,
+    /// AVIF (reserved).
+    Avif,
+}
+
+impl ImageFormat {
+    /// The MIME type.
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Jpeg => "image/jpeg",
+            Self::Png => "image/png",
+            Self::Webp => "image/webp",
+            Self::Gif => "image/gif",
+            Self::Avif => "image/avif",
+        }
+    }
+
+    /// Lower-case short name, as used in query strings and usage records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Jpeg => "jpeg",
+            Self::Png => "png",
+            Self::Webp => "webp",
+            Self::Gif => "gif",
+            Self::Avif => "avif",
+        }
+    }
+}
+
+/// What the client asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ResizeParams {
+    /// Target width in pixels; `None` keeps the aspect ratio from `height`.
+    pub width: Option<i32>,
+    /// Target height in pixels; `None` keeps the aspect ratio from `width`.
+    pub height: Option<i32>,
+    /// Fit mode.
+    pub fit: Fit,
+    /// Crop anchor for `cover`.
+    pub gravity: Gravity,
+    /// Output format; `None` keeps the input's.
+    pub format: Option<ImageFormat>,
+    /// Encoder quality 1–100 (JPEG, WebP); `None` for the default.
+    pub quality: Option<i32>,
+    /// Whether the output may be larger than the input.
+    pub enlarge: bool,
+}
+
+/// A resize request on `image.requests`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizeRequested {
+    /// Unique id; the record key.
+    pub request_id: String,
+    /// Tenant that pays.
+    pub tenant_id: String,
+    /// API key id used.
+    pub key_id: String,
+    /// When the api received the request.
+    pub received_at_ms: i64,
+    /// When the api stops waiting.
+    pub deadline_at_ms: i64,
+    /// What to do.
+    pub params: ResizeParams,
+    /// Content-Type the client sent, if any.
+    pub content_type: Option<String>,
+    /// The image bytes.
+    #[serde(with = "apache_avro::serde::bytes")]
+    pub image: Vec<u8>,
+    /// Where the reply goes.
+    pub reply_topic: String,
+    /// Which partition of `reply_topic`.
+    pub reply_partition: i32,
+}
+
+impl Event for ResizeRequested {
+    const TOPIC: &'static str = crate::topics::IMAGE_REQUESTS;
+    const SCHEMA: &'static str = include_str!("../avro/resize_requested.avsc");
+}
+
+/// A successfully resized image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizedImage {
+    /// Encoded format.
+    pub format: ImageFormat,
+    /// Width in pixels.
+    pub width: i32,
+    /// Height in pixels.
+    pub height: i32,
+    /// Encoded bytes.
+    #[serde(with = "apache_avro::serde::bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// Why a resize failed, as the client will see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizeError {
+    /// HTTP status.
+    pub status: i32,
+    /// Stable code.
+    pub code: String,
+    /// Message safe for the client.
+    pub message: String,
+}
+
+/// How long each stage took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StageTimings {
+    /// Produce → work starts.
+    pub queue_us: i64,
+    /// Decoding.
+    pub decode_us: i64,
+    /// Resampling.
+    pub resize_us: i64,
+    /// Encoding.
+    pub encode_us: i64,
+}
+
+/// A reply on `image.results`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizeResult {
+    /// The request answered.
+    pub request_id: String,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// When the resizer finished.
+    pub completed_at_ms: i64,
+    /// The image, on success.
+    pub image: Option<ResizedImage>,
+    /// The error, on failure.
+    pub error: Option<ResizeError>,
+    /// Stage durations.
+    pub timings: StageTimings,
+}
+
+impl Event for ResizeResult {
+    const TOPIC: &'static str = crate::topics::IMAGE_RESULTS;
+    const SCHEMA: &'static str = include_str!("../avro/resize_result.avsc");
+}
+
+/// Who wrote a usage record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UsageSource {
+    /// The api, for requests it refused before any resizer saw them.
+    Api,
+    /// A resizer, inside the transaction that writes the reply.
+    Resizer,
+}
+
+/// One request outcome with every billing dimension, on `usage.events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecorded {
+    /// Request id (unique per request; exact queries dedupe by it).
+    pub request_id: String,
+    /// Tenant; the record key.
+    pub tenant_id: String,
+    /// API key id.
+    pub key_id: String,
+    /// When the outcome happened.
+    pub event_time_ms: i64,
+    /// `ok` or the stable error code.
+    pub outcome: String,
+    /// HTTP status of the answer.
+    pub status: i32,
+    /// Request body size.
+    pub bytes_in: i64,
+    /// Response image size.
+    pub bytes_out: i64,
+    /// Input pixels (width × height).
+    pub pixels_in: i64,
+    /// Output pixels.
+    pub pixels_out: i64,
+    /// CPU time of decode + resize + encode.
+    pub cpu_time_us: i64,
+    /// Input format name.
+    pub input_format: Option<String>,
+    /// Output format name.
+    pub output_format: Option<String>,
+    /// Latency from receipt to outcome.
+    pub latency_us: i64,
+    /// Writer.
+    pub source: UsageSource,
+}
+
+impl Event for UsageRecorded {
+    const TOPIC: &'static str = crate::topics::USAGE_EVENTS;
+    const SCHEMA: &'static str = include_str!("../avro/usage_recorded.avsc");
+}
+
+/// Tenant lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TenantStatus {
+    /// May call the api.
+    Active,
+    /// Refused with 403.
+    Suspended,
+}
+
+/// A tenant's full state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Status.
+    pub status: TenantStatus,
+    /// Sustained requests per second.
+    pub rate_limit_per_second: i32,
+    /// Burst size.
+    pub burst: i32,
+    /// Creation time.
+    pub created_at_ms: i64,
+}
+
+/// API key lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum KeyStatus {
+    /// Authenticates.
+    Active,
+    /// Refused with 401.
+    Revoked,
+}
+
+/// An API key's full state (hash only, never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Public id, embedded in the key string.
+    pub key_id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Per-key random salt.
+    #[serde(with = "apache_avro::serde::bytes")]
+    pub salt: Vec<u8>,
+    /// SHA-256(salt || secret).
+    #[serde(with = "apache_avro::serde::bytes")]
+    pub secret_hash: Vec<u8>,
+    /// Status.
+    pub status: KeyStatus,
+    /// Creation time.
+    pub created_at_ms: i64,
+}
+
+/// The current state of one identity entity on `identity.changes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityChange {
+    /// `tenant:<id>` or `key:<id>`; the record key.
+    pub entity_id: String,
+    /// When it changed.
+    pub changed_at_ms: i64,
+    /// Set for tenants.
+    pub tenant: Option<Tenant>,
+    /// Set for keys.
+    pub api_key: Option<ApiKey>,
+}
+
+impl Event for IdentityChange {
+    const TOPIC: &'static str = crate::topics::IDENTITY_CHANGES;
+    const SCHEMA: &'static str = include_str!("../avro/identity_change.avsc");
+}
+
+#[cfg(test)]
+pub(crate) mod samples {
+    //! One populated value per event, shared by the schema round-trip tests.
+    use super::*;
+
+    pub fn request() -> ResizeRequested {
+        ResizeRequested {
+            request_id: "r-1".into(),
+            tenant_id: "t-1".into(),
+            key_id: "k-1".into(),
+            received_at_ms: 1_700_000_000_000,
+            deadline_at_ms: 1_700_000_005_000,
+            params: ResizeParams {
+                width: Some(512),
+                height: None,
+                fit: Fit::Cover,
+                gravity: Gravity::SouthWest,
+                format: Some(ImageFormat::Webp),
+                quality: Some(80),
+                enlarge: true,
+            },
+            content_type: Some("image/jpeg".into()),
+            image: vec![0xff, 0xd8, 0xff, 0, 1, 2],
+            reply_topic: "image.results".into(),
+            reply_partition: 3,
+        }
+    }
+
+    pub fn result() -> ResizeResult {
+        ResizeResult {
+            request_id: "r-1".into(),
+            tenant_id: "t-1".into(),
+            completed_at_ms: 1_700_000_000_100,
+            image: Some(ResizedImage {
+                format: ImageFormat::Png,
+                width: 10,
+                height: 20,
+                bytes: vec![1, 2, 3],
+            }),
+            error: None,
+            timings: StageTimings { queue_us: 1, decode_us: 2, resize_us: 3, encode_us: 4 },
+        }
+    }
+
+    pub fn usage() -> UsageRecorded {
+        UsageRecorded {
+            request_id: "r-1".into(),
+            tenant_id: "t-1".into(),
+            key_id: "k-1".into(),
+            event_time_ms: 1_700_000_000_100,
+            outcome: "ok".into(),
+            status: 200,
+            bytes_in: 1000,
+            bytes_out: 100,
+            pixels_in: 1_000_000,
+            pixels_out: 10_000,
+            cpu_time_us: 5000,
+            input_format: Some("jpeg".into()),
+            output_format: None,
+            latency_us: 12_000,
+            source: UsageSource::Resizer,
+        }
+    }
+
+    pub fn identity() -> IdentityChange {
+        IdentityChange {
+            entity_id: "key:k-1".into(),
+            changed_at_ms: 1,
+            tenant: None,
+            api_key: Some(ApiKey {
+                key_id: "k-1".into(),
+                tenant_id: "t-1".into(),
+                salt: vec![9; 16],
+                secret_hash: vec![7; 32],
+                status: KeyStatus::Revoked,
+                created_at_ms: 0,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apache_avro::reader::datum::GenericDatumReader;
+    use apache_avro::writer::datum::GenericDatumWriter;
+    use apache_avro::{Schema, from_value};
+
+    /// Each Rust type encodes against its .avsc and decodes back unchanged: the types and the
+    /// schemas cannot drift apart without this failing.
+    fn round_trip<E: Event + PartialEq + std::fmt::Debug>(event: E) {
+        let schema = Schema::parse_str(E::SCHEMA).expect("schema parses");
+        let writer = GenericDatumWriter::builder(&schema).build().expect("writer");
+        let bytes = writer.write_ser_to_vec(&event).expect("encodes");
+        let reader = GenericDatumReader::builder(&schema).build().expect("reader");
+        let decoded = reader.read_value(&mut bytes.as_slice()).expect("decodes");
+        let back: E = from_value(&decoded).expect("from value");
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn every_event_round_trips_through_its_schema() {
+        round_trip(samples::request());
+        round_trip(samples::result());
+        round_trip(samples::usage());
+        round_trip(samples::identity());
+        let failed = ResizeResult {
+            image: None,
+            error: Some(ResizeError { status: 422, code: "undecodable_image".into(), message: "x".into() }),
+            ..samples::result()
+        };
+        round_trip(failed);
+    }
+}

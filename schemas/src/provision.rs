@@ -1,0 +1,136 @@
+//! Idempotent provisioning of topics and schemas: `imgpipe topics ensure` and every service's
+//! start-up call it. Existing topics are left as they are; schemas are registered with BACKWARD
+//! compatibility, so an incompatible change is refused here, before any record is written.
+
+use std::time::Duration;
+
+use chassis::kafka::{KafkaConfig, KafkaSetupError};
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::registry::{RegistryConfig, RegistryError, value_subject};
+use crate::topics::{CATALOGUE, TopicSpec};
+
+/// Why provisioning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// No admin client.
+    #[error(transparent)]
+    Setup(#[from] KafkaSetupError),
+    /// The cluster refused or did not answer a topic creation.
+    #[error("creating topic {topic}: {source}")]
+    CreateTopic {
+        /// Topic.
+        topic: String,
+        /// Why.
+        source: KafkaError,
+    },
+    /// A schema could not be registered.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// What `ensure` did, for the operator.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ProvisionReport {
+    /// Topics created now.
+    pub created: Vec<String>,
+    /// Topics that already existed.
+    pub existing: Vec<String>,
+    /// `(subject, schema id)` registered or confirmed.
+    pub schemas: Vec<(String, u32)>,
+}
+
+/// Creates every catalogue topic (namespaced) that does not exist yet.
+pub async fn ensure_topics(
+    kafka: &KafkaConfig,
+    report: &mut ProvisionReport,
+) -> Result<(), ProvisionError> {
+    let admin = kafka.admin()?;
+    let names: Vec<String> = CATALOGUE.iter().map(|t| kafka.name(t.name)).collect();
+    let configs: Vec<Vec<(&str, String)>> = CATALOGUE.iter().map(topic_config).collect();
+    let new_topics: Vec<NewTopic<'_>> = CATALOGUE
+        .iter()
+        .zip(&names)
+        .zip(&configs)
+        .map(|((spec, name), config)| {
+            config.iter().fold(
+                NewTopic::new(name, spec.partitions, TopicReplication::Fixed(1)),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(|source| ProvisionError::CreateTopic { topic: "(all)".into(), source })?;
+    for result in results {
+        match result {
+            Ok(topic) => report.created.push(topic),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => report.existing.push(topic),
+            Err((topic, code)) => {
+                return Err(ProvisionError::CreateTopic { topic, source: KafkaError::AdminOp(code) });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kafka topic settings of one catalogue entry.
+fn topic_config(spec: &TopicSpec) -> Vec<(&'static str, String)> {
+    let mut config = vec![
+        ("cleanup.policy", spec.cleanup.as_kafka().to_owned()),
+        ("max.message.bytes", spec.max_message_bytes.to_string()),
+    ];
+    let retention_ms = spec.retention.map_or(-1, |r| i64::try_from(r.as_millis()).unwrap_or(-1));
+    config.push(("retention.ms", retention_ms.to_string()));
+    config
+}
+
+/// Sets BACKWARD compatibility and registers every event's schema under `<topic>-value`.
+pub async fn ensure_schemas(
+    registry: &RegistryConfig,
+    namespace: &str,
+    report: &mut ProvisionReport,
+) -> Result<(), ProvisionError> {
+    use crate::events::{Event, IdentityChange, ResizeRequested, ResizeResult, UsageRecorded};
+    let schemas = [
+        (ResizeRequested::TOPIC, ResizeRequested::SCHEMA),
+        (ResizeResult::TOPIC, ResizeResult::SCHEMA),
+        (UsageRecorded::TOPIC, UsageRecorded::SCHEMA),
+        (IdentityChange::TOPIC, IdentityChange::SCHEMA),
+    ];
+    for (topic, schema) in schemas {
+        let subject = value_subject(&format!("{namespace}{topic}"));
+        registry.set_compatibility(&subject, "BACKWARD").await?;
+        let id = registry.register(&subject, schema).await?;
+        report.schemas.push((subject, id));
+    }
+    Ok(())
+}
+
+/// Topics, then schemas.
+pub async fn ensure_all(
+    kafka: &KafkaConfig,
+    registry: &RegistryConfig,
+) -> Result<ProvisionReport, ProvisionError> {
+    let mut report = ProvisionReport::default();
+    ensure_topics(kafka, &mut report).await?;
+    ensure_schemas(registry, &kafka.namespace, &mut report).await?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topics::spec;
+
+    #[test]
+    fn compacted_topics_keep_records_forever() {
+        let config = topic_config(spec(crate::topics::IDENTITY_CHANGES).expect("listed"));
+        assert!(config.contains(&("cleanup.policy", "compact".into())));
+        assert!(config.contains(&("retention.ms", "-1".into())));
+    }
+}

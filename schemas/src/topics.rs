@@ -1,0 +1,130 @@
+//! The topic catalogue: every topic imgpipe uses, with the settings its contract depends on.
+//! `imgpipe topics ensure` and service start-up create exactly these (names prefixed with the
+//! deployment's namespace).
+
+use std::time::Duration;
+
+/// Resize requests, api → resizers. Key: request id.
+pub const IMAGE_REQUESTS: &str = "image.requests";
+/// Replies, resizers → the api instance owning the partition. Key: request id.
+pub const IMAGE_RESULTS: &str = "image.results";
+/// Requests no resizer could read (bad schema, not an image request): original bytes, error in headers.
+pub const IMAGE_REQUESTS_DLQ: &str = "image.requests.dlq";
+/// One record per request outcome. Key: tenant id.
+pub const USAGE_EVENTS: &str = "usage.events";
+/// Identity state, compacted. Key: entity id.
+pub const IDENTITY_CHANGES: &str = "identity.changes";
+
+/// Inline images are capped at 8 MiB by default; topics that carry them allow the image plus the
+/// rest of the record.
+pub const IMAGE_TOPIC_MAX_MESSAGE_BYTES: usize = 9 * 1024 * 1024;
+
+/// How a topic is cleaned up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CleanupPolicy {
+    /// Old segments are deleted after `retention`.
+    Delete,
+    /// Only the latest record per key is kept (tombstones remove keys).
+    Compact,
+}
+
+impl CleanupPolicy {
+    /// Kafka's name for it.
+    pub fn as_kafka(self) -> &'static str {
+        match self {
+            Self::Delete => "delete",
+            Self::Compact => "compact",
+        }
+    }
+}
+
+/// One topic's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Base name (before the namespace).
+    pub name: &'static str,
+    /// Partition count: the unit of parallelism of its consumer group.
+    pub partitions: i32,
+    /// Cleanup policy.
+    pub cleanup: CleanupPolicy,
+    /// `retention.ms` for delete topics; `None` keeps forever.
+    pub retention: Option<Duration>,
+    /// `max.message.bytes`.
+    pub max_message_bytes: usize,
+    /// Whether values are Avro registered under `<topic>-value` (the DLQ keeps raw bytes).
+    pub avro_value: bool,
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Every topic imgpipe uses.
+pub const CATALOGUE: &[TopicSpec] = &[
+    TopicSpec {
+        name: IMAGE_REQUESTS,
+        partitions: 12,
+        cleanup: CleanupPolicy::Delete,
+        // A request is worthless after its deadline; an hour leaves room for incident replays.
+        retention: Some(HOUR),
+        max_message_bytes: IMAGE_TOPIC_MAX_MESSAGE_BYTES,
+        avro_value: true,
+    },
+    TopicSpec {
+        name: IMAGE_RESULTS,
+        partitions: 12,
+        cleanup: CleanupPolicy::Delete,
+        retention: Some(HOUR),
+        max_message_bytes: IMAGE_TOPIC_MAX_MESSAGE_BYTES,
+        avro_value: true,
+    },
+    TopicSpec {
+        name: IMAGE_REQUESTS_DLQ,
+        partitions: 3,
+        cleanup: CleanupPolicy::Delete,
+        retention: Some(DAY.saturating_mul(7)),
+        max_message_bytes: IMAGE_TOPIC_MAX_MESSAGE_BYTES,
+        avro_value: false,
+    },
+    TopicSpec {
+        name: USAGE_EVENTS,
+        partitions: 6,
+        cleanup: CleanupPolicy::Delete,
+        // Long enough for an operator to rebuild ClickHouse after an incident.
+        retention: Some(DAY.saturating_mul(7)),
+        max_message_bytes: 1024 * 1024,
+        avro_value: true,
+    },
+    TopicSpec {
+        name: IDENTITY_CHANGES,
+        partitions: 3,
+        cleanup: CleanupPolicy::Compact,
+        retention: None,
+        max_message_bytes: 1024 * 1024,
+        avro_value: true,
+    },
+];
+
+/// The spec of a base topic name.
+pub fn spec(name: &str) -> Option<&'static TopicSpec> {
+    CATALOGUE.iter().find(|t| t.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_topics_fit_the_largest_inline_image() {
+        for name in [IMAGE_REQUESTS, IMAGE_RESULTS, IMAGE_REQUESTS_DLQ] {
+            let spec = spec(name).expect("in catalogue");
+            assert!(spec.max_message_bytes > 8 * 1024 * 1024, "{name}");
+        }
+    }
+
+    #[test]
+    fn identity_changes_is_compacted_and_kept() {
+        let spec = spec(IDENTITY_CHANGES).expect("in catalogue");
+        assert_eq!(spec.cleanup, CleanupPolicy::Compact);
+        assert_eq!(spec.retention, None);
+    }
+}
