@@ -1,1 +1,4 @@
-//! placeholder
+//! The resizer: consumer group `resizers` turns `image.requests` into replies on `image.results`
+//! and usage records, doing the image work in [`kernel`] on a bounded CPU pool.
+
+pub mod kernel;

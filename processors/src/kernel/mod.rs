@@ -1,0 +1,1 @@
+//! Decode → resize → encode, the CPU-bound core of a resize (being written).
