@@ -1,1 +1,1 @@
-//! placeholder
+//! The usage aggregator, ClickHouse migrations and usage queries (being written).

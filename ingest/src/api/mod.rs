@@ -1,0 +1,1 @@
+//! The api (data plane) (being written).

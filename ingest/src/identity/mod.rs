@@ -1,0 +1,1 @@
+//! The identity service (management plane): tenants, API keys, quotas (being written).
