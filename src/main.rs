@@ -1,1 +1,94 @@
-fn main() {}
+//! `imgpipe`: one binary, one subcommand per service. Sets up tracing, loads the config, and
+//! hands over to the library; nothing else happens here.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chassis::Shutdown;
+use clap::{Parser, Subcommand};
+use imgpipe::Config;
+use imgpipe::host::{self, Service};
+
+/// Image resizing as a Kafka streaming pipeline.
+///
+/// Configuration: defaults, then the TOML file given with --config, then IMGPIPE_* environment
+/// variables with `__` between section and field (IMGPIPE_KAFKA__BROKERS=127.0.0.1:9092).
+#[derive(Debug, Parser)]
+#[command(name = "imgpipe", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, global = true, env = "IMGPIPE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The data-plane HTTP api: authenticates, validates, produces to image.requests and answers
+    /// with the reply from image.results.
+    Api,
+    /// The management plane: tenants, API keys and quotas; the only writer of identity.changes.
+    Identity,
+    /// A resizer: consumer group `resizers`, image.requests → image.results + usage.events.
+    Resizer,
+    /// The usage aggregator: consumer group `usage-aggregator`, usage.events → ClickHouse.
+    Aggregator,
+    /// Every service in one process (development and the demo).
+    All,
+    /// Topic and schema management.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// Prints the effective configuration (defaults, file, environment merged) as TOML.
+    Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsAction {
+    /// Creates missing topics and registers schemas (BACKWARD compatibility); idempotent.
+    Ensure,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config: Config = chassis::load_config(cli.config.as_deref())?;
+    chassis::telemetry::init(&config.telemetry);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(dispatch(cli.command, config))
+}
+
+async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
+    let services: &[Service] = match command {
+        Command::Api => &[Service::Api],
+        Command::Identity => &[Service::Identity],
+        Command::Resizer => &[Service::Resizer],
+        Command::Aggregator => &[Service::Aggregator],
+        Command::All => &Service::ALL,
+        Command::Topics {
+            action: TopicsAction::Ensure,
+        } => {
+            let report = schemas::provision::ensure_all(&config.kafka, &config.registry).await?;
+            for topic in &report.created {
+                println!("created  {topic}");
+            }
+            for topic in &report.existing {
+                println!("exists   {topic}");
+            }
+            for (subject, id) in &report.schemas {
+                println!("schema   {subject} id={id}");
+            }
+            return Ok(());
+        }
+        Command::Config => {
+            println!(
+                "{}",
+                toml::to_string_pretty(&config).context("rendering config")?
+            );
+            return Ok(());
+        }
+    };
+    host::run(config, services, Shutdown::on_signals()).await?;
+    Ok(())
+}

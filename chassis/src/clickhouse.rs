@@ -102,7 +102,10 @@ pub async fn server_version(config: &ClickHouseConfig) -> Result<ServerVersion, 
     let http = reqwest::Client::builder()
         .timeout(config.connect_timeout)
         .build()
-        .map_err(|source| ClickHouseError::Unreachable { url: config.url.clone(), source })?;
+        .map_err(|source| ClickHouseError::Unreachable {
+            url: config.url.clone(),
+            source,
+        })?;
     let response = http
         .post(&config.url)
         .header("X-ClickHouse-User", &config.user)
@@ -110,12 +113,18 @@ pub async fn server_version(config: &ClickHouseConfig) -> Result<ServerVersion, 
         .body("SELECT version()")
         .send()
         .await
-        .map_err(|source| ClickHouseError::Unreachable { url: config.url.clone(), source })?;
+        .map_err(|source| ClickHouseError::Unreachable {
+            url: config.url.clone(),
+            source,
+        })?;
     let status = response.status().as_u16();
     let body = response
         .text()
         .await
-        .map_err(|source| ClickHouseError::Unreachable { url: config.url.clone(), source })?;
+        .map_err(|source| ClickHouseError::Unreachable {
+            url: config.url.clone(),
+            source,
+        })?;
     match (status, ServerVersion::parse(&body)) {
         (200, Some(version)) => Ok(version),
         _ => Err(ClickHouseError::BadAnswer {
@@ -128,16 +137,24 @@ pub async fn server_version(config: &ClickHouseConfig) -> Result<ServerVersion, 
 
 /// A client tuned to the server's version. The database need not exist yet (migrations create it),
 /// so the client is not bound to it; queries name `database.table` explicitly.
-pub async fn connect(config: &ClickHouseConfig) -> Result<(Client, ServerVersion), ClickHouseError> {
+pub async fn connect(
+    config: &ClickHouseConfig,
+) -> Result<(Client, ServerVersion), ClickHouseError> {
     let version = server_version(config).await?;
     let mut client = Client::default()
         .with_url(&config.url)
         .with_user(&config.user)
         .with_password(&config.password);
     if !version.is_modern() {
-        client = client.with_validation(false).with_compression(Compression::None);
+        client = client
+            .with_validation(false)
+            .with_compression(Compression::None);
     }
-    tracing::info!(major = version.major, minor = version.minor, "Connected to ClickHouse");
+    tracing::info!(
+        major = version.major,
+        minor = version.minor,
+        "Connected to ClickHouse"
+    );
     Ok((client, version))
 }
 
@@ -147,10 +164,37 @@ mod tests {
 
     #[test]
     fn parses_old_and_new_version_strings() {
-        assert_eq!(ServerVersion::parse("18.16.1\n"), Some(ServerVersion { major: 18, minor: 16 }));
-        assert_eq!(ServerVersion::parse("24.8.4.13"), Some(ServerVersion { major: 24, minor: 8 }));
-        assert_eq!(ServerVersion::parse("Code: 516. Authentication failed"), None);
-        assert!(!ServerVersion { major: 18, minor: 16 }.is_modern());
-        assert!(ServerVersion { major: 25, minor: 1 }.is_modern());
+        assert_eq!(
+            ServerVersion::parse("18.16.1\n"),
+            Some(ServerVersion {
+                major: 18,
+                minor: 16
+            })
+        );
+        assert_eq!(
+            ServerVersion::parse("24.8.4.13"),
+            Some(ServerVersion {
+                major: 24,
+                minor: 8
+            })
+        );
+        assert_eq!(
+            ServerVersion::parse("Code: 516. Authentication failed"),
+            None
+        );
+        assert!(
+            !ServerVersion {
+                major: 18,
+                minor: 16
+            }
+            .is_modern()
+        );
+        assert!(
+            ServerVersion {
+                major: 25,
+                minor: 1
+            }
+            .is_modern()
+        );
     }
 }

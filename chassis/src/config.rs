@@ -83,7 +83,10 @@ mod tests {
 
     impl Default for Inner {
         fn default() -> Self {
-            Self { name: "default".into(), size: 1 }
+            Self {
+                name: "default".into(),
+                size: 1,
+            }
         }
     }
 
@@ -125,8 +128,13 @@ mod tests {
     fn every_broken_rule_is_reported_at_once() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[inner]\nname = \"\"\nsize = 0\n")?;
-            let err = load_config::<Outer>(Some(Path::new("c.toml"))).unwrap_err().to_string();
-            assert!(err.contains("inner.size") && err.contains("inner.name"), "{err}");
+            let err = load_config::<Outer>(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("inner.size") && err.contains("inner.name"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -39,12 +39,22 @@ impl Readiness {
     fn set(&self, name: &str, ready: bool, reason: &str) {
         // The lock is only held to update a map entry; a poisoned lock still holds valid data.
         let mut checks = self.checks.lock().unwrap_or_else(PoisonError::into_inner);
-        checks.insert(name.to_owned(), CheckState { ready, reason: reason.to_owned() });
+        checks.insert(
+            name.to_owned(),
+            CheckState {
+                ready,
+                reason: reason.to_owned(),
+            },
+        );
     }
 
     /// A snapshot of every check, and whether all are ready.
     pub fn snapshot(&self) -> (bool, BTreeMap<String, CheckState>) {
-        let checks = self.checks.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let checks = self
+            .checks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         (checks.values().all(|c| c.ready), checks)
     }
 

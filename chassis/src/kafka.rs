@@ -98,7 +98,10 @@ impl KafkaConfig {
     pub fn producer(&self) -> Result<FutureProducer, KafkaSetupError> {
         self.producer_config()
             .create()
-            .map_err(|source| KafkaSetupError::Create { role: "producer", source })
+            .map_err(|source| KafkaSetupError::Create {
+                role: "producer",
+                source,
+            })
     }
 
     fn producer_config(&self) -> ClientConfig {
@@ -106,7 +109,10 @@ impl KafkaConfig {
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", self.delivery_timeout.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                self.delivery_timeout.as_millis().to_string(),
+            )
             // Requests are latency-sensitive; a 1 ms linger still batches under load.
             .set("linger.ms", "1")
             // Bounded in-process buffer: produce fails fast with QueueFull instead of growing.
@@ -127,15 +133,20 @@ impl KafkaConfig {
             .set("transactional.id", &transactional_id)
             .set("transaction.timeout.ms", "30000")
             .create()
-            .map_err(|source| KafkaSetupError::Create { role: "transactional producer", source })?;
+            .map_err(|source| KafkaSetupError::Create {
+                role: "transactional producer",
+                source,
+            })?;
         let init = producer.clone();
         // init_transactions blocks while it finds the coordinator: keep it off the runtime.
-        let result = tokio::task::spawn_blocking(move || {
-            init.init_transactions(Duration::from_secs(30))
-        })
-        .await
-        .unwrap_or(Err(KafkaError::Canceled));
-        result.map_err(|source| KafkaSetupError::InitTransactions { transactional_id, source })?;
+        let result =
+            tokio::task::spawn_blocking(move || init.init_transactions(Duration::from_secs(30)))
+                .await
+                .unwrap_or(Err(KafkaError::Canceled));
+        result.map_err(|source| KafkaSetupError::InitTransactions {
+            transactional_id,
+            source,
+        })?;
         Ok(producer)
     }
 
@@ -153,7 +164,10 @@ impl KafkaConfig {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            .set("fetch.message.max.bytes", self.max_message_bytes.to_string())
+            .set(
+                "fetch.message.max.bytes",
+                self.max_message_bytes.to_string(),
+            )
             // Bound librdkafka's prefetch buffer: memory stays flat however far behind we are.
             .set("queued.max.messages.kbytes", "65536");
         config
@@ -167,14 +181,20 @@ impl KafkaConfig {
     ) -> Result<StreamConsumer<C>, KafkaSetupError> {
         config
             .create_with_context(context)
-            .map_err(|source| KafkaSetupError::Create { role: "consumer", source })
+            .map_err(|source| KafkaSetupError::Create {
+                role: "consumer",
+                source,
+            })
     }
 
     /// An admin client for topic management.
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaSetupError> {
         self.client_config()
             .create()
-            .map_err(|source| KafkaSetupError::Create { role: "admin", source })
+            .map_err(|source| KafkaSetupError::Create {
+                role: "admin",
+                source,
+            })
     }
 }
 
@@ -212,5 +232,8 @@ pub fn log_rebalance(consumer: &str, message: &str, rebalance: &Rebalance<'_>) {
 
 /// `topic/partition` pairs of a list, for log lines.
 pub fn partitions(list: &rdkafka::TopicPartitionList) -> Vec<String> {
-    list.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect()
+    list.elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect()
 }

@@ -4,12 +4,14 @@
 
 pub mod clickhouse;
 pub mod config;
+pub mod context;
 pub mod health;
 pub mod kafka;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{ConfigError, load_config};
+pub use config::{ConfigError, Validate, load_config};
+pub use context::ServiceContext;
 pub use health::Readiness;
 pub use shutdown::Shutdown;

@@ -34,7 +34,10 @@ pub fn router(registries: Vec<Registry>, readiness: Readiness) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(OpsState { registries, readiness })
+        .with_state(OpsState {
+            registries,
+            readiness,
+        })
 }
 
 /// Serves the ops router until shutdown.
@@ -65,6 +68,14 @@ async fn metrics(State(state): State<OpsState>) -> Response {
 
 async fn readyz(State(state): State<OpsState>) -> Response {
     let (ready, checks) = state.readiness.snapshot();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(serde_json::json!({ "ready": ready, "checks": checks }))).into_response()
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "ready": ready, "checks": checks })),
+    )
+        .into_response()
 }

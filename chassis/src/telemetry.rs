@@ -27,7 +27,10 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log_format: LogFormat::Pretty, log_filter: default_log_filter() }
+        Self {
+            log_format: LogFormat::Pretty,
+            log_filter: default_log_filter(),
+        }
     }
 }
 
@@ -38,9 +41,11 @@ fn default_log_filter() -> String {
 /// Installs the global subscriber. Safe to call more than once (later calls are no-ops), so tests
 /// that start several services in one process can call it freely.
 pub fn init(config: &TelemetryConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(&config.log_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _already_set = match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),

@@ -63,7 +63,9 @@ pub struct Codec {
 
 impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Codec").field("registry", &self.registry.url).finish_non_exhaustive()
+        f.debug_struct("Codec")
+            .field("registry", &self.registry.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,13 +94,19 @@ impl Codec {
             false,
             SuppliedSchema::new(None, SchemaType::Avro, E::SCHEMA.to_owned()),
         );
-        self.encoder.encode_struct(event, &strategy).await.map_err(|error| {
-            if error.retriable {
-                CodecError::Registry(self.registry.classify(&topic, error))
-            } else {
-                CodecError::Encode { topic: E::TOPIC, detail: error.to_string() }
-            }
-        })
+        self.encoder
+            .encode_struct(event, &strategy)
+            .await
+            .map_err(|error| {
+                if error.retriable {
+                    CodecError::Registry(self.registry.classify(&topic, error))
+                } else {
+                    CodecError::Encode {
+                        topic: E::TOPIC,
+                        detail: error.to_string(),
+                    }
+                }
+            })
     }
 
     /// Decodes a wire-format record as `E`, resolving the writer's schema against `E`'s.
@@ -121,14 +129,22 @@ impl Codec {
             expected: std::any::type_name::<E>(),
             detail,
         };
-        let reader = self.reader_schema::<E>().map_err(|e| mismatch(e.to_string()))?;
-        let resolved = decoded.value.resolve(&reader).map_err(|e| mismatch(e.to_string()))?;
+        let reader = self
+            .reader_schema::<E>()
+            .map_err(|e| mismatch(e.to_string()))?;
+        let resolved = decoded
+            .value
+            .resolve(&reader)
+            .map_err(|e| mismatch(e.to_string()))?;
         from_value::<E>(&resolved).map_err(|e| mismatch(e.to_string()))
     }
 
     fn reader_schema<E: Event>(&self) -> Result<Arc<Schema>, apache_avro::Error> {
-        if let Some(schema) =
-            self.reader_schemas.read().unwrap_or_else(PoisonError::into_inner).get(E::TOPIC)
+        if let Some(schema) = self
+            .reader_schemas
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(E::TOPIC)
         {
             return Ok(schema.clone());
         }
@@ -149,7 +165,12 @@ mod tests {
     #[tokio::test]
     async fn bytes_outside_the_wire_format_are_permanent_errors() {
         let codec = Codec::new(&RegistryConfig::default(), "");
-        for bytes in [&b""[..], b"\x00\x00", b"{\"json\": true}", b"\x01\x00\x00\x00\x01abc"] {
+        for bytes in [
+            &b""[..],
+            b"\x00\x00",
+            b"{\"json\": true}",
+            b"\x01\x00\x00\x00\x01abc",
+        ] {
             let err = codec.decode::<UsageRecorded>(bytes).await.unwrap_err();
             assert!(matches!(err, CodecError::NotWireFormat(_)), "{err}");
             assert!(!err.is_retryable());
@@ -159,11 +180,20 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_registry_is_retryable() {
         // Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
-        let registry = RegistryConfig { url: "http://127.0.0.1:9".into(), ..Default::default() };
+        let registry = RegistryConfig {
+            url: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        };
         let codec = Codec::new(&registry, "");
-        let err = codec.encode(&crate::events::samples::request()).await.unwrap_err();
+        let err = codec
+            .encode(&crate::events::samples::request())
+            .await
+            .unwrap_err();
         assert!(err.is_retryable(), "{err}");
-        let err = codec.decode::<ResizeRequested>(b"\x00\x00\x00\x00\x07abc").await.unwrap_err();
+        let err = codec
+            .decode::<ResizeRequested>(b"\x00\x00\x00\x00\x07abc")
+            .await
+            .unwrap_err();
         assert!(err.is_retryable(), "{err}");
     }
 }

@@ -365,7 +365,12 @@ pub(crate) mod samples {
                 bytes: vec![1, 2, 3],
             }),
             error: None,
-            timings: StageTimings { queue_us: 1, decode_us: 2, resize_us: 3, encode_us: 4 },
+            timings: StageTimings {
+                queue_us: 1,
+                decode_us: 2,
+                resize_us: 3,
+                encode_us: 4,
+            },
         }
     }
 
@@ -417,9 +422,13 @@ mod tests {
     /// schemas cannot drift apart without this failing.
     fn round_trip<E: Event + PartialEq + std::fmt::Debug>(event: E) {
         let schema = Schema::parse_str(E::SCHEMA).expect("schema parses");
-        let writer = GenericDatumWriter::builder(&schema).build().expect("writer");
+        let writer = GenericDatumWriter::builder(&schema)
+            .build()
+            .expect("writer");
         let bytes = writer.write_ser_to_vec(&event).expect("encodes");
-        let reader = GenericDatumReader::builder(&schema).build().expect("reader");
+        let reader = GenericDatumReader::builder(&schema)
+            .build()
+            .expect("reader");
         let decoded = reader.read_value(&mut bytes.as_slice()).expect("decodes");
         let back: E = from_value(&decoded).expect("from value");
         assert_eq!(back, event);
@@ -433,7 +442,11 @@ mod tests {
         round_trip(samples::identity());
         let failed = ResizeResult {
             image: None,
-            error: Some(ResizeError { status: 422, code: "undecodable_image".into(), message: "x".into() }),
+            error: Some(ResizeError {
+                status: 422,
+                code: "undecodable_image".into(),
+                message: "x".into(),
+            }),
             ..samples::result()
         };
         round_trip(failed);

@@ -65,13 +65,19 @@ pub async fn ensure_topics(
     let results = admin
         .create_topics(&new_topics, &options)
         .await
-        .map_err(|source| ProvisionError::CreateTopic { topic: "(all)".into(), source })?;
+        .map_err(|source| ProvisionError::CreateTopic {
+            topic: "(all)".into(),
+            source,
+        })?;
     for result in results {
         match result {
             Ok(topic) => report.created.push(topic),
             Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => report.existing.push(topic),
             Err((topic, code)) => {
-                return Err(ProvisionError::CreateTopic { topic, source: KafkaError::AdminOp(code) });
+                return Err(ProvisionError::CreateTopic {
+                    topic,
+                    source: KafkaError::AdminOp(code),
+                });
             }
         }
     }
@@ -84,7 +90,9 @@ fn topic_config(spec: &TopicSpec) -> Vec<(&'static str, String)> {
         ("cleanup.policy", spec.cleanup.as_kafka().to_owned()),
         ("max.message.bytes", spec.max_message_bytes.to_string()),
     ];
-    let retention_ms = spec.retention.map_or(-1, |r| i64::try_from(r.as_millis()).unwrap_or(-1));
+    let retention_ms = spec
+        .retention
+        .map_or(-1, |r| i64::try_from(r.as_millis()).unwrap_or(-1));
     config.push(("retention.ms", retention_ms.to_string()));
     config
 }

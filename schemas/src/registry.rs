@@ -70,7 +70,10 @@ impl RegistryConfig {
     /// Sets `subject`'s compatibility level (BACKWARD for every imgpipe subject).
     pub async fn set_compatibility(&self, subject: &str, level: &str) -> Result<(), RegistryError> {
         let url = format!("{}/config/{subject}", self.url);
-        let unreachable = |detail: String| RegistryError::Unreachable { url: url.clone(), detail };
+        let unreachable = |detail: String| RegistryError::Unreachable {
+            url: url.clone(),
+            detail,
+        };
         let response = reqwest::Client::builder()
             .timeout(self.timeout)
             .no_proxy()
@@ -89,7 +92,10 @@ impl RegistryConfig {
         } else if status.is_server_error() {
             Err(unreachable(format!("{status}: {body}")))
         } else {
-            Err(RegistryError::Refused { subject: subject.to_owned(), detail: format!("{status}: {body}") })
+            Err(RegistryError::Refused {
+                subject: subject.to_owned(),
+                detail: format!("{status}: {body}"),
+            })
         }
     }
 
@@ -105,9 +111,15 @@ impl RegistryConfig {
     /// Sorts a `schema_registry_converter` error into retryable or refused.
     pub fn classify(&self, subject: &str, error: SRCError) -> RegistryError {
         if error.retriable {
-            RegistryError::Unreachable { url: self.url.clone(), detail: error.to_string() }
+            RegistryError::Unreachable {
+                url: self.url.clone(),
+                detail: error.to_string(),
+            }
         } else {
-            RegistryError::Refused { subject: subject.to_owned(), detail: error.to_string() }
+            RegistryError::Refused {
+                subject: subject.to_owned(),
+                detail: error.to_string(),
+            }
         }
     }
 }

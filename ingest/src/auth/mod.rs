@@ -44,3 +44,8 @@ pub trait Authenticator: Send + Sync + 'static {
     /// Who `api_key` belongs to, or why the request is refused (including rate limits).
     fn authenticate(&self, api_key: &str) -> Result<Principal, AuthError>;
 }
+
+/// Settings of the api's identity view and auth cache.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {}

@@ -1,0 +1,151 @@
+//! Decoding to pixels. JPEG goes through libjpeg-turbo with DCT shrink-on-load (the decoder
+//! produces a 1/2, 1/4 or 1/8 size image for almost the cost of the entropy decoding alone); CMYK
+//! JPEGs, which libjpeg-turbo cannot convert to RGB, and every other format go through `image`.
+
+use std::io::Cursor;
+
+use image::metadata::Orientation;
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageReader, RgbImage};
+use schemas::events::ImageFormat;
+use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
+
+use super::KernelError;
+use super::probe::{self, Header};
+
+/// Progressive scans allowed per JPEG. Real encoders use about ten; a crafted file with thousands
+/// of tiny scans costs quadratic CPU (libjpeg-turbo's own advice is to cap it).
+const MAX_JPEG_SCANS: u32 = 500;
+
+/// Bytes per pixel of the widest layout `image` may decode to (RGBA, 16 bits per channel), used to
+/// turn the pixel limit into an allocation limit for `image`'s decoders.
+const MAX_BYTES_PER_PIXEL: u64 = 8;
+
+/// An image whose orientation is known and whose pixels may still be waiting to be decoded: JPEG
+/// pixels are decoded only once the plan has chosen the shrink-on-load factor.
+pub enum Source<'a> {
+    /// A JPEG libjpeg-turbo can decode, not yet decoded.
+    Jpeg { input: &'a [u8], orientation: Orientation },
+    /// Already decoded by `image` (stored orientation, full size).
+    Decoded { image: DynamicImage, orientation: Orientation },
+}
+
+/// Decoded pixels in stored orientation, possibly shrunk on load.
+pub struct Decoded {
+    /// The pixels.
+    pub image: DynamicImage,
+    /// The EXIF orientation still to apply.
+    pub orientation: Orientation,
+}
+
+impl<'a> Source<'a> {
+    /// Reads orientation cheaply for JPEG, or decodes other formats outright.
+    pub fn open(input: &'a [u8], header: &Header, max_pixels: u64) -> Result<Self, KernelError> {
+        if header.format == ImageFormat::Jpeg {
+            let orientation = probe::jpeg_orientation(input);
+            let tj = turbojpeg::read_header(input)
+                .map_err(|e| KernelError::undecodable(ImageFormat::Jpeg, e))?;
+            if !matches!(tj.colorspace, Colorspace::CMYK | Colorspace::YCCK) {
+                return Ok(Self::Jpeg { input, orientation });
+            }
+        }
+        let (image, orientation) = decode_with_image(input, header.format, max_pixels)?;
+        Ok(Self::Decoded { image, orientation })
+    }
+
+    /// The EXIF orientation.
+    pub fn orientation(&self) -> Orientation {
+        match self {
+            Self::Jpeg { orientation, .. } | Self::Decoded { orientation, .. } => *orientation,
+        }
+    }
+
+    /// Decodes the pixels, JPEG at `1/shrink` scale (`shrink` ∈ {1, 2, 4, 8}); other sources are
+    /// already full size and ignore it. The result's size tells the caller the scale achieved.
+    pub fn decode(self, shrink: u32, max_pixels: u64) -> Result<Decoded, KernelError> {
+        match self {
+            Self::Decoded { image, orientation } => Ok(Decoded { image, orientation }),
+            Self::Jpeg { input, orientation } => {
+                let image = decode_jpeg(input, shrink, max_pixels)
+                    .map_err(|e| KernelError::undecodable(ImageFormat::Jpeg, e))?;
+                Ok(Decoded { image, orientation })
+            }
+        }
+    }
+}
+
+/// libjpeg-turbo decode at `1/shrink` scale to 8-bit RGB (or gray for gray JPEGs).
+fn decode_jpeg(input: &[u8], shrink: u32, max_pixels: u64) -> Result<DynamicImage, turbojpeg::Error> {
+    let mut decompressor = Decompressor::new()?;
+    decompressor.set_scan_limit(MAX_JPEG_SCANS)?;
+    let header = decompressor.read_header(input)?;
+    // The probe already checked the frame header; this re-checks what libjpeg-turbo itself will
+    // allocate for, in case a malformed file carries two frame headers that disagree.
+    if (header.width as u64).saturating_mul(header.height as u64) > max_pixels {
+        return Err(turbojpeg::Error::TurboJpegError("image dimensions changed after probe".into()));
+    }
+    let factor = if header.is_lossless || shrink <= 1 {
+        ScalingFactor::ONE
+    } else {
+        ScalingFactor::new(1, shrink as usize)
+    };
+    decompressor.set_scaling_factor(factor)?;
+    let scaled = header.scaled(factor);
+    let (format, channels) = match header.colorspace {
+        Colorspace::Gray => (PixelFormat::GRAY, 1),
+        _ => (PixelFormat::RGB, 3),
+    };
+    // Zeroed allocation comes straight from the OS for large buffers; no extra pass over memory.
+    let mut pixels = vec![0u8; scaled.width * scaled.height * channels];
+    let image = turbojpeg::Image {
+        pixels: pixels.as_mut_slice(),
+        width: scaled.width,
+        pitch: scaled.width * channels,
+        height: scaled.height,
+        format,
+    };
+    if let Err(e) = decompressor.decompress(input, image) {
+        if !is_harmless_warning(&e) {
+            return Err(e);
+        }
+    }
+    let (w, h) = (scaled.width as u32, scaled.height as u32);
+    let image = if channels == 1 {
+        GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8)
+    } else {
+        RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8)
+    };
+    image.ok_or(turbojpeg::Error::OutOfBounds)
+}
+
+/// libjpeg-turbo reports warnings as failures after decoding the whole image. Most warnings mean
+/// lost data (a truncated file decodes with a grey bottom, which we refuse); the one exception is
+/// stray bytes before a marker, which many cameras and editors write and which loses nothing.
+/// The library exposes only the message text, so that is what is matched.
+fn is_harmless_warning(e: &turbojpeg::Error) -> bool {
+    matches!(e, turbojpeg::Error::TurboJpegError(msg) if msg.contains("extraneous bytes before marker"))
+}
+
+/// Full decode with `image` (first frame only for GIF and animated WebP), with its allocation
+/// capped to what the pixel limit allows.
+fn decode_with_image(
+    input: &[u8],
+    format: ImageFormat,
+    max_pixels: u64,
+) -> Result<(DynamicImage, Orientation), KernelError> {
+    let image_format = match format {
+        ImageFormat::Jpeg => image::ImageFormat::Jpeg,
+        ImageFormat::Png => image::ImageFormat::Png,
+        ImageFormat::Webp => image::ImageFormat::WebP,
+        ImageFormat::Gif => image::ImageFormat::Gif,
+        ImageFormat::Avif => return Err(KernelError::UnsupportedMediaType),
+    };
+    let undecodable = |e| KernelError::undecodable(format, e);
+    let mut reader = ImageReader::with_format(Cursor::new(input), image_format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(MAX_BYTES_PER_PIXEL));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(undecodable)?;
+    let orientation = decoder.orientation().map_err(undecodable)?;
+    let image = DynamicImage::from_decoder(decoder).map_err(undecodable)?;
+    Ok((image, orientation))
+}

@@ -1,0 +1,351 @@
+//! Pure size maths: how a fit mode, gravity and the no-enlargement rule turn a source size and a
+//! target box into a crop of the source, a resampled size and an output canvas; how a plan made
+//! for the upright (EXIF-oriented) image maps back onto the stored pixels; and which JPEG
+//! shrink-on-load factor a plan allows. No pixels are touched here.
+
+use image::metadata::Orientation;
+use schemas::events::{Fit, Gravity};
+
+/// What the caller asked for, already validated (sides are ≥ 1, both present where the fit mode
+/// needs them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// Box width; `None` follows the aspect ratio.
+    pub width: Option<u32>,
+    /// Box height; `None` follows the aspect ratio.
+    pub height: Option<u32>,
+    /// Fit mode.
+    pub fit: Fit,
+    /// Crop anchor for `cover`, placement anchor for `contain`.
+    pub gravity: Gravity,
+    /// Whether the output may be larger than the source.
+    pub enlarge: bool,
+}
+
+/// A rectangle in source pixels. Fractional so that a crop keeps the exact aspect ratio of its box
+/// (the resampler accepts sub-pixel crops).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rect {
+    pub x: f64,
+    pub y: f64,
+    pub w: f64,
+    pub h: f64,
+}
+
+/// How one image is produced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    /// Part of the source that is resampled.
+    pub crop: Rect,
+    /// Size the crop is resampled to.
+    pub size: (u32, u32),
+    /// Size of the output; larger than `size` only for `contain`, which pads.
+    pub canvas: (u32, u32),
+    /// Top-left corner of the resampled image on the canvas.
+    pub offset: (u32, u32),
+}
+
+/// Where gravity anchors a crop or a padded image: 0 = left/top, 0.5 = centre, 1 = right/bottom.
+pub fn anchor(gravity: Gravity) -> (f64, f64) {
+    match gravity {
+        Gravity::Centre => (0.5, 0.5),
+        Gravity::North => (0.5, 0.0),
+        Gravity::South => (0.5, 1.0),
+        Gravity::East => (1.0, 0.5),
+        Gravity::West => (0.0, 0.5),
+        Gravity::NorthEast => (1.0, 0.0),
+        Gravity::NorthWest => (0.0, 0.0),
+        Gravity::SouthEast => (1.0, 1.0),
+        Gravity::SouthWest => (0.0, 1.0),
+    }
+}
+
+/// Rounds a positive length to whole pixels, never below one.
+fn px(v: f64) -> u32 {
+    // `as` saturates; callers bound the result against the output limit afterwards.
+    (v.round() as u32).max(1)
+}
+
+/// Plans the resize of a `src` (width, height) image, both ≥ 1, in the upright frame.
+///
+/// Without `enlarge`, a box that would need upscaling is shrunk by the same factor first: the
+/// output keeps the box's aspect ratio (cover, contain, fill) or the source's (inside) and the
+/// source is never scaled up along either axis.
+pub fn plan(src: (u32, u32), target: &Target) -> Plan {
+    let (sw, sh) = (f64::from(src.0), f64::from(src.1));
+    let whole = Rect { x: 0.0, y: 0.0, w: sw, h: sh };
+    let (gx, gy) = anchor(target.gravity);
+    let plain = |size: (u32, u32)| Plan { crop: whole, size, canvas: size, offset: (0, 0) };
+
+    let (bw, bh) = match (target.width, target.height) {
+        (Some(w), Some(h)) => (f64::from(w), f64::from(h)),
+        // One side given: every mode degrades to `inside` on that side (the box is unbounded on
+        // the other, so there is nothing to crop, pad or stretch).
+        (Some(w), None) => return plain(inside(sw, sh, f64::from(w) / sw, target.enlarge)),
+        (None, Some(h)) => return plain(inside(sw, sh, f64::from(h) / sh, target.enlarge)),
+        (None, None) => return plain(src),
+    };
+
+    match target.fit {
+        Fit::Inside => plain(inside(sw, sh, (bw / sw).min(bh / sh), target.enlarge)),
+        Fit::Fill => {
+            let k = (bw / sw).max(bh / sh);
+            if !target.enlarge && k > 1.0 {
+                plain((px(bw / k), px(bh / k)))
+            } else {
+                plain((px(bw), px(bh)))
+            }
+        }
+        Fit::Cover => {
+            let (bw, bh) = shrink_box(bw, bh, (bw / sw).max(bh / sh), target.enlarge);
+            let scale = (f64::from(bw) / sw).max(f64::from(bh) / sh);
+            let cw = (f64::from(bw) / scale).min(sw);
+            let ch = (f64::from(bh) / scale).min(sh);
+            Plan {
+                crop: Rect { x: (sw - cw) * gx, y: (sh - ch) * gy, w: cw, h: ch },
+                size: (bw, bh),
+                canvas: (bw, bh),
+                offset: (0, 0),
+            }
+        }
+        Fit::Contain => {
+            let (bw, bh) = shrink_box(bw, bh, (bw / sw).min(bh / sh), target.enlarge);
+            let scale = (f64::from(bw) / sw).min(f64::from(bh) / sh);
+            let scale = if target.enlarge { scale } else { scale.min(1.0) };
+            let size = (px(sw * scale).min(bw), px(sh * scale).min(bh));
+            Plan {
+                crop: whole,
+                size,
+                canvas: (bw, bh),
+                offset: (
+                    (f64::from(bw - size.0) * gx).round() as u32,
+                    (f64::from(bh - size.1) * gy).round() as u32,
+                ),
+            }
+        }
+    }
+}
+
+/// Source scaled by `scale` (capped at 1 without `enlarge`).
+fn inside(sw: f64, sh: f64, scale: f64, enlarge: bool) -> (u32, u32) {
+    let scale = if enlarge { scale } else { scale.min(1.0) };
+    (px(sw * scale), px(sh * scale))
+}
+
+/// The box, divided by the mode's scale factor `k` when that would enlarge and enlarging is off.
+fn shrink_box(bw: f64, bh: f64, k: f64, enlarge: bool) -> (u32, u32) {
+    if !enlarge && k > 1.0 { (px(bw / k), px(bh / k)) } else { (px(bw), px(bh)) }
+}
+
+/// Whether the orientation swaps width and height.
+pub fn swaps_axes(orientation: Orientation) -> bool {
+    matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// Size as displayed, given the stored (width, height).
+pub fn upright_size(stored: (u32, u32), orientation: Orientation) -> (u32, u32) {
+    if swaps_axes(orientation) { (stored.1, stored.0) } else { stored }
+}
+
+/// Maps a rectangle of the upright image back onto the stored image of size `stored`, so the
+/// crop and resample can run on stored pixels and only the small output is rotated afterwards.
+pub fn rect_to_stored(rect: Rect, orientation: Orientation, stored: (u32, u32)) -> Rect {
+    let (w, h) = (f64::from(stored.0), f64::from(stored.1));
+    // Continuous coordinates: upright point (u, v) → stored point; a rectangle maps to the
+    // rectangle spanned by its mapped corners.
+    let map = |u: f64, v: f64| -> (f64, f64) {
+        match orientation {
+            Orientation::NoTransforms => (u, v),
+            Orientation::FlipHorizontal => (w - u, v),
+            Orientation::FlipVertical => (u, h - v),
+            Orientation::Rotate180 => (w - u, h - v),
+            Orientation::Rotate90 => (v, h - u),
+            Orientation::Rotate270 => (w - v, u),
+            Orientation::Rotate90FlipH => (v, u),
+            Orientation::Rotate270FlipH => (w - v, h - u),
+        }
+    };
+    let (ax, ay) = map(rect.x, rect.y);
+    let (bx, by) = map(rect.x + rect.w, rect.y + rect.h);
+    Rect { x: ax.min(bx), y: ay.min(by), w: (ax - bx).abs(), h: (ay - by).abs() }
+}
+
+/// The JPEG DCT shrink-on-load denominator (1, 2, 4 or 8) for a crop of `crop` stored pixels
+/// resampled to `size`: the largest reduction that leaves at least `headroom` times the output
+/// size on both axes, so the final resample always downsizes by ≥ `headroom`.
+pub fn jpeg_shrink(crop: (f64, f64), size: (u32, u32), headroom: f64) -> u32 {
+    let ratio = (crop.0 / f64::from(size.0)).min(crop.1 / f64::from(size.1));
+    [8, 4, 2].into_iter().find(|&d| ratio / f64::from(d) >= headroom).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(width: Option<u32>, height: Option<u32>, fit: Fit) -> Target {
+        Target { width, height, fit, gravity: Gravity::Centre, enlarge: false }
+    }
+
+    #[test]
+    fn inside_fits_the_box_and_keeps_aspect() {
+        let p = plan((2400, 1600), &target(Some(512), Some(512), Fit::Inside));
+        assert_eq!((p.size, p.canvas, p.offset), ((512, 341), (512, 341), (0, 0)));
+        assert_eq!(p.crop, Rect { x: 0.0, y: 0.0, w: 2400.0, h: 1600.0 });
+        let p = plan((1600, 2400), &target(Some(512), Some(512), Fit::Inside));
+        assert_eq!(p.size, (341, 512));
+    }
+
+    #[test]
+    fn one_side_keeps_aspect_in_every_mode() {
+        for fit in [Fit::Inside, Fit::Cover, Fit::Contain, Fit::Fill] {
+            assert_eq!(plan((2000, 1000), &target(Some(500), None, fit)).size, (500, 250));
+            assert_eq!(plan((2000, 1000), &target(None, Some(100), fit)).size, (200, 100));
+        }
+    }
+
+    #[test]
+    fn no_side_keeps_the_source_size() {
+        assert_eq!(plan((640, 480), &target(None, None, Fit::Inside)).size, (640, 480));
+    }
+
+    #[test]
+    fn inside_does_not_enlarge_unless_asked() {
+        let t = target(Some(1000), Some(1000), Fit::Inside);
+        assert_eq!(plan((400, 300), &t).size, (400, 300));
+        assert_eq!(plan((400, 300), &Target { enlarge: true, ..t }).size, (1000, 750));
+        assert_eq!(plan((400, 300), &target(Some(800), None, Fit::Inside)).size, (400, 300));
+        let t = Target { enlarge: true, ..target(Some(800), None, Fit::Inside) };
+        assert_eq!(plan((400, 300), &t).size, (800, 600));
+    }
+
+    #[test]
+    fn cover_fills_the_box_and_crops_by_gravity() {
+        let cases = [
+            (Gravity::Centre, 250.0, 0.0),
+            (Gravity::North, 250.0, 0.0),
+            (Gravity::South, 250.0, 0.0),
+            (Gravity::East, 500.0, 0.0),
+            (Gravity::West, 0.0, 0.0),
+            (Gravity::NorthEast, 500.0, 0.0),
+            (Gravity::NorthWest, 0.0, 0.0),
+            (Gravity::SouthEast, 500.0, 0.0),
+            (Gravity::SouthWest, 0.0, 0.0),
+        ];
+        for (gravity, x, y) in cases {
+            let t = Target { gravity, ..target(Some(100), Some(100), Fit::Cover) };
+            let p = plan((1500, 1000), &t);
+            assert_eq!((p.size, p.canvas), ((100, 100), (100, 100)), "{gravity:?}");
+            assert_eq!(p.crop, Rect { x, y, w: 1000.0, h: 1000.0 }, "{gravity:?}");
+        }
+        // Tall source: gravity moves the crop vertically.
+        let cases = [
+            (Gravity::Centre, 250.0),
+            (Gravity::North, 0.0),
+            (Gravity::South, 500.0),
+            (Gravity::East, 250.0),
+            (Gravity::West, 250.0),
+            (Gravity::NorthEast, 0.0),
+            (Gravity::NorthWest, 0.0),
+            (Gravity::SouthEast, 500.0),
+            (Gravity::SouthWest, 500.0),
+        ];
+        for (gravity, y) in cases {
+            let t = Target { gravity, ..target(Some(200), Some(100), Fit::Cover) };
+            let p = plan((1000, 1000), &t);
+            assert_eq!(p.size, (200, 100));
+            assert_eq!(p.crop, Rect { x: 0.0, y, w: 1000.0, h: 500.0 }, "{gravity:?}");
+        }
+    }
+
+    #[test]
+    fn cover_without_enlarge_keeps_the_box_aspect_at_source_scale() {
+        let p = plan((400, 300), &target(Some(800), Some(800), Fit::Cover));
+        assert_eq!(p.size, (300, 300));
+        assert_eq!(p.crop, Rect { x: 50.0, y: 0.0, w: 300.0, h: 300.0 });
+        let t = Target { enlarge: true, ..target(Some(800), Some(800), Fit::Cover) };
+        let p = plan((400, 300), &t);
+        assert_eq!(p.size, (800, 800));
+        assert_eq!(p.crop, Rect { x: 50.0, y: 0.0, w: 300.0, h: 300.0 });
+    }
+
+    #[test]
+    fn contain_pads_to_the_box_by_gravity() {
+        let cases = [
+            (Gravity::Centre, (0, 25)),
+            (Gravity::North, (0, 0)),
+            (Gravity::South, (0, 50)),
+            (Gravity::East, (0, 25)),
+            (Gravity::West, (0, 25)),
+            (Gravity::SouthEast, (0, 50)),
+        ];
+        for (gravity, offset) in cases {
+            let t = Target { gravity, ..target(Some(100), Some(100), Fit::Contain) };
+            let p = plan((1000, 500), &t);
+            assert_eq!((p.size, p.canvas, p.offset), ((100, 50), (100, 100), offset), "{gravity:?}");
+        }
+        let t = Target { gravity: Gravity::East, ..target(Some(100), Some(100), Fit::Contain) };
+        assert_eq!(plan((500, 1000), &t).offset, (50, 0));
+    }
+
+    #[test]
+    fn contain_without_enlarge_pads_at_source_scale() {
+        let p = plan((400, 300), &target(Some(800), Some(800), Fit::Contain));
+        assert_eq!((p.size, p.canvas, p.offset), ((400, 300), (400, 400), (0, 50)));
+        let t = Target { enlarge: true, ..target(Some(800), Some(800), Fit::Contain) };
+        let p = plan((400, 300), &t);
+        assert_eq!((p.size, p.canvas, p.offset), ((800, 600), (800, 800), (0, 100)));
+    }
+
+    #[test]
+    fn fill_stretches_and_never_enlarges_an_axis_unless_asked() {
+        let p = plan((1000, 1000), &target(Some(300), Some(100), Fit::Fill));
+        assert_eq!((p.size, p.canvas), ((300, 100), (300, 100)));
+        assert_eq!(plan((400, 300), &target(Some(800), Some(200), Fit::Fill)).size, (400, 100));
+        let t = Target { enlarge: true, ..target(Some(800), Some(200), Fit::Fill) };
+        assert_eq!(plan((400, 300), &t).size, (800, 200));
+    }
+
+    #[test]
+    fn tiny_results_are_at_least_one_pixel() {
+        assert_eq!(plan((10000, 10), &target(Some(100), Some(100), Fit::Inside)).size, (100, 1));
+    }
+
+    #[test]
+    fn upright_rects_map_back_onto_stored_pixels() {
+        // Stored 40×30; the upright crop is the top-left 10×5 corner of the displayed image.
+        let r = Rect { x: 0.0, y: 0.0, w: 10.0, h: 5.0 };
+        let stored = (40, 30);
+        let cases = [
+            (Orientation::NoTransforms, (0.0, 0.0, 10.0, 5.0)),
+            (Orientation::FlipHorizontal, (30.0, 0.0, 10.0, 5.0)),
+            (Orientation::FlipVertical, (0.0, 25.0, 10.0, 5.0)),
+            (Orientation::Rotate180, (30.0, 25.0, 10.0, 5.0)),
+            // Rotate90 (EXIF 6): displayed top-left comes from the stored bottom-left.
+            (Orientation::Rotate90, (0.0, 20.0, 5.0, 10.0)),
+            (Orientation::Rotate270, (35.0, 0.0, 5.0, 10.0)),
+            (Orientation::Rotate90FlipH, (0.0, 0.0, 5.0, 10.0)),
+            (Orientation::Rotate270FlipH, (35.0, 20.0, 5.0, 10.0)),
+        ];
+        for (o, (x, y, w, h)) in cases {
+            assert_eq!(rect_to_stored(r, o, stored), Rect { x, y, w, h }, "{o:?}");
+            assert_eq!(swaps_axes(o), w < h, "{o:?}");
+        }
+        assert_eq!(upright_size((40, 30), Orientation::Rotate90), (30, 40));
+    }
+
+    #[test]
+    fn jpeg_shrink_keeps_headroom() {
+        assert_eq!(jpeg_shrink((2400.0, 1600.0), (512, 341), 1.0), 4);
+        assert_eq!(jpeg_shrink((2400.0, 1600.0), (512, 341), 2.0), 2);
+        assert_eq!(jpeg_shrink((1200.0, 800.0), (512, 341), 1.0), 2);
+        assert_eq!(jpeg_shrink((800.0, 600.0), (512, 384), 1.0), 1);
+        assert_eq!(jpeg_shrink((8000.0, 8000.0), (100, 100), 2.0), 8);
+        assert_eq!(jpeg_shrink((100.0, 100.0), (400, 400), 1.0), 1);
+    }
+}
