@@ -42,7 +42,11 @@ pub async fn provisioned(test: &str) -> Config {
     .await
     .expect("provisioning timed out: is the stack up? (compose/local/stack up)")
     .expect("provisioning failed: is the stack up? (compose/local/stack up)");
-    assert_eq!(report.created.len(), schemas::topics::CATALOGUE.len(), "{report:?}");
+    assert_eq!(
+        report.created.len(),
+        schemas::topics::CATALOGUE.len(),
+        "{report:?}"
+    );
     config
 }
 
@@ -50,14 +54,17 @@ pub async fn provisioned(test: &str) -> Config {
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: Future<Output = Option<T>>,
 {
     let start = tokio::time::Instant::now();
     loop {
         if let Some(value) = check().await {
             return value;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,0 +1,169 @@
+//! The Docker Compose file cannot be run here (no Docker engine), so this checks what can be
+//! checked: it parses, and it agrees with the local stack and the code on ports, services,
+//! Kafka settings and config variable names.
+
+use std::collections::BTreeSet;
+
+fn compose() -> serde_yaml::Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/compose/docker-compose.yml"
+    ))
+    .expect("compose/docker-compose.yml exists");
+    serde_yaml::from_str(&text).expect("valid YAML")
+}
+
+fn stack_script() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/compose/local/stack"))
+        .expect("compose/local/stack exists")
+}
+
+#[test]
+fn every_server_and_service_is_defined() {
+    let compose = compose();
+    let services: BTreeSet<String> = compose["services"]
+        .as_mapping()
+        .expect("services map")
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    for name in [
+        "kafka",
+        "registry",
+        "clickhouse",
+        "api",
+        "identity",
+        "resizer",
+        "aggregator",
+    ] {
+        assert!(
+            services.contains(name),
+            "service {name} missing from compose: {services:?}"
+        );
+    }
+}
+
+#[test]
+fn host_ports_match_the_local_stack_and_the_defaults() {
+    let compose = compose();
+    let published = |service: &str| -> Vec<String> {
+        compose["services"][service]["ports"]
+            .as_sequence()
+            .map(|ports| {
+                ports
+                    .iter()
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let has_host_port = |service: &str, port: u16| {
+        published(service)
+            .iter()
+            .any(|p| p.contains(&format!("{port}:")))
+    };
+    assert!(has_host_port("kafka", 9092), "{:?}", published("kafka"));
+    assert!(
+        has_host_port("registry", 8081),
+        "{:?}",
+        published("registry")
+    );
+    assert!(
+        has_host_port("clickhouse", 8123),
+        "{:?}",
+        published("clickhouse")
+    );
+    assert!(has_host_port("api", 8080), "{:?}", published("api"));
+    assert!(
+        has_host_port("identity", 8090),
+        "{:?}",
+        published("identity")
+    );
+
+    let script = stack_script();
+    for default in [
+        "IMGPIPE_KAFKA_PORT:-9092",
+        "IMGPIPE_REGISTRY_PORT:-8081",
+        "IMGPIPE_CLICKHOUSE_HTTP_PORT:-8123",
+    ] {
+        assert!(
+            script.contains(default),
+            "local stack default {default} changed"
+        );
+    }
+}
+
+#[test]
+fn kafka_settings_match_the_local_stack() {
+    let compose = compose();
+    let env = &compose["services"]["kafka"]["environment"];
+    let script = stack_script();
+    // Same broker behaviour in both: no auto-created topics, large records, fast txn aborts.
+    let pairs = [
+        (
+            "KAFKA_AUTO_CREATE_TOPICS_ENABLE",
+            "auto.create.topics.enable",
+        ),
+        ("KAFKA_MESSAGE_MAX_BYTES", "message.max.bytes"),
+        (
+            "KAFKA_TRANSACTION_ABORT_TIMED_OUT_TRANSACTION_CLEANUP_INTERVAL_MS",
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        ),
+    ];
+    for (compose_key, property) in pairs {
+        let in_compose = match &env[compose_key] {
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            other => panic!("{compose_key} missing or odd in compose: {other:?}"),
+        };
+        let line = script
+            .lines()
+            .find(|l| l.starts_with(&format!("{property}=")))
+            .unwrap_or_else(|| panic!("{property} missing from the local stack"));
+        assert_eq!(
+            line.split_once('=').map(|(_, v)| v.trim()),
+            Some(in_compose.as_str()),
+            "{property}"
+        );
+    }
+}
+
+#[test]
+fn service_environment_uses_real_config_keys() {
+    // Every IMGPIPE_SECTION__FIELD in compose must be accepted by the config loader.
+    let compose = compose();
+    let mut seen = 0;
+    for service in ["api", "identity", "resizer", "aggregator"] {
+        let Some(env) = compose["services"][service]["environment"].as_mapping() else {
+            panic!("{service} has no environment map");
+        };
+        let vars: Vec<(String, String)> = env
+            .iter()
+            .filter_map(|(k, v)| {
+                let value = match v {
+                    serde_yaml::Value::String(s) => s.clone(),
+                    serde_yaml::Value::Number(n) => n.to_string(),
+                    serde_yaml::Value::Bool(b) => b.to_string(),
+                    _ => return None,
+                };
+                Some((k.as_str()?.to_owned(), value))
+            })
+            .filter(|(k, _)| k.starts_with("IMGPIPE_") && k.contains("__"))
+            .collect();
+        seen += vars.len();
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (key, value) in &vars {
+                jail.set_env(key, value);
+            }
+            chassis::load_config::<imgpipe::Config>(None)
+                .map(|_| ())
+                .map_err(|e| format!("{service}: {e}").into())
+        });
+    }
+    assert!(
+        seen >= 4,
+        "compose sets imgpipe config through the environment"
+    );
+}

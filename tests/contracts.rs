@@ -1,0 +1,187 @@
+//! Event contracts against the real schema registry and Kafka: records round-trip through the
+//! registry, an incompatible schema change is refused, and a record imgpipe produced is read by
+//! an independent client (Confluent's Python deserializer), which proves the wire format.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use schemas::events::{
+    Fit, Gravity, ImageFormat, ResizeParams, ResizeRequested, UsageRecorded, UsageSource,
+};
+use schemas::registry::value_subject;
+use schemas::{Codec, Event};
+
+fn usage(request_id: &str) -> UsageRecorded {
+    UsageRecorded {
+        request_id: request_id.into(),
+        tenant_id: "tenant-a".into(),
+        key_id: "key-1".into(),
+        event_time_ms: 1_763_700_000_123,
+        outcome: "ok".into(),
+        status: 200,
+        bytes_in: 123_456,
+        bytes_out: 7_890,
+        pixels_in: 2_000_000,
+        pixels_out: 250_000,
+        cpu_time_us: 4_321,
+        input_format: Some("jpeg".into()),
+        output_format: Some("webp".into()),
+        latency_us: 15_000,
+        source: UsageSource::Resizer,
+    }
+}
+
+#[tokio::test]
+async fn records_round_trip_through_kafka_and_the_registry() {
+    let config = support::provisioned("contracts_round_trip").await;
+    let codec = Codec::new(&config.registry, &config.kafka.namespace);
+    let request = ResizeRequested {
+        request_id: "req-1".into(),
+        tenant_id: "tenant-a".into(),
+        key_id: "key-1".into(),
+        received_at_ms: 1,
+        deadline_at_ms: 2,
+        params: ResizeParams {
+            width: Some(300),
+            height: Some(200),
+            fit: Fit::Contain,
+            gravity: Gravity::NorthEast,
+            format: Some(ImageFormat::Png),
+            quality: None,
+            enlarge: false,
+        },
+        content_type: Some("image/gif".into()),
+        image: (0..=255).collect(),
+        reply_topic: config.kafka.name(schemas::topics::IMAGE_RESULTS),
+        reply_partition: 7,
+    };
+    let payload = codec.encode(&request).await.expect("encode");
+    assert_eq!(payload[0], 0, "Confluent magic byte");
+
+    let topic = codec.topic::<ResizeRequested>();
+    let producer = config.kafka.producer().expect("producer");
+    producer
+        .send(
+            FutureRecord::to(&topic).key("req-1").payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produced");
+
+    let consumer: StreamConsumer = config
+        .kafka
+        .consumer_config("contracts-reader")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a record within 30 s")
+        .expect("no Kafka error");
+    let bytes = message.payload().expect("a value");
+    // A fresh codec has an empty cache: it must fetch the writer schema by id from the registry.
+    let fresh = Codec::new(&config.registry, &config.kafka.namespace);
+    let decoded: ResizeRequested = fresh.decode(bytes).await.expect("decode");
+    assert_eq!(decoded, request);
+}
+
+#[tokio::test]
+async fn the_registry_refuses_an_incompatible_evolution_and_accepts_a_compatible_one() {
+    let config = support::provisioned("contracts_evolution").await;
+    let subject = value_subject(&config.kafka.name(UsageRecorded::TOPIC));
+    let mut schema: serde_json::Value = serde_json::from_str(UsageRecorded::SCHEMA).expect("json");
+    let fields = schema["fields"].as_array_mut().expect("fields");
+
+    // A new field without a default: old records cannot be read with it. BACKWARD forbids it.
+    fields.push(serde_json::json!({"name": "region", "type": "string"}));
+    let refused = config
+        .registry
+        .register(&subject, &schema.to_string())
+        .await;
+    let error = refused.expect_err("an incompatible schema must be refused");
+    assert!(!error.is_retryable(), "refusal is permanent: {error}");
+
+    // The same field with a default is a compatible evolution.
+    let fields = schema["fields"].as_array_mut().expect("fields");
+    fields.pop();
+    fields.push(serde_json::json!({"name": "region", "type": "string", "default": "eu"}));
+    let accepted = config
+        .registry
+        .register(&subject, &schema.to_string())
+        .await;
+    let new_id = accepted.expect("a compatible schema is accepted");
+
+    // A record written with the old schema is still readable by a reader on the new one, and
+    // the decoder resolves a record written with the new schema back to today's type.
+    let codec = Codec::new(&config.registry, &config.kafka.namespace);
+    let old = codec
+        .encode(&usage("r-old"))
+        .await
+        .expect("encode with current schema");
+    let decoded: UsageRecorded = codec.decode(&old).await.expect("decode");
+    assert_eq!(decoded, usage("r-old"));
+    let id_of_old = u32::from_be_bytes([old[1], old[2], old[3], old[4]]);
+    assert_ne!(id_of_old, new_id, "the evolved schema got its own id");
+}
+
+/// Finds the Python that has confluent-kafka installed (set up by compose/local/bootstrap).
+fn python() -> String {
+    if let Ok(python) = std::env::var("IMGPIPE_PYTHON") {
+        return python;
+    }
+    let cache = std::env::var("IMGPIPE_CACHE_DIR").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/imgpipe",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    format!("{cache}/pyenv/bin/python")
+}
+
+#[tokio::test]
+async fn an_independent_confluent_client_decodes_what_imgpipe_wrote() {
+    let config = support::provisioned("contracts_python").await;
+    let codec = Codec::new(&config.registry, &config.kafka.namespace);
+    let record = usage("r-python");
+    let payload = codec.encode(&record).await.expect("encode");
+    let topic = codec.topic::<UsageRecorded>();
+    let producer = config.kafka.producer().expect("producer");
+    producer
+        .send(
+            FutureRecord::to(&topic).key("tenant-a").payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produced");
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/decode_with_confluent.py"
+    );
+    let python = python();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .args([script, &config.kafka.brokers, &config.registry.url, &topic])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("python with confluent-kafka (run compose/local/bootstrap)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "decoder failed: {stderr}");
+    let decoded: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("decoder prints JSON");
+    assert_eq!(decoded["request_id"], "r-python");
+    assert_eq!(decoded["tenant_id"], "tenant-a");
+    assert_eq!(decoded["bytes_in"], 123_456);
+    assert_eq!(decoded["cpu_time_us"], 4_321);
+    assert_eq!(decoded["output_format"], "webp");
+    assert_eq!(decoded["source"], "RESIZER");
+    // timestamp-millis comes back as a UTC datetime; it must be the same instant to the ms.
+    assert_eq!(decoded["event_time_ms"], "2025-11-21 04:40:00.123000+00:00");
+}
