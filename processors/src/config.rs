@@ -1,0 +1,92 @@
+//! Settings of `imgpipe resizer` (the `[resizer]` section).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::kernel::Limits;
+
+/// How a resizer consumes, works and commits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResizerConfig {
+    /// Stable identity of this resizer; its transactional id is `resizer-<instance_id>`. Reusing
+    /// it after a crash lets the new process abort the dead one's open transaction at once
+    /// instead of readers waiting for it to time out. Empty: a random id per process.
+    pub instance_id: String,
+    /// Threads of the CPU pool. 0: one per core.
+    pub workers: usize,
+    /// Requests decoded and queued or running on the pool at most; past this the resizer stops
+    /// fetching (its partitions are paused) until work drains. 0: four per worker.
+    pub max_in_flight: usize,
+    /// Largest encoded input accepted, in bytes.
+    pub max_input_bytes: usize,
+    /// Largest input, in pixels, from the image header (checked before decoding).
+    pub max_pixels: u64,
+    /// Largest output width or height.
+    pub max_output_side: u32,
+    /// Results committed in one Kafka transaction at most.
+    pub transaction_max_records: usize,
+    /// Longest a finished result waits for its transaction (the latency cost of batching).
+    #[serde(with = "humantime_serde")]
+    pub transaction_max_delay: Duration,
+    /// Broker-side timeout of an open transaction; a crashed resizer's transaction blocks
+    /// readers at most this long (plus the broker's abort check interval).
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+}
+
+impl Default for ResizerConfig {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            instance_id: String::new(),
+            workers: 0,
+            max_in_flight: 0,
+            max_input_bytes: limits.max_input_bytes,
+            max_pixels: limits.max_pixels,
+            max_output_side: limits.max_output_side,
+            transaction_max_records: 64,
+            transaction_max_delay: Duration::from_millis(5),
+            transaction_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ResizerConfig {
+    /// Worker threads after defaults are applied.
+    pub fn effective_workers(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+
+    /// In-flight bound after defaults are applied.
+    pub fn effective_max_in_flight(&self) -> usize {
+        if self.max_in_flight > 0 { self.max_in_flight } else { self.effective_workers() * 4 }
+    }
+
+    /// The kernel's limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_input_bytes: self.max_input_bytes,
+            max_pixels: self.max_pixels,
+            max_output_side: self.max_output_side,
+        }
+    }
+
+    /// Rules that span fields; one message per broken rule.
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        if self.transaction_max_records == 0 {
+            errors.push("resizer.transaction_max_records must be at least 1".into());
+        }
+        if self.transaction_timeout < Duration::from_secs(1) {
+            errors.push("resizer.transaction_timeout must be at least 1s".into());
+        }
+        if self.max_pixels == 0 || self.max_input_bytes == 0 {
+            errors.push("resizer.max_pixels and resizer.max_input_bytes must be positive".into());
+        }
+    }
+}

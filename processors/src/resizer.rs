@@ -1,0 +1,643 @@
+//! The resizer's consume → resize → produce loop, exactly once.
+//!
+//! One task owns the consumer, the transactional producer and an [`OffsetTracker`]. Records are
+//! decoded here, their image work runs on the bounded CPU pool, and finished results wait in the
+//! tracker until every earlier record of their partition is finished too. A flush (by count or
+//! age) writes the replies, usage records and DLQ records of that contiguous run, plus the input
+//! offsets, in one Kafka transaction. So a crash at any point either commits all of a record's
+//! effects or none: another resizer re-does exactly the uncommitted ones.
+//!
+//! Backpressure: at most `max_in_flight` records are decoded and not yet finished; at that bound
+//! the assigned partitions are paused (no fetching) until work drains. A revoked partition's
+//! unfinished work is abandoned, not committed: its new owner redoes it from the committed offset.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chassis::ServiceContext;
+use chassis::kafka::{KafkaConfig, log_rebalance};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use schemas::events::{
+    ImageFormat, ResizeError, ResizeRequested, ResizeResult, ResizedImage, StageTimings,
+    UsageRecorded, UsageSource,
+};
+use schemas::topics::{IMAGE_REQUESTS, IMAGE_REQUESTS_DLQ};
+use schemas::{Codec, CodecError};
+use tokio::sync::oneshot;
+
+use crate::config::ResizerConfig;
+use crate::kernel::{self, KernelError, Limits, Resized};
+use crate::metrics::ResizerMetrics;
+use crate::offsets::{OffsetTracker, TakenRange};
+
+/// Consumer group of all resizers.
+pub const GROUP: &str = "resizers";
+/// Header carrying the W3C trace context from the api through to the reply.
+pub const TRACEPARENT: &str = "traceparent";
+const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the resizer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ResizerError {
+    /// Invalid `[resizer]` settings.
+    #[error("invalid resizer configuration: {0}")]
+    Config(String),
+    /// Kafka clients could not be created or transactions initialised.
+    #[error(transparent)]
+    Setup(#[from] chassis::kafka::KafkaSetupError),
+    /// Subscribing to image.requests failed.
+    #[error("subscribing to {topic}: {source}")]
+    Subscribe {
+        /// Topic.
+        topic: String,
+        /// Why.
+        source: KafkaError,
+    },
+    /// The transactional producer was fenced by a newer instance with the same id, or hit a
+    /// fatal error: this process must stop so that it cannot write stale results.
+    #[error("transactional producer failed fatally (fenced or broken): {0}")]
+    Fatal(KafkaError),
+    /// Metrics could not be registered.
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The CPU pool could not be built.
+    #[error("building the CPU pool: {0}")]
+    Pool(#[from] rayon::ThreadPoolBuildError),
+}
+
+/// One record to write in the next transaction.
+#[derive(Debug)]
+struct OutRecord {
+    topic: String,
+    partition: Option<i32>,
+    key: String,
+    payload: Vec<u8>,
+    headers: OwnedHeaders,
+}
+
+/// What a finished request produces: its reply and usage record, or a DLQ record.
+type Outputs = Vec<OutRecord>;
+
+/// What a pool job sends back.
+struct JobDone {
+    result: Result<Resized, JobError>,
+    cpu: Duration,
+    started: Instant,
+}
+
+enum JobError {
+    Kernel(KernelError),
+    DeadlineExceeded,
+}
+
+/// A request on the pool, with what is needed to answer it (the image itself moved to the job).
+struct Pending {
+    partition: i32,
+    offset: i64,
+    request: ResizeRequested,
+    bytes_in: usize,
+    queue: Duration,
+    traceparent: Option<Vec<u8>>,
+}
+
+/// Rebalances seen by the consumer, drained by the loop after every poll.
+#[derive(Clone, Default)]
+struct RebalanceLog {
+    revoked: Arc<Mutex<Vec<i32>>>,
+}
+
+impl rdkafka::ClientContext for RebalanceLog {}
+
+impl ConsumerContext for RebalanceLog {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        log_rebalance("resizer", "Rebalance starting", rebalance);
+        if let Rebalance::Revoke(list) = rebalance {
+            self.revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(list.elements().iter().map(|e| e.partition()));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        log_rebalance("resizer", "Rebalance done", rebalance);
+    }
+}
+
+/// Runs a resizer until shutdown (after draining and committing in-flight work) or a fatal error.
+pub async fn run(
+    kafka: KafkaConfig,
+    registry: schemas::RegistryConfig,
+    config: ResizerConfig,
+    ctx: ServiceContext,
+) -> Result<(), ResizerError> {
+    let mut errors = Vec::new();
+    config.validate(&mut errors);
+    if !errors.is_empty() {
+        return Err(ResizerError::Config(errors.join("; ")));
+    }
+    let metrics = ResizerMetrics::register(&ctx.metrics)?;
+    ctx.readiness.register("resizer", "joining consumer group");
+
+    let instance = if config.instance_id.is_empty() {
+        uuid::Uuid::new_v4().simple().to_string()
+    } else {
+        config.instance_id.clone()
+    };
+    let mut producer_kafka = kafka.clone();
+    producer_kafka
+        .properties
+        .entry("transaction.timeout.ms".into())
+        .or_insert_with(|| config.transaction_timeout.as_millis().to_string());
+    let producer = producer_kafka.transactional_producer(&format!("resizer-{instance}")).await?;
+
+    let context = RebalanceLog::default();
+    let mut consumer_config = kafka.consumer_config(GROUP);
+    // Offsets are committed inside transactions, never by the consumer itself.
+    consumer_config.set("enable.auto.commit", "false");
+    let consumer: StreamConsumer<RebalanceLog> = kafka.consumer(&consumer_config, context.clone())?;
+    let requests_topic = kafka.name(IMAGE_REQUESTS);
+    consumer
+        .subscribe(&[&requests_topic])
+        .map_err(|source| ResizerError::Subscribe { topic: requests_topic.clone(), source })?;
+
+    let workers = config.effective_workers();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .thread_name(|i| format!("resize-{i}"))
+        .build()?;
+    tracing::info!(instance, workers, max_in_flight = config.effective_max_in_flight(), "Resizer started");
+    ctx.readiness.ready("resizer");
+
+    let mut worker = Worker {
+        codec: Codec::new(&registry, &kafka.namespace),
+        dlq_topic: kafka.name(IMAGE_REQUESTS_DLQ),
+        requests_topic,
+        limits: config.limits(),
+        max_in_flight: config.effective_max_in_flight(),
+        consumer: Arc::new(consumer),
+        producer,
+        pool,
+        lag_probe_busy: Arc::default(),
+        rebalances: context,
+        tracker: OffsetTracker::default(),
+        jobs: FuturesUnordered::new(),
+        paused: false,
+        metrics,
+        config,
+    };
+    let result = worker.run_loop(&ctx).await;
+    ctx.readiness.not_ready("resizer", "stopped");
+    result
+}
+
+struct Worker {
+    codec: Codec,
+    requests_topic: String,
+    dlq_topic: String,
+    limits: Limits,
+    max_in_flight: usize,
+    consumer: Arc<StreamConsumer<RebalanceLog>>,
+    producer: FutureProducer,
+    pool: rayon::ThreadPool,
+    lag_probe_busy: Arc<std::sync::atomic::AtomicBool>,
+    rebalances: RebalanceLog,
+    tracker: OffsetTracker<Outputs>,
+    jobs: FuturesUnordered<futures::future::BoxFuture<'static, (Pending, Option<JobDone>)>>,
+    paused: bool,
+    metrics: ResizerMetrics,
+    config: ResizerConfig,
+}
+
+impl Worker {
+    async fn run_loop(&mut self, ctx: &ServiceContext) -> Result<(), ResizerError> {
+        let mut flush_tick = tokio::time::interval(self.config.transaction_max_delay);
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            let has_room = self.jobs.len() < self.max_in_flight;
+            self.apply_backpressure(has_room);
+            // A received message borrows the consumer; a local handle keeps `self` free.
+            let consumer = Arc::clone(&self.consumer);
+            tokio::select! {
+                () = ctx.shutdown.wait() => break,
+                received = consumer.recv(), if has_room => {
+                    self.handle_revocations();
+                    match received {
+                        Ok(message) => self.accept(&message).await,
+                        Err(error) => tracing::warn!(%error, "Consumer error; retrying"),
+                    }
+                }
+                Some((pending, done)) = self.jobs.next() => self.finish(pending, done).await,
+                _ = flush_tick.tick() => self.flush().await?,
+                _ = lag_tick.tick() => self.update_lag(),
+            }
+            if self.tracker.ready_count() >= self.config.transaction_max_records {
+                self.flush().await?;
+            }
+        }
+        self.drain().await
+    }
+
+    /// Shutdown: finish what is on the pool (bounded), commit it, stop.
+    async fn drain(&mut self) -> Result<(), ResizerError> {
+        tracing::info!(in_flight = self.jobs.len(), "Resizer draining");
+        let deadline = tokio::time::Instant::now() + chassis::shutdown::DRAIN_DEADLINE;
+        while !self.jobs.is_empty() {
+            match tokio::time::timeout_at(deadline, self.jobs.next()).await {
+                Ok(Some((pending, done))) => self.finish(pending, done).await,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(abandoned = self.jobs.len(), "Drain deadline passed");
+                    break;
+                }
+            }
+        }
+        while self.tracker.ready_count() > 0 {
+            self.flush().await?;
+        }
+        tracing::info!("Resizer stopped");
+        Ok(())
+    }
+
+    /// Pauses fetching while the pool is full, resumes once it has room.
+    fn apply_backpressure(&mut self, has_room: bool) {
+        if has_room == !self.paused {
+            return;
+        }
+        let Ok(assignment) = self.consumer.assignment() else { return };
+        let result = if has_room {
+            self.consumer.resume(&assignment)
+        } else {
+            self.consumer.pause(&assignment)
+        };
+        match result {
+            Ok(()) => {
+                self.paused = !has_room;
+                self.metrics.pool_saturated.set(i64::from(self.paused));
+            }
+            Err(error) => tracing::warn!(%error, "Pausing or resuming partitions failed"),
+        }
+    }
+
+    fn handle_revocations(&mut self) {
+        let revoked: Vec<i32> =
+            std::mem::take(&mut *self.rebalances.revoked.lock().unwrap_or_else(PoisonError::into_inner));
+        for partition in revoked {
+            // Unfinished and uncommitted work of a revoked partition is abandoned: its new owner
+            // resumes from the committed offset, so committing it here would duplicate it.
+            self.tracker.forget(partition);
+        }
+        // A rebalance may have assigned partitions that are not paused yet: re-apply the pause
+        // to the whole new assignment on the next turn.
+        self.paused = false;
+    }
+
+    /// Decodes one record and puts its work on the pool, or turns it into a DLQ record.
+    async fn accept(&mut self, message: &BorrowedMessage<'_>) {
+        let (partition, offset) = (message.partition(), message.offset());
+        let payload = message.payload().unwrap_or_default();
+        let request = loop {
+            match self.codec.decode::<ResizeRequested>(payload).await {
+                Ok(request) => break request,
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(%error, partition, offset, "Schema registry unavailable; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => {
+                    self.tracker.start(partition, offset);
+                    let dlq = self.dead_letter(message, &error);
+                    self.tracker.complete(partition, offset, vec![dlq]);
+                    return;
+                }
+            }
+        };
+        self.tracker.start(partition, offset);
+        let queue = message
+            .timestamp()
+            .to_millis()
+            .map_or(Duration::ZERO, |sent| Duration::from_millis(now_ms().saturating_sub(sent).max(0) as u64));
+        let traceparent = message.headers().and_then(|headers| {
+            headers.iter().find(|h| h.key == TRACEPARENT).and_then(|h| h.value.map(<[u8]>::to_vec))
+        });
+        self.submit(Pending {
+            partition,
+            offset,
+            bytes_in: request.image.len(),
+            request,
+            queue,
+            traceparent,
+        });
+    }
+
+    /// Moves the image to the pool; the job checks the deadline before starting work.
+    fn submit(&mut self, mut pending: Pending) {
+        let (tx, rx) = oneshot::channel();
+        let image = std::mem::take(&mut pending.request.image);
+        let params = pending.request.params.clone();
+        let deadline_ms = pending.request.deadline_at_ms;
+        let limits = self.limits;
+        self.pool.spawn(move || {
+            let started = Instant::now();
+            let cpu = cpu_time::ThreadTime::now();
+            let result = if now_ms() > deadline_ms {
+                Err(JobError::DeadlineExceeded)
+            } else {
+                kernel::resize(&image, &params, &limits).map_err(JobError::Kernel)
+            };
+            // The receiver is gone only if the partition was revoked; nothing to do then.
+            let _ = tx.send(JobDone { result, cpu: cpu.elapsed(), started });
+        });
+        self.metrics.in_flight.set(self.jobs.len() as i64 + 1);
+        self.jobs.push(Box::pin(async move { (pending, rx.await.ok()) }));
+    }
+
+    /// Turns a finished job into its reply and usage record and hands them to the tracker.
+    async fn finish(&mut self, pending: Pending, done: Option<JobDone>) {
+        self.metrics.in_flight.set(self.jobs.len() as i64);
+        let Some(done) = done else { return };
+        let request = &pending.request;
+        let mut timings = StageTimings { queue_us: micros(pending.queue), ..StageTimings::default() };
+        let (image, error, input, outcome) = match done.result {
+            Ok(resized) => {
+                timings = StageTimings { queue_us: timings.queue_us, ..resized.timings };
+                let input = Some((resized.input_format, resized.input_width, resized.input_height));
+                let image = ResizedImage {
+                    format: resized.format,
+                    width: dim(resized.width),
+                    height: dim(resized.height),
+                    bytes: resized.bytes,
+                };
+                (Some(image), None, input, "ok")
+            }
+            Err(JobError::Kernel(error)) => {
+                if error.status() >= 500 {
+                    tracing::error!(request_id = %request.request_id, %error, "Resize failed");
+                }
+                let failure = ResizeError {
+                    status: i32::from(error.status()),
+                    code: error.code().to_owned(),
+                    message: if error.status() >= 500 {
+                        "The image could not be processed.".to_owned()
+                    } else {
+                        error.to_string()
+                    },
+                };
+                (None, Some(failure), None, error.code())
+            }
+            Err(JobError::DeadlineExceeded) => {
+                let failure = ResizeError {
+                    status: 504,
+                    code: "deadline_exceeded".to_owned(),
+                    message: "The request was not processed before its deadline.".to_owned(),
+                };
+                (None, Some(failure), None, "deadline_exceeded")
+            }
+        };
+        self.metrics.jobs.with_label_values(&[outcome]).inc();
+        self.observe(&timings, done.started.elapsed());
+
+        let status = error.as_ref().map_or(200, |e| e.status);
+        let usage = UsageRecorded {
+            request_id: request.request_id.clone(),
+            tenant_id: request.tenant_id.clone(),
+            key_id: request.key_id.clone(),
+            event_time_ms: now_ms(),
+            outcome: outcome.to_owned(),
+            status,
+            bytes_in: pending.bytes_in as i64,
+            bytes_out: image.as_ref().map_or(0, |i| i.bytes.len() as i64),
+            pixels_in: input.map_or(0, |(_, w, h)| i64::from(w) * i64::from(h)),
+            pixels_out: image.as_ref().map_or(0, |i| i64::from(i.width) * i64::from(i.height)),
+            cpu_time_us: micros(done.cpu),
+            input_format: input.map(|(f, _, _)| f.name().to_owned()),
+            output_format: image.as_ref().map(|i| ImageFormat::name(i.format).to_owned()),
+            latency_us: now_ms().saturating_sub(request.received_at_ms).max(0) * 1000,
+            source: UsageSource::Resizer,
+        };
+        let result = ResizeResult {
+            request_id: request.request_id.clone(),
+            tenant_id: request.tenant_id.clone(),
+            completed_at_ms: now_ms(),
+            image,
+            error,
+            timings,
+        };
+        let reply = self.encode_retrying(&result).await;
+        let usage_payload = self.encode_retrying(&usage).await;
+        let mut headers = OwnedHeaders::new();
+        if let Some(traceparent) = &pending.traceparent {
+            headers = headers.insert(Header { key: TRACEPARENT, value: Some(traceparent) });
+        }
+        let outputs = vec![
+            OutRecord {
+                topic: request.reply_topic.clone(),
+                partition: Some(request.reply_partition),
+                key: request.request_id.clone(),
+                payload: reply,
+                headers: headers.clone(),
+            },
+            OutRecord {
+                topic: self.codec.topic::<UsageRecorded>(),
+                partition: None,
+                key: request.tenant_id.clone(),
+                payload: usage_payload,
+                headers,
+            },
+        ];
+        self.tracker.complete(pending.partition, pending.offset, outputs);
+    }
+
+    fn observe(&self, timings: &StageTimings, _total: Duration) {
+        for (stage, us) in [
+            ("queue", timings.queue_us),
+            ("decode", timings.decode_us),
+            ("resize", timings.resize_us),
+            ("encode", timings.encode_us),
+        ] {
+            self.metrics.stage_seconds.with_label_values(&[stage]).observe(us as f64 / 1e6);
+        }
+    }
+
+    /// Encodes a result; the registry is only needed on first use per schema, so a retry loop
+    /// here only ever waits at start-up while the registry is down.
+    async fn encode_retrying<E: schemas::Event>(&self, event: &E) -> Vec<u8> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.codec.encode(event).await {
+                Ok(bytes) => return bytes,
+                Err(error) => {
+                    tracing::warn!(%error, "Encoding a result failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// A poison record: its original bytes, with the error and its origin in headers.
+    fn dead_letter(&self, message: &BorrowedMessage<'_>, error: &CodecError) -> OutRecord {
+        self.metrics.dlq_records.inc();
+        self.metrics.jobs.with_label_values(&["poison"]).inc();
+        tracing::warn!(
+            partition = message.partition(),
+            offset = message.offset(),
+            %error,
+            "Poison record sent to the dead-letter topic"
+        );
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let error_text = error.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "error.class", value: Some("undecodable_request") })
+            .insert(Header { key: "error.message", value: Some(&error_text) })
+            .insert(Header { key: "source.topic", value: Some(message.topic()) })
+            .insert(Header { key: "source.partition", value: Some(&partition) })
+            .insert(Header { key: "source.offset", value: Some(&offset) });
+        OutRecord {
+            topic: self.dlq_topic.clone(),
+            partition: None,
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        }
+    }
+
+    /// Writes every ready output and its input offsets in one transaction.
+    async fn flush(&mut self) -> Result<(), ResizerError> {
+        let (outputs, ranges) = self.tracker.take_ready(self.config.transaction_max_records);
+        if outputs.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let count = outputs.len();
+        let outputs: Outputs = outputs.into_iter().flatten().collect();
+        match self.commit(outputs, &ranges).await {
+            Ok(()) => {
+                self.metrics.transactions.with_label_values(&["committed"]).inc();
+                self.metrics.transaction_seconds.observe(started.elapsed().as_secs_f64());
+                self.metrics.transaction_records.observe(count as f64);
+                Ok(())
+            }
+            Err(error) if is_fatal(&error) => {
+                tracing::error!(%error, "Transactional producer fenced or failed fatally; stopping");
+                Err(ResizerError::Fatal(error))
+            }
+            Err(error) => {
+                self.metrics.transactions.with_label_values(&["aborted"]).inc();
+                tracing::warn!(%error, "Transaction failed; aborting and re-reading its records");
+                let producer = self.producer.clone();
+                let aborted = tokio::task::spawn_blocking(move || {
+                    producer.abort_transaction(KAFKA_CALL_TIMEOUT)
+                })
+                .await
+                .unwrap_or(Err(KafkaError::Canceled));
+                if let Err(error) = aborted {
+                    tracing::error!(%error, "Aborting the transaction failed; stopping");
+                    return Err(ResizerError::Fatal(error));
+                }
+                self.rewind(&ranges);
+                Ok(())
+            }
+        }
+    }
+
+    async fn commit(&self, outputs: Outputs, ranges: &[TakenRange]) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()?;
+        for out in outputs {
+            let mut record =
+                FutureRecord::to(&out.topic).key(&out.key).payload(&out.payload).headers(out.headers);
+            if let Some(partition) = out.partition {
+                record = record.partition(partition);
+            }
+            // Delivery is confirmed by commit_transaction, which fails if any send failed.
+            self.producer.send_result(record).map_err(|(error, _)| error)?;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for range in ranges {
+            offsets.add_partition_offset(&self.requests_topic, range.partition, Offset::Offset(range.next))?;
+        }
+        let group = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer.send_offsets_to_transaction(&offsets, &group, KAFKA_CALL_TIMEOUT)?;
+            producer.commit_transaction(KAFKA_CALL_TIMEOUT)
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+    }
+
+    /// After an abort: forget the partitions' tracked work and read them again from the first
+    /// record of the aborted transaction (its results were never visible).
+    fn rewind(&mut self, ranges: &[TakenRange]) {
+        for range in ranges {
+            self.tracker.forget(range.partition);
+            if let Err(error) = self.consumer.seek(
+                &self.requests_topic,
+                range.partition,
+                Offset::Offset(range.first),
+                KAFKA_CALL_TIMEOUT,
+            ) {
+                // The partition was probably revoked; its new owner starts from the commit.
+                tracing::warn!(partition = range.partition, %error, "Rewind failed");
+            }
+        }
+    }
+
+    /// Refreshes the lag gauge. Watermark look-ups are blocking network calls: they run off the
+    /// runtime, one probe at a time.
+    fn update_lag(&self) {
+        use std::sync::atomic::Ordering;
+        if self.lag_probe_busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let consumer = Arc::clone(&self.consumer);
+        let gauge = self.metrics.consumer_lag.clone();
+        let busy = Arc::clone(&self.lag_probe_busy);
+        tokio::task::spawn_blocking(move || {
+            if let Ok(positions) = consumer.position() {
+                let lag: i64 = positions
+                    .elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(position) => consumer
+                            .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
+                            .ok()
+                            .map(|(_, high)| (high - position).max(0)),
+                        _ => None,
+                    })
+                    .sum();
+                gauge.set(lag);
+            }
+            busy.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Whether a transaction error means this producer can never commit again.
+fn is_fatal(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::Transaction(rd) => rd.is_fatal(),
+        _ => false,
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn dim(pixels: u32) -> i32 {
+    i32::try_from(pixels).unwrap_or(i32::MAX)
+}
