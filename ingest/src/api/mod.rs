@@ -1,25 +1,143 @@
-//! The api (data plane): authenticate, validate, produce the request, await the reply (being written).
+//! The api (data plane): authenticates a tenant, validates the request, writes it to
+//! `image.requests` and answers the HTTP call when the reply arrives on the correlation topic.
+//! Stateless apart from its identity view and the requests waiting for replies.
+//!
+//! - [`routes`]: the HTTP handlers (`app(state) -> Router`).
+//! - [`replies`]: reply partition ownership and routing ([`ReplyRouter`]).
+//! - [`publisher`]: producing requests and api-side usage records.
+//! - [`params`]: query parameters → the contract's `ResizeParams`.
+//! - [`problem`]: the one HTTP error type.
+//! - [`usage`]: `GET /v1/usage`.
+//! - [`openapi`]: `/openapi.json`.
 
-use serde::{Deserialize, Serialize};
+pub mod config;
+pub mod metrics;
+pub mod openapi;
+pub mod params;
+pub mod problem;
+pub mod publisher;
+pub mod replies;
+pub mod routes;
+pub mod usage;
 
-/// Settings of `imgpipe api`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiConfig {}
+use std::sync::Arc;
+
+use chassis::ServiceContext;
+use chassis::clickhouse::ClickHouseConfig;
+use chassis::kafka::KafkaConfig;
+use schemas::{Codec, RegistryConfig};
+
+pub use config::ApiConfig;
+pub use replies::ReplyRouter;
+pub use routes::{AppState, app};
+
+use crate::auth::{AuthConfig, IdentityView};
+
+/// Readiness check of the Kafka producer.
+const KAFKA_READINESS: &str = "kafka-producer";
 
 /// Why the api stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {}
-
-/// Runs the api until shutdown.
-pub async fn run(
-    _kafka: chassis::kafka::KafkaConfig,
-    _registry: schemas::RegistryConfig,
-    _clickhouse: chassis::clickhouse::ClickHouseConfig,
-    _config: ApiConfig,
-    _auth: crate::auth::AuthConfig,
-    ctx: chassis::ServiceContext,
-) -> Result<(), ApiError> {
-    ctx.shutdown.wait().await;
-    Ok(())
+pub enum ApiError {
+    /// Invalid `[api]` settings.
+    #[error("invalid api configuration: {0}")]
+    Config(String),
+    /// Kafka clients could not be created.
+    #[error(transparent)]
+    Kafka(#[from] chassis::kafka::KafkaSetupError),
+    /// The reply reader could not start.
+    #[error(transparent)]
+    Replies(#[from] replies::ReplyReaderError),
+    /// The identity view could not start.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthSetupError),
+    /// Metrics could not be registered.
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The HTTP listener failed.
+    #[error("serving HTTP on {address}: {source}")]
+    Serve {
+        /// Address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
+
+/// Runs the api until shutdown: in-flight requests finish (up to their deadline) before it returns.
+pub async fn run(
+    kafka: KafkaConfig,
+    registry: RegistryConfig,
+    clickhouse: ClickHouseConfig,
+    config: ApiConfig,
+    auth: AuthConfig,
+    ctx: ServiceContext,
+) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    config.validate(&mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Config(errors.join("; ")));
+    }
+    let metrics = metrics::ApiMetrics::register(&ctx.metrics)?;
+    let codec = Arc::new(Codec::new(&registry, &kafka.namespace));
+    let view = IdentityView::start(&kafka, &registry, &auth, &ctx).await?;
+    let publisher = Arc::new(publisher::KafkaPublisher::new(&kafka, codec.clone(), metrics.clone())?);
+    let router = ReplyRouter::new(replies::reply_topic(&kafka), config.max_concurrent_requests);
+    let reader = replies::start_reader(
+        &kafka,
+        &config.instance_id,
+        router.clone(),
+        codec,
+        metrics.clone(),
+        ctx.readiness.clone(),
+        ctx.shutdown.clone(),
+    )?;
+    tokio::spawn(watch_broker_health(publisher.health(), ctx.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ApiError::Serve { address: config.listen, source })?;
+    let address = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(%address, "Api listening");
+    let state = AppState {
+        auth: view,
+        publisher,
+        replies: router,
+        usage: Some(usage::ClickHouseUsage::new(clickhouse)),
+        metrics,
+        config: Arc::new(config),
+    };
+    let shutdown = ctx.shutdown.clone();
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+        .map_err(|source| ApiError::Serve { address, source });
+    // The reply reader stops with shutdown; wait so its consumer leaves the group cleanly.
+    let _ = reader.await;
+    served
+}
+
+/// Mirrors broker health into readiness, so a load balancer stops sending while Kafka is gone.
+async fn watch_broker_health(health: publisher::BrokerHealth, ctx: ServiceContext) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut was_up = None;
+    loop {
+        tokio::select! {
+            () = ctx.shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        let up = health.is_up();
+        if was_up != Some(up) {
+            if up {
+                ctx.readiness.ready(KAFKA_READINESS);
+            } else {
+                tracing::warn!("No Kafka broker is up; refusing resize requests with 503");
+                ctx.readiness.not_ready(KAFKA_READINESS, "no Kafka broker is up");
+            }
+            was_up = Some(up);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! Producing from the api: resize requests (awaited: the client waits on them anyway) and the
+//! api's own usage records (fire and forget into librdkafka's bounded queue).
+//!
+//! Kafka being down must cost a client one fast 503, not a 10-second hang, so the producer's
+//! context tracks broker health from librdkafka's statistics and global errors, and requests are
+//! refused at once while no broker is up.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chassis::kafka::KafkaConfig;
+use futures::future::BoxFuture;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, ClientConfig};
+use schemas::Codec;
+use schemas::events::{ResizeRequested, UsageRecorded};
+
+use super::metrics::ApiMetrics;
+
+/// Why a request could not be handed to the resizers.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No broker is reachable, or the produce failed/timed out. Retryable (503).
+    #[error("Kafka unavailable: {0}")]
+    Unavailable(String),
+    /// The local queue is full: too much in flight. Retryable (503).
+    #[error("producer queue full")]
+    Overloaded,
+    /// The record could not be encoded (registry down at start-up, or a bug).
+    #[error("encoding the request: {0}")]
+    Encode(#[from] schemas::CodecError),
+}
+
+/// Hands requests and usage records to Kafka. A trait so handler tests run without a broker.
+pub trait RequestPublisher: Send + Sync + 'static {
+    /// Produces a request and waits for the broker's acknowledgement.
+    fn publish<'a>(
+        &'a self,
+        request: &'a ResizeRequested,
+        traceparent: &'a str,
+    ) -> BoxFuture<'a, Result<(), PublishError>>;
+
+    /// Queues a usage record for a request the api answered itself; never waits.
+    fn record_usage<'a>(&'a self, usage: &'a UsageRecorded) -> BoxFuture<'a, ()>;
+}
+
+/// Producer context that knows whether any broker is up.
+#[derive(Debug, Clone)]
+pub struct BrokerHealth {
+    up: Arc<AtomicBool>,
+}
+
+impl BrokerHealth {
+    /// Whether at least one broker connection is up (per the latest statistics).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+}
+
+impl ClientContext for BrokerHealth {
+    fn stats(&self, statistics: Statistics) {
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.up.store(false, Ordering::Relaxed);
+        }
+        tracing::warn!(%error, reason, "Kafka client error");
+    }
+}
+
+/// The production publisher.
+pub struct KafkaPublisher {
+    producer: FutureProducer<BrokerHealth>,
+    health: BrokerHealth,
+    codec: Arc<Codec>,
+    requests_topic: String,
+    usage_topic: String,
+    metrics: ApiMetrics,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher").field("topic", &self.requests_topic).finish_non_exhaustive()
+    }
+}
+
+impl KafkaPublisher {
+    /// An idempotent producer whose health is refreshed twice a second.
+    pub fn new(
+        kafka: &KafkaConfig,
+        codec: Arc<Codec>,
+        metrics: ApiMetrics,
+    ) -> Result<Self, chassis::kafka::KafkaSetupError> {
+        let health = BrokerHealth { up: Arc::new(AtomicBool::new(true)) };
+        let mut config: ClientConfig = kafka.client_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", kafka.delivery_timeout.as_millis().to_string())
+            .set("queue.buffering.max.kbytes", "262144")
+            .set("statistics.interval.ms", "500");
+        let producer = config.create_with_context(health.clone()).map_err(|source| {
+            chassis::kafka::KafkaSetupError::Create { role: "api producer", source }
+        })?;
+        Ok(Self {
+            producer,
+            health,
+            requests_topic: codec.topic::<ResizeRequested>(),
+            usage_topic: codec.topic::<UsageRecorded>(),
+            codec,
+            metrics,
+        })
+    }
+
+    /// Whether a broker is up.
+    pub fn health(&self) -> BrokerHealth {
+        self.health.clone()
+    }
+}
+
+impl RequestPublisher for KafkaPublisher {
+    fn publish<'a>(
+        &'a self,
+        request: &'a ResizeRequested,
+        traceparent: &'a str,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move {
+            if !self.health.is_up() {
+                return Err(PublishError::Unavailable("no broker is up".into()));
+            }
+            let payload = self.codec.encode(request).await?;
+            let headers =
+                OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(traceparent) });
+            let record = FutureRecord::to(&self.requests_topic)
+                .key(&request.request_id)
+                .payload(&payload)
+                .headers(headers);
+            match self.producer.send(record, Duration::ZERO).await {
+                Ok(_) => Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    Err(PublishError::Overloaded)
+                }
+                Err((error, _)) => Err(PublishError::Unavailable(error.to_string())),
+            }
+        })
+    }
+
+    fn record_usage<'a>(&'a self, usage: &'a UsageRecorded) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let payload = match self.codec.encode(usage).await {
+                Ok(payload) => payload,
+                Err(error) => {
+                    self.metrics.usage_records.with_label_values(&["failed"]).inc();
+                    tracing::warn!(%error, "Encoding an api usage record failed");
+                    return;
+                }
+            };
+            let record =
+                FutureRecord::to(&self.usage_topic).key(&usage.tenant_id).payload(&payload);
+            // Fire and forget: librdkafka retries delivery; the client is not kept waiting.
+            match self.producer.send_result(record) {
+                Ok(_delivery) => self.metrics.usage_records.with_label_values(&["queued"]).inc(),
+                Err((error, _)) => {
+                    self.metrics.usage_records.with_label_values(&["failed"]).inc();
+                    tracing::warn!(%error, "Queueing an api usage record failed");
+                }
+            }
+        })
+    }
+}

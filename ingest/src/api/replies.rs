@@ -1,0 +1,304 @@
+//! The correlation side of the api: which reply partitions this instance owns, and routing each
+//! reply on them to the request waiting for it.
+//!
+//! Ownership comes from consumer group `api-replies` (static membership when `api.instance_id` is
+//! set, so a restart does not move partitions). A partition is offered to new requests only once
+//! its fetch position is known, so no reply can be written before this instance reads from there.
+//! Waiting requests sit in a bounded map keyed by request id; a reply nobody waits for (late, or
+//! meant for a request whose client left) is dropped without being decoded, and counted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use chassis::kafka::{KafkaConfig, RebalanceLogger};
+use chassis::{Readiness, Shutdown};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Message, Offset};
+use schemas::Codec;
+use schemas::events::ResizeResult;
+use schemas::topics::IMAGE_RESULTS;
+use tokio::sync::oneshot;
+
+use super::metrics::ApiMetrics;
+
+/// Consumer group whose members own the reply partitions.
+pub const GROUP: &str = "api-replies";
+/// Readiness check name.
+pub const READINESS: &str = "reply-partitions";
+
+/// Why a request cannot wait for a reply right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReserveError {
+    /// No reply partition is assigned and positioned yet.
+    #[error("no reply partition assigned yet")]
+    NoPartition,
+    /// `max_pending` requests are already waiting.
+    #[error("too many requests waiting for replies")]
+    Full,
+}
+
+/// Routes replies to waiting requests.
+#[derive(Debug)]
+pub struct ReplyRouter {
+    topic: String,
+    owned: RwLock<Vec<i32>>,
+    next: AtomicUsize,
+    waiting: Mutex<HashMap<String, oneshot::Sender<ResizeResult>>>,
+    max_pending: usize,
+}
+
+/// A request's claim on its reply. Dropping it (the client left, the deadline passed) frees the
+/// slot, so an abandoned request holds no memory.
+#[derive(Debug)]
+pub struct ReplySlot {
+    router: Arc<ReplyRouter>,
+    request_id: String,
+    /// Partition the reply must be written to.
+    pub partition: i32,
+    receiver: Option<oneshot::Receiver<ResizeResult>>,
+}
+
+impl ReplySlot {
+    /// Waits for the reply; `None` if the router went away.
+    pub async fn wait(&mut self) -> Option<ResizeResult> {
+        match self.receiver.as_mut() {
+            Some(receiver) => receiver.await.ok(),
+            None => None,
+        }
+    }
+}
+
+impl Drop for ReplySlot {
+    fn drop(&mut self) {
+        self.router.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.request_id);
+    }
+}
+
+impl ReplyRouter {
+    /// A router for `topic` (namespaced `image.results`) holding at most `max_pending` waiters.
+    pub fn new(topic: String, max_pending: usize) -> Arc<Self> {
+        Arc::new(Self {
+            topic,
+            owned: RwLock::default(),
+            next: AtomicUsize::new(0),
+            waiting: Mutex::default(),
+            max_pending,
+        })
+    }
+
+    /// The reply topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Claims a reply partition and a slot for `request_id`.
+    pub fn reserve(self: &Arc<Self>, request_id: &str) -> Result<ReplySlot, ReserveError> {
+        let partition = {
+            let owned = self.owned.read().unwrap_or_else(PoisonError::into_inner);
+            if owned.is_empty() {
+                return Err(ReserveError::NoPartition);
+            }
+            owned[self.next.fetch_add(1, Ordering::Relaxed) % owned.len()]
+        };
+        let (sender, receiver) = oneshot::channel();
+        {
+            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            if waiting.len() >= self.max_pending {
+                return Err(ReserveError::Full);
+            }
+            waiting.insert(request_id.to_owned(), sender);
+        }
+        Ok(ReplySlot {
+            router: Arc::clone(self),
+            request_id: request_id.to_owned(),
+            partition,
+            receiver: Some(receiver),
+        })
+    }
+
+    /// Whether someone waits for `request_id` (checked before paying for a decode).
+    pub fn is_waiting(&self, request_id: &str) -> bool {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).contains_key(request_id)
+    }
+
+    /// Hands a reply to its waiter; false if nobody waits (late or unknown reply).
+    pub fn deliver(&self, result: ResizeResult) -> bool {
+        let sender =
+            self.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(&result.request_id);
+        sender.is_some_and(|sender| sender.send(result).is_ok())
+    }
+
+    /// Requests waiting now.
+    pub fn pending(&self) -> usize {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Replaces the set of partitions new requests may use.
+    pub fn set_owned(&self, partitions: Vec<i32>) {
+        *self.owned.write().unwrap_or_else(PoisonError::into_inner) = partitions;
+    }
+
+    /// Partitions new requests may use.
+    pub fn owned(&self) -> Vec<i32> {
+        self.owned.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Why the reply reader could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyReaderError {
+    /// No consumer.
+    #[error(transparent)]
+    Setup(#[from] chassis::kafka::KafkaSetupError),
+    /// Subscribing failed.
+    #[error("subscribing to reply topic: {0}")]
+    Subscribe(rdkafka::error::KafkaError),
+}
+
+/// Starts the task that reads this instance's reply partitions until shutdown.
+pub fn start_reader(
+    kafka: &KafkaConfig,
+    instance_id: &str,
+    router: Arc<ReplyRouter>,
+    codec: Arc<Codec>,
+    metrics: ApiMetrics,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) -> Result<tokio::task::JoinHandle<()>, ReplyReaderError> {
+    let mut config = kafka.consumer_config(GROUP);
+    config
+        // Only replies written after we own a partition matter; older ones answer requests that
+        // are gone. Nothing is committed: a new owner starts at the end.
+        .set("auto.offset.reset", "latest")
+        .set("enable.auto.commit", "false")
+        // Replies are latency-critical: do not let the broker hold fetches to fill them.
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.min.bytes", "1");
+    if !instance_id.is_empty() {
+        config.set("group.instance.id", format!("api-{instance_id}"));
+    }
+    let consumer: StreamConsumer<RebalanceLogger> =
+        kafka.consumer(&config, RebalanceLogger { consumer: "api-replies" })?;
+    consumer.subscribe(&[router.topic()]).map_err(ReplyReaderError::Subscribe)?;
+    readiness.register(READINESS, "waiting for reply partitions");
+    Ok(tokio::spawn(read_replies(consumer, router, codec, metrics, readiness, shutdown)))
+}
+
+async fn read_replies(
+    consumer: StreamConsumer<RebalanceLogger>,
+    router: Arc<ReplyRouter>,
+    codec: Arc<Codec>,
+    metrics: ApiMetrics,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) {
+    let mut ownership_tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => break,
+            _ = ownership_tick.tick() => refresh_ownership(&consumer, &router, &readiness),
+            received = consumer.recv() => match received {
+                Ok(message) => {
+                    let request_id = message.key().map(String::from_utf8_lossy).unwrap_or_default();
+                    if !router.is_waiting(&request_id) {
+                        metrics.replies.with_label_values(&["unclaimed"]).inc();
+                        continue;
+                    }
+                    match codec.decode::<ResizeResult>(message.payload().unwrap_or_default()).await {
+                        Ok(result) => {
+                            let outcome = if router.deliver(result) { "delivered" } else { "unclaimed" };
+                            metrics.replies.with_label_values(&[outcome]).inc();
+                        }
+                        Err(error) => {
+                            metrics.replies.with_label_values(&["undecodable"]).inc();
+                            tracing::warn!(%error, %request_id, "Undecodable reply dropped");
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "Reply consumer error"),
+            },
+        }
+    }
+    router.set_owned(Vec::new());
+    readiness.not_ready(READINESS, "stopped");
+}
+
+/// Offers new requests the assigned partitions whose fetch position is known.
+fn refresh_ownership(
+    consumer: &StreamConsumer<RebalanceLogger>,
+    router: &ReplyRouter,
+    readiness: &Readiness,
+) {
+    let Ok(positions) = consumer.position() else { return };
+    let mut owned: Vec<i32> = positions
+        .elements()
+        .iter()
+        .filter(|e| matches!(e.offset(), Offset::Offset(_)))
+        .map(|e| e.partition())
+        .collect();
+    owned.sort_unstable();
+    if owned != router.owned() {
+        tracing::info!(partitions = ?owned, "Reply partitions owned");
+        if owned.is_empty() {
+            readiness.not_ready(READINESS, "no reply partition assigned");
+        } else {
+            readiness.ready(READINESS);
+        }
+        router.set_owned(owned);
+    }
+}
+
+/// The reply topic of a deployment.
+pub fn reply_topic(kafka: &KafkaConfig) -> String {
+    kafka.name(IMAGE_RESULTS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::events::StageTimings;
+
+    fn result(request_id: &str) -> ResizeResult {
+        ResizeResult {
+            request_id: request_id.into(),
+            tenant_id: "t".into(),
+            completed_at_ms: 0,
+            image: None,
+            error: None,
+            timings: StageTimings::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_reaches_its_waiter_and_only_it() {
+        let router = ReplyRouter::new("replies".into(), 10);
+        router.set_owned(vec![4, 5]);
+        let mut a = router.reserve("a").expect("slot");
+        let b = router.reserve("b").expect("slot");
+        assert_ne!(a.partition, b.partition, "round robin over owned partitions");
+        assert!(router.deliver(result("a")));
+        assert_eq!(a.wait().await.map(|r| r.request_id), Some("a".into()));
+        assert!(!router.deliver(result("zzz")), "unknown reply dropped");
+        assert!(!router.deliver(result("a")), "a second reply for the same request is dropped");
+    }
+
+    #[test]
+    fn dropping_a_slot_frees_it() {
+        let router = ReplyRouter::new("replies".into(), 1);
+        router.set_owned(vec![0]);
+        let slot = router.reserve("a").expect("slot");
+        assert_eq!(router.reserve("b").unwrap_err(), ReserveError::Full);
+        drop(slot);
+        assert_eq!(router.pending(), 0);
+        assert!(router.reserve("b").is_ok());
+        assert!(!router.deliver(result("a")), "the departed client's reply is dropped");
+    }
+
+    #[test]
+    fn no_partition_no_slot() {
+        let router = ReplyRouter::new("replies".into(), 10);
+        assert_eq!(router.reserve("a").unwrap_err(), ReserveError::NoPartition);
+    }
+}

@@ -1,0 +1,93 @@
+//! `GET /v1/usage`: the caller's own usage from ClickHouse, never another tenant's (the tenant is
+//! taken from the authenticated key, not from the query). ClickHouse being down costs this route
+//! a 503; resizing keeps working.
+
+use std::sync::Arc;
+
+use aggregators::query::{UsageParams, UsageQuery, UsageQueryError, UsageReport, UsageRequest};
+use axum::Json;
+use axum::extract::{Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chassis::clickhouse::ClickHouseConfig;
+use futures::future::BoxFuture;
+use tokio::sync::OnceCell;
+
+use super::problem::Problem;
+use super::routes::{AppState, authenticate};
+
+/// Answers usage queries. A trait so handler tests run without ClickHouse.
+pub trait UsageApi: Send + Sync + 'static {
+    /// `tenant_id`'s usage for a validated request.
+    fn report<'a>(
+        &'a self,
+        tenant_id: &'a str,
+        request: &'a UsageRequest,
+    ) -> BoxFuture<'a, Result<UsageReport, UsageQueryError>>;
+}
+
+/// ClickHouse-backed usage, connected on first use so the api starts without ClickHouse.
+#[derive(Debug)]
+pub struct ClickHouseUsage {
+    config: ClickHouseConfig,
+    query: OnceCell<UsageQuery>,
+}
+
+impl ClickHouseUsage {
+    /// Usage from the ClickHouse at `config`.
+    pub fn new(config: ClickHouseConfig) -> Arc<Self> {
+        Arc::new(Self { config, query: OnceCell::new() })
+    }
+}
+
+impl UsageApi for ClickHouseUsage {
+    fn report<'a>(
+        &'a self,
+        tenant_id: &'a str,
+        request: &'a UsageRequest,
+    ) -> BoxFuture<'a, Result<UsageReport, UsageQueryError>> {
+        Box::pin(async move {
+            let query = self.query.get_or_try_init(|| UsageQuery::connect(&self.config)).await?;
+            query.buckets(tenant_id, request).await
+        })
+    }
+}
+
+/// The `GET /v1/usage` handler.
+pub async fn usage(State(state): State<AppState>, request: Request) -> Response {
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let principal = match authenticate(state.auth.as_ref(), request.headers(), &request_id) {
+        Ok(principal) => principal,
+        Err(problem) => return problem.into_response(),
+    };
+    let params = match Query::<UsageParams>::try_from_uri(request.uri()) {
+        Ok(Query(params)) => params,
+        Err(rejection) => {
+            let message = format!("Bad query: {}. Use from, to, granularity, group_by.", rejection.body_text());
+            return Problem::bad_parameters(message, &request_id).into_response();
+        }
+    };
+    let usage_request = match UsageRequest::from_params(&params) {
+        Ok(r) => r,
+        Err(error) => return Problem::bad_parameters(error.to_string(), &request_id).into_response(),
+    };
+    let Some(usage) = &state.usage else {
+        return Problem::unavailable("usage_unavailable", "Usage is not available here.", &request_id)
+            .into_response();
+    };
+    match usage.report(&principal.tenant_id, &usage_request).await {
+        Ok(report) => (StatusCode::OK, Json(report)).into_response(),
+        Err(error) if error.is_bad_request() => {
+            Problem::bad_parameters(error.to_string(), &request_id).into_response()
+        }
+        Err(error) => {
+            tracing::warn!(%request_id, %error, "Usage query failed");
+            Problem::unavailable(
+                "usage_unavailable",
+                "Usage data is temporarily unavailable; retry shortly.",
+                &request_id,
+            )
+            .into_response()
+        }
+    }
+}
