@@ -2,6 +2,7 @@
 //! hands over to the library; nothing else happens here.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use chassis::Shutdown;
@@ -36,6 +37,8 @@ enum Command {
     Aggregator,
     /// Every service in one process (development and the demo).
     All,
+    /// Applies ClickHouse migrations (versioned, idempotent) to `clickhouse.database`.
+    Migrate,
     /// Topic and schema management.
     Topics {
         #[command(subcommand)]
@@ -51,8 +54,27 @@ enum TopicsAction {
     Ensure,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match start(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Our errors already name their cause in their message; print each cause only once,
+            // and no backtrace: it helps nobody fix a config typo.
+            let mut message = error.to_string();
+            for cause in error.chain().skip(1) {
+                let cause = cause.to_string();
+                if !message.contains(&cause) {
+                    message = format!("{message}: {cause}");
+                }
+            }
+            eprintln!("imgpipe: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(cli: Cli) -> anyhow::Result<()> {
     let config: Config = chassis::load_config(cli.config.as_deref())?;
     chassis::telemetry::init(&config.telemetry);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -78,6 +100,20 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             }
             for (subject, id) in &report.schemas {
                 println!("schema   {subject} id={id}");
+            }
+            return Ok(());
+        }
+        Command::Migrate => {
+            let report = aggregators::migrate(&config.clickhouse).await?;
+            println!("server   ClickHouse {}", report.server_version);
+            for (version, name) in &report.applied {
+                println!("applied  {version} {name}");
+            }
+            for version in &report.already_applied {
+                println!("present  {version}");
+            }
+            for (version, name) in &report.skipped {
+                println!("skipped  {version} {name} (needs a newer server)");
             }
             return Ok(());
         }

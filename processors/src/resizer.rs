@@ -84,6 +84,10 @@ struct OutRecord {
 /// What a finished request produces: its reply and usage record, or a DLQ record.
 type Outputs = Vec<OutRecord>;
 
+/// A pool job's completion. `Sync` because the loop's futures hold `&Worker` across awaits.
+type JobFuture =
+    std::pin::Pin<Box<dyn Future<Output = (Pending, Option<JobDone>)> + Send + Sync>>;
+
 /// What a pool job sends back.
 struct JobDone {
     result: Result<Resized, JobError>,
@@ -209,7 +213,7 @@ struct Worker {
     lag_probe_busy: Arc<std::sync::atomic::AtomicBool>,
     rebalances: RebalanceLog,
     tracker: OffsetTracker<Outputs>,
-    jobs: FuturesUnordered<futures::future::BoxFuture<'static, (Pending, Option<JobDone>)>>,
+    jobs: FuturesUnordered<JobFuture>,
     paused: bool,
     metrics: ResizerMetrics,
     config: ResizerConfig,
