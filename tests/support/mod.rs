@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+pub mod images;
+
 use imgpipe::Config;
 
 /// A namespace unique to this test run, e.g. `t3f9a1c2e.`.
@@ -66,5 +68,135 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Services hosted in this test process, stopped on drop.
+pub struct Hosted {
+    pub shutdown: chassis::Shutdown,
+    pub handle: Option<tokio::task::JoinHandle<Result<(), imgpipe::host::HostError>>>,
+    pub ops: std::net::SocketAddr,
+}
+
+impl Drop for Hosted {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+impl Hosted {
+    /// Stops the services and waits for them to drain and commit.
+    pub async fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(handle) = self.handle.take() {
+            let result = tokio::time::timeout(Duration::from_secs(30), handle).await;
+            let stopped = result
+                .expect("services stop within 30 s")
+                .expect("host task joins");
+            stopped.expect("services stop cleanly");
+        }
+    }
+}
+
+/// Starts `services` in this process and waits until `/readyz` says ready.
+pub async fn host(mut config: Config, services: &[imgpipe::host::Service]) -> Hosted {
+    // Service logs go to stderr, which the test harness shows for failing tests.
+    chassis::telemetry::init(&config.telemetry);
+    let ops = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    config.ops.listen = Some(ops);
+    let shutdown = chassis::Shutdown::new();
+    let services = services.to_vec();
+    let handle = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { imgpipe::host::run(config, &services, shutdown).await }
+    });
+    wait_ready(ops, &handle).await;
+    Hosted {
+        shutdown,
+        handle: Some(handle),
+        ops,
+    }
+}
+
+/// Waits until the ops endpoint at `ops` reports ready (or the host task died).
+pub async fn wait_ready(
+    ops: std::net::SocketAddr,
+    handle: &tokio::task::JoinHandle<Result<(), imgpipe::host::HostError>>,
+) {
+    let http = reqwest::Client::new();
+    let url = format!("http://{ops}/readyz");
+    let mut last = String::new();
+    for _ in 0..600 {
+        assert!(
+            !handle.is_finished(),
+            "services stopped while starting; last readyz: {last}"
+        );
+        if let Ok(response) = http.get(&url).send().await {
+            let ok = response.status().is_success();
+            last = response.text().await.unwrap_or_default();
+            if ok {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("services not ready after 60 s: {last}");
+}
+
+/// A tenant and one of its API keys, created through the identity admin API.
+pub struct TenantKey {
+    pub tenant_id: String,
+    pub api_key: String,
+}
+
+/// The admin token of test configs.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Creates a tenant (with a rate limit) and a key on the identity service at `identity`.
+pub async fn create_tenant_key(
+    identity: std::net::SocketAddr,
+    name: &str,
+    rate: i32,
+    burst: i32,
+) -> TenantKey {
+    let http = reqwest::Client::new();
+    let tenant: serde_json::Value = http
+        .post(format!("http://{identity}/admin/v1/tenants"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"name": name, "rate_limit_per_second": rate, "burst": burst}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tenant_id = tenant["id"].as_str().unwrap().to_owned();
+    let key: serde_json::Value = http
+        .post(format!(
+            "http://{identity}/admin/v1/tenants/{tenant_id}/keys"
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    TenantKey {
+        tenant_id,
+        api_key: key["api_key"].as_str().unwrap().to_owned(),
     }
 }

@@ -41,11 +41,17 @@ impl ApiMetrics {
                 "Requests waiting for a reply.",
             )?,
             replies: IntCounterVec::new(
-                Opts::new("imgpipe_api_replies_total", "Replies read, by what became of them."),
+                Opts::new(
+                    "imgpipe_api_replies_total",
+                    "Replies read, by what became of them.",
+                ),
                 &["outcome"],
             )?,
             usage_records: IntCounterVec::new(
-                Opts::new("imgpipe_api_usage_records_total", "Usage records the api produced."),
+                Opts::new(
+                    "imgpipe_api_usage_records_total",
+                    "Usage records the api produced.",
+                ),
                 &["result"],
             )?,
         };

@@ -81,7 +81,11 @@ pub async fn run(
     let metrics = metrics::ApiMetrics::register(&ctx.metrics)?;
     let codec = Arc::new(Codec::new(&registry, &kafka.namespace));
     let view = IdentityView::start(&kafka, &registry, &auth, &ctx).await?;
-    let publisher = Arc::new(publisher::KafkaPublisher::new(&kafka, codec.clone(), metrics.clone())?);
+    let publisher = Arc::new(publisher::KafkaPublisher::new(
+        &kafka,
+        codec.clone(),
+        metrics.clone(),
+    )?);
     let router = ReplyRouter::new(replies::reply_topic(&kafka), config.max_concurrent_requests);
     let reader = replies::start_reader(
         &kafka,
@@ -92,11 +96,14 @@ pub async fn run(
         ctx.readiness.clone(),
         ctx.shutdown.clone(),
     )?;
-    tokio::spawn(watch_broker_health(publisher.health(), ctx.clone()));
+    tokio::spawn(watch_broker_health(publisher.clone(), ctx.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ApiError::Serve { address: config.listen, source })?;
+        .map_err(|source| ApiError::Serve {
+            address: config.listen,
+            source,
+        })?;
     let address = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%address, "Api listening");
     let state = AppState {
@@ -117,8 +124,10 @@ pub async fn run(
     served
 }
 
-/// Mirrors broker health into readiness, so a load balancer stops sending while Kafka is gone.
-async fn watch_broker_health(health: publisher::BrokerHealth, ctx: ServiceContext) {
+/// Probes Kafka while it is down and mirrors its health into readiness, so a load balancer stops
+/// sending while Kafka is gone and resumes by itself when it returns.
+async fn watch_broker_health(publisher: Arc<publisher::KafkaPublisher>, ctx: ServiceContext) {
+    let health = publisher.health();
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     let mut was_up = None;
     loop {
@@ -126,13 +135,14 @@ async fn watch_broker_health(health: publisher::BrokerHealth, ctx: ServiceContex
             () = ctx.shutdown.wait() => return,
             _ = tick.tick() => {}
         }
-        let up = health.is_up();
+        let up = health.is_up() || publisher.probe().await;
         if was_up != Some(up) {
             if up {
                 ctx.readiness.ready(KAFKA_READINESS);
             } else {
                 tracing::warn!("No Kafka broker is up; refusing resize requests with 503");
-                ctx.readiness.not_ready(KAFKA_READINESS, "no Kafka broker is up");
+                ctx.readiness
+                    .not_ready(KAFKA_READINESS, "no Kafka broker is up");
             }
             was_up = Some(up);
         }

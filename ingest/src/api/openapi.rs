@@ -5,8 +5,11 @@ use axum::Json;
 use serde_json::{Value, json};
 
 /// Every route the api serves, as `(method, path)`; the router and this document must agree.
-pub const ROUTES: &[(&str, &str)] =
-    &[("post", "/v1/resize"), ("get", "/v1/usage"), ("get", "/openapi.json")];
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/resize"),
+    ("get", "/v1/usage"),
+    ("get", "/openapi.json"),
+];
 
 /// `GET /openapi.json`.
 pub async fn document() -> Json<Value> {
@@ -115,7 +118,10 @@ mod tests {
     fn every_route_is_described() {
         let spec = spec();
         for (method, path) in ROUTES {
-            assert!(spec["paths"][path][method].is_object(), "{method} {path} missing");
+            assert!(
+                spec["paths"][path][method].is_object(),
+                "{method} {path} missing"
+            );
         }
     }
 }

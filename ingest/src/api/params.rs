@@ -46,14 +46,18 @@ fn form_pairs(query: &str) -> Vec<(String, String)> {
 fn side(name: &str, value: &str) -> Result<i32, String> {
     match value.parse::<i32>() {
         Ok(n) if (1..=MAX_SIDE).contains(&n) => Ok(n),
-        _ => Err(format!("`{name}` must be a whole number from 1 to {MAX_SIDE}, got `{value}`")),
+        _ => Err(format!(
+            "`{name}` must be a whole number from 1 to {MAX_SIDE}, got `{value}`"
+        )),
     }
 }
 
 fn quality(value: &str) -> Result<i32, String> {
     match value.parse::<i32>() {
         Ok(n) if (1..=100).contains(&n) => Ok(n),
-        _ => Err(format!("`quality` must be a whole number from 1 to 100, got `{value}`")),
+        _ => Err(format!(
+            "`quality` must be a whole number from 1 to 100, got `{value}`"
+        )),
     }
 }
 
@@ -71,7 +75,9 @@ fn fit(value: &str) -> Result<Fit, String> {
         "cover" => Ok(Fit::Cover),
         "contain" => Ok(Fit::Contain),
         "fill" => Ok(Fit::Fill),
-        _ => Err(format!("`fit` must be inside, cover, contain or fill, got `{value}`")),
+        _ => Err(format!(
+            "`fit` must be inside, cover, contain or fill, got `{value}`"
+        )),
     }
 }
 
@@ -110,7 +116,21 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
         [0xFF, 0xD8, 0xFF, ..] => Some(ImageFormat::Jpeg),
         [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some(ImageFormat::Png),
         [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => Some(ImageFormat::Gif),
-        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Some(ImageFormat::Webp),
+        [
+            b'R',
+            b'I',
+            b'F',
+            b'F',
+            _,
+            _,
+            _,
+            _,
+            b'W',
+            b'E',
+            b'B',
+            b'P',
+            ..,
+        ] => Some(ImageFormat::Webp),
         _ => None,
     }
 }
@@ -121,8 +141,10 @@ mod tests {
 
     #[test]
     fn parses_every_parameter() {
-        let p = parse(Some("width=300&height=200&fit=cover&gravity=southwest&format=webp&quality=70&enlarge=true"))
-            .expect("valid");
+        let p = parse(Some(
+            "width=300&height=200&fit=cover&gravity=southwest&format=webp&quality=70&enlarge=true",
+        ))
+        .expect("valid");
         assert_eq!(p.width, Some(300));
         assert_eq!(p.height, Some(200));
         assert_eq!(p.fit, Fit::Cover);

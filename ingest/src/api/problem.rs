@@ -38,7 +38,12 @@ struct Body<'a> {
 
 impl Problem {
     /// A problem with the given status, code and message.
-    pub fn new(status: StatusCode, code: &str, message: impl Into<String>, request_id: &str) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: &str,
+        message: impl Into<String>,
+        request_id: &str,
+    ) -> Self {
         Self {
             status,
             code: code.to_owned(),
@@ -50,7 +55,12 @@ impl Problem {
 
     /// 400 with a message naming the bad parameter.
     pub fn bad_parameters(message: impl Into<String>, request_id: &str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_parameters", message, request_id)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad_parameters",
+            message,
+            request_id,
+        )
     }
 
     /// 503: a dependency is gone or the api is at capacity.
@@ -114,7 +124,10 @@ impl IntoResponse for Problem {
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (self.status, json).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Ok(id) = HeaderValue::from_str(&self.request_id) {
             headers.insert("x-request-id", id);
         }

@@ -2,8 +2,10 @@
 //! api's own usage records (fire and forget into librdkafka's bounded queue).
 //!
 //! Kafka being down must cost a client one fast 503, not a 10-second hang, so the producer's
-//! context tracks broker health from librdkafka's statistics and global errors, and requests are
-//! refused at once while no broker is up.
+//! context marks Kafka down the moment librdkafka reports every broker connection lost, requests
+//! are refused at once while it is down, and a metadata probe marks it up again when it answers.
+//! (librdkafka's statistics cannot serve here: it connects sparsely, so an idle producer shows no
+//! broker "UP" although Kafka is fine.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,10 +15,9 @@ use chassis::kafka::KafkaConfig;
 use futures::future::BoxFuture;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::statistics::Statistics;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, ClientConfig};
+use rdkafka::{ClientConfig, ClientContext};
 use schemas::Codec;
 use schemas::events::{ResizeRequested, UsageRecorded};
 
@@ -56,18 +57,13 @@ pub struct BrokerHealth {
 }
 
 impl BrokerHealth {
-    /// Whether at least one broker connection is up (per the latest statistics).
+    /// Whether Kafka is believed reachable.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 }
 
 impl ClientContext for BrokerHealth {
-    fn stats(&self, statistics: Statistics) {
-        let up = statistics.brokers.values().any(|b| b.state == "UP");
-        self.up.store(up, Ordering::Relaxed);
-    }
-
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.up.store(false, Ordering::Relaxed);
@@ -88,7 +84,9 @@ pub struct KafkaPublisher {
 
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaPublisher").field("topic", &self.requests_topic).finish_non_exhaustive()
+        f.debug_struct("KafkaPublisher")
+            .field("topic", &self.requests_topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -99,18 +97,25 @@ impl KafkaPublisher {
         codec: Arc<Codec>,
         metrics: ApiMetrics,
     ) -> Result<Self, chassis::kafka::KafkaSetupError> {
-        let health = BrokerHealth { up: Arc::new(AtomicBool::new(true)) };
+        let health = BrokerHealth {
+            up: Arc::new(AtomicBool::new(true)),
+        };
         let mut config: ClientConfig = kafka.client_config();
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "0")
-            .set("message.timeout.ms", kafka.delivery_timeout.as_millis().to_string())
-            .set("queue.buffering.max.kbytes", "262144")
-            .set("statistics.interval.ms", "500");
-        let producer = config.create_with_context(health.clone()).map_err(|source| {
-            chassis::kafka::KafkaSetupError::Create { role: "api producer", source }
-        })?;
+            .set(
+                "message.timeout.ms",
+                kafka.delivery_timeout.as_millis().to_string(),
+            )
+            .set("queue.buffering.max.kbytes", "262144");
+        let producer = config
+            .create_with_context(health.clone())
+            .map_err(|source| chassis::kafka::KafkaSetupError::Create {
+                role: "api producer",
+                source,
+            })?;
         Ok(Self {
             producer,
             health,
@@ -125,6 +130,23 @@ impl KafkaPublisher {
     pub fn health(&self) -> BrokerHealth {
         self.health.clone()
     }
+
+    /// Asks the cluster for metadata; marks Kafka up if it answers. Called while Kafka is down.
+    pub async fn probe(&self) -> bool {
+        let producer = self.producer.clone();
+        let answered = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(1))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if answered {
+            self.health.up.store(true, Ordering::Relaxed);
+        }
+        answered
+    }
 }
 
 impl RequestPublisher for KafkaPublisher {
@@ -138,8 +160,10 @@ impl RequestPublisher for KafkaPublisher {
                 return Err(PublishError::Unavailable("no broker is up".into()));
             }
             let payload = self.codec.encode(request).await?;
-            let headers =
-                OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(traceparent) });
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some(traceparent),
+            });
             let record = FutureRecord::to(&self.requests_topic)
                 .key(&request.request_id)
                 .payload(&payload)
@@ -159,18 +183,29 @@ impl RequestPublisher for KafkaPublisher {
             let payload = match self.codec.encode(usage).await {
                 Ok(payload) => payload,
                 Err(error) => {
-                    self.metrics.usage_records.with_label_values(&["failed"]).inc();
+                    self.metrics
+                        .usage_records
+                        .with_label_values(&["failed"])
+                        .inc();
                     tracing::warn!(%error, "Encoding an api usage record failed");
                     return;
                 }
             };
-            let record =
-                FutureRecord::to(&self.usage_topic).key(&usage.tenant_id).payload(&payload);
+            let record = FutureRecord::to(&self.usage_topic)
+                .key(&usage.tenant_id)
+                .payload(&payload);
             // Fire and forget: librdkafka retries delivery; the client is not kept waiting.
             match self.producer.send_result(record) {
-                Ok(_delivery) => self.metrics.usage_records.with_label_values(&["queued"]).inc(),
+                Ok(_delivery) => self
+                    .metrics
+                    .usage_records
+                    .with_label_values(&["queued"])
+                    .inc(),
                 Err((error, _)) => {
-                    self.metrics.usage_records.with_label_values(&["failed"]).inc();
+                    self.metrics
+                        .usage_records
+                        .with_label_values(&["failed"])
+                        .inc();
                     tracing::warn!(%error, "Queueing an api usage record failed");
                 }
             }

@@ -7,7 +7,7 @@
 //! Waiting requests sit in a bounded map keyed by request id; a reply nobody waits for (late, or
 //! meant for a request whose client left) is dropped without being decoded, and counted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -72,7 +72,11 @@ impl ReplySlot {
 
 impl Drop for ReplySlot {
     fn drop(&mut self) {
-        self.router.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.request_id);
+        self.router
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.request_id);
     }
 }
 
@@ -120,19 +124,28 @@ impl ReplyRouter {
 
     /// Whether someone waits for `request_id` (checked before paying for a decode).
     pub fn is_waiting(&self, request_id: &str) -> bool {
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).contains_key(request_id)
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(request_id)
     }
 
     /// Hands a reply to its waiter; false if nobody waits (late or unknown reply).
     pub fn deliver(&self, result: ResizeResult) -> bool {
-        let sender =
-            self.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(&result.request_id);
+        let sender = self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&result.request_id);
         sender.is_some_and(|sender| sender.send(result).is_ok())
     }
 
     /// Requests waiting now.
     pub fn pending(&self) -> usize {
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Replaces the set of partitions new requests may use.
@@ -142,7 +155,10 @@ impl ReplyRouter {
 
     /// Partitions new requests may use.
     pub fn owned(&self) -> Vec<i32> {
-        self.owned.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.owned
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -179,11 +195,19 @@ pub fn start_reader(
     if !instance_id.is_empty() {
         config.set("group.instance.id", format!("api-{instance_id}"));
     }
-    let consumer: StreamConsumer<RebalanceLogger> =
-        kafka.consumer(&config, RebalanceLogger { consumer: "api-replies" })?;
-    consumer.subscribe(&[router.topic()]).map_err(ReplyReaderError::Subscribe)?;
+    let consumer: StreamConsumer<RebalanceLogger> = kafka.consumer(
+        &config,
+        RebalanceLogger {
+            consumer: "api-replies",
+        },
+    )?;
+    consumer
+        .subscribe(&[router.topic()])
+        .map_err(ReplyReaderError::Subscribe)?;
     readiness.register(READINESS, "waiting for reply partitions");
-    Ok(tokio::spawn(read_replies(consumer, router, codec, metrics, readiness, shutdown)))
+    Ok(tokio::spawn(read_replies(
+        consumer, router, codec, metrics, readiness, shutdown,
+    )))
 }
 
 async fn read_replies(
@@ -194,11 +218,15 @@ async fn read_replies(
     readiness: Readiness,
     shutdown: Shutdown,
 ) {
+    let consumer = Arc::new(consumer);
+    let mut positioned = BTreeSet::new();
     let mut ownership_tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
             () = shutdown.wait() => break,
-            _ = ownership_tick.tick() => refresh_ownership(&consumer, &router, &readiness),
+            _ = ownership_tick.tick() => {
+                refresh_ownership(&consumer, &router, &readiness, &mut positioned).await;
+            }
             received = consumer.recv() => match received {
                 Ok(message) => {
                     let request_id = message.key().map(String::from_utf8_lossy).unwrap_or_default();
@@ -225,20 +253,52 @@ async fn read_replies(
     readiness.not_ready(READINESS, "stopped");
 }
 
-/// Offers new requests the assigned partitions whose fetch position is known.
-fn refresh_ownership(
-    consumer: &StreamConsumer<RebalanceLogger>,
+/// Offers new requests the assigned partitions that are positioned. A newly assigned partition
+/// is first moved to its current end offset (explicitly, not through `auto.offset.reset`, whose
+/// effect cannot be observed), so any reply written after it is offered is read.
+async fn refresh_ownership(
+    consumer: &Arc<StreamConsumer<RebalanceLogger>>,
     router: &ReplyRouter,
     readiness: &Readiness,
+    positioned: &mut BTreeSet<i32>,
 ) {
-    let Ok(positions) = consumer.position() else { return };
-    let mut owned: Vec<i32> = positions
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    let assigned: BTreeSet<i32> = assignment
         .elements()
         .iter()
-        .filter(|e| matches!(e.offset(), Offset::Offset(_)))
         .map(|e| e.partition())
         .collect();
-    owned.sort_unstable();
+    positioned.retain(|p| assigned.contains(p));
+    let fresh: Vec<i32> = assigned.difference(positioned).copied().collect();
+    if !fresh.is_empty() {
+        let consumer = Arc::clone(consumer);
+        let topic = router.topic().to_owned();
+        // Watermark look-ups and seeks are blocking broker calls: keep them off the runtime.
+        let done = tokio::task::spawn_blocking(move || {
+            fresh
+                .into_iter()
+                .filter(|&partition| {
+                    consumer
+                        .fetch_watermarks(&topic, partition, Duration::from_secs(2))
+                        .and_then(|(_, end)| {
+                            consumer.seek(
+                                &topic,
+                                partition,
+                                Offset::Offset(end),
+                                Duration::from_secs(2),
+                            )
+                        })
+                        .is_ok()
+                })
+                .collect::<Vec<i32>>()
+        })
+        .await
+        .unwrap_or_default();
+        positioned.extend(done);
+    }
+    let owned: Vec<i32> = positioned.iter().copied().collect();
     if owned != router.owned() {
         tracing::info!(partitions = ?owned, "Reply partitions owned");
         if owned.is_empty() {
@@ -277,11 +337,17 @@ mod tests {
         router.set_owned(vec![4, 5]);
         let mut a = router.reserve("a").expect("slot");
         let b = router.reserve("b").expect("slot");
-        assert_ne!(a.partition, b.partition, "round robin over owned partitions");
+        assert_ne!(
+            a.partition, b.partition,
+            "round robin over owned partitions"
+        );
         assert!(router.deliver(result("a")));
         assert_eq!(a.wait().await.map(|r| r.request_id), Some("a".into()));
         assert!(!router.deliver(result("zzz")), "unknown reply dropped");
-        assert!(!router.deliver(result("a")), "a second reply for the same request is dropped");
+        assert!(
+            !router.deliver(result("a")),
+            "a second reply for the same request is dropped"
+        );
     }
 
     #[test]
@@ -293,7 +359,10 @@ mod tests {
         drop(slot);
         assert_eq!(router.pending(), 0);
         assert!(router.reserve("b").is_ok());
-        assert!(!router.deliver(result("a")), "the departed client's reply is dropped");
+        assert!(
+            !router.deliver(result("a")),
+            "the departed client's reply is dropped"
+        );
     }
 
     #[test]

@@ -46,7 +46,11 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     let shed = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-            Problem::unavailable("overloaded", "The service is at capacity; retry shortly.", "")
+            Problem::unavailable(
+                "overloaded",
+                "The service is at capacity; retry shortly.",
+                "",
+            )
         }))
         .load_shed()
         .concurrency_limit(state.config.max_concurrent_requests);
@@ -116,7 +120,9 @@ async fn handle_resize(
 
     let params = match params::parse(parts.uri.query()) {
         Ok(params) => params,
-        Err(message) => return Err(refused(Problem::bad_parameters(message, request_id), 0, None).await),
+        Err(message) => {
+            return Err(refused(Problem::bad_parameters(message, request_id), 0, None).await);
+        }
     };
     let limit = state.config.max_body_bytes;
     let too_large = || {
@@ -144,7 +150,10 @@ async fn handle_resize(
             let problem = if is_limit {
                 too_large()
             } else {
-                Problem::bad_parameters("The request body could not be read completely.", request_id)
+                Problem::bad_parameters(
+                    "The request body could not be read completely.",
+                    request_id,
+                )
             };
             return Err(refused(problem, limit, None).await);
         }
@@ -163,18 +172,21 @@ async fn handle_resize(
         return Err(refused(problem, image.len(), None).await);
     };
 
-    let mut slot = state.replies.reserve(request_id).map_err(|error| match error {
-        ReserveError::NoPartition => Problem::unavailable(
-            "not_ready",
-            "The service is starting; retry shortly.",
-            request_id,
-        ),
-        ReserveError::Full => Problem::unavailable(
-            "overloaded",
-            "The service is at capacity; retry shortly.",
-            request_id,
-        ),
-    })?;
+    let mut slot = state
+        .replies
+        .reserve(request_id)
+        .map_err(|error| match error {
+            ReserveError::NoPartition => Problem::unavailable(
+                "not_ready",
+                "The service is starting; retry shortly.",
+                request_id,
+            ),
+            ReserveError::Full => Problem::unavailable(
+                "overloaded",
+                "The service is at capacity; retry shortly.",
+                request_id,
+            ),
+        })?;
     let _in_flight = InFlight::enter(&state.metrics);
 
     let now = now_ms();
@@ -247,18 +259,31 @@ fn reply_response(
     produce: Duration,
 ) -> Response {
     let t = result.timings;
-    for (stage, us) in
-        [("queue", t.queue_us), ("decode", t.decode_us), ("resize", t.resize_us), ("encode", t.encode_us)]
-    {
-        state.metrics.stage_seconds.with_label_values(&[stage]).observe(us as f64 / 1e6);
+    for (stage, us) in [
+        ("queue", t.queue_us),
+        ("decode", t.decode_us),
+        ("resize", t.resize_us),
+        ("encode", t.encode_us),
+    ] {
+        state
+            .metrics
+            .stage_seconds
+            .with_label_values(&[stage])
+            .observe(us as f64 / 1e6);
     }
-    state.metrics.stage_seconds.with_label_values(&["produce"]).observe(produce.as_secs_f64());
+    state
+        .metrics
+        .stage_seconds
+        .with_label_values(&["produce"])
+        .observe(produce.as_secs_f64());
     let Some(image) = result.image else {
-        let error = result.error.unwrap_or_else(|| schemas::events::ResizeError {
-            status: 500,
-            code: "internal_error".into(),
-            message: "The image could not be processed.".into(),
-        });
+        let error = result
+            .error
+            .unwrap_or_else(|| schemas::events::ResizeError {
+                status: 500,
+                code: "internal_error".into(),
+                message: "The image could not be processed.".into(),
+            });
         let status = u16::try_from(error.status)
             .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())
@@ -266,15 +291,25 @@ fn reply_response(
         return Problem::new(status, &error.code, error.message, request_id).into_response();
     };
     let mut timing = String::new();
-    for (stage, us) in
-        [("queue", t.queue_us), ("decode", t.decode_us), ("resize", t.resize_us), ("encode", t.encode_us)]
-    {
+    for (stage, us) in [
+        ("queue", t.queue_us),
+        ("decode", t.decode_us),
+        ("resize", t.resize_us),
+        ("encode", t.encode_us),
+    ] {
         let _ = write!(timing, "{stage};dur={:.3}, ", us as f64 / 1000.0);
     }
-    let _ = write!(timing, "total;dur={:.3}", received.elapsed().as_secs_f64() * 1000.0);
+    let _ = write!(
+        timing,
+        "total;dur={:.3}",
+        received.elapsed().as_secs_f64() * 1000.0
+    );
     let mut response = Response::new(Body::from(image.bytes));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(image.format.mime()));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(image.format.mime()),
+    );
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert("x-request-id", id);
     }
@@ -314,17 +349,20 @@ fn refusal_usage(
 /// The W3C trace context to send on: the client's trace id (a new span), or a new trace.
 fn traceparent(headers: &HeaderMap) -> String {
     let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(|v| {
-        let parts: Vec<&str> = v.split('-').collect();
-        match parts.as_slice() {
-            ["00", trace, _, flags]
-                if trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) =>
-            {
-                Some(format!("00-{trace}-{span}-{flags}"))
+    let incoming = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let parts: Vec<&str> = v.split('-').collect();
+            match parts.as_slice() {
+                ["00", trace, _, flags]
+                    if trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                {
+                    Some(format!("00-{trace}-{span}-{flags}"))
+                }
+                _ => None,
             }
-            _ => None,
-        }
-    });
+        });
     incoming.unwrap_or_else(|| format!("00-{}-{span}-01", uuid::Uuid::new_v4().simple()))
 }
 

@@ -28,9 +28,14 @@ struct FakeAuth;
 impl Authenticator for FakeAuth {
     fn authenticate(&self, api_key: &str) -> Result<Principal, AuthError> {
         match api_key {
-            "good" => Ok(Principal { tenant_id: "tenant-a".into(), key_id: "key-a".into() }),
+            "good" => Ok(Principal {
+                tenant_id: "tenant-a".into(),
+                key_id: "key-a".into(),
+            }),
             "suspended" => Err(AuthError::Forbidden),
-            "limited" => Err(AuthError::RateLimited { retry_after: Duration::from_millis(1500) }),
+            "limited" => Err(AuthError::RateLimited {
+                retry_after: Duration::from_millis(1500),
+            }),
             "stale" => Err(AuthError::Unavailable),
             _ => Err(AuthError::InvalidKey),
         }
@@ -67,7 +72,12 @@ impl RequestPublisher for FakePublisher {
                 completed_at_ms: 0,
                 image: None,
                 error: None,
-                timings: StageTimings { queue_us: 1500, decode_us: 2000, resize_us: 3000, encode_us: 4000 },
+                timings: StageTimings {
+                    queue_us: 1500,
+                    decode_us: 2000,
+                    resize_us: 3000,
+                    encode_us: 4000,
+                },
             };
             match self.answer {
                 Answer::Image => {
@@ -129,7 +139,10 @@ fn harness(answer: Answer, owned: Vec<i32>) -> Harness {
         metrics: ApiMetrics::register(&prometheus::Registry::new()).unwrap(),
         config: Arc::new(config),
     };
-    Harness { app: app(state), publisher }
+    Harness {
+        app: app(state),
+        publisher,
+    }
 }
 
 fn resize_request(query: &str, key: Option<&str>, body: Vec<u8>) -> Request<Body> {
@@ -144,45 +157,83 @@ async fn call(h: &Harness, request: Request<Body>) -> (StatusCode, axum::http::H
     let response = h.app.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
     (status, headers, body)
 }
 
-async fn problem_of(h: &Harness, request: Request<Body>) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
+async fn problem_of(
+    h: &Harness,
+    request: Request<Body>,
+) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
     let (status, headers, body) = call(h, request).await;
-    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json", "{status}");
+    assert_eq!(
+        headers[header::CONTENT_TYPE],
+        "application/problem+json",
+        "{status}"
+    );
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert!(json["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{json}");
-    assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()), "{json}");
+    assert!(
+        json["request_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{json}"
+    );
+    assert!(
+        json["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{json}"
+    );
     (status, json, headers)
 }
 
 #[tokio::test]
 async fn a_resized_image_comes_back_with_timing_and_request_id() {
     let h = harness(Answer::Image, vec![3]);
-    let (status, headers, body) =
-        call(&h, resize_request("width=100&format=webp", Some("good"), JPEG.to_vec())).await;
+    let (status, headers, body) = call(
+        &h,
+        resize_request("width=100&format=webp", Some("good"), JPEG.to_vec()),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers[header::CONTENT_TYPE], "image/webp");
     assert_eq!(body, b"RIFF-fake-webp");
     let timing = headers["server-timing"].to_str().unwrap();
-    for stage in ["queue;dur=1.500", "decode;dur=2.000", "resize;dur=3.000", "encode;dur=4.000", "total;dur="] {
+    for stage in [
+        "queue;dur=1.500",
+        "decode;dur=2.000",
+        "resize;dur=3.000",
+        "encode;dur=4.000",
+        "total;dur=",
+    ] {
         assert!(timing.contains(stage), "{timing}");
     }
     let published = h.publisher.published.lock().unwrap();
     let request = &published[0];
-    assert_eq!(headers["x-request-id"].to_str().unwrap(), request.request_id);
-    assert_eq!((request.tenant_id.as_str(), request.key_id.as_str()), ("tenant-a", "key-a"));
-    assert_eq!(request.reply_partition, 3, "the reply goes to a partition this instance owns");
+    assert_eq!(
+        headers["x-request-id"].to_str().unwrap(),
+        request.request_id
+    );
+    assert_eq!(
+        (request.tenant_id.as_str(), request.key_id.as_str()),
+        ("tenant-a", "key-a")
+    );
+    assert_eq!(
+        request.reply_partition, 3,
+        "the reply goes to a partition this instance owns"
+    );
     assert_eq!(request.reply_topic, "ns.image.results");
     assert_eq!(request.image, JPEG);
-    assert!(h.publisher.usage.lock().unwrap().is_empty(), "resizers record successful requests");
+    assert!(
+        h.publisher.usage.lock().unwrap().is_empty(),
+        "resizers record successful requests"
+    );
 }
 
 #[tokio::test]
 async fn a_resizer_error_becomes_its_problem() {
     let h = harness(Answer::Error, vec![0]);
-    let (status, json, _) = problem_of(&h, resize_request("width=10", Some("good"), JPEG.to_vec())).await;
+    let (status, json, _) =
+        problem_of(&h, resize_request("width=10", Some("good"), JPEG.to_vec())).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(json["code"], "undecodable_image");
 }
@@ -194,11 +245,24 @@ async fn authentication_failures_map_to_401_403_429_503() {
         (None, StatusCode::UNAUTHORIZED, "unauthenticated"),
         (Some("wrong"), StatusCode::UNAUTHORIZED, "unauthenticated"),
         (Some("suspended"), StatusCode::FORBIDDEN, "forbidden"),
-        (Some("limited"), StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-        (Some("stale"), StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable"),
+        (
+            Some("limited"),
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+        ),
+        (
+            Some("stale"),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "auth_unavailable",
+        ),
     ] {
-        let (got, json, headers) = problem_of(&h, resize_request("width=10", key, JPEG.to_vec())).await;
-        assert_eq!((got, json["code"].as_str().unwrap()), (status, code), "{key:?}");
+        let (got, json, headers) =
+            problem_of(&h, resize_request("width=10", key, JPEG.to_vec())).await;
+        assert_eq!(
+            (got, json["code"].as_str().unwrap()),
+            (status, code),
+            "{key:?}"
+        );
         if status == StatusCode::TOO_MANY_REQUESTS {
             assert_eq!(headers[header::RETRY_AFTER], "2", "1.5 s rounds up");
         }
@@ -210,21 +274,48 @@ async fn authentication_failures_map_to_401_403_429_503() {
 async fn bad_input_is_refused_before_producing_and_recorded_as_usage() {
     let h = harness(Answer::Image, vec![0]);
     let cases = [
-        (resize_request("width=0", Some("good"), JPEG.to_vec()), StatusCode::BAD_REQUEST, "bad_parameters"),
-        (resize_request("widht=10", Some("good"), JPEG.to_vec()), StatusCode::BAD_REQUEST, "bad_parameters"),
-        (resize_request("width=10", Some("good"), Vec::new()), StatusCode::BAD_REQUEST, "bad_parameters"),
-        (resize_request("width=10", Some("good"), vec![0xFF; 2048]), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-        (resize_request("width=10", Some("good"), b"BM not an image".to_vec()), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        (
+            resize_request("width=0", Some("good"), JPEG.to_vec()),
+            StatusCode::BAD_REQUEST,
+            "bad_parameters",
+        ),
+        (
+            resize_request("widht=10", Some("good"), JPEG.to_vec()),
+            StatusCode::BAD_REQUEST,
+            "bad_parameters",
+        ),
+        (
+            resize_request("width=10", Some("good"), Vec::new()),
+            StatusCode::BAD_REQUEST,
+            "bad_parameters",
+        ),
+        (
+            resize_request("width=10", Some("good"), vec![0xFF; 2048]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            resize_request("width=10", Some("good"), b"BM not an image".to_vec()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
     ];
     let count = cases.len();
     for (request, status, code) in cases {
         let (got, json, _) = problem_of(&h, request).await;
         assert_eq!((got, json["code"].as_str().unwrap()), (status, code));
     }
-    assert!(h.publisher.published.lock().unwrap().is_empty(), "nothing reaches Kafka");
+    assert!(
+        h.publisher.published.lock().unwrap().is_empty(),
+        "nothing reaches Kafka"
+    );
     let usage = h.publisher.usage.lock().unwrap();
     assert_eq!(usage.len(), count, "each refusal is billed to the tenant");
-    assert!(usage.iter().all(|u| u.tenant_id == "tenant-a" && u.status >= 400));
+    assert!(
+        usage
+            .iter()
+            .all(|u| u.tenant_id == "tenant-a" && u.status >= 400)
+    );
     assert_eq!(usage[3].outcome, "payload_too_large");
 }
 
@@ -238,34 +329,56 @@ async fn a_streamed_body_over_the_limit_is_413() {
         .body(Body::from_stream(chunks))
         .unwrap();
     let (status, json, _) = problem_of(&h, request).await;
-    assert_eq!((status, json["code"].as_str().unwrap()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    assert_eq!(
+        (status, json["code"].as_str().unwrap()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
 }
 
 #[tokio::test]
 async fn kafka_down_is_a_fast_503_and_no_reply_is_a_504() {
     let h = harness(Answer::KafkaDown, vec![0]);
     let started = std::time::Instant::now();
-    let (status, json, headers) = problem_of(&h, resize_request("width=10", Some("good"), JPEG.to_vec())).await;
-    assert_eq!((status, json["code"].as_str().unwrap()), (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable"));
+    let (status, json, headers) =
+        problem_of(&h, resize_request("width=10", Some("good"), JPEG.to_vec())).await;
+    assert_eq!(
+        (status, json["code"].as_str().unwrap()),
+        (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable")
+    );
     assert!(headers.contains_key(header::RETRY_AFTER));
-    assert!(started.elapsed() < Duration::from_millis(200), "not after a timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "not after a timeout"
+    );
 
     let h = harness(Answer::Silence, vec![0]);
-    let (status, json, _) = problem_of(&h, resize_request("width=10", Some("good"), JPEG.to_vec())).await;
-    assert_eq!((status, json["code"].as_str().unwrap()), (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"));
+    let (status, json, _) =
+        problem_of(&h, resize_request("width=10", Some("good"), JPEG.to_vec())).await;
+    assert_eq!(
+        (status, json["code"].as_str().unwrap()),
+        (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded")
+    );
 }
 
 #[tokio::test]
 async fn without_reply_partitions_the_api_is_not_ready() {
     let h = harness(Answer::Image, Vec::new());
-    let (status, json, _) = problem_of(&h, resize_request("width=10", Some("good"), JPEG.to_vec())).await;
-    assert_eq!((status, json["code"].as_str().unwrap()), (StatusCode::SERVICE_UNAVAILABLE, "not_ready"));
+    let (status, json, _) =
+        problem_of(&h, resize_request("width=10", Some("good"), JPEG.to_vec())).await;
+    assert_eq!(
+        (status, json["code"].as_str().unwrap()),
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    );
 }
 
 #[tokio::test]
 async fn the_openapi_document_is_served() {
     let h = harness(Answer::Image, vec![0]);
-    let (status, _, body) = call(&h, Request::get("/openapi.json").body(Body::empty()).unwrap()).await;
+    let (status, _, body) = call(
+        &h,
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");

@@ -36,7 +36,10 @@ pub struct ClickHouseUsage {
 impl ClickHouseUsage {
     /// Usage from the ClickHouse at `config`.
     pub fn new(config: ClickHouseConfig) -> Arc<Self> {
-        Arc::new(Self { config, query: OnceCell::new() })
+        Arc::new(Self {
+            config,
+            query: OnceCell::new(),
+        })
     }
 }
 
@@ -47,7 +50,10 @@ impl UsageApi for ClickHouseUsage {
         request: &'a UsageRequest,
     ) -> BoxFuture<'a, Result<UsageReport, UsageQueryError>> {
         Box::pin(async move {
-            let query = self.query.get_or_try_init(|| UsageQuery::connect(&self.config)).await?;
+            let query = self
+                .query
+                .get_or_try_init(|| UsageQuery::connect(&self.config))
+                .await?;
             query.buckets(tenant_id, request).await
         })
     }
@@ -63,17 +69,26 @@ pub async fn usage(State(state): State<AppState>, request: Request) -> Response 
     let params = match Query::<UsageParams>::try_from_uri(request.uri()) {
         Ok(Query(params)) => params,
         Err(rejection) => {
-            let message = format!("Bad query: {}. Use from, to, granularity, group_by.", rejection.body_text());
+            let message = format!(
+                "Bad query: {}. Use from, to, granularity, group_by.",
+                rejection.body_text()
+            );
             return Problem::bad_parameters(message, &request_id).into_response();
         }
     };
     let usage_request = match UsageRequest::from_params(&params) {
         Ok(r) => r,
-        Err(error) => return Problem::bad_parameters(error.to_string(), &request_id).into_response(),
+        Err(error) => {
+            return Problem::bad_parameters(error.to_string(), &request_id).into_response();
+        }
     };
     let Some(usage) = &state.usage else {
-        return Problem::unavailable("usage_unavailable", "Usage is not available here.", &request_id)
-            .into_response();
+        return Problem::unavailable(
+            "usage_unavailable",
+            "Usage is not available here.",
+            &request_id,
+        )
+        .into_response();
     };
     match usage.report(&principal.tenant_id, &usage_request).await {
         Ok(report) => (StatusCode::OK, Json(report)).into_response(),

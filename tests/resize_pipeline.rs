@@ -1,0 +1,444 @@
+//! The product's core over the real stack: a client's HTTP call is answered with the resized
+//! image although the work happens in the `resizers` group behind Kafka. Covers every fit mode
+//! and format, every error code the api promises, poison input, overload and the deadline.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use image::{GenericImageView, ImageFormat};
+use imgpipe::Config;
+use imgpipe::host::Service;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::FutureRecord;
+use reqwest::StatusCode;
+use support::images;
+
+struct Pipeline {
+    hosted: support::Hosted,
+    config: Config,
+    api: SocketAddr,
+    identity: SocketAddr,
+    key: support::TenantKey,
+    http: reqwest::Client,
+}
+
+/// Identity, resizer and api of a fresh namespace, in this process, plus a tenant with a key.
+async fn pipeline(test: &str, services: &[Service], tweak: impl FnOnce(&mut Config)) -> Pipeline {
+    let mut config = support::provisioned(test).await;
+    let api = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let identity = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    config.api.listen = api;
+    config.identity.listen = identity;
+    config.identity.admin_token = support::ADMIN_TOKEN.into();
+    config.resizer.workers = 2;
+    tweak(&mut config);
+    let hosted = support::host(config.clone(), services).await;
+    let key = support::create_tenant_key(identity, test, 1000, 1000).await;
+    let http = reqwest::Client::new();
+    let pipeline = Pipeline {
+        hosted,
+        config,
+        api,
+        identity,
+        key,
+        http,
+    };
+    // The api authenticates from its replica of identity.changes: wait until it knows the key.
+    let api_key = pipeline.key.api_key.clone();
+    support::eventually(
+        Duration::from_secs(10),
+        "the new key to work on the api",
+        || {
+            let http = pipeline.http.clone();
+            let api_key = api_key.clone();
+            async move {
+                let response = http
+                    .post(format!("http://{api}/v1/resize?width=1"))
+                    .bearer_auth(api_key)
+                    .body(Vec::<u8>::new())
+                    .send()
+                    .await
+                    .ok()?;
+                (response.status() != StatusCode::UNAUTHORIZED).then_some(())
+            }
+        },
+    )
+    .await;
+    pipeline
+}
+
+const ALL: &[Service] = &[Service::Identity, Service::Resizer, Service::Api];
+
+impl Pipeline {
+    async fn resize(&self, query: &str, body: Vec<u8>) -> reqwest::Response {
+        self.resize_as(&self.key.api_key, query, body).await
+    }
+
+    async fn resize_as(&self, key: &str, query: &str, body: Vec<u8>) -> reqwest::Response {
+        self.http
+            .post(format!("http://{}/v1/resize?{query}", self.api))
+            .bearer_auth(key)
+            .body(body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("the api answers")
+    }
+
+    /// Sends a request that must fail, and returns its problem's code after checking its shape.
+    async fn problem(&self, key: &str, query: &str, body: Vec<u8>) -> (StatusCode, String) {
+        let response = self.resize_as(key, query, body).await;
+        let status = response.status();
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{status} must be a problem document"
+        );
+        let request_id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let json: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(json["request_id"], request_id.as_str());
+        assert!(
+            json["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{json}"
+        );
+        (status, json["code"].as_str().unwrap().to_owned())
+    }
+}
+
+async fn expect_image(response: reqwest::Response, format: ImageFormat, size: (u32, u32)) {
+    let status = response.status();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let timing = response.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = response.bytes().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(content_type, format.to_mime_type());
+    for stage in [
+        "queue;dur=",
+        "decode;dur=",
+        "resize;dur=",
+        "encode;dur=",
+        "total;dur=",
+    ] {
+        assert!(timing.contains(stage), "{timing}");
+    }
+    let decoded = images::decode(&body, format);
+    assert_eq!(decoded.dimensions(), size, "{content_type}");
+}
+
+#[tokio::test]
+async fn every_fit_mode_and_format_round_trips() {
+    let p = pipeline("pipeline_fits", ALL, |_| {}).await;
+    let photo = images::jpeg(800, 600);
+    let cases = [
+        ("width=300&height=300", ImageFormat::Jpeg, (300, 225)),
+        ("width=200", ImageFormat::Jpeg, (200, 150)),
+        ("height=60&format=png", ImageFormat::Png, (80, 60)),
+        (
+            "width=200&height=200&fit=cover&gravity=north&format=webp",
+            ImageFormat::WebP,
+            (200, 200),
+        ),
+        (
+            "width=200&height=100&fit=contain&format=png",
+            ImageFormat::Png,
+            (200, 100),
+        ),
+        (
+            "width=120&height=300&fit=fill&quality=60",
+            ImageFormat::Jpeg,
+            (120, 300),
+        ),
+        // No enlargement unless asked.
+        ("width=1600", ImageFormat::Jpeg, (800, 600)),
+        ("width=1600&enlarge=true", ImageFormat::Jpeg, (1600, 1200)),
+    ];
+    for (query, format, size) in cases {
+        expect_image(p.resize(query, photo.clone()).await, format, size).await;
+    }
+
+    // Other inputs: alpha PNG flattened to JPEG, GIF → PNG by default, WebP → WebP, 16-bit gray.
+    let alpha = images::encode(&images::rgba(64, 32), ImageFormat::Png);
+    expect_image(
+        p.resize("width=32&format=jpeg", alpha).await,
+        ImageFormat::Jpeg,
+        (32, 16),
+    )
+    .await;
+    let gif = images::encode(&images::rgba(40, 40), ImageFormat::Gif);
+    expect_image(p.resize("width=20", gif).await, ImageFormat::Png, (20, 20)).await;
+    let webp = images::encode(&images::rgba(50, 100), ImageFormat::WebP);
+    expect_image(
+        p.resize("height=50", webp).await,
+        ImageFormat::WebP,
+        (25, 50),
+    )
+    .await;
+    let gray16 = image::DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(30, 30, |x, _| {
+        image::Luma([u16::try_from(x).unwrap() * 2000])
+    }));
+    let png16 = images::encode(&gray16, ImageFormat::Png);
+    expect_image(
+        p.resize("width=15", png16).await,
+        ImageFormat::Png,
+        (15, 15),
+    )
+    .await;
+    p.hosted.stop().await;
+}
+
+#[tokio::test]
+async fn every_error_is_a_clean_problem_with_a_stable_code() {
+    let p = pipeline("pipeline_errors", ALL, |c| {
+        c.api.max_body_bytes = 512 * 1024
+    })
+    .await;
+    let key = p.key.api_key.clone();
+    let photo = images::jpeg(64, 64);
+    let mut truncated = images::jpeg(400, 300);
+    truncated.truncate(truncated.len() / 3);
+
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            &key,
+            "width=0",
+            photo.clone(),
+            StatusCode::BAD_REQUEST,
+            "bad_parameters",
+        ),
+        (
+            &key,
+            "width=10&fit=squash",
+            photo.clone(),
+            StatusCode::BAD_REQUEST,
+            "bad_parameters",
+        ),
+        (
+            "imgp_nope_nope",
+            "width=10",
+            photo.clone(),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            &key,
+            "width=10",
+            vec![0xFF; 600 * 1024],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            &key,
+            "width=10",
+            b"BM\x00\x00 not an image".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            &key,
+            "width=10",
+            truncated,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "undecodable_image",
+        ),
+        (
+            &key,
+            "width=10",
+            images::png_bomb(20_000, 20_000),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_pixels",
+        ),
+    ];
+    for (key, query, body, status, code) in cases {
+        assert_eq!(
+            p.problem(key, query, body).await,
+            (status, code.to_owned()),
+            "{query} {code}"
+        );
+    }
+
+    // 429: a tenant allowed one request per second, burst one.
+    let slow = support::create_tenant_key(p.identity, "slow", 1, 1).await;
+    let mut codes = Vec::new();
+    for _ in 0..40 {
+        let response = p.resize_as(&slow.api_key, "width=10", photo.clone()).await;
+        let retry_after = response.headers().get("retry-after").cloned();
+        codes.push(response.status());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(retry_after.is_some(), "429 carries Retry-After");
+            break;
+        }
+        // Until the view knows the new key, it is 401; then the first is 200, the next 429.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        codes.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{codes:?}"
+    );
+
+    // 403: suspend the tenant; the key stops working once the api's view has the change.
+    p.http
+        .patch(format!(
+            "http://{}/admin/v1/tenants/{}",
+            p.identity, p.key.tenant_id
+        ))
+        .bearer_auth(support::ADMIN_TOKEN)
+        .json(&serde_json::json!({"status": "suspended"}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    support::eventually(
+        Duration::from_secs(5),
+        "suspension to reach the api",
+        || async {
+            let response = p.resize_as(&key, "width=10", photo.clone()).await;
+            (response.status() == StatusCode::FORBIDDEN).then_some(())
+        },
+    )
+    .await;
+    let (status, code) = p.problem(&key, "width=10", photo.clone()).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    p.hosted.stop().await;
+}
+
+#[tokio::test]
+async fn overload_is_shed_with_a_fast_503_not_queued() {
+    let p = pipeline("pipeline_overload", ALL, |c| {
+        c.api.max_concurrent_requests = 1
+    })
+    .await;
+    let photo = images::jpeg(1600, 1200);
+    let requests = (0..8).map(|_| p.resize("width=1200", photo.clone()));
+    let statuses: Vec<StatusCode> = futures::future::join_all(requests)
+        .await
+        .iter()
+        .map(reqwest::Response::status)
+        .collect();
+    let shed = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert!(
+        shed >= 1,
+        "with one slot, concurrent requests are shed: {statuses:?}"
+    );
+    assert_eq!(
+        ok + shed,
+        statuses.len(),
+        "nothing else happens: {statuses:?}"
+    );
+    let (status, code) = p.problem(&p.key.api_key, "width=10", vec![]).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "bad_parameters"),
+        "still serving"
+    );
+    p.hosted.stop().await;
+}
+
+#[tokio::test]
+async fn no_reply_within_the_deadline_is_a_504() {
+    // No resizer runs in this namespace: nobody will answer.
+    let services = &[Service::Identity, Service::Api];
+    let p = pipeline("pipeline_deadline", services, |c| {
+        c.api.request_timeout = Duration::from_millis(700);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (status, code) = p
+        .problem(&p.key.api_key, "width=10", images::jpeg(32, 32))
+        .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded")
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(650) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    p.hosted.stop().await;
+}
+
+#[tokio::test]
+async fn poison_goes_to_the_dlq_and_the_resizer_moves_on() {
+    let p = pipeline("pipeline_poison", ALL, |_| {}).await;
+    let requests_topic = p.config.kafka.name(schemas::topics::IMAGE_REQUESTS);
+    let producer = p.config.kafka.producer().unwrap();
+    for (i, poison) in [&b"not avro at all"[..], b"\x00\x00\x00\x7f\xffgarbage", b""]
+        .iter()
+        .enumerate()
+    {
+        producer
+            .send(
+                FutureRecord::to(&requests_topic)
+                    .key(&format!("poison-{i}"))
+                    .payload(*poison)
+                    .partition(0),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+    // Work queued behind the poison on the same partition still gets done.
+    expect_image(
+        p.resize("width=16", images::jpeg(64, 48)).await,
+        ImageFormat::Jpeg,
+        (16, 12),
+    )
+    .await;
+
+    let dlq_topic = p.config.kafka.name(schemas::topics::IMAGE_REQUESTS_DLQ);
+    let consumer: StreamConsumer = p
+        .config
+        .kafka
+        .consumer_config("dlq-reader")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&dlq_topic]).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let message = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+            .await
+            .expect("three DLQ records")
+            .unwrap();
+        let headers = message
+            .headers()
+            .expect("DLQ records carry the error in headers");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(
+            header("source.topic").as_deref(),
+            Some(requests_topic.as_str())
+        );
+        assert!(header("error.message").is_some_and(|m| !m.is_empty()));
+        seen.push(String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, ["poison-0", "poison-1", "poison-2"]);
+    p.hosted.stop().await;
+}
