@@ -1,24 +1,191 @@
-//! The usage aggregator, ClickHouse migrations and usage queries (being written).
+//! The usage aggregator (`imgpipe aggregator`, consumer group `usage-aggregator`): reads
+//! `usage.events` and keeps ClickHouse's usage tables exact under crashes, rebalances and replays;
+//! plus the ClickHouse migrations (`imgpipe migrate`) and the tenant usage query the api serves.
+//!
+//! The modules read like the data path: [`config`] → [`consumer`] (rebalances, the loop) →
+//! [`batcher`] (per-partition batches, ownership) → [`sink`] (`UsageSink`, offsets in
+//! ClickHouse) → [`migrations`] (the tables and views) → [`query`] (tenant reports).
 
-use serde::{Deserialize, Serialize};
+pub mod batcher;
+pub mod config;
+pub mod consumer;
+pub mod metrics;
+pub mod migrations;
+pub mod query;
+pub mod sink;
+pub mod timestamp;
 
-/// Settings of `imgpipe aggregator`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct AggregatorConfig {}
+use chassis::clickhouse::ClickHouseConfig;
+use chassis::kafka::{KafkaConfig, KafkaSetupError};
+use chassis::{ServiceContext, Validate};
+use schemas::{Codec, RegistryConfig};
 
-/// Why the aggregator stopped.
+pub use config::{AggregatorConfig, GROUP_ID};
+pub use migrations::{MigrationError, MigrationReport, migrate};
+pub use query::{
+    Granularity, GroupBy, UsageBucket, UsageQuery, UsageQueryError, UsageReport, UsageRequest,
+};
+pub use sink::{SinkError, UsageSink};
+
+use crate::config::Backoff;
+use crate::consumer::{AggregatorContext, CLICKHOUSE_CHECK, REGISTRY_CHECK, Worker};
+use crate::metrics::Metrics;
+
+/// Why the aggregator stopped. Retryable failures (ClickHouse or the registry down) never end up
+/// here: the aggregator waits them out. What does is permanent and needs an operator.
 #[derive(Debug, thiserror::Error)]
-pub enum AggregatorError {}
+pub enum AggregatorError {
+    /// The `[aggregator]` section breaks a rule; every broken rule is listed.
+    #[error("invalid aggregator configuration:\n  - {}", .0.join("\n  - "))]
+    Config(Vec<String>),
+    /// Metrics could not be registered (a name registered twice).
+    #[error("registering aggregator metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The Kafka consumer could not be created.
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    /// Subscribing to the topic failed.
+    #[error("subscribing to {topic}: {source}")]
+    Subscribe {
+        /// Topic.
+        topic: String,
+        /// Why.
+        source: rdkafka::error::KafkaError,
+    },
+    /// Migrations failed permanently (bad SQL for this server, no permission).
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
+    /// ClickHouse refused usage data permanently (schema mismatch, authentication).
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+impl AggregatorError {
+    /// Whether restarting the service may help. Everything returned is permanent by design.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
 
 /// Runs the usage aggregator until shutdown.
 pub async fn run(
-    _kafka: chassis::kafka::KafkaConfig,
-    _registry: schemas::RegistryConfig,
-    _clickhouse: chassis::clickhouse::ClickHouseConfig,
-    _config: AggregatorConfig,
-    ctx: chassis::ServiceContext,
+    kafka: KafkaConfig,
+    registry: RegistryConfig,
+    clickhouse: ClickHouseConfig,
+    config: AggregatorConfig,
+    ctx: ServiceContext,
 ) -> Result<(), AggregatorError> {
-    ctx.shutdown.wait().await;
-    Ok(())
+    let mut errors = Vec::new();
+    config.validate(&mut errors);
+    if let Err(error) = migrations::check_database_name(&clickhouse.database) {
+        errors.push(error.to_string());
+    }
+    if !errors.is_empty() {
+        return Err(AggregatorError::Config(errors));
+    }
+    let metrics = Metrics::register(&ctx.metrics)?;
+    ctx.readiness
+        .register(CLICKHOUSE_CHECK, "connecting to ClickHouse");
+    ctx.readiness.ready(REGISTRY_CHECK);
+
+    let Some(sink) = connect(&clickhouse, &config, &ctx, &metrics).await? else {
+        return Ok(());
+    };
+    metrics.clickhouse_up.set(1);
+    ctx.readiness.ready(CLICKHOUSE_CHECK);
+
+    let topic = kafka.name(schemas::topics::USAGE_EVENTS);
+    let context = AggregatorContext::new(topic.clone(), metrics.lag.clone());
+    let inbox = context.inbox();
+    let mut consumer_config = kafka.consumer_config(GROUP_ID);
+    // Lag per partition comes from librdkafka's statistics (see `AggregatorContext::stats`).
+    consumer_config.set("statistics.interval.ms", "5000");
+    let consumer = kafka.consumer(&consumer_config, context)?;
+    let codec = Codec::new(&registry, &kafka.namespace);
+    tracing::info!(%topic, group = %kafka.name(GROUP_ID), "Usage aggregator consuming");
+    Worker::new(topic, inbox, sink, codec, config, metrics, ctx)
+        .run(consumer)
+        .await
+}
+
+/// Connects to ClickHouse and applies migrations, retrying while it is unavailable. `None`:
+/// shutdown came first.
+async fn connect(
+    clickhouse: &ClickHouseConfig,
+    config: &AggregatorConfig,
+    ctx: &ServiceContext,
+    metrics: &Metrics,
+) -> Result<Option<UsageSink>, AggregatorError> {
+    let mut backoff = Backoff::new(config);
+    loop {
+        let attempt = async {
+            let sink = UsageSink::connect(clickhouse, config.insert_timeout)
+                .await
+                .map_err(StartError::Sink)?;
+            if config.migrate_on_start {
+                let report = migrations::apply(sink.client(), sink.server(), sink.database())
+                    .await
+                    .map_err(StartError::Migration)?;
+                tracing::info!(applied = ?report.applied, skipped = ?report.skipped, server = %report.server_version, "ClickHouse schema up to date");
+            }
+            Ok::<_, StartError>(sink)
+        };
+        let error = tokio::select! {
+            () = ctx.shutdown.wait() => return Ok(None),
+            result = attempt => match result {
+                Ok(sink) => return Ok(Some(sink)),
+                Err(error) if error.is_retryable() => error,
+                Err(StartError::Sink(error)) => return Err(error.into()),
+                Err(StartError::Migration(error)) => return Err(error.into()),
+            },
+        };
+        let delay = backoff.next_delay();
+        metrics.clickhouse_up.set(0);
+        ctx.readiness.not_ready(
+            CLICKHOUSE_CHECK,
+            &format!("ClickHouse unavailable at start: {error}"),
+        );
+        tracing::warn!(%error, ?delay, "ClickHouse unavailable at start; retrying");
+        tokio::select! {
+            () = ctx.shutdown.wait() => return Ok(None),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Sink(SinkError),
+    #[error(transparent)]
+    Migration(MigrationError),
+}
+
+impl StartError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Sink(error) => error.is_retryable(),
+            Self::Migration(error) => error.is_retryable(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The host spawns `run` on a multi-threaded runtime, so its future must be `Send`.
+    #[test]
+    fn run_is_send() {
+        let future = run(
+            KafkaConfig::default(),
+            RegistryConfig::default(),
+            ClickHouseConfig::default(),
+            AggregatorConfig::default(),
+            ServiceContext::new(chassis::Shutdown::new()),
+        );
+        assert_send(&future);
+    }
 }

@@ -65,7 +65,11 @@ impl ResizerConfig {
 
     /// In-flight bound after defaults are applied.
     pub fn effective_max_in_flight(&self) -> usize {
-        if self.max_in_flight > 0 { self.max_in_flight } else { self.effective_workers() * 4 }
+        if self.max_in_flight > 0 {
+            self.max_in_flight
+        } else {
+            self.effective_workers() * 4
+        }
     }
 
     /// The kernel's limits.

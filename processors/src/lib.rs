@@ -9,4 +9,3 @@ pub mod resizer;
 
 pub use config::ResizerConfig;
 pub use resizer::{ResizerError, run};
-

@@ -6,8 +6,9 @@ use prometheus::{
 };
 
 /// Seconds buckets from 0.5 ms to 10 s: resizes take milliseconds, timeouts take seconds.
-const LATENCY_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// The resizer's metrics.
 #[derive(Debug, Clone)]
@@ -38,7 +39,10 @@ impl ResizerMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let metrics = Self {
             jobs: IntCounterVec::new(
-                Opts::new("imgpipe_resizer_jobs_total", "Finished resize requests by outcome."),
+                Opts::new(
+                    "imgpipe_resizer_jobs_total",
+                    "Finished resize requests by outcome.",
+                ),
                 &["outcome"],
             )?,
             stage_seconds: HistogramVec::new(
@@ -56,7 +60,10 @@ impl ResizerMetrics {
                 "Poison records sent to the dead-letter topic.",
             )?,
             transactions: IntCounterVec::new(
-                Opts::new("imgpipe_resizer_transactions_total", "Kafka transactions by result."),
+                Opts::new(
+                    "imgpipe_resizer_transactions_total",
+                    "Kafka transactions by result.",
+                ),
                 &["result"],
             )?,
             transaction_seconds: Histogram::with_opts(

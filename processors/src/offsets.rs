@@ -24,20 +24,29 @@ pub struct OffsetTracker<T> {
 
 impl<T> Default for OffsetTracker<T> {
     fn default() -> Self {
-        Self { partitions: HashMap::new() }
+        Self {
+            partitions: HashMap::new(),
+        }
     }
 }
 
 impl<T> OffsetTracker<T> {
     /// A record was received and its work started.
     pub fn start(&mut self, partition: i32, offset: i64) {
-        self.partitions.entry(partition).or_default().insert(offset, None);
+        self.partitions
+            .entry(partition)
+            .or_default()
+            .insert(offset, None);
     }
 
     /// A record's work finished with `output`. Returns false (and drops the output) if the
     /// record is no longer tracked: its partition was revoked or rewound meanwhile.
     pub fn complete(&mut self, partition: i32, offset: i64, output: T) -> bool {
-        match self.partitions.get_mut(&partition).and_then(|p| p.get_mut(&offset)) {
+        match self
+            .partitions
+            .get_mut(&partition)
+            .and_then(|p| p.get_mut(&offset))
+        {
             Some(slot @ None) => {
                 *slot = Some(output);
                 true
@@ -64,7 +73,9 @@ impl<T> OffsetTracker<T> {
             let first = records.keys().next().copied();
             let mut next = None;
             while outputs.len() < limit {
-                let Some(entry) = records.first_entry() else { break };
+                let Some(entry) = records.first_entry() else {
+                    break;
+                };
                 if entry.get().is_none() {
                     break;
                 }
@@ -75,7 +86,11 @@ impl<T> OffsetTracker<T> {
                 next = Some(offset + 1);
             }
             if let (Some(first), Some(next)) = (first, next) {
-                commits.push(TakenRange { partition, first, next });
+                commits.push(TakenRange {
+                    partition,
+                    first,
+                    next,
+                });
             }
         }
         (outputs, commits)
@@ -98,12 +113,18 @@ impl<T> OffsetTracker<T> {
 
     /// Partitions with tracked records.
     pub fn partitions(&self) -> Vec<i32> {
-        self.partitions.iter().filter(|(_, r)| !r.is_empty()).map(|(&p, _)| p).collect()
+        self.partitions
+            .iter()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(&p, _)| p)
+            .collect()
     }
 
     /// The first tracked (uncommitted) offset of a partition.
     pub fn first_offset(&self, partition: i32) -> Option<i64> {
-        self.partitions.get(&partition).and_then(|r| r.keys().next().copied())
+        self.partitions
+            .get(&partition)
+            .and_then(|r| r.keys().next().copied())
     }
 }
 
@@ -124,11 +145,25 @@ mod tests {
         assert_eq!(t.ready_count(), 2);
         let (outputs, commits) = t.take_ready(100);
         assert_eq!(outputs, vec!["a", "b"]);
-        assert_eq!(commits, vec![TakenRange { partition: 0, first: 10, next: 12 }]);
+        assert_eq!(
+            commits,
+            vec![TakenRange {
+                partition: 0,
+                first: 10,
+                next: 12
+            }]
+        );
         assert!(t.complete(0, 12, "c"));
         let (outputs, commits) = t.take_ready(100);
         assert_eq!(outputs, vec!["c", "d"]);
-        assert_eq!(commits, vec![TakenRange { partition: 0, first: 12, next: 14 }]);
+        assert_eq!(
+            commits,
+            vec![TakenRange {
+                partition: 0,
+                first: 12,
+                next: 14
+            }]
+        );
         assert!(t.is_empty());
     }
 
@@ -141,7 +176,14 @@ mod tests {
         }
         let (outputs, commits) = t.take_ready(2);
         assert_eq!(outputs, vec![0, 1]);
-        assert_eq!(commits, vec![TakenRange { partition: 3, first: 0, next: 2 }]);
+        assert_eq!(
+            commits,
+            vec![TakenRange {
+                partition: 3,
+                first: 0,
+                next: 2
+            }]
+        );
         assert_eq!(t.ready_count(), 3);
     }
 
@@ -163,7 +205,14 @@ mod tests {
         assert!(t.complete(1, 0, "p1"));
         let (outputs, commits) = t.take_ready(10);
         assert_eq!(outputs, vec!["p1"]);
-        assert_eq!(commits, vec![TakenRange { partition: 1, first: 0, next: 1 }]);
+        assert_eq!(
+            commits,
+            vec![TakenRange {
+                partition: 1,
+                first: 0,
+                next: 1
+            }]
+        );
         assert_eq!(t.first_offset(0), Some(0));
     }
 }

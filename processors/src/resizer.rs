@@ -85,8 +85,7 @@ struct OutRecord {
 type Outputs = Vec<OutRecord>;
 
 /// A pool job's completion. `Sync` because the loop's futures hold `&Worker` across awaits.
-type JobFuture =
-    std::pin::Pin<Box<dyn Future<Output = (Pending, Option<JobDone>)> + Send + Sync>>;
+type JobFuture = std::pin::Pin<Box<dyn Future<Output = (Pending, Option<JobDone>)> + Send + Sync>>;
 
 /// What a pool job sends back.
 struct JobDone {
@@ -159,24 +158,35 @@ pub async fn run(
         .properties
         .entry("transaction.timeout.ms".into())
         .or_insert_with(|| config.transaction_timeout.as_millis().to_string());
-    let producer = producer_kafka.transactional_producer(&format!("resizer-{instance}")).await?;
+    let producer = producer_kafka
+        .transactional_producer(&format!("resizer-{instance}"))
+        .await?;
 
     let context = RebalanceLog::default();
     let mut consumer_config = kafka.consumer_config(GROUP);
     // Offsets are committed inside transactions, never by the consumer itself.
     consumer_config.set("enable.auto.commit", "false");
-    let consumer: StreamConsumer<RebalanceLog> = kafka.consumer(&consumer_config, context.clone())?;
+    let consumer: StreamConsumer<RebalanceLog> =
+        kafka.consumer(&consumer_config, context.clone())?;
     let requests_topic = kafka.name(IMAGE_REQUESTS);
     consumer
         .subscribe(&[&requests_topic])
-        .map_err(|source| ResizerError::Subscribe { topic: requests_topic.clone(), source })?;
+        .map_err(|source| ResizerError::Subscribe {
+            topic: requests_topic.clone(),
+            source,
+        })?;
 
     let workers = config.effective_workers();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers)
         .thread_name(|i| format!("resize-{i}"))
         .build()?;
-    tracing::info!(instance, workers, max_in_flight = config.effective_max_in_flight(), "Resizer started");
+    tracing::info!(
+        instance,
+        workers,
+        max_in_flight = config.effective_max_in_flight(),
+        "Resizer started"
+    );
     ctx.readiness.ready("resizer");
 
     let mut worker = Worker {
@@ -275,7 +285,9 @@ impl Worker {
         if has_room == !self.paused {
             return;
         }
-        let Ok(assignment) = self.consumer.assignment() else { return };
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
         let result = if has_room {
             self.consumer.resume(&assignment)
         } else {
@@ -291,8 +303,13 @@ impl Worker {
     }
 
     fn handle_revocations(&mut self) {
-        let revoked: Vec<i32> =
-            std::mem::take(&mut *self.rebalances.revoked.lock().unwrap_or_else(PoisonError::into_inner));
+        let revoked: Vec<i32> = std::mem::take(
+            &mut *self
+                .rebalances
+                .revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         for partition in revoked {
             // Unfinished and uncommitted work of a revoked partition is abandoned: its new owner
             // resumes from the committed offset, so committing it here would duplicate it.
@@ -326,9 +343,14 @@ impl Worker {
         let queue = message
             .timestamp()
             .to_millis()
-            .map_or(Duration::ZERO, |sent| Duration::from_millis(now_ms().saturating_sub(sent).max(0) as u64));
+            .map_or(Duration::ZERO, |sent| {
+                Duration::from_millis(now_ms().saturating_sub(sent).max(0) as u64)
+            });
         let traceparent = message.headers().and_then(|headers| {
-            headers.iter().find(|h| h.key == TRACEPARENT).and_then(|h| h.value.map(<[u8]>::to_vec))
+            headers
+                .iter()
+                .find(|h| h.key == TRACEPARENT)
+                .and_then(|h| h.value.map(<[u8]>::to_vec))
         });
         self.submit(Pending {
             partition,
@@ -356,10 +378,15 @@ impl Worker {
                 kernel::resize(&image, &params, &limits).map_err(JobError::Kernel)
             };
             // The receiver is gone only if the partition was revoked; nothing to do then.
-            let _ = tx.send(JobDone { result, cpu: cpu.elapsed(), started });
+            let _ = tx.send(JobDone {
+                result,
+                cpu: cpu.elapsed(),
+                started,
+            });
         });
         self.metrics.in_flight.set(self.jobs.len() as i64 + 1);
-        self.jobs.push(Box::pin(async move { (pending, rx.await.ok()) }));
+        self.jobs
+            .push(Box::pin(async move { (pending, rx.await.ok()) }));
     }
 
     /// Turns a finished job into its reply and usage record and hands them to the tracker.
@@ -367,11 +394,21 @@ impl Worker {
         self.metrics.in_flight.set(self.jobs.len() as i64);
         let Some(done) = done else { return };
         let request = &pending.request;
-        let mut timings = StageTimings { queue_us: micros(pending.queue), ..StageTimings::default() };
+        let mut timings = StageTimings {
+            queue_us: micros(pending.queue),
+            ..StageTimings::default()
+        };
         let (image, error, input, outcome) = match done.result {
             Ok(resized) => {
-                timings = StageTimings { queue_us: timings.queue_us, ..resized.timings };
-                let input = Some((resized.input_format, resized.input_width, resized.input_height));
+                timings = StageTimings {
+                    queue_us: timings.queue_us,
+                    ..resized.timings
+                };
+                let input = Some((
+                    resized.input_format,
+                    resized.input_width,
+                    resized.input_height,
+                ));
                 let image = ResizedImage {
                     format: resized.format,
                     width: dim(resized.width),
@@ -418,10 +455,14 @@ impl Worker {
             bytes_in: pending.bytes_in as i64,
             bytes_out: image.as_ref().map_or(0, |i| i.bytes.len() as i64),
             pixels_in: input.map_or(0, |(_, w, h)| i64::from(w) * i64::from(h)),
-            pixels_out: image.as_ref().map_or(0, |i| i64::from(i.width) * i64::from(i.height)),
+            pixels_out: image
+                .as_ref()
+                .map_or(0, |i| i64::from(i.width) * i64::from(i.height)),
             cpu_time_us: micros(done.cpu),
             input_format: input.map(|(f, _, _)| f.name().to_owned()),
-            output_format: image.as_ref().map(|i| ImageFormat::name(i.format).to_owned()),
+            output_format: image
+                .as_ref()
+                .map(|i| ImageFormat::name(i.format).to_owned()),
             latency_us: now_ms().saturating_sub(request.received_at_ms).max(0) * 1000,
             source: UsageSource::Resizer,
         };
@@ -437,7 +478,10 @@ impl Worker {
         let usage_payload = self.encode_retrying(&usage).await;
         let mut headers = OwnedHeaders::new();
         if let Some(traceparent) = &pending.traceparent {
-            headers = headers.insert(Header { key: TRACEPARENT, value: Some(traceparent) });
+            headers = headers.insert(Header {
+                key: TRACEPARENT,
+                value: Some(traceparent),
+            });
         }
         let outputs = vec![
             OutRecord {
@@ -455,7 +499,8 @@ impl Worker {
                 headers,
             },
         ];
-        self.tracker.complete(pending.partition, pending.offset, outputs);
+        self.tracker
+            .complete(pending.partition, pending.offset, outputs);
     }
 
     fn observe(&self, timings: &StageTimings, _total: Duration) {
@@ -465,7 +510,10 @@ impl Worker {
             ("resize", timings.resize_us),
             ("encode", timings.encode_us),
         ] {
-            self.metrics.stage_seconds.with_label_values(&[stage]).observe(us as f64 / 1e6);
+            self.metrics
+                .stage_seconds
+                .with_label_values(&[stage])
+                .observe(us as f64 / 1e6);
         }
     }
 
@@ -499,11 +547,26 @@ impl Worker {
         let offset = message.offset().to_string();
         let error_text = error.to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "error.class", value: Some("undecodable_request") })
-            .insert(Header { key: "error.message", value: Some(&error_text) })
-            .insert(Header { key: "source.topic", value: Some(message.topic()) })
-            .insert(Header { key: "source.partition", value: Some(&partition) })
-            .insert(Header { key: "source.offset", value: Some(&offset) });
+            .insert(Header {
+                key: "error.class",
+                value: Some("undecodable_request"),
+            })
+            .insert(Header {
+                key: "error.message",
+                value: Some(&error_text),
+            })
+            .insert(Header {
+                key: "source.topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "source.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "source.offset",
+                value: Some(&offset),
+            });
         OutRecord {
             topic: self.dlq_topic.clone(),
             partition: None,
@@ -524,8 +587,13 @@ impl Worker {
         let outputs: Outputs = outputs.into_iter().flatten().collect();
         match self.commit(outputs, &ranges).await {
             Ok(()) => {
-                self.metrics.transactions.with_label_values(&["committed"]).inc();
-                self.metrics.transaction_seconds.observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .transactions
+                    .with_label_values(&["committed"])
+                    .inc();
+                self.metrics
+                    .transaction_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 self.metrics.transaction_records.observe(count as f64);
                 Ok(())
             }
@@ -534,7 +602,10 @@ impl Worker {
                 Err(ResizerError::Fatal(error))
             }
             Err(error) => {
-                self.metrics.transactions.with_label_values(&["aborted"]).inc();
+                self.metrics
+                    .transactions
+                    .with_label_values(&["aborted"])
+                    .inc();
                 tracing::warn!(%error, "Transaction failed; aborting and re-reading its records");
                 let producer = self.producer.clone();
                 let aborted = tokio::task::spawn_blocking(move || {
@@ -555,17 +626,25 @@ impl Worker {
     async fn commit(&self, outputs: Outputs, ranges: &[TakenRange]) -> Result<(), KafkaError> {
         self.producer.begin_transaction()?;
         for out in outputs {
-            let mut record =
-                FutureRecord::to(&out.topic).key(&out.key).payload(&out.payload).headers(out.headers);
+            let mut record = FutureRecord::to(&out.topic)
+                .key(&out.key)
+                .payload(&out.payload)
+                .headers(out.headers);
             if let Some(partition) = out.partition {
                 record = record.partition(partition);
             }
             // Delivery is confirmed by commit_transaction, which fails if any send failed.
-            self.producer.send_result(record).map_err(|(error, _)| error)?;
+            self.producer
+                .send_result(record)
+                .map_err(|(error, _)| error)?;
         }
         let mut offsets = TopicPartitionList::new();
         for range in ranges {
-            offsets.add_partition_offset(&self.requests_topic, range.partition, Offset::Offset(range.next))?;
+            offsets.add_partition_offset(
+                &self.requests_topic,
+                range.partition,
+                Offset::Offset(range.next),
+            )?;
         }
         let group = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
         let producer = self.producer.clone();

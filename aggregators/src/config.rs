@@ -1,0 +1,178 @@
+//! Settings of `imgpipe aggregator` (the `[aggregator]` section). Batches are bounded by size
+//! and age; the bounds are what keep memory flat and usage fresh, so they are validated here,
+//! before anything connects.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The consumer group every aggregator instance joins (namespaced by `kafka.namespace`).
+pub const GROUP_ID: &str = "usage-aggregator";
+
+/// ClickHouse splits an HTTP INSERT into blocks of `max_insert_block_size` (1,048,576 rows by
+/// default) and applies each block atomically. A batch must fit in one block so that one batch is
+/// either wholly stored or not at all; the cap leaves a wide margin.
+pub const MAX_BATCH_RECORDS: usize = 500_000;
+
+/// Settings of the usage aggregator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// A partition's batch is written once it holds this many records.
+    pub batch_max_records: usize,
+    /// A partition's batch is written once its oldest record waited this long (freshness bound).
+    #[serde(with = "humantime_serde")]
+    pub batch_max_age: Duration,
+    /// Records held in memory across all partitions before every batch is written regardless of
+    /// age (bounds memory when many partitions are assigned).
+    pub max_pending_records: usize,
+    /// Deadline of one INSERT (sending and waiting for ClickHouse's answer).
+    #[serde(with = "humantime_serde")]
+    pub insert_timeout: Duration,
+    /// First wait after a failed INSERT, offset lookup or registry call; doubles up to the max.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_min: Duration,
+    /// Longest wait between retries.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    /// Apply ClickHouse migrations at start (as `imgpipe migrate` does).
+    pub migrate_on_start: bool,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_records: default_batch_max_records(),
+            batch_max_age: default_batch_max_age(),
+            max_pending_records: default_max_pending_records(),
+            insert_timeout: default_insert_timeout(),
+            retry_backoff_min: default_retry_backoff_min(),
+            retry_backoff_max: default_retry_backoff_max(),
+            migrate_on_start: true,
+        }
+    }
+}
+
+fn default_batch_max_records() -> usize {
+    50_000
+}
+
+/// Half a second keeps `usage_minute` well under two seconds behind at p99.
+fn default_batch_max_age() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_max_pending_records() -> usize {
+    200_000
+}
+
+fn default_insert_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_retry_backoff_min() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_retry_backoff_max() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl chassis::Validate for AggregatorConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.batch_max_records == 0 || self.batch_max_records > MAX_BATCH_RECORDS {
+            errors.push(format!(
+                "aggregator.batch_max_records must be between 1 and {MAX_BATCH_RECORDS}, got {}",
+                self.batch_max_records
+            ));
+        }
+        if self.batch_max_age.is_zero() {
+            errors.push("aggregator.batch_max_age must be positive".into());
+        }
+        if self.max_pending_records < self.batch_max_records {
+            errors.push(format!(
+                "aggregator.max_pending_records ({}) must be at least batch_max_records ({})",
+                self.max_pending_records, self.batch_max_records
+            ));
+        }
+        if self.insert_timeout.is_zero() {
+            errors.push("aggregator.insert_timeout must be positive".into());
+        }
+        if self.retry_backoff_min.is_zero() || self.retry_backoff_min > self.retry_backoff_max {
+            errors.push(
+                "aggregator.retry_backoff_min must be positive and at most retry_backoff_max"
+                    .into(),
+            );
+        }
+    }
+}
+
+/// Exponential backoff between `min` and `max`, reset on success.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(config: &AggregatorConfig) -> Self {
+        Self {
+            min: config.retry_backoff_min,
+            max: config.retry_backoff_max,
+            next: config.retry_backoff_min,
+        }
+    }
+
+    /// The wait before the next attempt; each call doubles the following one.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use chassis::Validate;
+
+    #[test]
+    fn defaults_are_valid() {
+        let mut errors = Vec::new();
+        AggregatorConfig::default().validate(&mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported() {
+        let config = AggregatorConfig {
+            batch_max_records: 0,
+            batch_max_age: Duration::ZERO,
+            insert_timeout: Duration::ZERO,
+            retry_backoff_min: Duration::from_secs(20),
+            ..AggregatorConfig::default()
+        };
+        let mut errors = Vec::new();
+        config.validate(&mut errors);
+        assert_eq!(errors.len(), 4, "{errors:?}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut backoff = Backoff::new(&AggregatorConfig {
+            retry_backoff_min: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_millis(300),
+            ..AggregatorConfig::default()
+        });
+        let delays: Vec<_> = (0..4).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(delays, [100, 200, 300, 300]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay().as_millis(), 100);
+    }
+}

@@ -1,0 +1,553 @@
+//! The aggregator's consume loop: `select!` over records, a ticker and shutdown; per-partition
+//! batches written to ClickHouse on size or age; partitions positioned from ClickHouse.
+//!
+//! How offsets work here:
+//! - On assignment the rebalance callback pauses the new partitions (so nothing is fetched from
+//!   Kafka's committed offset), and the loop asks ClickHouse for the highest offset it holds per
+//!   partition, seeks past it and resumes. Kafka's committed offsets are never trusted for
+//!   positioning; they are stored after each acknowledged INSERT only so lag tools see progress.
+//! - On revocation the partition's unwritten batch is dropped. The loop never polls Kafka while an
+//!   INSERT is in flight, so a revocation can only arrive between INSERTs: no write of ours races
+//!   the next owner.
+//! - When ClickHouse fails (down, timed out, overloaded) every partition is paused, readiness goes
+//!   red, and the loop keeps polling (rebalance callbacks keep working) while it retries with
+//!   backoff. Memory stays bounded: paused partitions fetch nothing new.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chassis::ServiceContext;
+use chassis::kafka::log_rebalance;
+use prometheus::IntGaugeVec;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use schemas::Codec;
+use schemas::events::UsageRecorded;
+
+use crate::AggregatorError;
+use crate::batcher::{Admission, Batcher};
+use crate::config::{AggregatorConfig, Backoff};
+use crate::metrics::Metrics;
+use crate::sink::{RejectRow, SinkError, UsageRow, UsageSink};
+
+/// Readiness check flipped by ClickHouse availability.
+pub const CLICKHOUSE_CHECK: &str = "aggregator.clickhouse";
+/// Readiness check flipped by schema registry availability.
+pub const REGISTRY_CHECK: &str = "aggregator.registry";
+
+/// Partitions moved by rebalances since the loop last looked. Sets, not queues: their size is
+/// bounded by the topic's partition count however many rebalances happen in between.
+#[derive(Debug, Default)]
+pub(crate) struct RebalanceInbox {
+    assigned: BTreeSet<i32>,
+    revoked: BTreeSet<i32>,
+}
+
+/// Rebalance and statistics callbacks of the aggregator's consumer.
+pub(crate) struct AggregatorContext {
+    topic: String,
+    inbox: Arc<Mutex<RebalanceInbox>>,
+    lag: IntGaugeVec,
+}
+
+impl AggregatorContext {
+    pub(crate) fn new(topic: String, lag: IntGaugeVec) -> Self {
+        Self {
+            topic,
+            inbox: Arc::default(),
+            lag,
+        }
+    }
+
+    /// The inbox the loop drains.
+    pub(crate) fn inbox(&self) -> Arc<Mutex<RebalanceInbox>> {
+        self.inbox.clone()
+    }
+
+    fn partitions_of(&self, list: &TopicPartitionList) -> Vec<i32> {
+        list.elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect()
+    }
+}
+
+impl ClientContext for AggregatorContext {
+    /// librdkafka's own view of lag: high watermark minus the offset we stored after ClickHouse
+    /// acknowledged, i.e. exactly what is not yet durable.
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for (partition, stats) in &topic.partitions {
+            if *partition >= 0 && stats.fetch_state == "active" && stats.consumer_lag_stored >= 0 {
+                self.lag
+                    .with_label_values(&[&partition.to_string()])
+                    .set(stats.consumer_lag_stored);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for AggregatorContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        log_rebalance("usage-aggregator", "Rebalance starting", rebalance);
+        if let Rebalance::Revoke(list) = rebalance {
+            let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+            for partition in self.partitions_of(list) {
+                inbox.assigned.remove(&partition);
+                inbox.revoked.insert(partition);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        log_rebalance("usage-aggregator", "Rebalance done", rebalance);
+        if let Rebalance::Assign(list) = rebalance {
+            // Paused until the loop has sought past what ClickHouse holds: nothing is fetched
+            // from Kafka's committed offset, which ClickHouse, not Kafka, is the authority on.
+            if let Err(error) = consumer.pause(list) {
+                tracing::warn!(%error, "Pausing newly assigned partitions failed");
+            }
+            let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+            inbox.assigned.extend(self.partitions_of(list));
+        }
+    }
+}
+
+/// Why the loop is not writing: ClickHouse failed, next attempt at `until`.
+#[derive(Debug)]
+struct Stall {
+    until: Instant,
+}
+
+/// Everything the loop owns except the Kafka consumer (whose messages borrow it).
+pub(crate) struct Worker {
+    pub(crate) topic: String,
+    pub(crate) inbox: Arc<Mutex<RebalanceInbox>>,
+    pub(crate) sink: UsageSink,
+    pub(crate) codec: Codec,
+    pub(crate) config: AggregatorConfig,
+    pub(crate) metrics: Metrics,
+    pub(crate) ctx: ServiceContext,
+    pub(crate) batcher: Batcher,
+    stall: Option<Stall>,
+    backoff: Backoff,
+    query_prefix: String,
+    query_seq: u64,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        topic: String,
+        inbox: Arc<Mutex<RebalanceInbox>>,
+        sink: UsageSink,
+        codec: Codec,
+        config: AggregatorConfig,
+        metrics: Metrics,
+        ctx: ServiceContext,
+    ) -> Self {
+        Self {
+            batcher: Batcher::new(
+                config.batch_max_records,
+                config.batch_max_age,
+                config.max_pending_records,
+            ),
+            backoff: Backoff::new(&config),
+            query_prefix: format!("usage-aggregator-{}", uuid::Uuid::new_v4().simple()),
+            query_seq: 0,
+            stall: None,
+            topic,
+            inbox,
+            sink,
+            codec,
+            config,
+            metrics,
+            ctx,
+        }
+    }
+
+    /// Consumes until shutdown, then writes what it holds (one attempt) and commits.
+    pub(crate) async fn run(
+        mut self,
+        consumer: StreamConsumer<AggregatorContext>,
+    ) -> Result<(), AggregatorError> {
+        consumer
+            .subscribe(&[&self.topic])
+            .map_err(|source| AggregatorError::Subscribe {
+                topic: self.topic.clone(),
+                source,
+            })?;
+        // A tick a fraction of the batch age keeps the freshness bound tight.
+        let period = (self.config.batch_max_age / 4)
+            .clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.wait() => break,
+                message = consumer.recv() => match message {
+                    Ok(message) => {
+                        let partition = message.partition();
+                        let offset = message.offset();
+                        let payload = message.payload().unwrap_or_default();
+                        if !self.on_record(partition, offset, payload).await {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "Kafka consumer error");
+                    }
+                },
+                _ = ticker.tick() => {}
+            }
+            self.maintain(&consumer).await?;
+        }
+        self.drain(&consumer).await
+    }
+
+    /// Takes one record; `false` when shutdown interrupted a registry retry.
+    async fn on_record(&mut self, partition: i32, offset: i64, payload: &[u8]) -> bool {
+        self.metrics.consumed.inc();
+        match self.batcher.admit(partition, offset) {
+            Admission::Take => {}
+            Admission::AlreadyStored => {
+                self.metrics.skipped.inc();
+                return true;
+            }
+            Admission::NotReady => return true,
+        }
+        let mut backoff = Backoff::new(&self.config);
+        let mut registry_down = false;
+        loop {
+            match self.codec.decode::<UsageRecorded>(payload).await {
+                Ok(event) => {
+                    self.batcher
+                        .push_row(UsageRow::new(partition, offset, event));
+                    break;
+                }
+                Err(error) if error.is_retryable() => {
+                    // The record is fine, the registry is not: retry, never skip.
+                    let delay = backoff.next_delay();
+                    tracing::warn!(partition, offset, %error, ?delay, "Schema registry unavailable; retrying");
+                    self.ctx.readiness.not_ready(
+                        REGISTRY_CHECK,
+                        &format!("schema registry unavailable: {error}"),
+                    );
+                    registry_down = true;
+                    tokio::select! {
+                        () = self.ctx.shutdown.wait() => return false,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(partition, offset, %error, "Rejected undecodable usage record");
+                    self.metrics.rejected.inc();
+                    self.batcher.push_reject(RejectRow {
+                        kafka_partition: partition,
+                        kafka_offset: offset,
+                        error: error.to_string(),
+                        payload_size: i64::try_from(payload.len()).unwrap_or(i64::MAX),
+                    });
+                    break;
+                }
+            }
+        }
+        if registry_down {
+            self.ctx.readiness.ready(REGISTRY_CHECK);
+        }
+        self.metrics.pending.set(gauge(self.batcher.pending()));
+        true
+    }
+
+    /// Applies rebalances, positions new partitions, writes due batches.
+    async fn maintain(
+        &mut self,
+        consumer: &StreamConsumer<AggregatorContext>,
+    ) -> Result<(), AggregatorError> {
+        self.apply_rebalances();
+        if self
+            .stall
+            .as_ref()
+            .is_some_and(|s| Instant::now() < s.until)
+        {
+            return Ok(());
+        }
+        let result = match self.position(consumer).await {
+            Ok(()) => self.flush_due(consumer, false).await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(()) => {
+                if self.stall.take().is_some() {
+                    self.recovered(consumer);
+                }
+                Ok(())
+            }
+            Err(error) => self.failed(consumer, error),
+        }
+    }
+
+    fn apply_rebalances(&mut self) {
+        let (assigned, revoked) = {
+            let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+            (
+                std::mem::take(&mut inbox.assigned),
+                std::mem::take(&mut inbox.revoked),
+            )
+        };
+        for partition in revoked {
+            let dropped = self.batcher.revoke(partition);
+            let _ = self
+                .metrics
+                .lag
+                .remove_label_values(&[&partition.to_string()]);
+            tracing::info!(
+                partition,
+                dropped,
+                "Partition revoked; its unwritten records are left to the next owner"
+            );
+        }
+        for partition in assigned {
+            self.batcher.assign(partition);
+        }
+        self.metrics.pending.set(gauge(self.batcher.pending()));
+    }
+
+    /// Seeks every newly assigned partition past the highest offset ClickHouse holds for it.
+    async fn position(
+        &mut self,
+        consumer: &StreamConsumer<AggregatorContext>,
+    ) -> Result<(), SinkError> {
+        let awaiting = self.batcher.awaiting();
+        if awaiting.is_empty() {
+            return Ok(());
+        }
+        let stored = self.sink.stored_offsets(&awaiting).await?;
+        for partition in awaiting {
+            let stored = stored.get(&partition).copied();
+            let target = stored.map_or(Offset::Beginning, |s| Offset::Offset(s + 1));
+            // A local librdkafka operation (no broker round trip); the timeout only bounds a
+            // wedged client.
+            if let Err(error) =
+                consumer.seek(&self.topic, partition, target, Duration::from_secs(5))
+            {
+                // Stays paused and awaiting: the next tick tries again.
+                tracing::warn!(partition, %error, "Seeking to ClickHouse's offset failed; will retry");
+                continue;
+            }
+            let Some(next) = self.batcher.activate(partition, stored) else {
+                continue;
+            };
+            if next > 0 {
+                // So lag tools and committed offsets agree with ClickHouse at once.
+                let _ = consumer.store_offset(&self.topic, partition, next);
+            }
+            if self.stall.is_none() {
+                set_paused(consumer, &self.topic, &[partition], false);
+            }
+            tracing::info!(
+                partition,
+                next_offset = next,
+                "Partition positioned from ClickHouse"
+            );
+        }
+        Ok(())
+    }
+
+    async fn flush_due(
+        &mut self,
+        consumer: &StreamConsumer<AggregatorContext>,
+        all: bool,
+    ) -> Result<(), SinkError> {
+        for partition in self.batcher.due(Instant::now(), all) {
+            self.flush(consumer, partition).await?;
+        }
+        self.metrics.pending.set(gauge(self.batcher.pending()));
+        Ok(())
+    }
+
+    /// Writes one partition's batch: rows first (at most `batch_max_records` per INSERT), then
+    /// rejects, then stores the Kafka offset. Rows go first so that the highest stored offset
+    /// never covers a usage row that is not stored: a lost reject row is only a lost log entry.
+    async fn flush(
+        &mut self,
+        consumer: &StreamConsumer<AggregatorContext>,
+        partition: i32,
+    ) -> Result<(), SinkError> {
+        let Some(batch) = self.batcher.batch_mut(partition) else {
+            return Ok(());
+        };
+        let Some(last_offset) = batch.last_offset() else {
+            return Ok(());
+        };
+        if batch.needs_recheck {
+            // The previous attempt may have been applied without us hearing so: wait until the
+            // server no longer runs it, then re-send only what ClickHouse does not hold.
+            if let Some(query_id) = batch.last_query_id.clone() {
+                self.sink.wait_until_finished(&query_id).await?;
+            }
+            let stored = self.sink.stored_offsets(&[partition]).await?;
+            let Some(batch) = self.batcher.batch_mut(partition) else {
+                return Ok(());
+            };
+            batch.needs_recheck = false;
+            if let Some(stored) = stored.get(&partition) {
+                let dropped = batch.drop_through(*stored);
+                if dropped > 0 {
+                    tracing::info!(
+                        partition,
+                        dropped,
+                        "A retried INSERT had been applied; not sending it again"
+                    );
+                    self.metrics.skipped.inc_by(dropped as u64);
+                    self.batcher.written(partition, dropped);
+                }
+            }
+        }
+        loop {
+            let query_id = self.next_query_id();
+            let Some(batch) = self.batcher.batch_mut(partition) else {
+                return Ok(());
+            };
+            let (count, result) = if !batch.rows.is_empty() {
+                let count = batch.rows.len().min(self.config.batch_max_records);
+                batch.last_query_id = Some(query_id.clone());
+                let started = Instant::now();
+                let result = self
+                    .sink
+                    .insert_rows(partition, &batch.rows[..count], &query_id)
+                    .await;
+                if result.is_ok() {
+                    batch.rows.drain(..count);
+                    self.metrics.inserted.inc_by(count as u64);
+                    self.metrics
+                        .insert_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.batch_size.observe(count as f64);
+                }
+                (count, result)
+            } else if !batch.rejects.is_empty() {
+                let count = batch.rejects.len().min(self.config.batch_max_records);
+                batch.last_query_id = Some(query_id.clone());
+                let result = self
+                    .sink
+                    .insert_rejects(partition, &batch.rejects[..count], &query_id)
+                    .await;
+                if result.is_ok() {
+                    batch.rejects.drain(..count);
+                }
+                (count, result)
+            } else {
+                break;
+            };
+            match result {
+                Ok(()) => self.batcher.written(partition, count),
+                Err(error) => {
+                    if let Some(batch) = self.batcher.batch_mut(partition) {
+                        batch.needs_recheck = true;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        if let Err(error) = consumer.store_offset(&self.topic, partition, last_offset + 1) {
+            // Revoked meanwhile: harmless, commits only feed lag metrics.
+            tracing::debug!(partition, %error, "Storing the Kafka offset failed");
+        }
+        Ok(())
+    }
+
+    fn next_query_id(&mut self) -> String {
+        self.query_seq += 1;
+        format!("{}-{}", self.query_prefix, self.query_seq)
+    }
+
+    /// A ClickHouse failure: permanent ones stop the service (a restart re-applies migrations);
+    /// retryable ones pause consumption and schedule a retry.
+    fn failed(
+        &mut self,
+        consumer: &StreamConsumer<AggregatorContext>,
+        error: SinkError,
+    ) -> Result<(), AggregatorError> {
+        self.metrics.insert_failures.inc();
+        if !error.is_retryable() {
+            tracing::error!(%error, "ClickHouse refused usage data; stopping");
+            return Err(AggregatorError::Sink(error));
+        }
+        let delay = self.backoff.next_delay();
+        tracing::warn!(%error, ?delay, pending = self.batcher.pending(), "ClickHouse unavailable; consumption paused");
+        self.metrics.clickhouse_up.set(0);
+        self.ctx.readiness.not_ready(
+            CLICKHOUSE_CHECK,
+            &format!("ClickHouse unavailable, consumption paused: {error}"),
+        );
+        if self.stall.is_none() {
+            let active = self.batcher.active();
+            set_paused(consumer, &self.topic, &active, true);
+        }
+        self.stall = Some(Stall {
+            until: Instant::now() + delay,
+        });
+        Ok(())
+    }
+
+    fn recovered(&mut self, consumer: &StreamConsumer<AggregatorContext>) {
+        self.backoff.reset();
+        self.metrics.clickhouse_up.set(1);
+        self.ctx.readiness.ready(CLICKHOUSE_CHECK);
+        let active = self.batcher.active();
+        set_paused(consumer, &self.topic, &active, false);
+        tracing::info!("ClickHouse answers again; consumption resumed");
+    }
+
+    /// Shutdown: one attempt to write everything held, then a synchronous commit.
+    async fn drain(
+        mut self,
+        consumer: &StreamConsumer<AggregatorContext>,
+    ) -> Result<(), AggregatorError> {
+        self.apply_rebalances();
+        if let Err(error) = self.flush_due(consumer, true).await {
+            // Nothing is lost: the records are read again from ClickHouse's offsets.
+            tracing::warn!(%error, pending = self.batcher.pending(), "Could not write the last batches before stopping");
+        }
+        if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            tracing::debug!(%error, "Final commit failed (commits only feed lag metrics)");
+        }
+        tracing::info!("Usage aggregator stopped");
+        Ok(())
+    }
+}
+
+fn set_paused(
+    consumer: &StreamConsumer<AggregatorContext>,
+    topic: &str,
+    partitions: &[i32],
+    paused: bool,
+) {
+    if partitions.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for partition in partitions {
+        list.add_partition(topic, *partition);
+    }
+    let result = if paused {
+        consumer.pause(&list)
+    } else {
+        consumer.resume(&list)
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, paused, ?partitions, "Pausing or resuming partitions failed");
+    }
+}
+
+fn gauge(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}

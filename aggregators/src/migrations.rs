@@ -1,0 +1,356 @@
+//! Versioned, idempotent ClickHouse migrations, applied by `imgpipe migrate` and at aggregator
+//! start. Every statement is `IF NOT EXISTS` (or otherwise safe to repeat), so two processes
+//! migrating at once, or a crash between a statement and its `schema_migrations` row, only repeat
+//! harmless work. A migration that needs a newer server (TTL, say) is skipped on an old one and
+//! not recorded, so it is applied once the server is upgraded.
+//!
+//! Every statement here has been run against ClickHouse 18.16 (Debian): no `DateTime64`, no
+//! `LowCardinality`, no TTL there.
+
+use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, ServerVersion};
+use clickhouse::Client;
+use serde::Deserialize;
+
+use crate::sink::is_retryable_clickhouse;
+
+/// One schema change.
+#[derive(Debug, Clone, Copy)]
+struct Migration {
+    /// Strictly increasing; recorded in `schema_migrations` once applied.
+    version: u32,
+    /// What it does, for the report and the table.
+    name: &'static str,
+    /// Statements with `{db}` standing for the database.
+    statements: &'static [&'static str],
+    /// Only for servers where [`ServerVersion::is_modern`] holds.
+    modern_only: bool,
+}
+
+/// The raw table's sort key is the tenant first, so tenant-scoped and time-ranged reads use the
+/// primary index; duplicates of one delivery collapse in background merges (ReplacingMergeTree),
+/// while exact queries never rely on merges and group by request id.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "create usage_raw",
+        statements: &["CREATE TABLE IF NOT EXISTS {db}.usage_raw (
+    kafka_partition Int32,
+    kafka_offset Int64,
+    request_id String,
+    tenant_id String,
+    key_id String,
+    event_time DateTime('UTC'),
+    event_time_ms Int64,
+    outcome String,
+    status Int32,
+    bytes_in Int64,
+    bytes_out Int64,
+    pixels_in Int64,
+    pixels_out Int64,
+    cpu_time_us Int64,
+    input_format String,
+    output_format String,
+    latency_us Int64,
+    source String,
+    inserted_at DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (tenant_id, event_time, request_id)"],
+        modern_only: false,
+    },
+    Migration {
+        version: 2,
+        name: "create usage_rejects",
+        statements: &["CREATE TABLE IF NOT EXISTS {db}.usage_rejects (
+    kafka_partition Int32,
+    kafka_offset Int64,
+    error String,
+    payload_size Int64,
+    rejected_at DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree()
+ORDER BY (kafka_partition, kafka_offset)"],
+        modern_only: false,
+    },
+    Migration {
+        version: 3,
+        name: "create usage_by_request",
+        statements: &["CREATE VIEW IF NOT EXISTS {db}.usage_by_request AS
+SELECT
+    tenant_id,
+    request_id,
+    any(key_id) AS key_id,
+    any(event_time) AS event_time,
+    any(event_time_ms) AS event_time_ms,
+    any(outcome) AS outcome,
+    any(status) AS status,
+    any(bytes_in) AS bytes_in,
+    any(bytes_out) AS bytes_out,
+    any(pixels_in) AS pixels_in,
+    any(pixels_out) AS pixels_out,
+    any(cpu_time_us) AS cpu_time_us,
+    any(input_format) AS input_format,
+    any(output_format) AS output_format,
+    any(latency_us) AS latency_us,
+    any(source) AS source,
+    count() AS deliveries
+FROM {db}.usage_raw
+GROUP BY tenant_id, request_id"],
+        modern_only: false,
+    },
+    Migration {
+        version: 4,
+        name: "create usage_minute, usage_hour, usage_day",
+        statements: &[
+            "CREATE VIEW IF NOT EXISTS {db}.usage_minute AS
+SELECT
+    tenant_id,
+    toStartOfMinute(event_time) AS minute,
+    outcome,
+    output_format AS format,
+    count() AS requests,
+    sum(bytes_in) AS bytes_in,
+    sum(bytes_out) AS bytes_out,
+    sum(pixels_in) AS pixels_in,
+    sum(pixels_out) AS pixels_out,
+    sum(cpu_time_us) AS cpu_time_us,
+    sum(latency_us) AS latency_us_sum,
+    max(latency_us) AS latency_us_max
+FROM {db}.usage_by_request
+GROUP BY tenant_id, minute, outcome, format",
+            "CREATE VIEW IF NOT EXISTS {db}.usage_hour AS
+SELECT
+    tenant_id,
+    toStartOfHour(event_time) AS hour,
+    outcome,
+    output_format AS format,
+    count() AS requests,
+    sum(bytes_in) AS bytes_in,
+    sum(bytes_out) AS bytes_out,
+    sum(pixels_in) AS pixels_in,
+    sum(pixels_out) AS pixels_out,
+    sum(cpu_time_us) AS cpu_time_us,
+    sum(latency_us) AS latency_us_sum,
+    max(latency_us) AS latency_us_max
+FROM {db}.usage_by_request
+GROUP BY tenant_id, hour, outcome, format",
+            "CREATE VIEW IF NOT EXISTS {db}.usage_day AS
+SELECT
+    tenant_id,
+    toStartOfDay(event_time) AS day,
+    outcome,
+    output_format AS format,
+    count() AS requests,
+    sum(bytes_in) AS bytes_in,
+    sum(bytes_out) AS bytes_out,
+    sum(pixels_in) AS pixels_in,
+    sum(pixels_out) AS pixels_out,
+    sum(cpu_time_us) AS cpu_time_us,
+    sum(latency_us) AS latency_us_sum,
+    max(latency_us) AS latency_us_max
+FROM {db}.usage_by_request
+GROUP BY tenant_id, day, outcome, format",
+        ],
+        modern_only: false,
+    },
+    Migration {
+        version: 5,
+        name: "expire usage_rejects after 90 days",
+        statements: &["ALTER TABLE {db}.usage_rejects MODIFY TTL rejected_at + INTERVAL 90 DAY"],
+        modern_only: true,
+    },
+];
+
+/// Why migrations could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// ClickHouse did not answer the version probe. Retryable when the server is down.
+    #[error(transparent)]
+    Connect(#[from] ClickHouseError),
+    /// The configured database name is not a plain identifier. Permanent.
+    #[error(transparent)]
+    Database(#[from] DatabaseNameError),
+    /// A statement failed. Retryable when ClickHouse was unreachable or overloaded.
+    #[error("migration {version} ({name}): {source}")]
+    Statement {
+        /// Migration version (0: the bootstrap of `schema_migrations`).
+        version: u32,
+        /// Its name.
+        name: &'static str,
+        /// ClickHouse's answer.
+        source: clickhouse::error::Error,
+    },
+}
+
+impl MigrationError {
+    /// Whether running the migrations again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect(error) => error.is_retryable(),
+            Self::Database(_) => false,
+            Self::Statement { source, .. } => is_retryable_clickhouse(source),
+        }
+    }
+}
+
+/// The database name is interpolated into SQL as an identifier, so only plain names pass.
+#[derive(Debug, thiserror::Error)]
+#[error("clickhouse.database must match [A-Za-z_][A-Za-z0-9_]*, got {0:?}")]
+pub struct DatabaseNameError(pub String);
+
+/// Checks that `database` is a plain identifier (safe to put into SQL text).
+pub fn check_database_name(database: &str) -> Result<(), DatabaseNameError> {
+    let mut chars = database.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(DatabaseNameError(database.to_owned()))
+    }
+}
+
+/// What a migration run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// The server's version as `major.minor`.
+    pub server_version: String,
+    /// Migrations applied by this run: `(version, name)`.
+    pub applied: Vec<(u32, &'static str)>,
+    /// Versions found already applied.
+    pub already_applied: Vec<u32>,
+    /// Migrations this server is too old for: `(version, name)`; applied after an upgrade.
+    pub skipped: Vec<(u32, &'static str)>,
+}
+
+/// Connects to ClickHouse and brings `clickhouse.database` to the latest schema.
+pub async fn migrate(clickhouse: &ClickHouseConfig) -> Result<MigrationReport, MigrationError> {
+    check_database_name(&clickhouse.database)?;
+    let (client, version) = chassis::clickhouse::connect(clickhouse).await?;
+    apply(&client, version, &clickhouse.database).await
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct AppliedRow {
+    version: u32,
+}
+
+/// Applies every pending migration over an existing client.
+pub(crate) async fn apply(
+    client: &Client,
+    server: ServerVersion,
+    database: &str,
+) -> Result<MigrationReport, MigrationError> {
+    check_database_name(database)?;
+    let bootstrap = |source| MigrationError::Statement {
+        version: 0,
+        name: "bootstrap schema_migrations",
+        source,
+    };
+    client
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {database}"))
+        .execute()
+        .await
+        .map_err(bootstrap)?;
+    client
+        .query(&format!(
+            "CREATE TABLE IF NOT EXISTS {database}.schema_migrations (
+    version UInt32,
+    name String,
+    applied_at DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree()
+ORDER BY version"
+        ))
+        .execute()
+        .await
+        .map_err(bootstrap)?;
+    let applied: Vec<u32> = client
+        .query(&format!(
+            "SELECT DISTINCT version FROM {database}.schema_migrations ORDER BY version"
+        ))
+        .fetch_all::<AppliedRow>()
+        .await
+        .map_err(bootstrap)?
+        .into_iter()
+        .map(|row| row.version)
+        .collect();
+
+    let mut report = MigrationReport {
+        server_version: format!("{}.{}", server.major, server.minor),
+        ..MigrationReport::default()
+    };
+    for migration in MIGRATIONS {
+        if applied.contains(&migration.version) {
+            report.already_applied.push(migration.version);
+            continue;
+        }
+        if migration.modern_only && !server.is_modern() {
+            report.skipped.push((migration.version, migration.name));
+            continue;
+        }
+        let failed = |source| MigrationError::Statement {
+            version: migration.version,
+            name: migration.name,
+            source,
+        };
+        for statement in migration.statements {
+            client
+                .query(&statement.replace("{db}", database))
+                .execute()
+                .await
+                .map_err(failed)?;
+        }
+        client
+            .query(&format!(
+                "INSERT INTO {database}.schema_migrations (version, name) VALUES (?, ?)"
+            ))
+            .bind(migration.version)
+            .bind(migration.name)
+            .execute()
+            .await
+            .map_err(failed)?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            database,
+            "Applied ClickHouse migration"
+        );
+        report.applied.push((migration.version, migration.name));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_strictly_increase() {
+        for pair in MIGRATIONS.windows(2) {
+            assert!(pair[0].version < pair[1].version);
+        }
+    }
+
+    #[test]
+    fn statements_name_the_database_and_hold_no_bind_marks() {
+        for migration in MIGRATIONS {
+            for statement in migration.statements {
+                assert!(statement.contains("{db}."), "{}", migration.name);
+                // The clickhouse crate treats `?` as a bind placeholder.
+                assert!(!statement.contains('?'), "{}", migration.name);
+            }
+        }
+    }
+
+    #[test]
+    fn only_plain_database_names_pass() {
+        for good in ["imgpipe", "t_usage_1a2b_", "_x"] {
+            assert!(check_database_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "1db", "a.b", "a-b", "x; DROP TABLE y", "db`"] {
+            assert!(check_database_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! `UsageSink`: writes batches into ClickHouse and answers which offsets it already holds.
+//!
+//! Offsets live in ClickHouse, next to the rows they produced: every row of `usage_raw` carries its
+//! `kafka_partition` and `kafka_offset`, every poison record a row of `usage_rejects`. The highest
+//! offset across both tables is where consumption of a partition resumes; that is what makes a
+//! restart, a rebalance or an operator's offset reset neither lose nor double count.
+//!
+//! One batch of one partition is one INSERT (ClickHouse applies a block of up to
+//! `max_insert_block_size` rows atomically). Each INSERT carries its own `query_id`, so after a
+//! failure whose outcome is unknown (a lost acknowledgement) the sink can wait until the server no
+//! longer runs it, then look up the stored offsets and re-send only what is missing.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, ServerVersion};
+use clickhouse::Client;
+use schemas::events::{UsageRecorded, UsageSource};
+use serde::{Deserialize, Serialize};
+
+use crate::migrations::{DatabaseNameError, check_database_name};
+
+/// One row of `usage_raw` (column order and types match the table: RowBinary on old servers has
+/// no names to check against).
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Serialize)]
+pub struct UsageRow {
+    /// Kafka partition the record was read from.
+    pub kafka_partition: i32,
+    /// Its offset in that partition.
+    pub kafka_offset: i64,
+    /// Request id.
+    pub request_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// API key id.
+    pub key_id: String,
+    /// Event time, whole seconds (DateTime).
+    pub event_time: u32,
+    /// Event time in milliseconds (18.16 has no DateTime64).
+    pub event_time_ms: i64,
+    /// `ok` or the stable error code.
+    pub outcome: String,
+    /// HTTP status.
+    pub status: i32,
+    /// Request body size.
+    pub bytes_in: i64,
+    /// Response image size.
+    pub bytes_out: i64,
+    /// Input pixels.
+    pub pixels_in: i64,
+    /// Output pixels.
+    pub pixels_out: i64,
+    /// CPU time.
+    pub cpu_time_us: i64,
+    /// Input format, empty when unknown.
+    pub input_format: String,
+    /// Output format, empty when none.
+    pub output_format: String,
+    /// Receipt to outcome.
+    pub latency_us: i64,
+    /// `API` or `RESIZER`.
+    pub source: String,
+}
+
+impl UsageRow {
+    /// The row for `event`, read at `partition`/`offset`.
+    pub fn new(partition: i32, offset: i64, event: UsageRecorded) -> Self {
+        let seconds = event.event_time_ms.div_euclid(1000);
+        Self {
+            kafka_partition: partition,
+            kafka_offset: offset,
+            request_id: event.request_id,
+            tenant_id: event.tenant_id,
+            key_id: event.key_id,
+            // DateTime holds 1970..2106; times outside it are clamped rather than wrapped.
+            event_time: u32::try_from(seconds.max(0)).unwrap_or(u32::MAX),
+            event_time_ms: event.event_time_ms,
+            outcome: event.outcome,
+            status: event.status,
+            bytes_in: event.bytes_in,
+            bytes_out: event.bytes_out,
+            pixels_in: event.pixels_in,
+            pixels_out: event.pixels_out,
+            cpu_time_us: event.cpu_time_us,
+            input_format: event.input_format.unwrap_or_default(),
+            output_format: event.output_format.unwrap_or_default(),
+            latency_us: event.latency_us,
+            source: match event.source {
+                UsageSource::Api => "API",
+                UsageSource::Resizer => "RESIZER",
+            }
+            .to_owned(),
+        }
+    }
+}
+
+/// One row of `usage_rejects`: a record that could not be decoded. Its offset counts as stored,
+/// so the partition moves past it; the record itself stays in Kafka for the topic's retention.
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Serialize)]
+pub struct RejectRow {
+    /// Kafka partition.
+    pub kafka_partition: i32,
+    /// Offset.
+    pub kafka_offset: i64,
+    /// Why it could not be decoded.
+    pub error: String,
+    /// Size of the value in bytes.
+    pub payload_size: i64,
+}
+
+/// Why the sink failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The version probe failed.
+    #[error(transparent)]
+    Connect(#[from] ClickHouseError),
+    /// The database name cannot be used. Permanent.
+    #[error(transparent)]
+    Database(#[from] DatabaseNameError),
+    /// An INSERT failed; whether it was applied is unknown.
+    #[error("inserting {rows} rows of partition {partition} into {table}: {source}")]
+    Insert {
+        /// Table.
+        table: &'static str,
+        /// Partition of the batch.
+        partition: i32,
+        /// Rows in the INSERT.
+        rows: usize,
+        /// ClickHouse's answer.
+        source: clickhouse::error::Error,
+    },
+    /// A query (stored offsets, running queries) failed.
+    #[error("{what}: {source}")]
+    Query {
+        /// Which query.
+        what: &'static str,
+        /// ClickHouse's answer.
+        source: clickhouse::error::Error,
+    },
+    /// The operation did not finish within its deadline. Retryable.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// Which operation.
+        what: &'static str,
+        /// Deadline.
+        after: Duration,
+    },
+}
+
+impl SinkError {
+    /// Whether retrying later may succeed (server down, overloaded, timed out).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect(error) => error.is_retryable(),
+            Self::Database(_) => false,
+            Self::Insert { source, .. } | Self::Query { source, .. } => {
+                is_retryable_clickhouse(source)
+            }
+            Self::Timeout { .. } => true,
+        }
+    }
+}
+
+/// ClickHouse error codes that no retry fixes: the schema or the credentials are wrong.
+/// (UNKNOWN_IDENTIFIER, NO_SUCH_COLUMN_IN_TABLE, TYPE_MISMATCH, UNKNOWN_TABLE, SYNTAX_ERROR,
+/// UNKNOWN_DATABASE, UNKNOWN_USER, WRONG_PASSWORD, READONLY, AUTHENTICATION_FAILED, ACCESS_DENIED.)
+const PERMANENT_CODES: &[u32] = &[47, 16, 53, 60, 62, 81, 192, 193, 164, 516, 497];
+
+/// Sorts a `clickhouse` crate error: transport failures and server-side overload are retryable;
+/// schema, syntax and authentication errors, and data the client could not encode, are not.
+pub(crate) fn is_retryable_clickhouse(error: &clickhouse::error::Error) -> bool {
+    use clickhouse::error::Error;
+    match error {
+        Error::Network(_) | Error::TimedOut => true,
+        Error::BadResponse(text) => {
+            error_code(text).is_none_or(|code| !PERMANENT_CODES.contains(&code))
+        }
+        _ => false,
+    }
+}
+
+/// The `Code: N` of a ClickHouse exception text.
+fn error_code(text: &str) -> Option<u32> {
+    let rest = &text[text.find("Code: ")? + "Code: ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct OffsetRow {
+    kafka_partition: i32,
+    max_offset: i64,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct CountRow {
+    running: u64,
+}
+
+/// Writes usage batches and reads back stored offsets.
+#[derive(Clone)]
+pub struct UsageSink {
+    client: Client,
+    server: ServerVersion,
+    raw_table: String,
+    rejects_table: String,
+    database: String,
+    insert_timeout: Duration,
+}
+
+impl std::fmt::Debug for UsageSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageSink")
+            .field("raw_table", &self.raw_table)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UsageSink {
+    /// Connects (version-tuned client) to the database named in `config`.
+    pub async fn connect(
+        config: &ClickHouseConfig,
+        insert_timeout: Duration,
+    ) -> Result<Self, SinkError> {
+        check_database_name(&config.database)?;
+        let (client, server) = chassis::clickhouse::connect(config).await?;
+        Ok(Self::new(client, server, &config.database, insert_timeout))
+    }
+
+    /// A sink over an existing client. `database` must already be checked.
+    pub(crate) fn new(
+        client: Client,
+        server: ServerVersion,
+        database: &str,
+        insert_timeout: Duration,
+    ) -> Self {
+        Self {
+            client,
+            server,
+            raw_table: format!("{database}.usage_raw"),
+            rejects_table: format!("{database}.usage_rejects"),
+            database: database.to_owned(),
+            insert_timeout,
+        }
+    }
+
+    /// The client, for migrations and queries sharing its settings.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The server's version.
+    pub fn server(&self) -> ServerVersion {
+        self.server
+    }
+
+    /// The database.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The highest offset stored per partition, across `usage_raw` and `usage_rejects`.
+    /// Partitions with nothing stored are absent.
+    pub async fn stored_offsets(&self, partitions: &[i32]) -> Result<HashMap<i32, i64>, SinkError> {
+        if partitions.is_empty() {
+            return Ok(HashMap::new());
+        }
+        // Partition numbers are integers we got from Kafka, safe to write into the SQL text.
+        let list = partitions
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "SELECT kafka_partition, max(kafka_offset) AS max_offset FROM (
+    SELECT kafka_partition, kafka_offset FROM {raw} WHERE kafka_partition IN ({list})
+    UNION ALL
+    SELECT kafka_partition, kafka_offset FROM {rejects} WHERE kafka_partition IN ({list})
+) GROUP BY kafka_partition",
+            raw = self.raw_table,
+            rejects = self.rejects_table,
+        );
+        let what = "looking up stored offsets";
+        let rows = tokio::time::timeout(
+            self.insert_timeout,
+            self.client.query(&sql).fetch_all::<OffsetRow>(),
+        )
+        .await
+        .map_err(|_| SinkError::Timeout {
+            what,
+            after: self.insert_timeout,
+        })?
+        .map_err(|source| SinkError::Query { what, source })?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.kafka_partition, row.max_offset))
+            .collect())
+    }
+
+    /// Waits until ClickHouse no longer runs `query_id` (an INSERT whose answer was lost may
+    /// still be writing), at most the insert timeout.
+    pub async fn wait_until_finished(&self, query_id: &str) -> Result<(), SinkError> {
+        let what = "waiting for an unanswered INSERT to finish";
+        let deadline = Instant::now() + self.insert_timeout;
+        loop {
+            let row = self
+                .client
+                .query("SELECT count() AS running FROM system.processes WHERE query_id = ?")
+                .bind(query_id)
+                .fetch_one::<CountRow>()
+                .await
+                .map_err(|source| SinkError::Query { what, source })?;
+            if row.running == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(SinkError::Timeout {
+                    what,
+                    after: self.insert_timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Writes `rows` (all of one partition) as one INSERT tagged with `query_id`.
+    pub async fn insert_rows(
+        &self,
+        partition: i32,
+        rows: &[UsageRow],
+        query_id: &str,
+    ) -> Result<(), SinkError> {
+        self.insert("usage_raw", &self.raw_table, partition, rows, query_id)
+            .await
+    }
+
+    /// Writes reject rows (all of one partition) as one INSERT tagged with `query_id`.
+    pub async fn insert_rejects(
+        &self,
+        partition: i32,
+        rows: &[RejectRow],
+        query_id: &str,
+    ) -> Result<(), SinkError> {
+        self.insert(
+            "usage_rejects",
+            &self.rejects_table,
+            partition,
+            rows,
+            query_id,
+        )
+        .await
+    }
+
+    async fn insert<T>(
+        &self,
+        table: &'static str,
+        qualified: &str,
+        partition: i32,
+        rows: &[T],
+        query_id: &str,
+    ) -> Result<(), SinkError>
+    where
+        T: clickhouse::Row + for<'a> clickhouse::RowWrite<Value<'a> = T> + Serialize,
+    {
+        let failed = |source| SinkError::Insert {
+            table,
+            partition,
+            rows: rows.len(),
+            source,
+        };
+        let write = async {
+            let mut insert = self
+                .client
+                .insert_unescaped::<T>(qualified)
+                .await
+                .map_err(failed)?
+                .with_setting("query_id", query_id)
+                .with_timeouts(Some(self.insert_timeout), Some(self.insert_timeout));
+            for row in rows {
+                insert.write(row).await.map_err(failed)?;
+            }
+            insert.end().await.map_err(failed)
+        };
+        tokio::time::timeout(self.insert_timeout, write)
+            .await
+            .map_err(|_| SinkError::Timeout {
+                what: "INSERT",
+                after: self.insert_timeout,
+            })?
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clickhouse::error::Error;
+
+    #[test]
+    fn schema_and_auth_errors_are_permanent_overload_is_not() {
+        let permanent = Error::BadResponse(
+            "Code: 60, e.displayText() = DB::Exception: Table x.usage_raw doesn't exist".into(),
+        );
+        assert!(!is_retryable_clickhouse(&permanent));
+        let overload = Error::BadResponse("Code: 241, Memory limit exceeded".into());
+        assert!(is_retryable_clickhouse(&overload));
+        assert!(is_retryable_clickhouse(&Error::TimedOut));
+        assert!(!is_retryable_clickhouse(&Error::NotEnoughData));
+    }
+
+    #[test]
+    fn rows_keep_every_dimension_and_clamp_time() {
+        let event = UsageRecorded {
+            request_id: "r".into(),
+            tenant_id: "t".into(),
+            key_id: "k".into(),
+            event_time_ms: 1_700_000_000_999,
+            outcome: "ok".into(),
+            status: 200,
+            bytes_in: 1,
+            bytes_out: 2,
+            pixels_in: 3,
+            pixels_out: 4,
+            cpu_time_us: 5,
+            input_format: Some("jpeg".into()),
+            output_format: None,
+            latency_us: 6,
+            source: UsageSource::Api,
+        };
+        let row = UsageRow::new(3, 42, event.clone());
+        assert_eq!(row.event_time, 1_700_000_000);
+        assert_eq!((row.kafka_partition, row.kafka_offset), (3, 42));
+        assert_eq!(row.output_format, "");
+        assert_eq!(row.source, "API");
+        let early = UsageRow::new(
+            0,
+            0,
+            UsageRecorded {
+                event_time_ms: -5,
+                ..event
+            },
+        );
+        assert_eq!(early.event_time, 0);
+    }
+}

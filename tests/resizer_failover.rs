@@ -1,0 +1,195 @@
+//! Two resizer processes under load, one killed with SIGKILL mid-run: every request still gets
+//! an answer (the image, or a clean problem), none hangs, and no request is billed twice — the
+//! killed resizer's open transaction is aborted and the survivor redoes exactly its work.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use imgpipe::host::Service;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use reqwest::StatusCode;
+use schemas::Codec;
+use schemas::events::UsageRecorded;
+
+/// A resizer in its own process, killed on drop if still running.
+struct ResizerProcess {
+    child: Child,
+    ops: SocketAddr,
+}
+
+impl Drop for ResizerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_resizer(config: &imgpipe::Config, instance: &str) -> ResizerProcess {
+    let ops = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let child = Command::new(env!("CARGO_BIN_EXE_imgpipe"))
+        .arg("resizer")
+        .env("IMGPIPE_KAFKA__BROKERS", &config.kafka.brokers)
+        .env("IMGPIPE_KAFKA__NAMESPACE", &config.kafka.namespace)
+        .env("IMGPIPE_REGISTRY__URL", &config.registry.url)
+        .env("IMGPIPE_RESIZER__INSTANCE_ID", instance)
+        .env("IMGPIPE_RESIZER__WORKERS", "1")
+        .env("IMGPIPE_OPS__LISTEN", ops.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the imgpipe binary starts");
+    ResizerProcess { child, ops }
+}
+
+async fn wait_process_ready(process: &mut ResizerProcess) {
+    let url = format!("http://{}/readyz", process.ops);
+    for _ in 0..300 {
+        assert!(process.child.try_wait().unwrap().is_none(), "resizer exited while starting");
+        if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("resizer not ready after 30 s");
+}
+
+#[tokio::test]
+async fn a_resizer_killed_under_load_loses_and_duplicates_nothing() {
+    let mut config = support::provisioned("failover").await;
+    let api = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let identity = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    config.api.listen = api;
+    config.identity.listen = identity;
+    config.identity.admin_token = support::ADMIN_TOKEN.into();
+    // The survivor only takes over after the group notices the death (session timeout, 10 s).
+    config.api.request_timeout = Duration::from_secs(25);
+    let hosted = support::host(config.clone(), &[Service::Identity, Service::Api]).await;
+    let mut first = spawn_resizer(&config, "failover-a");
+    let mut second = spawn_resizer(&config, "failover-b");
+    wait_process_ready(&mut first).await;
+    wait_process_ready(&mut second).await;
+    let key = support::create_tenant_key(identity, "failover", 10_000, 10_000).await;
+
+    let http = reqwest::Client::new();
+    let photo = support::images::jpeg(1600, 1200);
+    support::eventually(Duration::from_secs(20), "the pipeline to answer", || {
+        let (http, key, photo) = (http.clone(), key.api_key.clone(), photo.clone());
+        async move {
+            let response = http
+                .post(format!("http://{api}/v1/resize?width=64"))
+                .bearer_auth(key)
+                .body(photo)
+                .send()
+                .await
+                .ok()?;
+            (response.status() == StatusCode::OK).then_some(())
+        }
+    })
+    .await;
+
+    const REQUESTS: usize = 80;
+    const CONCURRENCY: usize = 8;
+    let done = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (http, key, photo) = (http.clone(), key.api_key.clone(), photo.clone());
+            let (done, next) = (done.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while next.fetch_add(1, Ordering::SeqCst) < REQUESTS {
+                    let response = http
+                        .post(format!("http://{api}/v1/resize?width=800&format=webp"))
+                        .bearer_auth(&key)
+                        .body(photo.clone())
+                        .timeout(Duration::from_secs(40))
+                        .send()
+                        .await
+                        .expect("every request is answered, none hangs");
+                    let status = response.status();
+                    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+                    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+                    let body = response.bytes().await.unwrap();
+                    if status == StatusCode::OK {
+                        assert_eq!(content_type, "image/webp");
+                        assert!(!body.is_empty());
+                    } else {
+                        assert_eq!(content_type, "application/problem+json", "{status}");
+                    }
+                    answers.push((request_id, status));
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                answers
+            })
+        })
+        .collect();
+
+    // Kill one resizer with SIGKILL once the run is well under way.
+    support::eventually(Duration::from_secs(60), "a quarter of the requests", || {
+        let done = done.load(Ordering::SeqCst);
+        async move { (done >= REQUESTS / 4).then_some(()) }
+    })
+    .await;
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().expect("reaped");
+
+    let mut answers = Vec::new();
+    for worker in workers {
+        answers.extend(worker.await.expect("worker finished"));
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(answers.len(), REQUESTS);
+    let statuses: HashMap<StatusCode, usize> = answers.iter().fold(HashMap::new(), |mut m, (_, s)| {
+        *m.entry(*s).or_default() += 1;
+        m
+    });
+    // Only the deadline may turn a request into an error here, and it must not be the norm.
+    for status in statuses.keys() {
+        assert!(
+            *status == StatusCode::OK || *status == StatusCode::GATEWAY_TIMEOUT,
+            "unexpected {status}: {statuses:?}"
+        );
+    }
+    assert!(statuses.get(&StatusCode::OK).copied().unwrap_or(0) >= REQUESTS * 3 / 4, "{statuses:?}");
+    assert!(elapsed < Duration::from_secs(120), "took {elapsed:?}");
+
+    // Exactly once: every answered image has exactly one committed usage record.
+    let codec = Codec::new(&config.registry, &config.kafka.namespace);
+    let consumer: StreamConsumer =
+        config.kafka.consumer_config("failover-usage-check").create().unwrap();
+    consumer.subscribe(&[&codec.topic::<UsageRecorded>()]).unwrap();
+    let ok: Vec<&String> =
+        answers.iter().filter(|(_, s)| *s == StatusCode::OK).map(|(id, _)| id).collect();
+    let mut records: HashMap<String, usize> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok.iter().all(|id| records.contains_key(*id)) && Instant::now() < deadline {
+        let Ok(Ok(message)) =
+            tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await
+        else {
+            continue;
+        };
+        let usage: UsageRecorded = codec.decode(message.payload().unwrap()).await.unwrap();
+        *records.entry(usage.request_id).or_default() += 1;
+    }
+    // Drain what else is committed, so a late duplicate would be seen too.
+    while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+        let usage: UsageRecorded = codec.decode(message.payload().unwrap()).await.unwrap();
+        *records.entry(usage.request_id).or_default() += 1;
+    }
+    for id in &ok {
+        assert_eq!(records.get(*id), Some(&1), "request {id} must be billed exactly once");
+    }
+    let twice: Vec<_> = records.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "double-counted requests: {twice:?}");
+
+    drop(second);
+    hosted.stop().await;
+}

@@ -1,0 +1,518 @@
+//! Usage totals in ClickHouse equal what was produced: no loss and no double count after the
+//! aggregator is killed with SIGKILL at random moments, restarted, and finally replayed from
+//! offset 0 by an operator. Runs the real `imgpipe aggregator` process against the real stack.
+//! Also: the tenant usage query agrees with ClickHouse, never shows another tenant's rows, and
+//! refuses bad ranges.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aggregators::{Granularity, GroupBy, UsageQuery, UsageQueryError, UsageRequest};
+use imgpipe::Config;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::Codec;
+use schemas::events::{UsageRecorded, UsageSource};
+
+const TENANTS: usize = 5;
+
+/// Per-tenant sums of every billing dimension.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Totals {
+    requests: i64,
+    bytes_in: i64,
+    bytes_out: i64,
+    pixels_in: i64,
+    pixels_out: i64,
+    cpu_time_us: i64,
+}
+
+fn usage(i: usize, now_ms: i64) -> UsageRecorded {
+    let ok = i % 7 != 0;
+    UsageRecorded {
+        request_id: format!("req-{i}"),
+        tenant_id: format!("tenant-{}", i % TENANTS),
+        key_id: format!("key-{}", i % 3),
+        event_time_ms: now_ms - (i % 600) as i64 * 1000,
+        outcome: if ok { "ok" } else { "bad_parameters" }.into(),
+        status: if ok { 200 } else { 400 },
+        bytes_in: 1000 + (i % 977) as i64,
+        bytes_out: if ok { 100 + (i % 89) as i64 } else { 0 },
+        pixels_in: 10_000 + (i % 1234) as i64,
+        pixels_out: if ok { 500 + (i % 77) as i64 } else { 0 },
+        cpu_time_us: if ok { 3000 + (i % 501) as i64 } else { 0 },
+        input_format: Some("jpeg".into()),
+        output_format: ok.then(|| ["webp", "png"][i % 2].to_owned()),
+        latency_us: 5000 + (i % 999) as i64,
+        source: if ok {
+            UsageSource::Resizer
+        } else {
+            UsageSource::Api
+        },
+    }
+}
+
+fn add(totals: &mut BTreeMap<String, Totals>, event: &UsageRecorded) {
+    let t = totals.entry(event.tenant_id.clone()).or_default();
+    t.requests += 1;
+    t.bytes_in += event.bytes_in;
+    t.bytes_out += event.bytes_out;
+    t.pixels_in += event.pixels_in;
+    t.pixels_out += event.pixels_out;
+    t.cpu_time_us += event.cpu_time_us;
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+struct Producer {
+    producer: FutureProducer,
+    codec: Codec,
+    topic: String,
+}
+
+impl Producer {
+    fn new(config: &Config) -> Self {
+        let codec = Codec::new(&config.registry, &config.kafka.namespace);
+        Self {
+            producer: config.kafka.producer().unwrap(),
+            topic: codec.topic::<UsageRecorded>(),
+            codec,
+        }
+    }
+
+    async fn send(&self, events: &[UsageRecorded]) {
+        let mut encoded = Vec::with_capacity(events.len());
+        for event in events {
+            encoded.push((
+                event.tenant_id.clone(),
+                self.codec.encode(event).await.unwrap(),
+            ));
+        }
+        self.send_raw(&encoded).await;
+    }
+
+    async fn send_raw(&self, records: &[(String, Vec<u8>)]) {
+        let sends = records.iter().map(|(key, value)| {
+            self.producer.send(
+                FutureRecord::to(&self.topic).key(key).payload(value),
+                Duration::from_secs(10),
+            )
+        });
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(e, _)| e).unwrap();
+        }
+    }
+}
+
+/// The aggregator as a child process, on its own ops port.
+struct Aggregator {
+    child: Child,
+    ops: String,
+}
+
+impl Aggregator {
+    fn start(config: &Config) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_imgpipe"))
+            .arg("aggregator")
+            .env("IMGPIPE_KAFKA__NAMESPACE", &config.kafka.namespace)
+            .env("IMGPIPE_KAFKA__BROKERS", &config.kafka.brokers)
+            .env("IMGPIPE_REGISTRY__URL", &config.registry.url)
+            .env("IMGPIPE_CLICKHOUSE__URL", &config.clickhouse.url)
+            .env("IMGPIPE_CLICKHOUSE__DATABASE", &config.clickhouse.database)
+            .env("IMGPIPE_OPS__LISTEN", format!("127.0.0.1:{port}"))
+            // Small, frequent batches: kills land between and during many INSERTs.
+            .env("IMGPIPE_AGGREGATOR__BATCH_MAX_RECORDS", "700")
+            .env("IMGPIPE_AGGREGATOR__BATCH_MAX_AGE", "100ms")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            ops: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// SIGKILL: no flush, no commit, no goodbye to the group.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait: the member leaves the group cleanly.
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "aggregator exited with {exit}");
+    }
+
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.ops))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    }
+}
+
+async fn clickhouse(config: &Config, sql: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(&config.clickhouse.url)
+        .body(sql.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert!(status.is_success(), "{sql}: {body}");
+    body
+}
+
+async fn count(config: &Config, sql: &str) -> i64 {
+    clickhouse(config, sql).await.trim().parse().unwrap_or(-1)
+}
+
+async fn stored_totals(config: &Config) -> BTreeMap<String, Totals> {
+    let db = &config.clickhouse.database;
+    let text = clickhouse(
+        config,
+        &format!(
+            "SELECT tenant_id, sum(requests), sum(bytes_in), sum(bytes_out), sum(pixels_in), \
+             sum(pixels_out), sum(cpu_time_us) FROM {db}.usage_minute GROUP BY tenant_id \
+             ORDER BY tenant_id FORMAT TSV"
+        ),
+    )
+    .await;
+    text.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            let n = |i: usize| f[i].parse::<i64>().unwrap();
+            (
+                f[0].to_owned(),
+                Totals {
+                    requests: n(1),
+                    bytes_in: n(2),
+                    bytes_out: n(3),
+                    pixels_in: n(4),
+                    pixels_out: n(5),
+                    cpu_time_us: n(6),
+                },
+            )
+        })
+        .collect()
+}
+
+async fn wait_for_requests(config: &Config, expected: i64, what: &str) {
+    let db = config.clickhouse.database.clone();
+    support::eventually(Duration::from_secs(60), what, || {
+        let db = db.clone();
+        async move {
+            let stored = count(
+                config,
+                &format!("SELECT count() FROM {db}.usage_by_request"),
+            )
+            .await;
+            (stored == expected).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Commits offset 0 for every partition of the group, as an operator's
+/// `kafka-consumer-groups --reset-offsets --to-earliest` would (the group must be stopped).
+fn reset_group_to_earliest(config: &Config) {
+    let consumer: BaseConsumer = config
+        .kafka
+        .consumer_config(aggregators::GROUP_ID)
+        .create()
+        .unwrap();
+    let topic = config.kafka.name(schemas::topics::USAGE_EVENTS);
+    let partitions = schemas::topics::spec(schemas::topics::USAGE_EVENTS)
+        .unwrap()
+        .partitions;
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(&topic, p, Offset::Offset(0))
+            .unwrap();
+    }
+    consumer
+        .commit(&list, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+    let committed = consumer.committed(Duration::from_secs(10)).unwrap();
+    assert!(
+        committed
+            .elements()
+            .iter()
+            .all(|e| e.offset() == Offset::Offset(0) || e.topic() != topic)
+    );
+}
+
+/// A tiny deterministic generator for kill moments (seeded from the clock, printed for replay).
+struct Jitter(u64);
+
+impl Jitter {
+    fn millis(&mut self, low: u64, high: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        low + self.0 % (high - low)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totals_are_exact_after_kills_and_an_operator_replay() {
+    let config = support::provisioned("usage_exactness").await;
+    let producer = Producer::new(&config);
+    let mut expected: BTreeMap<String, Totals> = BTreeMap::new();
+    let base = now_ms();
+    let seed = base as u64 | 1;
+    eprintln!("kill-moment seed: {seed}");
+    let mut jitter = Jitter(seed);
+
+    // Backlog before the first start, plus poison the aggregator must skip, not stop on.
+    let first: Vec<_> = (0..8_000).map(|i| usage(i, base)).collect();
+    first.iter().for_each(|e| add(&mut expected, e));
+    producer.send(&first).await;
+    let poison = vec![
+        ("tenant-0".to_owned(), b"not avro at all".to_vec()),
+        ("tenant-1".to_owned(), vec![0, 0, 0, 0, 0x7f, 1, 2]),
+        ("tenant-2".to_owned(), Vec::new()),
+    ];
+    producer.send_raw(&poison).await;
+
+    // Kill -9 at random moments while live traffic keeps arriving.
+    let mut next = first.len();
+    for round in 0..3 {
+        let aggregator = Aggregator::start(&config);
+        // After a kill the group waits out the dead member's session before assigning, so the
+        // random moment is counted from the first INSERT of this run: kills land mid-stream.
+        let started = Instant::now();
+        let mut deadline = None;
+        while deadline.is_none_or(|d| Instant::now() < d) {
+            let live: Vec<_> = (next..next + 400).map(|i| usage(i, base)).collect();
+            live.iter().for_each(|e| add(&mut expected, e));
+            producer.send(&live).await;
+            next += live.len();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if deadline.is_none() {
+                let inserted = aggregator
+                    .metric("usage_aggregator_records_inserted_total")
+                    .await;
+                if inserted.is_some_and(|n| n > 0.0) || started.elapsed() > Duration::from_secs(25)
+                {
+                    deadline =
+                        Some(Instant::now() + Duration::from_millis(jitter.millis(50, 1_500)));
+                }
+            }
+        }
+        let stored = count(
+            &config,
+            &format!(
+                "SELECT count() FROM {}.usage_raw",
+                config.clickhouse.database
+            ),
+        )
+        .await;
+        eprintln!("round {round}: killing with {stored} rows stored, {next} produced");
+        aggregator.kill9();
+    }
+
+    // A clean run drains everything.
+    let aggregator = Aggregator::start(&config);
+    let total = next as i64;
+    wait_for_requests(&config, total, "every produced request in ClickHouse").await;
+    let db = &config.clickhouse.database;
+    support::eventually(
+        Duration::from_secs(30),
+        "poison records in usage_rejects",
+        || async {
+            (count(
+                &config,
+                &format!("SELECT uniqExact(kafka_partition, kafka_offset) FROM {db}.usage_rejects"),
+            )
+            .await
+                == 3)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(stored_totals(&config).await, expected, "after kills");
+    aggregator.stop();
+
+    // Operator replay: the group's offsets go back to the beginning; ClickHouse's offsets win.
+    reset_group_to_earliest(&config);
+    let aggregator = Aggregator::start(&config);
+    let sentinel: Vec<_> = (next..next + 100).map(|i| usage(i, base)).collect();
+    sentinel.iter().for_each(|e| add(&mut expected, e));
+    producer.send(&sentinel).await;
+    wait_for_requests(
+        &config,
+        total + 100,
+        "the records produced after the replay",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let skipped = aggregator
+        .metric("usage_aggregator_records_skipped_total")
+        .await;
+    let consumed = aggregator
+        .metric("usage_aggregator_records_consumed_total")
+        .await;
+    eprintln!("after replay: consumed {consumed:?}, skipped {skipped:?}");
+    assert_eq!(
+        consumed,
+        Some(100.0),
+        "the replay must seek past ClickHouse's offsets, not re-read"
+    );
+    assert_eq!(stored_totals(&config).await, expected, "after replay");
+    aggregator.stop();
+
+    let raw = count(&config, &format!("SELECT count() FROM {db}.usage_raw")).await;
+    let distinct = count(
+        &config,
+        &format!("SELECT uniqExact(kafka_partition, kafka_offset) FROM {db}.usage_raw"),
+    )
+    .await;
+    eprintln!(
+        "usage_raw: {raw} rows, {distinct} distinct offsets, {} requests",
+        total + 100
+    );
+    assert_eq!(distinct, total + 100, "every offset stored exactly once");
+}
+
+#[tokio::test]
+async fn tenant_query_matches_clickhouse_and_sees_only_its_tenant() {
+    let config = support::test_config("usage_query");
+    aggregators::migrate(&config.clickhouse).await.unwrap();
+    let db = &config.clickhouse.database;
+    // Two tenants, one request delivered twice (a duplicate the exact query must not count).
+    let base = 1_735_689_600; // 2025-01-01T00:00:00Z
+    let mut values = Vec::new();
+    for i in 0..300 {
+        let tenant = if i % 3 == 0 { "tenant-b" } else { "tenant-a" };
+        let format = ["webp", "png", ""][i % 3];
+        let outcome = if i % 5 == 0 { "bad_parameters" } else { "ok" };
+        let t = base + i as i64 * 10;
+        values.push(format!(
+            "(0, {i}, 'r{i}', '{tenant}', 'k', {t}, {t}000, '{outcome}', 200, {}, {}, {}, {}, {}, 'jpeg', '{format}', 10, 'RESIZER')",
+            100 + i, 10 + i, 1000 + i, 50 + i, 7 + i
+        ));
+    }
+    values.push("(0, 300, 'r1', 'tenant-a', 'k', 1735689610, 1735689610000, 'ok', 200, 101, 11, 1001, 51, 8, 'jpeg', 'png', 10, 'RESIZER')".into());
+    clickhouse(
+        &config,
+        &format!(
+            "INSERT INTO {db}.usage_raw (kafka_partition, kafka_offset, request_id, tenant_id, key_id, \
+             event_time, event_time_ms, outcome, status, bytes_in, bytes_out, pixels_in, pixels_out, \
+             cpu_time_us, input_format, output_format, latency_us, source) VALUES {}",
+            values.join(",")
+        ),
+    )
+    .await;
+
+    let query = UsageQuery::connect(&config.clickhouse).await.unwrap();
+    let from = aggregators::query::Timestamp::from_epoch_seconds(base).unwrap();
+    let to = aggregators::query::Timestamp::from_epoch_seconds(base + 3600).unwrap();
+    for granularity in [Granularity::Minute, Granularity::Hour, Granularity::Day] {
+        for group_by in [None, Some(GroupBy::Format), Some(GroupBy::Outcome)] {
+            let request = UsageRequest::new(from, to, granularity, group_by).unwrap();
+            let report = query.buckets("tenant-a", &request).await.unwrap();
+            let requests: u64 = report.buckets.iter().map(|b| b.requests).sum();
+            let bytes_in: i64 = report.buckets.iter().map(|b| b.bytes_in).sum();
+            let cpu: i64 = report.buckets.iter().map(|b| b.cpu_time_us).sum();
+            let direct = clickhouse(
+                &config,
+                &format!(
+                    "SELECT sum(requests), sum(bytes_in), sum(cpu_time_us) FROM {db}.usage_minute \
+                     WHERE tenant_id = 'tenant-a' AND minute >= toDateTime({base}) \
+                     AND minute < toDateTime({}) FORMAT TSV",
+                    base + 3600
+                ),
+            )
+            .await;
+            assert_eq!(
+                direct.trim(),
+                format!("{requests}\t{bytes_in}\t{cpu}"),
+                "{granularity:?} {group_by:?}"
+            );
+            assert_eq!(requests, 200, "the duplicate delivery of r1 counts once");
+        }
+    }
+    let minute = UsageRequest::new(from, to, Granularity::Minute, Some(GroupBy::Format)).unwrap();
+    let report = query.buckets("tenant-a", &minute).await.unwrap();
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["tenant_id"], "tenant-a");
+    assert_eq!(json["buckets"][0]["start"], "2025-01-01T00:00:00Z");
+    assert!(json["buckets"][0].get("format").is_some());
+
+    // Another tenant's id, or SQL in the id, never reaches tenant-a's rows.
+    let b = query.buckets("tenant-b", &minute).await.unwrap();
+    assert_eq!(b.buckets.iter().map(|x| x.requests).sum::<u64>(), 100);
+    for hostile in [
+        "tenant-a' OR '1'='1",
+        "tenant-a\\' OR 1=1 --",
+        "%",
+        "tenant-",
+    ] {
+        let report = query.buckets(hostile, &minute).await.unwrap();
+        assert!(
+            report.buckets.is_empty(),
+            "{hostile:?} saw {:?}",
+            report.buckets
+        );
+    }
+    clickhouse(&config, &format!("DROP DATABASE {db}")).await;
+}
+
+#[tokio::test]
+async fn bad_ranges_are_refused_before_any_query() {
+    let parse = |from: &str, to: &str, granularity: &str| {
+        UsageRequest::from_params(&aggregators::query::UsageParams {
+            from: from.into(),
+            to: to.into(),
+            granularity: Some(granularity.into()),
+            group_by: None,
+        })
+    };
+    for (from, to, granularity) in [
+        ("1735689600", "1735689600", "minute"),
+        ("1735693200", "1735689600", "hour"),
+        ("2025-01-01T00:00:00Z", "2025-01-03T00:00:00Z", "minute"),
+        ("2025-01-01T00:00:00Z", "2025-03-01T00:00:00Z", "hour"),
+        ("2020-01-01T00:00:00Z", "2025-01-01T00:00:00Z", "day"),
+    ] {
+        let error = parse(from, to, granularity).unwrap_err();
+        assert!(
+            matches!(error, UsageQueryError::BadRange(_)),
+            "{from}..{to}: {error}"
+        );
+        assert!(error.is_bad_request());
+    }
+    assert!(parse("2025-01-01T00:00:00Z", "2025-01-02T00:00:00Z", "minute").is_ok());
+}
