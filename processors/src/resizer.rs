@@ -282,7 +282,7 @@ impl Worker {
 
     /// Pauses fetching while the pool is full, resumes once it has room.
     fn apply_backpressure(&mut self, has_room: bool) {
-        if has_room == !self.paused {
+        if has_room != self.paused {
             return;
         }
         let Ok(assignment) = self.consumer.assignment() else {

@@ -24,9 +24,15 @@ const MAX_BYTES_PER_PIXEL: u64 = 8;
 /// pixels are decoded only once the plan has chosen the shrink-on-load factor.
 pub enum Source<'a> {
     /// A JPEG libjpeg-turbo can decode, not yet decoded.
-    Jpeg { input: &'a [u8], orientation: Orientation },
+    Jpeg {
+        input: &'a [u8],
+        orientation: Orientation,
+    },
     /// Already decoded by `image` (stored orientation, full size).
-    Decoded { image: DynamicImage, orientation: Orientation },
+    Decoded {
+        image: DynamicImage,
+        orientation: Orientation,
+    },
 }
 
 /// Decoded pixels in stored orientation, possibly shrunk on load.
@@ -74,14 +80,20 @@ impl<'a> Source<'a> {
 }
 
 /// libjpeg-turbo decode at `1/shrink` scale to 8-bit RGB (or gray for gray JPEGs).
-fn decode_jpeg(input: &[u8], shrink: u32, max_pixels: u64) -> Result<DynamicImage, turbojpeg::Error> {
+fn decode_jpeg(
+    input: &[u8],
+    shrink: u32,
+    max_pixels: u64,
+) -> Result<DynamicImage, turbojpeg::Error> {
     let mut decompressor = Decompressor::new()?;
     decompressor.set_scan_limit(MAX_JPEG_SCANS)?;
     let header = decompressor.read_header(input)?;
     // The probe already checked the frame header; this re-checks what libjpeg-turbo itself will
     // allocate for, in case a malformed file carries two frame headers that disagree.
     if (header.width as u64).saturating_mul(header.height as u64) > max_pixels {
-        return Err(turbojpeg::Error::TurboJpegError("image dimensions changed after probe".into()));
+        return Err(turbojpeg::Error::TurboJpegError(
+            "image dimensions changed after probe".into(),
+        ));
     }
     let factor = if header.is_lossless || shrink <= 1 {
         ScalingFactor::ONE
@@ -103,10 +115,9 @@ fn decode_jpeg(input: &[u8], shrink: u32, max_pixels: u64) -> Result<DynamicImag
         height: scaled.height,
         format,
     };
-    if let Err(e) = decompressor.decompress(input, image) {
-        if !is_harmless_warning(&e) {
-            return Err(e);
-        }
+    match decompressor.decompress(input, image) {
+        Err(e) if !is_harmless_warning(&e) => return Err(e),
+        _ => {}
     }
     let (w, h) = (scaled.width as u32, scaled.height as u32);
     let image = if channels == 1 {

@@ -73,9 +73,19 @@ fn px(v: f64) -> u32 {
 /// source is never scaled up along either axis.
 pub fn plan(src: (u32, u32), target: &Target) -> Plan {
     let (sw, sh) = (f64::from(src.0), f64::from(src.1));
-    let whole = Rect { x: 0.0, y: 0.0, w: sw, h: sh };
+    let whole = Rect {
+        x: 0.0,
+        y: 0.0,
+        w: sw,
+        h: sh,
+    };
     let (gx, gy) = anchor(target.gravity);
-    let plain = |size: (u32, u32)| Plan { crop: whole, size, canvas: size, offset: (0, 0) };
+    let plain = |size: (u32, u32)| Plan {
+        crop: whole,
+        size,
+        canvas: size,
+        offset: (0, 0),
+    };
 
     let (bw, bh) = match (target.width, target.height) {
         (Some(w), Some(h)) => (f64::from(w), f64::from(h)),
@@ -102,7 +112,12 @@ pub fn plan(src: (u32, u32), target: &Target) -> Plan {
             let cw = (f64::from(bw) / scale).min(sw);
             let ch = (f64::from(bh) / scale).min(sh);
             Plan {
-                crop: Rect { x: (sw - cw) * gx, y: (sh - ch) * gy, w: cw, h: ch },
+                crop: Rect {
+                    x: (sw - cw) * gx,
+                    y: (sh - ch) * gy,
+                    w: cw,
+                    h: ch,
+                },
                 size: (bw, bh),
                 canvas: (bw, bh),
                 offset: (0, 0),
@@ -111,7 +126,11 @@ pub fn plan(src: (u32, u32), target: &Target) -> Plan {
         Fit::Contain => {
             let (bw, bh) = shrink_box(bw, bh, (bw / sw).min(bh / sh), target.enlarge);
             let scale = (f64::from(bw) / sw).min(f64::from(bh) / sh);
-            let scale = if target.enlarge { scale } else { scale.min(1.0) };
+            let scale = if target.enlarge {
+                scale
+            } else {
+                scale.min(1.0)
+            };
             let size = (px(sw * scale).min(bw), px(sh * scale).min(bh));
             Plan {
                 crop: whole,
@@ -134,7 +153,11 @@ fn inside(sw: f64, sh: f64, scale: f64, enlarge: bool) -> (u32, u32) {
 
 /// The box, divided by the mode's scale factor `k` when that would enlarge and enlarging is off.
 fn shrink_box(bw: f64, bh: f64, k: f64, enlarge: bool) -> (u32, u32) {
-    if !enlarge && k > 1.0 { (px(bw / k), px(bh / k)) } else { (px(bw), px(bh)) }
+    if !enlarge && k > 1.0 {
+        (px(bw / k), px(bh / k))
+    } else {
+        (px(bw), px(bh))
+    }
 }
 
 /// Whether the orientation swaps width and height.
@@ -150,7 +173,11 @@ pub fn swaps_axes(orientation: Orientation) -> bool {
 
 /// Size as displayed, given the stored (width, height).
 pub fn upright_size(stored: (u32, u32), orientation: Orientation) -> (u32, u32) {
-    if swaps_axes(orientation) { (stored.1, stored.0) } else { stored }
+    if swaps_axes(orientation) {
+        (stored.1, stored.0)
+    } else {
+        stored
+    }
 }
 
 /// Maps a rectangle of the upright image back onto the stored image of size `stored`, so the
@@ -173,7 +200,12 @@ pub fn rect_to_stored(rect: Rect, orientation: Orientation, stored: (u32, u32)) 
     };
     let (ax, ay) = map(rect.x, rect.y);
     let (bx, by) = map(rect.x + rect.w, rect.y + rect.h);
-    Rect { x: ax.min(bx), y: ay.min(by), w: (ax - bx).abs(), h: (ay - by).abs() }
+    Rect {
+        x: ax.min(bx),
+        y: ay.min(by),
+        w: (ax - bx).abs(),
+        h: (ay - by).abs(),
+    }
 }
 
 /// The JPEG DCT shrink-on-load denominator (1, 2, 4 or 8) for a crop of `crop` stored pixels
@@ -181,7 +213,10 @@ pub fn rect_to_stored(rect: Rect, orientation: Orientation, stored: (u32, u32)) 
 /// size on both axes, so the final resample always downsizes by ≥ `headroom`.
 pub fn jpeg_shrink(crop: (f64, f64), size: (u32, u32), headroom: f64) -> u32 {
     let ratio = (crop.0 / f64::from(size.0)).min(crop.1 / f64::from(size.1));
-    [8, 4, 2].into_iter().find(|&d| ratio / f64::from(d) >= headroom).unwrap_or(1)
+    [8, 4, 2]
+        .into_iter()
+        .find(|&d| ratio / f64::from(d) >= headroom)
+        .unwrap_or(1)
 }
 
 #[cfg(test)]
@@ -189,14 +224,31 @@ mod tests {
     use super::*;
 
     fn target(width: Option<u32>, height: Option<u32>, fit: Fit) -> Target {
-        Target { width, height, fit, gravity: Gravity::Centre, enlarge: false }
+        Target {
+            width,
+            height,
+            fit,
+            gravity: Gravity::Centre,
+            enlarge: false,
+        }
     }
 
     #[test]
     fn inside_fits_the_box_and_keeps_aspect() {
         let p = plan((2400, 1600), &target(Some(512), Some(512), Fit::Inside));
-        assert_eq!((p.size, p.canvas, p.offset), ((512, 341), (512, 341), (0, 0)));
-        assert_eq!(p.crop, Rect { x: 0.0, y: 0.0, w: 2400.0, h: 1600.0 });
+        assert_eq!(
+            (p.size, p.canvas, p.offset),
+            ((512, 341), (512, 341), (0, 0))
+        );
+        assert_eq!(
+            p.crop,
+            Rect {
+                x: 0.0,
+                y: 0.0,
+                w: 2400.0,
+                h: 1600.0
+            }
+        );
         let p = plan((1600, 2400), &target(Some(512), Some(512), Fit::Inside));
         assert_eq!(p.size, (341, 512));
     }
@@ -204,23 +256,41 @@ mod tests {
     #[test]
     fn one_side_keeps_aspect_in_every_mode() {
         for fit in [Fit::Inside, Fit::Cover, Fit::Contain, Fit::Fill] {
-            assert_eq!(plan((2000, 1000), &target(Some(500), None, fit)).size, (500, 250));
-            assert_eq!(plan((2000, 1000), &target(None, Some(100), fit)).size, (200, 100));
+            assert_eq!(
+                plan((2000, 1000), &target(Some(500), None, fit)).size,
+                (500, 250)
+            );
+            assert_eq!(
+                plan((2000, 1000), &target(None, Some(100), fit)).size,
+                (200, 100)
+            );
         }
     }
 
     #[test]
     fn no_side_keeps_the_source_size() {
-        assert_eq!(plan((640, 480), &target(None, None, Fit::Inside)).size, (640, 480));
+        assert_eq!(
+            plan((640, 480), &target(None, None, Fit::Inside)).size,
+            (640, 480)
+        );
     }
 
     #[test]
     fn inside_does_not_enlarge_unless_asked() {
         let t = target(Some(1000), Some(1000), Fit::Inside);
         assert_eq!(plan((400, 300), &t).size, (400, 300));
-        assert_eq!(plan((400, 300), &Target { enlarge: true, ..t }).size, (1000, 750));
-        assert_eq!(plan((400, 300), &target(Some(800), None, Fit::Inside)).size, (400, 300));
-        let t = Target { enlarge: true, ..target(Some(800), None, Fit::Inside) };
+        assert_eq!(
+            plan((400, 300), &Target { enlarge: true, ..t }).size,
+            (1000, 750)
+        );
+        assert_eq!(
+            plan((400, 300), &target(Some(800), None, Fit::Inside)).size,
+            (400, 300)
+        );
+        let t = Target {
+            enlarge: true,
+            ..target(Some(800), None, Fit::Inside)
+        };
         assert_eq!(plan((400, 300), &t).size, (800, 600));
     }
 
@@ -238,10 +308,22 @@ mod tests {
             (Gravity::SouthWest, 0.0, 0.0),
         ];
         for (gravity, x, y) in cases {
-            let t = Target { gravity, ..target(Some(100), Some(100), Fit::Cover) };
+            let t = Target {
+                gravity,
+                ..target(Some(100), Some(100), Fit::Cover)
+            };
             let p = plan((1500, 1000), &t);
             assert_eq!((p.size, p.canvas), ((100, 100), (100, 100)), "{gravity:?}");
-            assert_eq!(p.crop, Rect { x, y, w: 1000.0, h: 1000.0 }, "{gravity:?}");
+            assert_eq!(
+                p.crop,
+                Rect {
+                    x,
+                    y,
+                    w: 1000.0,
+                    h: 1000.0
+                },
+                "{gravity:?}"
+            );
         }
         // Tall source: gravity moves the crop vertically.
         let cases = [
@@ -256,10 +338,22 @@ mod tests {
             (Gravity::SouthWest, 500.0),
         ];
         for (gravity, y) in cases {
-            let t = Target { gravity, ..target(Some(200), Some(100), Fit::Cover) };
+            let t = Target {
+                gravity,
+                ..target(Some(200), Some(100), Fit::Cover)
+            };
             let p = plan((1000, 1000), &t);
             assert_eq!(p.size, (200, 100));
-            assert_eq!(p.crop, Rect { x: 0.0, y, w: 1000.0, h: 500.0 }, "{gravity:?}");
+            assert_eq!(
+                p.crop,
+                Rect {
+                    x: 0.0,
+                    y,
+                    w: 1000.0,
+                    h: 500.0
+                },
+                "{gravity:?}"
+            );
         }
     }
 
@@ -267,11 +361,30 @@ mod tests {
     fn cover_without_enlarge_keeps_the_box_aspect_at_source_scale() {
         let p = plan((400, 300), &target(Some(800), Some(800), Fit::Cover));
         assert_eq!(p.size, (300, 300));
-        assert_eq!(p.crop, Rect { x: 50.0, y: 0.0, w: 300.0, h: 300.0 });
-        let t = Target { enlarge: true, ..target(Some(800), Some(800), Fit::Cover) };
+        assert_eq!(
+            p.crop,
+            Rect {
+                x: 50.0,
+                y: 0.0,
+                w: 300.0,
+                h: 300.0
+            }
+        );
+        let t = Target {
+            enlarge: true,
+            ..target(Some(800), Some(800), Fit::Cover)
+        };
         let p = plan((400, 300), &t);
         assert_eq!(p.size, (800, 800));
-        assert_eq!(p.crop, Rect { x: 50.0, y: 0.0, w: 300.0, h: 300.0 });
+        assert_eq!(
+            p.crop,
+            Rect {
+                x: 50.0,
+                y: 0.0,
+                w: 300.0,
+                h: 300.0
+            }
+        );
     }
 
     #[test]
@@ -285,41 +398,74 @@ mod tests {
             (Gravity::SouthEast, (0, 50)),
         ];
         for (gravity, offset) in cases {
-            let t = Target { gravity, ..target(Some(100), Some(100), Fit::Contain) };
+            let t = Target {
+                gravity,
+                ..target(Some(100), Some(100), Fit::Contain)
+            };
             let p = plan((1000, 500), &t);
-            assert_eq!((p.size, p.canvas, p.offset), ((100, 50), (100, 100), offset), "{gravity:?}");
+            assert_eq!(
+                (p.size, p.canvas, p.offset),
+                ((100, 50), (100, 100), offset),
+                "{gravity:?}"
+            );
         }
-        let t = Target { gravity: Gravity::East, ..target(Some(100), Some(100), Fit::Contain) };
+        let t = Target {
+            gravity: Gravity::East,
+            ..target(Some(100), Some(100), Fit::Contain)
+        };
         assert_eq!(plan((500, 1000), &t).offset, (50, 0));
     }
 
     #[test]
     fn contain_without_enlarge_pads_at_source_scale() {
         let p = plan((400, 300), &target(Some(800), Some(800), Fit::Contain));
-        assert_eq!((p.size, p.canvas, p.offset), ((400, 300), (400, 400), (0, 50)));
-        let t = Target { enlarge: true, ..target(Some(800), Some(800), Fit::Contain) };
+        assert_eq!(
+            (p.size, p.canvas, p.offset),
+            ((400, 300), (400, 400), (0, 50))
+        );
+        let t = Target {
+            enlarge: true,
+            ..target(Some(800), Some(800), Fit::Contain)
+        };
         let p = plan((400, 300), &t);
-        assert_eq!((p.size, p.canvas, p.offset), ((800, 600), (800, 800), (0, 100)));
+        assert_eq!(
+            (p.size, p.canvas, p.offset),
+            ((800, 600), (800, 800), (0, 100))
+        );
     }
 
     #[test]
     fn fill_stretches_and_never_enlarges_an_axis_unless_asked() {
         let p = plan((1000, 1000), &target(Some(300), Some(100), Fit::Fill));
         assert_eq!((p.size, p.canvas), ((300, 100), (300, 100)));
-        assert_eq!(plan((400, 300), &target(Some(800), Some(200), Fit::Fill)).size, (400, 100));
-        let t = Target { enlarge: true, ..target(Some(800), Some(200), Fit::Fill) };
+        assert_eq!(
+            plan((400, 300), &target(Some(800), Some(200), Fit::Fill)).size,
+            (400, 100)
+        );
+        let t = Target {
+            enlarge: true,
+            ..target(Some(800), Some(200), Fit::Fill)
+        };
         assert_eq!(plan((400, 300), &t).size, (800, 200));
     }
 
     #[test]
     fn tiny_results_are_at_least_one_pixel() {
-        assert_eq!(plan((10000, 10), &target(Some(100), Some(100), Fit::Inside)).size, (100, 1));
+        assert_eq!(
+            plan((10000, 10), &target(Some(100), Some(100), Fit::Inside)).size,
+            (100, 1)
+        );
     }
 
     #[test]
     fn upright_rects_map_back_onto_stored_pixels() {
         // Stored 40×30; the upright crop is the top-left 10×5 corner of the displayed image.
-        let r = Rect { x: 0.0, y: 0.0, w: 10.0, h: 5.0 };
+        let r = Rect {
+            x: 0.0,
+            y: 0.0,
+            w: 10.0,
+            h: 5.0,
+        };
         let stored = (40, 30);
         let cases = [
             (Orientation::NoTransforms, (0.0, 0.0, 10.0, 5.0)),

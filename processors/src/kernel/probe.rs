@@ -28,7 +28,21 @@ pub fn sniff(input: &[u8]) -> Option<ImageFormat> {
         [0xFF, 0xD8, 0xFF, ..] => Some(ImageFormat::Jpeg),
         [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some(ImageFormat::Png),
         [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => Some(ImageFormat::Gif),
-        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Some(ImageFormat::Webp),
+        [
+            b'R',
+            b'I',
+            b'F',
+            b'F',
+            _,
+            _,
+            _,
+            _,
+            b'W',
+            b'E',
+            b'B',
+            b'P',
+            ..,
+        ] => Some(ImageFormat::Webp),
         _ => None,
     }
 }
@@ -47,12 +61,19 @@ pub fn probe(input: &[u8]) -> Result<Header, KernelError> {
     if width == 0 || height == 0 {
         return Err(KernelError::undecodable(format, "zero-sized image"));
     }
-    Ok(Header { format, width, height })
+    Ok(Header {
+        format,
+        width,
+        height,
+    })
 }
 
 /// Walks the JPEG marker segments up to the first scan, calling `visit` with each marker and its
 /// payload. Stops early when `visit` returns `Some`.
-fn jpeg_segments<'a, T>(input: &'a [u8], mut visit: impl FnMut(u8, &'a [u8]) -> Option<T>) -> Option<T> {
+fn jpeg_segments<'a, T>(
+    input: &'a [u8],
+    mut visit: impl FnMut(u8, &'a [u8]) -> Option<T>,
+) -> Option<T> {
     let mut at = 2; // after SOI
     loop {
         // Markers may be preceded by any number of 0xFF fill bytes.
@@ -121,7 +142,9 @@ fn gif_size(input: &[u8]) -> Option<(u32, u32)> {
 
 /// Canvas size from the VP8/VP8L/VP8X header; the WebP decoder reads only the chunk headers here.
 fn webp_size(input: &[u8]) -> Option<(u32, u32)> {
-    WebPDecoder::new(Cursor::new(input)).ok().map(|d| d.dimensions())
+    WebPDecoder::new(Cursor::new(input))
+        .ok()
+        .map(|d| d.dimensions())
 }
 
 #[cfg(test)]
@@ -142,6 +165,9 @@ mod tests {
 
     #[test]
     fn jpeg_without_exif_is_upright() {
-        assert_eq!(jpeg_orientation(&[0xFF, 0xD8, 0xFF, 0xD9]), Orientation::NoTransforms);
+        assert_eq!(
+            jpeg_orientation(&[0xFF, 0xD8, 0xFF, 0xD9]),
+            Orientation::NoTransforms
+        );
     }
 }

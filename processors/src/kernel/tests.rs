@@ -1,0 +1,691 @@
+//! End-to-end kernel tests on real encoded inputs, generated here with the same encoders users'
+//! tools use (libjpeg-turbo, `image`): every input variant, every error code, EXIF orientation,
+//! alpha handling and the exact output size of every fit mode.
+
+// Test set-up failing is a test failure; panicking with the reason is the point.
+#![allow(clippy::expect_used)]
+
+use image::{DynamicImage, GenericImageView, Rgb, RgbImage, Rgba, RgbaImage};
+use schemas::events::{Fit, Gravity, ImageFormat, ResizeParams};
+use turbojpeg::{Compressor, PixelFormat, Subsamp};
+
+use super::*;
+
+// ---------- inputs ----------
+
+/// A smooth RGB test card (gradients, so JPEG artefacts stay small).
+fn card(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 128])
+    })
+}
+
+/// Left half `left`, right half `right`.
+fn halves(w: u32, h: u32, left: [u8; 3], right: [u8; 3]) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, _| Rgb(if x < w / 2 { left } else { right }))
+}
+
+fn turbo_jpeg(pixels: &[u8], w: u32, h: u32, format: PixelFormat, progressive: bool) -> Vec<u8> {
+    let mut c = Compressor::new().expect("compressor");
+    c.set_quality(90).expect("quality");
+    c.set_progressive(progressive).expect("progressive");
+    c.set_subsamp(if format == PixelFormat::GRAY {
+        Subsamp::Gray
+    } else {
+        Subsamp::Sub2x2
+    })
+    .expect("subsamp");
+    let image = turbojpeg::Image {
+        pixels,
+        width: w as usize,
+        pitch: w as usize * format.size(),
+        height: h as usize,
+        format,
+    };
+    c.compress_to_vec(image).expect("jpeg encodes")
+}
+
+fn jpeg(img: &RgbImage) -> Vec<u8> {
+    turbo_jpeg(
+        img.as_raw(),
+        img.width(),
+        img.height(),
+        PixelFormat::RGB,
+        false,
+    )
+}
+
+/// Inserts an APP1 Exif segment carrying only an orientation tag right after SOI.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = Vec::new();
+    tiff.extend_from_slice(b"MM\0\x2a\0\0\0\x08"); // big-endian TIFF, IFD0 at offset 8
+    tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_be_bytes()); // count
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0]); // value padding
+    tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&u16::try_from(app1.len() + 2).expect("short").to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+fn encode_with(img: &DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, format).expect("test image encodes");
+    out.into_inner()
+}
+
+fn png(img: &DynamicImage) -> Vec<u8> {
+    encode_with(img, image::ImageFormat::Png)
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&u32::try_from(data.len()).expect("short").to_be_bytes());
+    let mut body = kind.to_vec();
+    body.extend_from_slice(data);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32(&body).to_be_bytes());
+}
+
+/// A well-formed PNG header claiming `w`×`h` RGB, followed by a token IDAT: what a decompression
+/// bomb looks like before its (highly compressible) pixel data.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, adaptive, no interlace
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    png_chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9C, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+// ---------- helpers ----------
+
+fn params(width: Option<i32>, height: Option<i32>, fit: Fit) -> ResizeParams {
+    ResizeParams {
+        width,
+        height,
+        fit,
+        ..ResizeParams::default()
+    }
+}
+
+fn run(input: &[u8], p: &ResizeParams) -> Resized {
+    resize(input, p, &Limits::default()).expect("resize succeeds")
+}
+
+fn fail(input: &[u8], p: &ResizeParams, limits: &Limits) -> KernelError {
+    match resize(input, p, limits) {
+        Ok(r) => panic!(
+            "expected an error, got {}x{} {:?}",
+            r.width, r.height, r.format
+        ),
+        Err(e) => e,
+    }
+}
+
+/// Decodes an output and checks it says what `Resized` says.
+fn decoded(r: &Resized) -> DynamicImage {
+    let img = image::load_from_memory(&r.bytes).expect("output decodes");
+    assert_eq!(
+        (img.width(), img.height()),
+        (r.width, r.height),
+        "reported size is the real size"
+    );
+    let sniffed = probe::sniff(&r.bytes);
+    assert_eq!(
+        sniffed,
+        Some(r.format),
+        "reported format is the real format"
+    );
+    img
+}
+
+fn near(a: [u8; 4], b: [u8; 4], tolerance: u8) -> bool {
+    a.iter().zip(b).all(|(x, y)| x.abs_diff(y) <= tolerance)
+}
+
+const RED: [u8; 3] = [255, 0, 0];
+const BLUE: [u8; 3] = [0, 0, 255];
+
+// ---------- inputs of every kind ----------
+
+#[test]
+fn baseline_jpeg_shrinks_on_load_to_the_exact_size() {
+    let r = run(
+        &jpeg(&card(2400, 1600)),
+        &params(Some(512), Some(512), Fit::Inside),
+    );
+    assert_eq!((r.format, r.width, r.height), (ImageFormat::Jpeg, 512, 341));
+    assert_eq!(
+        (r.input_format, r.input_width, r.input_height),
+        (ImageFormat::Jpeg, 2400, 1600)
+    );
+    let img = decoded(&r);
+    // Colours survive the DCT shrink and the resample (gradient: red rises left to right).
+    let [r0, ..] = img.get_pixel(10, 170).0;
+    let [r1, ..] = img.get_pixel(500, 170).0;
+    assert!(r0 < 20 && r1 > 235, "gradient kept: {r0} → {r1}");
+}
+
+#[test]
+fn progressive_jpeg_decodes() {
+    let img = card(640, 480);
+    let input = turbo_jpeg(img.as_raw(), 640, 480, PixelFormat::RGB, true);
+    let r = run(&input, &params(Some(320), None, Fit::Inside));
+    assert_eq!((r.width, r.height), (320, 240));
+    decoded(&r);
+}
+
+#[test]
+fn gray_jpeg_stays_gray() {
+    let gray: Vec<u8> = (0..200 * 100).map(|i| (i % 200) as u8).collect();
+    let input = turbo_jpeg(&gray, 200, 100, PixelFormat::GRAY, false);
+    let r = run(&input, &params(Some(100), None, Fit::Inside));
+    assert_eq!((r.width, r.height), (100, 50));
+    assert_eq!(decoded(&r).color(), image::ColorType::L8);
+}
+
+#[test]
+fn cmyk_jpeg_falls_back_to_the_image_decoder() {
+    // Adobe-style CMYK as libjpeg-turbo writes it; every pixel the same ink mix.
+    let cmyk: Vec<u8> = [0u8, 200, 200, 0].repeat(64 * 48);
+    let input = turbo_jpeg(&cmyk, 64, 48, PixelFormat::CMYK, false);
+    let header = turbojpeg::read_header(&input).expect("header");
+    assert!(matches!(
+        header.colorspace,
+        turbojpeg::Colorspace::YCCK | turbojpeg::Colorspace::CMYK
+    ));
+    let r = run(&input, &params(Some(32), None, Fit::Inside));
+    assert_eq!((r.format, r.width, r.height), (ImageFormat::Jpeg, 32, 24));
+    decoded(&r);
+}
+
+#[test]
+fn png_variants_decode_and_keep_their_layout() {
+    let rgb = DynamicImage::ImageRgb8(card(300, 200));
+    let cases = [
+        (rgb.clone(), image::ColorType::Rgb8),
+        (
+            DynamicImage::ImageRgb16(rgb.to_rgb16()),
+            image::ColorType::Rgb16,
+        ),
+        (
+            DynamicImage::ImageLuma8(rgb.to_luma8()),
+            image::ColorType::L8,
+        ),
+        (
+            DynamicImage::ImageLuma16(rgb.to_luma16()),
+            image::ColorType::L16,
+        ),
+        (
+            DynamicImage::ImageLumaA8(rgb.to_luma_alpha8()),
+            image::ColorType::La8,
+        ),
+        (
+            DynamicImage::ImageRgba8(rgb.to_rgba8()),
+            image::ColorType::Rgba8,
+        ),
+        (
+            DynamicImage::ImageRgba16(rgb.to_rgba16()),
+            image::ColorType::Rgba16,
+        ),
+    ];
+    for (img, color) in cases {
+        let r = run(&png(&img), &params(Some(150), None, Fit::Inside));
+        assert_eq!(
+            (r.format, r.width, r.height),
+            (ImageFormat::Png, 150, 100),
+            "{color:?}"
+        );
+        assert_eq!(decoded(&r).color(), color);
+    }
+}
+
+#[test]
+fn gif_first_frame_becomes_png() {
+    let frame =
+        DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(halves(80, 40, RED, BLUE)).to_rgba8());
+    let input = encode_with(&frame, image::ImageFormat::Gif);
+    let r = run(&input, &params(Some(40), None, Fit::Inside));
+    assert_eq!(
+        (r.format, r.input_format, r.width, r.height),
+        (ImageFormat::Png, ImageFormat::Gif, 40, 20)
+    );
+    let out = decoded(&r);
+    assert!(near(out.get_pixel(2, 10).0, [255, 0, 0, 255], 8));
+    assert!(near(out.get_pixel(37, 10).0, [0, 0, 255, 255], 8));
+}
+
+#[test]
+fn webp_decodes_and_encodes() {
+    let input = encode_with(
+        &DynamicImage::ImageRgba8(RgbaImage::from_pixel(64, 64, Rgba([9, 99, 199, 255]))),
+        image::ImageFormat::WebP,
+    );
+    let r = run(&input, &params(Some(32), Some(16), Fit::Cover));
+    assert_eq!((r.format, r.width, r.height), (ImageFormat::Webp, 32, 16));
+    assert!(near(decoded(&r).get_pixel(16, 8).0, [9, 99, 199, 255], 1));
+}
+
+#[test]
+fn output_format_can_be_chosen() {
+    let input = jpeg(&card(200, 100));
+    for format in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::Webp] {
+        let p = ResizeParams {
+            format: Some(format),
+            ..params(Some(50), None, Fit::Inside)
+        };
+        let r = run(&input, &p);
+        assert_eq!((r.format, r.width, r.height), (format, 50, 25));
+        decoded(&r);
+    }
+}
+
+#[test]
+fn quality_changes_the_jpeg() {
+    let input = jpeg(&card(800, 600));
+    let small = run(
+        &input,
+        &ResizeParams {
+            quality: Some(20),
+            ..params(Some(400), None, Fit::Inside)
+        },
+    );
+    let large = run(
+        &input,
+        &ResizeParams {
+            quality: Some(100),
+            ..params(Some(400), None, Fit::Inside)
+        },
+    );
+    assert!(small.bytes.len() < large.bytes.len());
+}
+
+// ---------- fit modes ----------
+
+#[test]
+fn every_fit_mode_produces_its_exact_size() {
+    let input = jpeg(&card(1200, 800));
+    let cases = [
+        (params(Some(512), Some(512), Fit::Inside), (512, 341)),
+        (params(Some(300), None, Fit::Inside), (300, 200)),
+        (params(None, Some(100), Fit::Inside), (150, 100)),
+        (params(Some(300), Some(300), Fit::Cover), (300, 300)),
+        (params(Some(300), Some(300), Fit::Contain), (300, 300)),
+        (params(Some(100), Some(300), Fit::Fill), (100, 300)),
+        // No enlargement: the box shrinks to the input's scale, keeping the mode's aspect rule.
+        (params(Some(2400), Some(2400), Fit::Inside), (1200, 800)),
+        (params(Some(2400), Some(2400), Fit::Cover), (800, 800)),
+        (params(Some(2400), Some(2400), Fit::Contain), (1200, 1200)),
+        (params(Some(2400), Some(400), Fit::Fill), (1200, 200)),
+        (
+            ResizeParams {
+                enlarge: true,
+                ..params(Some(2400), None, Fit::Inside)
+            },
+            (2400, 1600),
+        ),
+    ];
+    for (p, size) in cases {
+        let r = run(&input, &p);
+        assert_eq!((r.width, r.height), size, "{p:?}");
+        decoded(&r);
+    }
+}
+
+#[test]
+fn cover_crops_by_gravity() {
+    let input = jpeg(&halves(400, 200, RED, BLUE));
+    let west = run(
+        &input,
+        &ResizeParams {
+            gravity: Gravity::West,
+            ..params(Some(50), Some(50), Fit::Cover)
+        },
+    );
+    let east = run(
+        &input,
+        &ResizeParams {
+            gravity: Gravity::East,
+            ..params(Some(50), Some(50), Fit::Cover)
+        },
+    );
+    assert!(near(
+        decoded(&west).get_pixel(25, 25).0,
+        [255, 0, 0, 255],
+        40
+    ));
+    assert!(near(
+        decoded(&east).get_pixel(25, 25).0,
+        [0, 0, 255, 255],
+        40
+    ));
+}
+
+#[test]
+fn contain_pads_transparent_for_png_and_white_for_jpeg() {
+    let source = DynamicImage::ImageRgb8(RgbImage::from_pixel(200, 100, Rgb(BLUE)));
+    let p = params(Some(100), Some(100), Fit::Contain);
+    let out = decoded(&run(&png(&source), &p));
+    assert_eq!(out.get_pixel(50, 5).0, [0, 0, 0, 0], "pad is transparent");
+    assert_eq!(
+        out.get_pixel(50, 50).0,
+        [0, 0, 255, 255],
+        "image is centred"
+    );
+    let out = decoded(&run(&jpeg(source.as_rgb8().expect("rgb")), &p));
+    assert!(
+        near(out.get_pixel(50, 5).0, [255, 255, 255, 255], 3),
+        "pad is white"
+    );
+    assert!(near(out.get_pixel(50, 50).0, [0, 0, 255, 255], 8));
+}
+
+// ---------- orientation and alpha ----------
+
+#[test]
+fn exif_orientation_is_applied_before_fitting() {
+    // Stored 60×40, red left / blue right. EXIF 6 (rotate 90° clockwise) displays it as 40×60 with
+    // red on top, so a fit and a cover crop must both work on the upright image.
+    let input = with_exif_orientation(&jpeg(&halves(60, 40, RED, BLUE)), 6);
+    let r = run(&input, &params(Some(20), Some(30), Fit::Inside));
+    assert_eq!(
+        (r.input_width, r.input_height, r.width, r.height),
+        (40, 60, 20, 30)
+    );
+    let out = decoded(&r);
+    assert!(
+        near(out.get_pixel(10, 3).0, [255, 0, 0, 255], 40),
+        "top is red"
+    );
+    assert!(
+        near(out.get_pixel(10, 27).0, [0, 0, 255, 255], 40),
+        "bottom is blue"
+    );
+
+    for (gravity, colour) in [
+        (Gravity::North, [255, 0, 0, 255]),
+        (Gravity::South, [0, 0, 255, 255]),
+    ] {
+        let r = run(
+            &input,
+            &ResizeParams {
+                gravity,
+                ..params(Some(40), Some(20), Fit::Cover)
+            },
+        );
+        assert_eq!((r.width, r.height), (40, 20));
+        assert!(
+            near(decoded(&r).get_pixel(20, 10).0, colour, 40),
+            "{gravity:?}"
+        );
+    }
+    // No metadata survives re-encoding, so viewers will not rotate the output a second time.
+    assert_eq!(
+        probe::jpeg_orientation(&r.bytes),
+        image::metadata::Orientation::NoTransforms
+    );
+}
+
+#[test]
+fn every_exif_orientation_puts_the_stored_top_left_where_it_belongs() {
+    // Stored 160×80: a red 80×40 block at the top-left, the rest blue.
+    let stored = RgbImage::from_fn(160, 80, |x, y| {
+        Rgb(if x < 80 && y < 40 { RED } else { BLUE })
+    });
+    let base = jpeg(&stored);
+    // Where the red block ends up in the displayed image (as fractions), per EXIF value.
+    let cases = [
+        (1, (0.25, 0.25)),
+        (2, (0.75, 0.25)),
+        (3, (0.75, 0.75)),
+        (4, (0.25, 0.75)),
+        (5, (0.25, 0.25)),
+        (6, (0.75, 0.25)),
+        (7, (0.75, 0.75)),
+        (8, (0.25, 0.75)),
+    ];
+    for (exif, (fx, fy)) in cases {
+        let r = run(
+            &with_exif_orientation(&base, exif),
+            &params(Some(40), None, Fit::Inside),
+        );
+        let expected = if exif >= 5 { (40, 80) } else { (40, 20) };
+        assert_eq!((r.width, r.height), expected, "exif {exif}");
+        let out = decoded(&r);
+        let (x, y) = (
+            (fx * f64::from(r.width)) as u32,
+            (fy * f64::from(r.height)) as u32,
+        );
+        assert!(
+            near(out.get_pixel(x, y).0, [255, 0, 0, 255], 40),
+            "exif {exif}: {:?}",
+            out.get_pixel(x, y)
+        );
+    }
+}
+
+#[test]
+fn alpha_is_premultiplied_when_resampling_and_flattened_onto_white_for_jpeg() {
+    // Left half fully transparent *green*, right half opaque red. Without premultiplied
+    // resampling the invisible green bleeds into the edge; flattening must turn the left white.
+    let img = RgbaImage::from_fn(200, 100, |x, _| {
+        Rgba(if x < 100 {
+            [0, 255, 0, 0]
+        } else {
+            [255, 0, 0, 255]
+        })
+    });
+    let input = png(&DynamicImage::ImageRgba8(img));
+    let p = ResizeParams {
+        format: Some(ImageFormat::Jpeg),
+        ..params(Some(50), None, Fit::Inside)
+    };
+    let out = decoded(&run(&input, &p));
+    assert!(
+        near(out.get_pixel(5, 12).0, [255, 255, 255, 255], 3),
+        "transparent → white"
+    );
+    assert!(
+        near(out.get_pixel(45, 12).0, [255, 0, 0, 255], 8),
+        "opaque red stays red"
+    );
+    for x in 20..30 {
+        let [_, g, b, _] = out.get_pixel(x, 12).0;
+        assert!(g.abs_diff(b) <= 6, "no green fringe at x={x}: g={g} b={b}");
+    }
+    // Same input to PNG keeps the transparency, and the edge pixels are red, not green.
+    let png_out = decoded(&run(&input, &params(Some(50), None, Fit::Inside)));
+    assert_eq!(png_out.get_pixel(5, 12).0[3], 0);
+    let [r, g, _, a] = png_out.get_pixel(25, 12).0;
+    assert!(
+        a > 0 && r > 200 && g < 30,
+        "edge keeps its real colour: {:?}",
+        png_out.get_pixel(25, 12)
+    );
+}
+
+// ---------- errors ----------
+
+#[test]
+fn random_bytes_are_unsupported_media() {
+    let noise: Vec<u8> = (0u32..4096)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let e = fail(
+        &noise,
+        &params(Some(10), None, Fit::Inside),
+        &Limits::default(),
+    );
+    assert_eq!((e.status(), e.code()), (415, "unsupported_media_type"));
+    let e = fail(
+        b"",
+        &params(Some(10), None, Fit::Inside),
+        &Limits::default(),
+    );
+    assert_eq!(e.code(), "unsupported_media_type");
+}
+
+#[test]
+fn truncated_and_corrupt_images_are_undecodable() {
+    let p = params(Some(100), None, Fit::Inside);
+    let full = jpeg(&card(400, 300));
+    let inputs = [
+        ("truncated jpeg", full[..full.len() / 2].to_vec()),
+        ("jpeg header only", full[..200].to_vec()),
+        ("truncated png", {
+            let png = png(&DynamicImage::ImageRgb8(card(400, 300)));
+            png[..png.len() / 2].to_vec()
+        }),
+        ("png without IHDR", b"\x89PNG\r\n\x1a\nnothing".to_vec()),
+        ("gif header only", b"GIF89a\x10\x00\x10\x00".to_vec()),
+        ("webp header only", b"RIFF\x10\0\0\0WEBPVP8 ".to_vec()),
+    ];
+    for (what, input) in inputs {
+        let e = fail(&input, &p, &Limits::default());
+        assert_eq!(
+            (e.status(), e.code()),
+            (422, "undecodable_image"),
+            "{what}: {e}"
+        );
+    }
+}
+
+#[test]
+fn huge_png_header_is_refused_before_decoding() {
+    let input = png_claiming(20_000, 20_000);
+    assert!(input.len() < 100);
+    let started = Instant::now();
+    let e = fail(
+        &input,
+        &params(Some(100), None, Fit::Inside),
+        &Limits::default(),
+    );
+    assert_eq!((e.status(), e.code()), (422, "too_many_pixels"), "{e}");
+    assert!(e.to_string().contains("20000x20000"));
+    // Allocating and zeroing 1.2 GB would take far longer than this.
+    assert!(started.elapsed() < std::time::Duration::from_millis(50));
+}
+
+#[test]
+fn oversized_input_is_refused_before_sniffing() {
+    let limits = Limits {
+        max_input_bytes: 100,
+        ..Limits::default()
+    };
+    let e = fail(
+        &jpeg(&card(64, 64)),
+        &params(Some(10), None, Fit::Inside),
+        &limits,
+    );
+    assert_eq!((e.status(), e.code()), (413, "payload_too_large"));
+}
+
+#[test]
+fn bad_parameters_are_refused() {
+    let input = jpeg(&card(128, 64));
+    let cases = [
+        params(Some(0), None, Fit::Inside),
+        params(Some(-5), Some(10), Fit::Inside),
+        params(Some(8193), None, Fit::Inside),
+        params(None, Some(9000), Fit::Inside),
+        params(Some(100), None, Fit::Cover),
+        params(None, Some(100), Fit::Contain),
+        params(Some(100), None, Fit::Fill),
+        ResizeParams {
+            quality: Some(0),
+            ..params(Some(10), None, Fit::Inside)
+        },
+        ResizeParams {
+            quality: Some(101),
+            ..params(Some(10), None, Fit::Inside)
+        },
+        ResizeParams {
+            format: Some(ImageFormat::Avif),
+            ..params(Some(10), None, Fit::Inside)
+        },
+        ResizeParams {
+            format: Some(ImageFormat::Gif),
+            ..params(Some(10), None, Fit::Inside)
+        },
+        // Valid alone, but enlarging this image that far would exceed the output side limit.
+        ResizeParams {
+            enlarge: true,
+            ..params(None, Some(8000), Fit::Inside)
+        },
+    ];
+    for p in cases {
+        let e = fail(
+            &input,
+            &p,
+            &Limits {
+                max_output_side: 8192,
+                ..Limits::default()
+            },
+        );
+        assert_eq!(
+            (e.status(), e.code()),
+            (400, "bad_parameters"),
+            "{p:?}: {e}"
+        );
+    }
+    // All problems are reported at once.
+    let e = fail(
+        &input,
+        &ResizeParams {
+            quality: Some(0),
+            ..params(Some(0), None, Fit::Cover)
+        },
+        &Limits::default(),
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("width") && msg.contains("quality") && msg.contains("cover"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn inside_without_a_box_reencodes_at_the_same_size() {
+    let r = run(&jpeg(&card(120, 80)), &params(None, None, Fit::Inside));
+    assert_eq!((r.width, r.height), (120, 80));
+}
+
+#[test]
+fn timings_are_filled_except_queue() {
+    let r = run(
+        &jpeg(&card(1200, 800)),
+        &params(Some(256), None, Fit::Inside),
+    );
+    assert_eq!(r.timings.queue_us, 0);
+    assert!(r.timings.decode_us > 0 && r.timings.encode_us > 0);
+}
