@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod host;
+pub mod loadgen;
 
 pub use config::Config;

@@ -39,6 +39,8 @@ enum Command {
     All,
     /// Applies ClickHouse migrations (versioned, idempotent) to `clickhouse.database`.
     Migrate,
+    /// Drives the api with images at a fixed rate or concurrency and reports latency and errors.
+    Loadgen(imgpipe::loadgen::LoadgenArgs),
     /// Topic and schema management.
     Topics {
         #[command(subcommand)]
@@ -115,6 +117,10 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             for (version, name) in &report.skipped {
                 println!("skipped  {version} {name} (needs a newer server)");
             }
+            return Ok(());
+        }
+        Command::Loadgen(args) => {
+            imgpipe::loadgen::run(args).await?;
             return Ok(());
         }
         Command::Config => {
