@@ -10,7 +10,7 @@ use clickhouse::Compression;
 use serde::{Deserialize, Serialize};
 
 /// Where ClickHouse is and how to log in.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
     /// HTTP endpoint, e.g. `http://127.0.0.1:8123`.
@@ -19,11 +19,23 @@ pub struct ClickHouseConfig {
     pub database: String,
     /// User name.
     pub user: String,
-    /// Password (never logged).
+    /// Password. Never logged, and left out when the config is printed.
+    #[serde(skip_serializing)]
     pub password: String,
     /// Timeout of the version probe; inserts and queries have their own deadlines.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ClickHouseConfig {
