@@ -1,9 +1,25 @@
 //! The authentication seam of the api. Every request's bearer key goes through one
 //! [`Authenticator`]; the production one answers from a local, continuously replicated view of
 //! `identity.changes`, so the data plane never makes a network call to authenticate.
+//!
+//! - [`view`]: [`IdentityView`], the replica and its verified-key cache (the [`Authenticator`]).
+//! - [`changes`]: reading `identity.changes` (shared with the identity service's rebuild).
+//! - [`keys`]: the key format and salted hashing (shared with the identity service).
+//! - [`rate_limit`]: per-tenant token buckets.
+//! - [`metrics`]: every metric name of this module.
+
+pub mod changes;
+pub mod keys;
+pub mod metrics;
+pub mod rate_limit;
+pub mod view;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use view::IdentityView;
 
 /// Who is calling, once the key checked out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +61,121 @@ pub trait Authenticator: Send + Sync + 'static {
     fn authenticate(&self, api_key: &str) -> Result<Principal, AuthError>;
 }
 
-/// Settings of the api's identity view and auth cache.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+/// Settings of the api's identity view and auth cache (the `[auth]` section).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {}
+pub struct AuthConfig {
+    /// How old the view may be (time since it last confirmed it held everything committed)
+    /// before keys it has not seen are refused with 503 instead of 401, and `/readyz` fails.
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
+    /// How often the view asks the brokers for `identity.changes` watermarks to confirm progress.
+    #[serde(with = "humantime_serde")]
+    pub watermark_interval: Duration,
+    /// How long one watermark query may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub watermark_timeout: Duration,
+    /// Longest time the broker holds an empty fetch of `identity.changes` (`fetch.wait.max.ms`).
+    #[serde(with = "humantime_serde")]
+    pub fetch_wait_max: Duration,
+    /// Most verified keys kept in the cache.
+    pub cache_capacity: u64,
+    /// A cached key unused for this long is dropped (with the secret it holds).
+    #[serde(with = "humantime_serde")]
+    pub cache_time_to_idle: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            max_staleness: default_max_staleness(),
+            watermark_interval: default_watermark_interval(),
+            watermark_timeout: default_watermark_timeout(),
+            fetch_wait_max: default_fetch_wait_max(),
+            cache_capacity: default_cache_capacity(),
+            cache_time_to_idle: default_cache_time_to_idle(),
+        }
+    }
+}
+
+/// Five seconds: long enough to ride out a leader election, short enough that a key created
+/// elsewhere is not refused for long.
+fn default_max_staleness() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Four checks a second: staleness is known to within a quarter second for 3 cheap requests.
+fn default_watermark_interval() -> Duration {
+    Duration::from_millis(250)
+}
+
+fn default_watermark_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Short parked fetches: a new change is returned as soon as it is committed either way, this
+/// only bounds the wait of a fetch that was parked before it arrived.
+fn default_fetch_wait_max() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn default_cache_capacity() -> u64 {
+    100_000
+}
+
+fn default_cache_time_to_idle() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl AuthConfig {
+    /// Pushes one message per broken rule.
+    fn check(&self, errors: &mut Vec<String>) {
+        if self.max_staleness.is_zero() {
+            errors.push("auth.max_staleness must be positive".into());
+        }
+        if self.watermark_interval.is_zero() || self.watermark_interval >= self.max_staleness {
+            errors.push(format!(
+                "auth.watermark_interval must be positive and below auth.max_staleness ({:?}), got {:?}",
+                self.max_staleness, self.watermark_interval
+            ));
+        }
+        if self.watermark_timeout.is_zero() {
+            errors.push("auth.watermark_timeout must be positive".into());
+        }
+        if self.fetch_wait_max.is_zero() || self.fetch_wait_max > Duration::from_secs(5) {
+            errors.push("auth.fetch_wait_max must be between 1ms and 5s".into());
+        }
+        if self.cache_capacity == 0 {
+            errors.push("auth.cache_capacity must be positive".into());
+        }
+    }
+}
+
+impl chassis::Validate for AuthConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        self.check(errors);
+    }
+}
+
+/// Why the identity view could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    // Retryable.
+    /// Kafka did not answer, or the consumer could not be set up.
+    #[error("starting the identity view: {0}")]
+    Consumer(#[source] changes::ChangesError),
+    // Permanent.
+    /// The `[auth]` section breaks a rule; every broken rule is listed.
+    #[error("invalid [auth] configuration:\n  - {}", .0.join("\n  - "))]
+    InvalidConfig(Vec<String>),
+    /// A metric could not be registered (a second view in the same registry).
+    #[error("registering identity view metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
+}
+
+impl AuthSetupError {
+    /// Whether starting again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Consumer(e) if e.is_retryable())
+    }
+}

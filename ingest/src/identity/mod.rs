@@ -1,24 +1,134 @@
-//! The identity service (management plane): tenants, API keys, quotas; the only writer of
-//! `identity.changes` (being written).
+//! The identity service (management plane): tenants, API keys and quotas, behind an admin HTTP
+//! API; the only writer of `identity.changes`, the compacted topic that is the system of record
+//! and that every api instance replicates into its [`IdentityView`](crate::auth::IdentityView).
+//!
+//! - [`config`]: the `[identity]` section.
+//! - [`store`]: state rebuilt from the topic, and the fenced transactional write path.
+//! - [`routes`]: the admin API (`app(state) -> Router`).
+//! - [`metrics`]: every metric name of this service.
 
-use serde::{Deserialize, Serialize};
+pub mod config;
+pub mod metrics;
+pub mod routes;
+pub mod store;
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests;
 
-/// Settings of `imgpipe identity`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct IdentityConfig {}
+use std::sync::Arc;
 
-/// Why the identity service stopped.
+use chassis::ServiceContext;
+use chassis::kafka::{KafkaConfig, KafkaSetupError};
+use schemas::{Codec, RegistryConfig};
+
+use crate::auth::changes::{ChangesError, ChangesReader};
+pub use config::IdentityConfig;
+pub use routes::{AppState, app};
+use store::{IdentityStore, KafkaSink, READINESS_CHECK};
+
+/// The fixed transactional id (namespaced): every instance uses it, so the newest fences the rest.
+pub const TRANSACTIONAL_ID: &str = "identity";
+
+/// Why the identity service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum IdentityError {}
+pub enum IdentityError {
+    // Retryable.
+    /// The transactional producer could not be created or registered.
+    #[error("setting up the identity.changes producer: {0}")]
+    Producer(#[source] KafkaSetupError),
+    /// `identity.changes` could not be read back to rebuild state.
+    #[error("rebuilding identity state from identity.changes: {0}")]
+    Rebuild(#[source] ChangesError),
+    // Permanent.
+    /// The `[identity]` section breaks a rule; every broken rule is listed.
+    #[error("invalid [identity] configuration:\n  - {}", .0.join("\n  - "))]
+    InvalidConfig(Vec<String>),
+    /// Metrics could not be registered.
+    #[error("registering identity metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
+    /// The admin listener could not bind or failed.
+    #[error("admin API on {address}: {source}")]
+    Serve {
+        /// Address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
 
-/// Runs the identity service until shutdown.
+impl IdentityError {
+    /// Whether starting again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Producer(_) => true,
+            Self::Rebuild(e) => e.is_retryable(),
+            Self::InvalidConfig(_) | Self::Metrics(_) | Self::Serve { .. } => false,
+        }
+    }
+}
+
+/// Sets the service up without serving: validates the config, registers the transactional id
+/// (fencing any older instance), then rebuilds state by reading `identity.changes` to its end,
+/// so the previous writer's committed writes are all seen. Serve the result with [`app`].
+pub async fn open(
+    kafka: &KafkaConfig,
+    registry: &RegistryConfig,
+    config: &IdentityConfig,
+    ctx: &ServiceContext,
+) -> Result<AppState, IdentityError> {
+    let mut errors = Vec::new();
+    config.check(&mut errors);
+    if !errors.is_empty() {
+        return Err(IdentityError::InvalidConfig(errors));
+    }
+    ctx.readiness
+        .register(READINESS_CHECK, "rebuilding state from identity.changes");
+    let metrics = metrics::IdentityMetrics::new(&ctx.metrics).map_err(IdentityError::Metrics)?;
+    // Fence first, then read: once init_transactions returns, no older instance can commit, so
+    // reading to the end offsets sees every write that will ever precede ours.
+    let producer = kafka
+        .transactional_producer(TRANSACTIONAL_ID)
+        .await
+        .map_err(IdentityError::Producer)?;
+    let codec = Codec::new(registry, &kafka.namespace);
+    let reader = ChangesReader::open(kafka, std::time::Duration::from_millis(100))
+        .await
+        .map_err(IdentityError::Rebuild)?;
+    let state = store::rebuild(&reader, &codec, &metrics, &ctx.shutdown)
+        .await
+        .map_err(IdentityError::Rebuild)?;
+    drop(reader);
+    let sink = KafkaSink::new(producer, codec, config.commit_timeout);
+    let store = IdentityStore::new(
+        state,
+        Arc::new(sink),
+        ctx.readiness.clone(),
+        metrics.clone(),
+    );
+    ctx.readiness.ready(READINESS_CHECK);
+    Ok(AppState::new(Arc::new(store), config, metrics))
+}
+
+/// Runs the identity service until shutdown: [`open`], then serves the admin API on
+/// `config.listen`.
 pub async fn run(
-    _kafka: chassis::kafka::KafkaConfig,
-    _registry: schemas::RegistryConfig,
-    _config: IdentityConfig,
-    ctx: chassis::ServiceContext,
+    kafka: KafkaConfig,
+    registry: RegistryConfig,
+    config: IdentityConfig,
+    ctx: ServiceContext,
 ) -> Result<(), IdentityError> {
-    ctx.shutdown.wait().await;
-    Ok(())
+    let state = open(&kafka, &registry, &config, &ctx).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| IdentityError::Serve {
+            address: config.listen,
+            source,
+        })?;
+    let address = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(%address, "Identity admin API listening");
+    let shutdown = ctx.shutdown.clone();
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+        .map_err(|source| IdentityError::Serve { address, source })
 }

@@ -1,0 +1,228 @@
+//! Revocation propagation: how long after the identity admin API confirms `DELETE
+//! /admin/v1/keys/{id}` every api instance refuses the key.
+//!
+//! Runs the real identity service (in process, on a local port) and two independent
+//! `IdentityView`s, each with its own consumer, as two api instances have. Issues 200 keys, warms
+//! both views' caches with them, then revokes them one at a time and polls each view until it
+//! answers `InvalidKey`, recording the time from the admin call's return. Needs the local stack
+//! (`compose/local/stack up`) and uses its own namespace.
+//!
+//! `cargo bench --bench revocation` (`IMGPIPE_BENCH_KEYS=N` for another count)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chassis::{ServiceContext, Shutdown};
+use ingest::auth::{AuthConfig, AuthError, Authenticator, IdentityView};
+use ingest::identity::{self, IdentityConfig};
+use serde_json::{Value, json};
+
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+/// A key still accepted after this long counts as a failure of the bound.
+const GIVE_UP: Duration = Duration::from_secs(10);
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let keys: usize = std::env::var("IMGPIPE_BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let config = provisioned().await;
+
+    let identity_ctx = ServiceContext::new(Shutdown::new());
+    let identity_config = IdentityConfig {
+        admin_token: ADMIN_TOKEN.into(),
+        ..IdentityConfig::default()
+    };
+    let state = identity::open(
+        &config.kafka,
+        &config.registry,
+        &identity_config,
+        &identity_ctx,
+    )
+    .await
+    .expect("identity starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = identity_ctx.shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, identity::app(state))
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await
+            .unwrap();
+    });
+
+    let auth_config = AuthConfig::default();
+    let mut views = Vec::new();
+    let mut contexts = Vec::new();
+    for _ in 0..2 {
+        let ctx = ServiceContext::new(identity_ctx.shutdown.clone());
+        let view = IdentityView::start(&config.kafka, &config.registry, &auth_config, &ctx)
+            .await
+            .expect("view starts");
+        tokio::time::timeout(Duration::from_secs(30), view.wait_caught_up())
+            .await
+            .expect("view catches up");
+        views.push(view);
+        contexts.push(ctx);
+    }
+
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let admin = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let mut request = http
+            .request(method, format!("{url}{path}"))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send()
+    };
+    let tenant: Value = admin(
+        reqwest::Method::POST,
+        "/admin/v1/tenants".into(),
+        Some(json!({"name": "bench", "rate_limit_per_second": 1_000_000, "burst": 1_000_000})),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let tenant_id = tenant["id"].as_str().unwrap().to_owned();
+    let mut issued = Vec::new();
+    for _ in 0..keys {
+        let body: Value = admin(
+            reqwest::Method::POST,
+            format!("/admin/v1/tenants/{tenant_id}/keys"),
+            None,
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        issued.push((
+            body["key_id"].as_str().unwrap().to_owned(),
+            body["api_key"].as_str().unwrap().to_owned(),
+        ));
+    }
+    // Every key accepted (and cached) on both instances before any revocation.
+    let warm_until = Instant::now() + GIVE_UP;
+    for view in &views {
+        for (_, api_key) in &issued {
+            while view.authenticate(api_key).is_err() {
+                assert!(Instant::now() < warm_until, "keys did not propagate");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    let mut admin_latency = Vec::new();
+    let mut per_view: Vec<Vec<Duration>> = vec![Vec::new(); views.len()];
+    let mut every_instance = Vec::new();
+    for (key_id, api_key) in &issued {
+        let sent = Instant::now();
+        let status = admin(
+            reqwest::Method::DELETE,
+            format!("/admin/v1/keys/{key_id}"),
+            None,
+        )
+        .await
+        .unwrap()
+        .status();
+        let returned = Instant::now();
+        assert_eq!(status.as_u16(), 204);
+        admin_latency.push(returned - sent);
+        let times = poll_all(&views, api_key, returned).await;
+        for (i, t) in times.iter().enumerate() {
+            per_view[i].push(*t);
+        }
+        every_instance.push(times.into_iter().max().unwrap_or_default());
+    }
+
+    println!("revocation propagation, {keys} keys, 2 api-side views");
+    println!("  {}", summary("admin DELETE call", &mut admin_latency));
+    for (i, samples) in per_view.iter_mut().enumerate() {
+        println!("  {}", summary(&format!("view {i} rejects"), samples));
+    }
+    println!("  {}", summary("every view rejects", &mut every_instance));
+    identity_ctx.shutdown.trigger();
+}
+
+/// Defaults pointing at the local stack (`IMGPIPE_TEST_KAFKA` / `IMGPIPE_TEST_REGISTRY` override
+/// them, as for the integration tests), in a fresh namespace with its topics and schemas.
+async fn provisioned() -> imgpipe::Config {
+    let mut config = imgpipe::Config::default();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    config.kafka.namespace = format!("bench-revocation-{}.", &id[..8]);
+    if let Ok(brokers) = std::env::var("IMGPIPE_TEST_KAFKA") {
+        config.kafka.brokers = brokers;
+    }
+    if let Ok(url) = std::env::var("IMGPIPE_TEST_REGISTRY") {
+        config.registry.url = url;
+    }
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        schemas::provision::ensure_all(&config.kafka, &config.registry),
+    )
+    .await
+    .expect("provisioning timed out: is the stack up? (compose/local/stack up)")
+    .expect("provisioning failed: is the stack up? (compose/local/stack up)");
+    config
+}
+
+/// Polls each view on its own thread until it refuses `api_key`; returns each view's time from
+/// `since`. A 20 µs pause between polls keeps the pollers from starving the consumers.
+async fn poll_all(views: &[Arc<IdentityView>], api_key: &str, since: Instant) -> Vec<Duration> {
+    let pollers: Vec<_> = views
+        .iter()
+        .map(|view| {
+            let view = view.clone();
+            let api_key = api_key.to_owned();
+            tokio::task::spawn_blocking(move || {
+                loop {
+                    let result = view.authenticate(&api_key);
+                    let now = Instant::now();
+                    if result == Err(AuthError::InvalidKey) {
+                        return now - since;
+                    }
+                    assert!(
+                        now - since < GIVE_UP,
+                        "revocation not seen within {GIVE_UP:?}: {result:?}"
+                    );
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for poller in pollers {
+        times.push(poller.await.unwrap());
+    }
+    times
+}
+
+fn summary(what: &str, samples: &mut [Duration]) -> String {
+    samples.sort();
+    let at = |q: f64| {
+        let index = ((samples.len() as f64 * q).ceil() as usize).saturating_sub(1);
+        samples[index.min(samples.len() - 1)]
+    };
+    format!(
+        "{what:<22} p50 {:>9.3} ms  p99 {:>9.3} ms  max {:>9.3} ms  (n={})",
+        at(0.50).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        samples[samples.len() - 1].as_secs_f64() * 1e3,
+        samples.len()
+    )
+}

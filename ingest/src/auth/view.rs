@@ -1,0 +1,778 @@
+//! [`IdentityView`]: the api's local replica of `identity.changes`, and the production
+//! [`Authenticator`].
+//!
+//! Guarantees, and where they are kept:
+//! - **No network call per request.** Every answer comes from memory: the view (tenants, salted
+//!   key hashes) and a cache of keys already verified.
+//! - **Revocation is immediate once seen.** Applying a change invalidates the cache entries it
+//!   affects while the view's write lock is held, and the slow path inserts into the cache only
+//!   under the read lock, so a stale entry can never be inserted after its invalidation.
+//! - **Bounded staleness, fail closed.** A watcher confirms progress against the brokers'
+//!   watermarks; when the last confirmation is older than `auth.max_staleness`, a key the view has
+//!   not seen is refused with [`AuthError::Unavailable`] (it may have been created moments ago
+//!   elsewhere), `/readyz` says why, and `imgpipe_identity_view_stale` is 1.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use chassis::kafka::KafkaConfig;
+use chassis::{Readiness, ServiceContext, Shutdown};
+use moka::sync::Cache;
+use rdkafka::Message;
+use schemas::RegistryConfig;
+use schemas::events::{IdentityChange, KeyStatus, TenantStatus};
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+
+use super::changes::{ChangeRecord, ChangesError, ChangesReader, EntityId, Watermark};
+use super::keys::{self, Secret};
+use super::metrics::AuthMetrics;
+use super::rate_limit::TokenBucket;
+use super::{AuthConfig, AuthError, AuthSetupError, Authenticator, Principal};
+
+/// Name of the view's readiness check on `/readyz`.
+pub const READINESS_CHECK: &str = "identity_view";
+
+/// A key that verified once. Holding the verified secret (rather than its salted hash) makes a
+/// hit one 32-byte constant-time comparison; the secret is the one every request of this key
+/// carries anyway, kept only in this process's memory and dropped after `cache_time_to_idle`.
+#[derive(Debug)]
+struct VerifiedKey {
+    principal: Principal,
+    secret: Secret,
+    suspended: bool,
+    bucket: Arc<TokenBucket>,
+}
+
+#[derive(Debug)]
+struct TenantEntry {
+    status: TenantStatus,
+    bucket: Arc<TokenBucket>,
+}
+
+#[derive(Debug)]
+struct KeyEntry {
+    key_id: Arc<str>,
+    tenant_id: Arc<str>,
+    salt: Vec<u8>,
+    secret_hash: Vec<u8>,
+    active: bool,
+}
+
+#[derive(Debug, Default)]
+struct ViewState {
+    tenants: HashMap<Arc<str>, TenantEntry>,
+    keys: HashMap<Arc<str>, KeyEntry>,
+    /// Which keys each tenant owns, so a tenant change invalidates exactly its keys.
+    keys_by_tenant: HashMap<Arc<str>, HashSet<Arc<str>>>,
+}
+
+/// When the view last proved it held everything committed.
+#[derive(Debug)]
+struct Freshness {
+    confirmed_at: Mutex<Option<Instant>>,
+    max_staleness: Duration,
+}
+
+impl Freshness {
+    fn confirm(&self, at: Instant) {
+        let mut confirmed = self
+            .confirmed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if confirmed.is_none_or(|c| c < at) {
+            *confirmed = Some(at);
+        }
+    }
+
+    /// Time since the last confirmation; `None` before the first.
+    fn staleness(&self, now: Instant) -> Option<Duration> {
+        let confirmed = *self
+            .confirmed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        confirmed.map(|c| now.saturating_duration_since(c))
+    }
+
+    fn is_stale(&self, now: Instant) -> bool {
+        self.staleness(now).is_none_or(|s| s > self.max_staleness)
+    }
+}
+
+/// The api's replica of `identity.changes` and its auth cache.
+#[derive(Debug)]
+pub struct IdentityView {
+    state: RwLock<ViewState>,
+    cache: Cache<Arc<str>, Arc<VerifiedKey>>,
+    freshness: Freshness,
+    caught_up: watch::Sender<bool>,
+    metrics: AuthMetrics,
+}
+
+impl IdentityView {
+    /// Starts a view: assigns every partition of `identity.changes` from the beginning, registers
+    /// the `identity_view` readiness check (not ready until caught up), and spawns the tailing and
+    /// watermark tasks, which stop on `ctx.shutdown`. Returns before the view has caught up; see
+    /// [`IdentityView::wait_caught_up`].
+    pub async fn start(
+        kafka: &KafkaConfig,
+        registry: &RegistryConfig,
+        config: &AuthConfig,
+        ctx: &ServiceContext,
+    ) -> Result<Arc<Self>, AuthSetupError> {
+        let mut errors = Vec::new();
+        config.check(&mut errors);
+        if !errors.is_empty() {
+            return Err(AuthSetupError::InvalidConfig(errors));
+        }
+        ctx.readiness
+            .register(READINESS_CHECK, "catching up on identity.changes");
+        let metrics = AuthMetrics::new(&ctx.metrics).map_err(AuthSetupError::Metrics)?;
+        let view = Arc::new(Self::with_metrics(config, metrics));
+        let reader = ChangesReader::open(kafka, config.fetch_wait_max)
+            .await
+            .map_err(AuthSetupError::Consumer)?;
+        let codec = schemas::Codec::new(registry, &kafka.namespace);
+        tokio::spawn(tail(
+            view.clone(),
+            reader.clone(),
+            codec,
+            ctx.shutdown.clone(),
+        ));
+        tokio::spawn(watch_freshness(
+            view.clone(),
+            reader,
+            config.clone(),
+            ctx.readiness.clone(),
+            ctx.shutdown.clone(),
+        ));
+        Ok(view)
+    }
+
+    /// A view fed by hand through [`IdentityView::apply`], without Kafka: for the api's unit
+    /// tests and benchmarks. It counts as fresh once [`IdentityView::confirm_fresh`] is called.
+    pub fn in_memory(config: &AuthConfig) -> Result<Self, AuthSetupError> {
+        let metrics =
+            AuthMetrics::new(&prometheus::Registry::new()).map_err(AuthSetupError::Metrics)?;
+        Ok(Self::with_metrics(config, metrics))
+    }
+
+    fn with_metrics(config: &AuthConfig, metrics: AuthMetrics) -> Self {
+        Self {
+            state: RwLock::default(),
+            cache: Cache::builder()
+                .max_capacity(config.cache_capacity)
+                .time_to_idle(config.cache_time_to_idle)
+                .build(),
+            freshness: Freshness {
+                confirmed_at: Mutex::new(None),
+                max_staleness: config.max_staleness,
+            },
+            caught_up: watch::Sender::new(false),
+            metrics,
+        }
+    }
+
+    /// Resolves once the view has first caught up with `identity.changes`.
+    pub async fn wait_caught_up(&self) {
+        let mut caught_up = self.caught_up.subscribe();
+        // The sender lives in `self`, so it cannot be dropped while we wait.
+        let _ = caught_up.wait_for(|c| *c).await;
+    }
+
+    /// Whether the view has caught up at least once.
+    pub fn is_caught_up(&self) -> bool {
+        *self.caught_up.borrow()
+    }
+
+    /// Time since the view last confirmed it held everything committed; `None` before the first.
+    pub fn staleness(&self) -> Option<Duration> {
+        self.freshness.staleness(Instant::now())
+    }
+
+    /// Records that the view holds everything committed as of now (the watermark task does this
+    /// for a Kafka-fed view; tests and benchmarks of an in-memory view call it themselves).
+    pub fn confirm_fresh(&self) {
+        self.confirm_progress(Instant::now());
+    }
+
+    fn confirm_progress(&self, at: Instant) {
+        self.freshness.confirm(at);
+        self.caught_up
+            .send_if_modified(|c| !std::mem::replace(c, true));
+    }
+
+    /// Applies one record of `identity.changes` (`None`: tombstone) and invalidates the cache
+    /// entries it affects before any later request can read them.
+    pub fn apply(&self, entity_id: &str, change: Option<&IdentityChange>) {
+        let now = Instant::now();
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        match (EntityId::parse(entity_id), change) {
+            (
+                Some(EntityId::Tenant(id)),
+                Some(IdentityChange {
+                    tenant: Some(t), ..
+                }),
+            ) => {
+                self.metrics.records_tenant.inc();
+                match state.tenants.get_mut(id) {
+                    Some(entry) => {
+                        entry.status = t.status;
+                        entry
+                            .bucket
+                            .reconfigure(t.rate_limit_per_second, t.burst, now);
+                    }
+                    None => {
+                        let bucket = TokenBucket::new(t.rate_limit_per_second, t.burst, now);
+                        state.tenants.insert(
+                            Arc::from(id),
+                            TenantEntry {
+                                status: t.status,
+                                bucket: Arc::new(bucket),
+                            },
+                        );
+                    }
+                }
+                self.invalidate_tenant(&state, id);
+            }
+            (Some(EntityId::Tenant(id)), None) => {
+                self.metrics.records_tombstone.inc();
+                state.tenants.remove(id);
+                self.invalidate_tenant(&state, id);
+            }
+            (
+                Some(EntityId::Key(id)),
+                Some(IdentityChange {
+                    api_key: Some(k), ..
+                }),
+            ) => {
+                self.metrics.records_key.inc();
+                let key_id: Arc<str> = Arc::from(id);
+                let tenant_id: Arc<str> = state
+                    .tenants
+                    .get_key_value(k.tenant_id.as_str())
+                    .map_or_else(|| Arc::from(k.tenant_id.as_str()), |(t, _)| t.clone());
+                let previous = state.keys.insert(
+                    key_id.clone(),
+                    KeyEntry {
+                        key_id: key_id.clone(),
+                        tenant_id: tenant_id.clone(),
+                        salt: k.salt.clone(),
+                        secret_hash: k.secret_hash.clone(),
+                        active: k.status == KeyStatus::Active,
+                    },
+                );
+                if let Some(previous) = previous.filter(|p| p.tenant_id != tenant_id) {
+                    unindex(&mut state, &previous.tenant_id, id);
+                }
+                state
+                    .keys_by_tenant
+                    .entry(tenant_id)
+                    .or_default()
+                    .insert(key_id);
+                self.cache.invalidate(id);
+            }
+            (Some(EntityId::Key(id)), None) => {
+                self.metrics.records_tombstone.inc();
+                if let Some(previous) = state.keys.remove(id) {
+                    unindex(&mut state, &previous.tenant_id, id);
+                }
+                self.cache.invalidate(id);
+            }
+            (entity, Some(_)) => {
+                // `changes::decode` only yields consistent records; this guards hand-fed input.
+                self.metrics.poison_records.inc();
+                tracing::warn!(
+                    entity_id,
+                    ?entity,
+                    "Identity change does not fit its entity; skipped"
+                );
+            }
+            (None, None) => {
+                self.metrics.poison_records.inc();
+                tracing::warn!(entity_id, "Tombstone for an unknown entity kind; skipped");
+            }
+        }
+        self.metrics.tenants.set(state.tenants.len() as i64);
+        self.metrics.keys.set(state.keys.len() as i64);
+    }
+
+    /// Drops every cached key of `tenant_id`. Called with the write lock held.
+    fn invalidate_tenant(&self, state: &ViewState, tenant_id: &str) {
+        if let Some(keys) = state.keys_by_tenant.get(tenant_id) {
+            for key_id in keys {
+                self.cache.invalidate(key_id);
+            }
+        }
+    }
+
+    /// Everything the view holds, in a comparable form (no salts or hashes): for tests and
+    /// operators' debugging. `tenant:<id>` → `status`, `key:<id>` → `tenant_id status`.
+    pub fn snapshot(&self) -> BTreeMap<String, String> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let tenants = state
+            .tenants
+            .iter()
+            .map(|(id, t)| (super::changes::tenant_entity(id), format!("{:?}", t.status)));
+        let keys = state.keys.values().map(|k| {
+            (
+                super::changes::key_entity(&k.key_id),
+                format!(
+                    "{} {}",
+                    k.tenant_id,
+                    if k.active { "Active" } else { "Revoked" }
+                ),
+            )
+        });
+        tenants.chain(keys).collect()
+    }
+
+    /// Verifies a key the cache does not hold, and caches it if it is usable.
+    fn authenticate_uncached(
+        &self,
+        key_id: &str,
+        secret: &Secret,
+    ) -> Result<Arc<VerifiedKey>, AuthError> {
+        self.metrics.cache_misses.inc();
+        // The read lock is held until the insert: `apply` cannot invalidate in between.
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(key) = state.keys.get(key_id) else {
+            return Err(self.unknown());
+        };
+        if !keys::verify(&key.salt, &key.secret_hash, secret) || !key.active {
+            return Err(AuthError::InvalidKey);
+        }
+        let Some(tenant) = state.tenants.get(&key.tenant_id) else {
+            return Err(self.unknown());
+        };
+        let verified = Arc::new(VerifiedKey {
+            principal: Principal {
+                tenant_id: key.tenant_id.clone(),
+                key_id: key.key_id.clone(),
+            },
+            secret: *secret,
+            suspended: tenant.status == TenantStatus::Suspended,
+            bucket: tenant.bucket.clone(),
+        });
+        self.cache.insert(key.key_id.clone(), verified.clone());
+        Ok(verified)
+    }
+
+    /// The answer for something the view does not hold: invalid while the view is fresh, but
+    /// unavailable (fail closed) while it may be missing a recent creation.
+    fn unknown(&self) -> AuthError {
+        if self.freshness.is_stale(Instant::now()) {
+            AuthError::Unavailable
+        } else {
+            AuthError::InvalidKey
+        }
+    }
+
+    fn decide(&self, api_key: &str) -> Result<Principal, AuthError> {
+        let parsed = keys::parse(api_key).ok_or(AuthError::InvalidKey)?;
+        let verified = match self.cache.get(parsed.key_id) {
+            Some(hit) => {
+                self.metrics.cache_hits.inc();
+                if !bool::from(hit.secret.ct_eq(&parsed.secret)) {
+                    return Err(AuthError::InvalidKey);
+                }
+                hit
+            }
+            None => self.authenticate_uncached(parsed.key_id, &parsed.secret)?,
+        };
+        if verified.suspended {
+            return Err(AuthError::Forbidden);
+        }
+        verified
+            .bucket
+            .try_acquire(Instant::now())
+            .map_err(|retry_after| AuthError::RateLimited { retry_after })?;
+        Ok(verified.principal.clone())
+    }
+}
+
+impl Authenticator for IdentityView {
+    fn authenticate(&self, api_key: &str) -> Result<Principal, AuthError> {
+        let decision = self.decide(api_key);
+        let counter = match &decision {
+            Ok(_) => &self.metrics.ok,
+            Err(AuthError::InvalidKey | AuthError::MissingCredentials) => &self.metrics.invalid_key,
+            Err(AuthError::Forbidden) => &self.metrics.forbidden,
+            Err(AuthError::RateLimited { .. }) => &self.metrics.rate_limited,
+            Err(AuthError::Unavailable) => &self.metrics.unavailable,
+        };
+        counter.inc();
+        decision
+    }
+}
+
+fn unindex(state: &mut ViewState, tenant_id: &str, key_id: &str) {
+    if let Some(keys) = state.keys_by_tenant.get_mut(tenant_id) {
+        keys.remove(key_id);
+        if keys.is_empty() {
+            state.keys_by_tenant.remove(tenant_id);
+        }
+    }
+}
+
+/// Applies every record of `identity.changes` to the view until shutdown.
+async fn tail(
+    view: Arc<IdentityView>,
+    reader: ChangesReader,
+    codec: schemas::Codec,
+    shutdown: Shutdown,
+) {
+    loop {
+        let message = tokio::select! {
+            () = shutdown.wait() => return,
+            message = reader.consumer().recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                view.metrics.errors.inc();
+                tracing::warn!(%error, "Identity view consumer error; retrying");
+                continue;
+            }
+        };
+        // A registry outage is retried on the same record: skipping it could drop a revocation.
+        let record = loop {
+            match super::changes::decode(&codec, message.key(), message.payload()).await {
+                Err(ChangesError::Registry(error)) => {
+                    view.metrics.errors.inc();
+                    tracing::warn!(%error, offset = message.offset(), "Schema registry unavailable; retrying the identity change");
+                    tokio::select! {
+                        () = shutdown.wait() => return,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+                other => break other,
+            }
+        };
+        match record {
+            Ok(ChangeRecord { entity_id, change }) => view.apply(&entity_id, change.as_ref()),
+            Err(error) => {
+                view.metrics.poison_records.inc();
+                tracing::warn!(
+                    %error,
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "Poison record on identity.changes; skipped"
+                );
+            }
+        }
+    }
+}
+
+/// Confirms the view's progress against the brokers' watermarks, and publishes staleness to
+/// readiness and metrics. Freshness is confirmed as of the moment the watermarks were asked for,
+/// once the view's position has reached them.
+async fn watch_freshness(
+    view: Arc<IdentityView>,
+    reader: ChangesReader,
+    config: AuthConfig,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) {
+    let mut ticker = tokio::time::interval(config.watermark_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut target: Option<(Instant, Vec<Watermark>)> = None;
+    let mut was_stale: Option<bool> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            _ = ticker.tick() => {}
+        }
+        if target.is_none() {
+            let asked_at = Instant::now();
+            match reader.watermarks(config.watermark_timeout).await {
+                Ok(watermarks) => target = Some((asked_at, watermarks)),
+                Err(error) => {
+                    view.metrics.errors.inc();
+                    tracing::warn!(%error, "Identity view cannot confirm progress");
+                }
+            }
+        }
+        if let Some((asked_at, watermarks)) = &target {
+            match reader.lag(watermarks) {
+                Ok(0) => {
+                    view.metrics.lag_records.set(0);
+                    view.confirm_progress(*asked_at);
+                    target = None;
+                }
+                Ok(lag) => view.metrics.lag_records.set(lag),
+                Err(error) => {
+                    view.metrics.errors.inc();
+                    tracing::warn!(%error, "Identity view cannot read its position");
+                }
+            }
+        }
+        let now = Instant::now();
+        let staleness = view.freshness.staleness(now);
+        let stale = view.freshness.is_stale(now);
+        view.metrics
+            .staleness_seconds
+            .set(staleness.map_or(-1.0, |s| s.as_secs_f64()));
+        view.metrics.stale.set(i64::from(stale));
+        match (stale, staleness) {
+            (false, _) => readiness.ready(READINESS_CHECK),
+            (true, None) => readiness.not_ready(READINESS_CHECK, "catching up on identity.changes"),
+            (true, Some(s)) => readiness.not_ready(
+                READINESS_CHECK,
+                &format!(
+                    "identity view last confirmed {:.1}s ago (bound {:?}); unknown keys fail closed",
+                    s.as_secs_f64(),
+                    config.max_staleness
+                ),
+            ),
+        }
+        if was_stale != Some(stale) {
+            if stale && was_stale.is_some() {
+                tracing::error!(staleness = ?staleness, bound = ?config.max_staleness, "Identity view is stale; unknown keys fail closed");
+            } else if !stale {
+                tracing::info!("Identity view is caught up");
+            }
+            was_stale = Some(stale);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use schemas::events::{ApiKey, Tenant};
+
+    fn tenant(id: &str, status: TenantStatus, rate: i32, burst: i32) -> IdentityChange {
+        IdentityChange {
+            entity_id: format!("tenant:{id}"),
+            changed_at_ms: 0,
+            tenant: Some(Tenant {
+                id: id.into(),
+                name: id.into(),
+                status,
+                rate_limit_per_second: rate,
+                burst,
+                created_at_ms: 0,
+            }),
+            api_key: None,
+        }
+    }
+
+    /// Issues a key for `tenant_id`: its change record and the full key string.
+    fn key(tenant_id: &str, status: KeyStatus) -> (IdentityChange, String) {
+        let issued = keys::issue();
+        let change = IdentityChange {
+            entity_id: format!("key:{}", issued.key_id),
+            changed_at_ms: 0,
+            tenant: None,
+            api_key: Some(ApiKey {
+                key_id: issued.key_id.clone(),
+                tenant_id: tenant_id.into(),
+                salt: issued.salt,
+                secret_hash: issued.secret_hash.to_vec(),
+                status,
+                created_at_ms: 0,
+            }),
+        };
+        (change, issued.api_key)
+    }
+
+    fn revoked(change: &IdentityChange) -> IdentityChange {
+        let mut change = change.clone();
+        if let Some(k) = change.api_key.as_mut() {
+            k.status = KeyStatus::Revoked;
+        }
+        change
+    }
+
+    fn fresh_view() -> IdentityView {
+        let view = IdentityView::in_memory(&AuthConfig::default()).unwrap();
+        view.confirm_fresh();
+        view
+    }
+
+    #[test]
+    fn a_key_authenticates_as_its_tenant_from_the_cache_after_the_first_call() {
+        let view = fresh_view();
+        view.apply(
+            "tenant:a",
+            Some(&tenant("a", TenantStatus::Active, 1000, 1000)),
+        );
+        let (change, api_key) = key("a", KeyStatus::Active);
+        view.apply(&change.entity_id, Some(&change));
+        let key_id = change.api_key.as_ref().unwrap().key_id.as_str();
+        for _ in 0..3 {
+            let principal = view.authenticate(&api_key).unwrap();
+            assert_eq!((&*principal.tenant_id, &*principal.key_id), ("a", key_id));
+        }
+        assert_eq!(view.metrics.cache_misses.get(), 1);
+        assert_eq!(view.metrics.cache_hits.get(), 2);
+    }
+
+    #[test]
+    fn a_wrong_secret_is_refused_on_a_hit_and_on_a_miss() {
+        let view = fresh_view();
+        view.apply(
+            "tenant:a",
+            Some(&tenant("a", TenantStatus::Active, 1000, 1000)),
+        );
+        let (change, api_key) = key("a", KeyStatus::Active);
+        view.apply(&change.entity_id, Some(&change));
+        let last = api_key.chars().last().unwrap();
+        let wrong = format!(
+            "{}{}",
+            &api_key[..api_key.len() - 1],
+            if last == '0' { '1' } else { '0' }
+        );
+        assert_eq!(view.authenticate(&wrong), Err(AuthError::InvalidKey));
+        view.authenticate(&api_key).unwrap();
+        assert_eq!(view.authenticate(&wrong), Err(AuthError::InvalidKey));
+        assert_eq!(
+            view.authenticate("imgp_garbage"),
+            Err(AuthError::InvalidKey)
+        );
+    }
+
+    #[test]
+    fn revocation_and_deletion_invalidate_the_cached_key_at_once() {
+        let view = fresh_view();
+        view.apply(
+            "tenant:a",
+            Some(&tenant("a", TenantStatus::Active, 1000, 1000)),
+        );
+        let (k1, key1) = key("a", KeyStatus::Active);
+        let (k2, key2) = key("a", KeyStatus::Active);
+        view.apply(&k1.entity_id, Some(&k1));
+        view.apply(&k2.entity_id, Some(&k2));
+        view.authenticate(&key1).unwrap();
+        view.authenticate(&key2).unwrap();
+        view.apply(&k1.entity_id, Some(&revoked(&k1)));
+        assert_eq!(view.authenticate(&key1), Err(AuthError::InvalidKey));
+        view.authenticate(&key2).unwrap();
+        view.apply(&k2.entity_id, None);
+        assert_eq!(view.authenticate(&key2), Err(AuthError::InvalidKey));
+    }
+
+    #[test]
+    fn tenant_changes_invalidate_all_its_keys_and_only_its_keys() {
+        let view = fresh_view();
+        view.apply(
+            "tenant:a",
+            Some(&tenant("a", TenantStatus::Active, 1000, 1000)),
+        );
+        view.apply(
+            "tenant:b",
+            Some(&tenant("b", TenantStatus::Active, 1000, 1000)),
+        );
+        let (ka, key_a) = key("a", KeyStatus::Active);
+        let (kb, key_b) = key("b", KeyStatus::Active);
+        view.apply(&ka.entity_id, Some(&ka));
+        view.apply(&kb.entity_id, Some(&kb));
+        view.authenticate(&key_a).unwrap();
+        view.authenticate(&key_b).unwrap();
+
+        view.apply(
+            "tenant:a",
+            Some(&tenant("a", TenantStatus::Suspended, 1000, 1000)),
+        );
+        assert_eq!(view.authenticate(&key_a), Err(AuthError::Forbidden));
+        assert_eq!(&*view.authenticate(&key_b).unwrap().tenant_id, "b");
+
+        view.apply(
+            "tenant:a",
+            Some(&tenant("a", TenantStatus::Active, 1000, 1000)),
+        );
+        view.authenticate(&key_a).unwrap();
+
+        // Deleting the tenant stops its keys even before their own tombstones arrive.
+        view.apply("tenant:a", None);
+        assert_eq!(view.authenticate(&key_a), Err(AuthError::InvalidKey));
+        view.authenticate(&key_b).unwrap();
+    }
+
+    #[test]
+    fn the_tenant_quota_applies_across_its_keys() {
+        let view = fresh_view();
+        view.apply("tenant:a", Some(&tenant("a", TenantStatus::Active, 1, 2)));
+        let (k1, key1) = key("a", KeyStatus::Active);
+        let (k2, key2) = key("a", KeyStatus::Active);
+        view.apply(&k1.entity_id, Some(&k1));
+        view.apply(&k2.entity_id, Some(&k2));
+        view.authenticate(&key1).unwrap();
+        view.authenticate(&key2).unwrap();
+        match view.authenticate(&key1) {
+            Err(AuthError::RateLimited { retry_after }) => {
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
+            }
+            other => panic!("expected a rate limit, got {other:?}"),
+        }
+        // Raising the quota takes effect at once.
+        view.apply(
+            "tenant:a",
+            Some(&tenant("a", TenantStatus::Active, 1_000_000, 10)),
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        view.authenticate(&key1).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_fail_closed_only_while_the_view_is_stale() {
+        let config = AuthConfig {
+            max_staleness: Duration::from_millis(50),
+            watermark_interval: Duration::from_millis(10),
+            ..AuthConfig::default()
+        };
+        let view = IdentityView::in_memory(&config).unwrap();
+        view.apply(
+            "tenant:a",
+            Some(&tenant("a", TenantStatus::Active, 1000, 1000)),
+        );
+        let (known, known_key) = key("a", KeyStatus::Active);
+        view.apply(&known.entity_id, Some(&known));
+        let (_, unknown_key) = key("a", KeyStatus::Active);
+        // Never caught up: unknown keys are unavailable, known ones still work.
+        assert!(!view.is_caught_up());
+        assert_eq!(view.authenticate(&unknown_key), Err(AuthError::Unavailable));
+        view.authenticate(&known_key).unwrap();
+        view.confirm_fresh();
+        assert!(view.is_caught_up());
+        assert_eq!(view.authenticate(&unknown_key), Err(AuthError::InvalidKey));
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(view.authenticate(&unknown_key), Err(AuthError::Unavailable));
+        view.authenticate(&known_key).unwrap();
+        // Malformed keys need no view to be refused.
+        assert_eq!(view.authenticate("nope"), Err(AuthError::InvalidKey));
+    }
+
+    #[test]
+    fn the_snapshot_reflects_applied_changes() {
+        let view = fresh_view();
+        view.apply("tenant:a", Some(&tenant("a", TenantStatus::Active, 1, 1)));
+        let (k, _) = key("a", KeyStatus::Active);
+        view.apply(&k.entity_id, Some(&revoked(&k)));
+        let snapshot = view.snapshot();
+        assert_eq!(snapshot["tenant:a"], "Active");
+        assert_eq!(snapshot[&k.entity_id], "a Revoked");
+        view.apply(&k.entity_id, None);
+        view.apply("tenant:a", None);
+        assert!(view.snapshot().is_empty());
+    }
+
+    #[tokio::test]
+    async fn wait_caught_up_resolves_on_the_first_confirmation() {
+        let view = Arc::new(IdentityView::in_memory(&AuthConfig::default()).unwrap());
+        let waiter = tokio::spawn({
+            let view = view.clone();
+            async move { view.wait_caught_up().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        view.confirm_fresh();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -1,0 +1,578 @@
+//! The admin HTTP API. Every route needs `Authorization: Bearer <identity.admin_token>`; every
+//! error is `application/problem+json` `{code, message, request_id}` with a stable `code`.
+//!
+//! | route | |
+//! |---|---|
+//! | `POST /admin/v1/tenants` | create `{name, rate_limit_per_second?, burst?}` → 201 |
+//! | `GET /admin/v1/tenants/{id}` | read |
+//! | `PATCH /admin/v1/tenants/{id}` | `{name?, status? (active/suspended), rate_limit_per_second?, burst?}` |
+//! | `DELETE /admin/v1/tenants/{id}` | delete the tenant and all its keys → 204 |
+//! | `POST /admin/v1/tenants/{id}/keys` | issue a key → 201 `{key_id, api_key, …}` (shown once) |
+//! | `GET /admin/v1/tenants/{id}/keys` | list (no secrets, no hashes) |
+//! | `DELETE /admin/v1/keys/{key_id}` | revoke → 204 |
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use schemas::events::{ApiKey, KeyStatus, Tenant, TenantStatus};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tower::ServiceBuilder;
+
+use super::config::{IdentityConfig, MAX_RATE_LIMIT};
+use super::metrics::IdentityMetrics;
+use super::store::{IdentityStore, StoreError, TenantUpdate};
+
+/// Header carrying the request id, taken from the caller if present.
+const REQUEST_ID: &str = "x-request-id";
+/// Longest tenant name.
+const MAX_NAME_CHARS: usize = 200;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    store: Arc<IdentityStore>,
+    /// SHA-256 of the admin token: comparing digests keeps the comparison constant-time even
+    /// in the token's length.
+    admin_token_digest: [u8; 32],
+    default_rate_limit_per_second: i32,
+    default_burst: i32,
+    request_timeout: Duration,
+    max_body_bytes: usize,
+    concurrency_limit: usize,
+    metrics: IdentityMetrics,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State over `store`, with the admin token and limits from `config`.
+    pub fn new(
+        store: Arc<IdentityStore>,
+        config: &IdentityConfig,
+        metrics: IdentityMetrics,
+    ) -> Self {
+        Self {
+            store,
+            admin_token_digest: Sha256::digest(config.admin_token.as_bytes()).into(),
+            default_rate_limit_per_second: config.default_rate_limit_per_second,
+            default_burst: config.default_burst,
+            request_timeout: config.request_timeout,
+            max_body_bytes: config.max_body_bytes,
+            concurrency_limit: config.concurrency_limit,
+            metrics,
+        }
+    }
+
+    /// The store behind the routes.
+    pub fn store(&self) -> &Arc<IdentityStore> {
+        &self.store
+    }
+}
+
+/// The admin router.
+pub fn app(state: AppState) -> Router {
+    let limits = ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(
+            |_: tower::BoxError| async {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many admin requests in flight; retry shortly",
+                )
+            },
+        ))
+        .load_shed()
+        .concurrency_limit(state.concurrency_limit);
+    Router::new()
+        .route("/admin/v1/tenants", post(create_tenant))
+        .route(
+            "/admin/v1/tenants/{tenant_id}",
+            get(get_tenant).patch(update_tenant).delete(delete_tenant),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant_id}/keys",
+            post(issue_key).get(list_keys),
+        )
+        .route("/admin/v1/keys/{key_id}", delete(revoke_key))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            state.request_timeout,
+        ))
+        .layer(limits)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
+        .with_state(state)
+}
+
+/// The one HTTP error type. Rendered to a problem body by [`request_context`], which knows the
+/// request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+    }
+}
+
+/// The problem fields, handed from a response to [`request_context`] as an extension.
+#[derive(Debug, Clone)]
+struct Problem {
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = self.status.into_response();
+        response.extensions_mut().insert(Problem {
+            code: self.code,
+            message: self.message,
+        });
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::TenantNotFound => {
+                Self::new(StatusCode::NOT_FOUND, "tenant_not_found", "no such tenant")
+            }
+            StoreError::KeyNotFound => {
+                Self::new(StatusCode::NOT_FOUND, "key_not_found", "no such API key")
+            }
+            StoreError::Fenced => Self::new(
+                StatusCode::CONFLICT,
+                "fenced",
+                "this identity instance was replaced by a newer one and can no longer write; \
+                 send admin requests to the current instance",
+            ),
+            // The detail is in the log; the body says only what the caller can act on.
+            StoreError::Unavailable(_) | StoreError::Broken(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "identity_unavailable",
+                "identity changes cannot be written right now; retry shortly",
+            ),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            // Serde's message names the field or value; it describes the caller's own input.
+            JsonRejection::JsonDataError(e) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
+            }
+            JsonRejection::JsonSyntaxError(e) => {
+                Self::new(StatusCode::BAD_REQUEST, "malformed_body", e.body_text())
+            }
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "request body too large",
+                )
+            }
+            other => Self::new(StatusCode::BAD_REQUEST, "malformed_body", other.body_text()),
+        }
+    }
+}
+
+/// `Json` whose rejections are problems.
+#[derive(Debug, FromRequest)]
+#[from_request(via(Json), rejection(ApiError))]
+struct AdminJson<T>(T);
+
+/// Request id, metrics, and problem rendering for every response.
+async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().clone();
+    let mut response = next.run(request).await;
+    let status = response.status();
+    let problem = response.extensions_mut().remove::<Problem>().or_else(|| {
+        // Responses axum makes itself (405, a timeout) get a problem body too.
+        (status.is_client_error() || status.is_server_error()).then(|| Problem {
+            code: match status {
+                StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+                StatusCode::NOT_FOUND => "not_found",
+                StatusCode::SERVICE_UNAVAILABLE => "timeout",
+                _ => "error",
+            },
+            message: status.canonical_reason().unwrap_or("error").to_owned(),
+        })
+    });
+    if let Some(problem) = problem {
+        let body = serde_json::json!({
+            "code": problem.code,
+            "message": problem.message,
+            "request_id": request_id,
+        });
+        let headers = std::mem::take(response.headers_mut());
+        response = (status, Json(body)).into_response();
+        for (name, value) in &headers {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+        .inc();
+    state
+        .metrics
+        .request_duration
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Refuses requests without the admin token. The token is compared as a SHA-256 digest in
+/// constant time and never logged.
+async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing admin bearer token",
+        )
+        .into_response(),
+        Some(token) => {
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            if bool::from(digest.ct_eq(&state.admin_token_digest)) {
+                next.run(request).await
+            } else {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "invalid admin token",
+                )
+                .into_response()
+            }
+        }
+    }
+}
+
+/// A tenant as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TenantBody {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// `active` or `suspended`.
+    pub status: StatusValue,
+    /// Sustained requests per second.
+    pub rate_limit_per_second: i32,
+    /// Burst size.
+    pub burst: i32,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// A key as listings show it: no secret, no hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyBody {
+    /// Public id.
+    pub key_id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// `active` or `revoked`.
+    pub status: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// A newly issued key, with the full key string shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IssuedKeyBody {
+    /// Public id.
+    pub key_id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// The key to put in `Authorization: Bearer …`; not retrievable later.
+    pub api_key: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// A tenant's keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyList {
+    /// Oldest first, revoked ones included.
+    pub keys: Vec<KeyBody>,
+}
+
+/// Tenant status on the wire.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusValue {
+    /// May call the api.
+    Active,
+    /// Refused with 403.
+    Suspended,
+}
+
+impl From<TenantStatus> for StatusValue {
+    fn from(status: TenantStatus) -> Self {
+        match status {
+            TenantStatus::Active => Self::Active,
+            TenantStatus::Suspended => Self::Suspended,
+        }
+    }
+}
+
+impl From<StatusValue> for TenantStatus {
+    fn from(status: StatusValue) -> Self {
+        match status {
+            StatusValue::Active => Self::Active,
+            StatusValue::Suspended => Self::Suspended,
+        }
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+impl From<Tenant> for TenantBody {
+    fn from(t: Tenant) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            status: t.status.into(),
+            rate_limit_per_second: t.rate_limit_per_second,
+            burst: t.burst,
+            created_at: rfc3339(t.created_at_ms),
+        }
+    }
+}
+
+impl From<ApiKey> for KeyBody {
+    fn from(k: ApiKey) -> Self {
+        Self {
+            key_id: k.key_id,
+            tenant_id: k.tenant_id,
+            status: match k.status {
+                KeyStatus::Active => "active",
+                KeyStatus::Revoked => "revoked",
+            }
+            .to_owned(),
+            created_at: rfc3339(k.created_at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    name: String,
+    rate_limit_per_second: Option<i32>,
+    burst: Option<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchTenant {
+    name: Option<String>,
+    status: Option<StatusValue>,
+    rate_limit_per_second: Option<i32>,
+    burst: Option<i32>,
+}
+
+fn check_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::invalid(format!(
+            "name must be 1 to {MAX_NAME_CHARS} characters"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+fn check_quota(field: &str, value: i32) -> Result<i32, ApiError> {
+    if (1..=MAX_RATE_LIMIT).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid(format!(
+            "{field} must be between 1 and {MAX_RATE_LIMIT}"
+        )))
+    }
+}
+
+/// Runs a write to completion even if the request is dropped (client gone, timeout): an
+/// abandoned future would leave the transactional producer mid-transaction.
+async fn detached<T: Send + 'static>(
+    write: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(write).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(error) => {
+            tracing::error!(%error, "Identity write task failed");
+            Err(ApiError::from(StoreError::Unavailable(error.to_string())))
+        }
+    }
+}
+
+async fn create_tenant(
+    State(state): State<AppState>,
+    AdminJson(body): AdminJson<CreateTenant>,
+) -> Result<(StatusCode, Json<TenantBody>), ApiError> {
+    let name = check_name(&body.name)?;
+    let rate = check_quota(
+        "rate_limit_per_second",
+        body.rate_limit_per_second
+            .unwrap_or(state.default_rate_limit_per_second),
+    )?;
+    let burst = check_quota("burst", body.burst.unwrap_or(state.default_burst))?;
+    let store = state.store.clone();
+    let tenant = detached(async move { store.create_tenant(name, rate, burst).await }).await?;
+    tracing::info!(tenant_id = %tenant.id, "Tenant created");
+    Ok((StatusCode::CREATED, Json(tenant.into())))
+}
+
+async fn get_tenant(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<TenantBody>, ApiError> {
+    Ok(Json(state.store.tenant(&tenant_id)?.into()))
+}
+
+async fn update_tenant(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    AdminJson(body): AdminJson<PatchTenant>,
+) -> Result<Json<TenantBody>, ApiError> {
+    let update = TenantUpdate {
+        name: body.name.as_deref().map(check_name).transpose()?,
+        status: body.status.map(TenantStatus::from),
+        rate_limit_per_second: body
+            .rate_limit_per_second
+            .map(|v| check_quota("rate_limit_per_second", v))
+            .transpose()?,
+        burst: body.burst.map(|v| check_quota("burst", v)).transpose()?,
+    };
+    let store = state.store.clone();
+    let id = tenant_id.clone();
+    let tenant = detached(async move { store.update_tenant(&id, update).await }).await?;
+    tracing::info!(%tenant_id, status = ?tenant.status, "Tenant updated");
+    Ok(Json(tenant.into()))
+}
+
+async fn delete_tenant(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let store = state.store.clone();
+    let id = tenant_id.clone();
+    detached(async move { store.delete_tenant(&id).await }).await?;
+    tracing::info!(%tenant_id, "Tenant deleted with its keys");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn issue_key(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> Result<(StatusCode, Json<IssuedKeyBody>), ApiError> {
+    let store = state.store.clone();
+    let issued = detached(async move { store.issue_key(&tenant_id).await }).await?;
+    tracing::info!(tenant_id = %issued.key.tenant_id, key_id = %issued.key.key_id, "API key issued");
+    Ok((
+        StatusCode::CREATED,
+        Json(IssuedKeyBody {
+            created_at: rfc3339(issued.key.created_at_ms),
+            key_id: issued.key.key_id,
+            tenant_id: issued.key.tenant_id,
+            api_key: issued.api_key,
+        }),
+    ))
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<KeyList>, ApiError> {
+    let keys = state.store.keys(&tenant_id)?;
+    Ok(Json(KeyList {
+        keys: keys.into_iter().map(KeyBody::from).collect(),
+    }))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    Path(key_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let store = state.store.clone();
+    let id = key_id.clone();
+    detached(async move { store.revoke_key(&id).await }).await?;
+    tracing::info!(%key_id, "API key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
