@@ -16,8 +16,8 @@ pub struct ResizerConfig {
     pub instance_id: String,
     /// Threads of the CPU pool. 0: one per core.
     pub workers: usize,
-    /// Requests decoded and queued or running on the pool at most; past this the resizer stops
-    /// fetching (its partitions are paused) until work drains. 0: four per worker.
+    /// Requests decoded and queued or running on the pool at most; past this the resizer takes
+    /// no more records until work drains. 0: four per worker.
     pub max_in_flight: usize,
     /// Largest encoded input accepted, in bytes.
     pub max_input_bytes: usize,

@@ -19,7 +19,7 @@ pub struct ResizerMetrics {
     pub stage_seconds: HistogramVec,
     /// `imgpipe_resizer_in_flight`: requests on or queued for the CPU pool.
     pub in_flight: IntGauge,
-    /// `imgpipe_resizer_pool_saturated`: 1 while fetching is paused because the pool is full.
+    /// `imgpipe_resizer_pool_saturated`: 1 while no record is taken because the pool is full.
     pub pool_saturated: IntGauge,
     /// `imgpipe_resizer_dlq_records_total`: poison records sent to the DLQ.
     pub dlq_records: IntCounter,
@@ -53,7 +53,7 @@ impl ResizerMetrics {
             in_flight: IntGauge::new("imgpipe_resizer_in_flight", "Requests on the CPU pool.")?,
             pool_saturated: IntGauge::new(
                 "imgpipe_resizer_pool_saturated",
-                "1 while fetching is paused because the pool is full.",
+                "1 while no record is taken because the pool is full.",
             )?,
             dlq_records: IntCounter::new(
                 "imgpipe_resizer_dlq_records_total",
