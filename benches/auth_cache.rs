@@ -3,6 +3,7 @@
 //! without Kafka on an in-memory `IdentityView` holding 10,000 keys.
 //!
 //! `cargo bench --bench auth_cache`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests and benches fail by panicking
 
 use std::hint::black_box;
 

@@ -4,6 +4,7 @@
 //! Photos come from `benches/photos.sh` (Debian photographs, cached, never committed); the
 //! directory is `IMGPIPE_PHOTOS_DIR`, else `${IMGPIPE_CACHE_DIR:-$HOME/.cache/imgpipe}/photos`.
 //! `benches/vs_libvips.sh` runs this and libvips on the same files and prints the ratio.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests and benches fail by panicking
 
 use std::path::PathBuf;
 

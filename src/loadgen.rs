@@ -91,7 +91,9 @@ fn record_into(slot: &mut Option<Histogram<u64>>, value: Duration) {
         *slot = Histogram::new_with_bounds(1, 600_000_000, 3).ok();
     }
     if let Some(histogram) = slot {
-        let us = u64::try_from(value.as_micros()).unwrap_or(u64::MAX).clamp(1, 600_000_000);
+        let us = u64::try_from(value.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, 600_000_000);
         histogram.saturating_record(us);
     }
 }
@@ -116,23 +118,34 @@ impl Totals {
 }
 
 fn ms(h: &Option<Histogram<u64>>, q: f64) -> String {
-    h.as_ref().map_or("-".into(), |h| format!("{:.1}", h.value_at_quantile(q) as f64 / 1000.0))
+    h.as_ref().map_or("-".into(), |h| {
+        format!("{:.1}", h.value_at_quantile(q) as f64 / 1000.0)
+    })
 }
 
 fn load_images(dir: &PathBuf) -> Result<Vec<Vec<u8>>, LoadgenError> {
-    let error = |reason: String| LoadgenError::Images { path: dir.display().to_string(), reason };
+    let error = |reason: String| LoadgenError::Images {
+        path: dir.display().to_string(),
+        reason,
+    };
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| error(e.to_string()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png" | "webp" | "gif")
+                matches!(
+                    e.to_ascii_lowercase().as_str(),
+                    "jpg" | "jpeg" | "png" | "webp" | "gif"
+                )
             })
         })
         .collect();
     paths.sort();
-    let images: Vec<Vec<u8>> =
-        paths.iter().map(std::fs::read).collect::<Result<_, _>>().map_err(|e| error(e.to_string()))?;
+    let images: Vec<Vec<u8>> = paths
+        .iter()
+        .map(std::fs::read)
+        .collect::<Result<_, _>>()
+        .map_err(|e| error(e.to_string()))?;
     if images.is_empty() {
         return Err(error("no .jpg/.png/.webp/.gif files".into()));
     }
@@ -142,22 +155,39 @@ fn load_images(dir: &PathBuf) -> Result<Vec<Vec<u8>>, LoadgenError> {
 /// Runs the load and prints the report.
 pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
     if args.concurrency == 0 {
-        return Err(LoadgenError::Options("--concurrency must be at least 1".into()));
+        return Err(LoadgenError::Options(
+            "--concurrency must be at least 1".into(),
+        ));
     }
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err(LoadgenError::Options("--rate must be a positive number".into()));
+        return Err(LoadgenError::Options(
+            "--rate must be a positive number".into(),
+        ));
     }
     let images = load_images(&args.images)?;
     let client = reqwest::Client::builder()
         .timeout(args.timeout)
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
-    let url = format!("{}/v1/resize?{}", args.url.trim_end_matches('/'), args.query);
+    let url = format!(
+        "{}/v1/resize?{}",
+        args.url.trim_end_matches('/'),
+        args.query
+    );
     let mode = args.rate.map_or_else(
         || format!("closed loop, {} concurrent", args.concurrency),
-        |r| format!("open loop, {r} req/s, at most {} in flight", args.concurrency),
+        |r| {
+            format!(
+                "open loop, {r} req/s, at most {} in flight",
+                args.concurrency
+            )
+        },
     );
-    eprintln!("loadgen: {} images, {mode}, {:?}, {url}", images.len(), args.duration);
+    eprintln!(
+        "loadgen: {} images, {mode}, {:?}, {url}",
+        images.len(),
+        args.duration
+    );
 
     let started = Instant::now();
     let limit = args.requests.unwrap_or(u64::MAX);
@@ -190,7 +220,7 @@ pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
                 totals.record(&sample);
                 window.record(&sample);
             }
-            _ = async { pacer.as_mut().map(|p| p.tick()).expect("guarded").await }, if pacer.is_some() && running => {
+            () = next_tick(&mut pacer), if running => {
                 if in_flight.len() < args.concurrency {
                     let body = images[usize::try_from(sent).unwrap_or(0) % images.len()].clone();
                     in_flight.push(one_request(&client, &url, &args.key, body));
@@ -222,15 +252,30 @@ pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
     Ok(())
 }
 
+/// The pacer's next tick; never, in closed-loop mode (no pacer).
+async fn next_tick(pacer: &mut Option<tokio::time::Interval>) {
+    match pacer {
+        Some(pacer) => {
+            pacer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 fn report(totals: &Totals, elapsed: Duration) {
     let count = totals.count();
-    println!("\nrequests   {count} in {:.1} s = {:.1} req/s ({} ok = {:.1} ok/s)",
+    println!(
+        "\nrequests   {count} in {:.1} s = {:.1} req/s ({} ok = {:.1} ok/s)",
         elapsed.as_secs_f64(),
         count as f64 / elapsed.as_secs_f64(),
         totals.ok(),
-        totals.ok() as f64 / elapsed.as_secs_f64());
+        totals.ok() as f64 / elapsed.as_secs_f64()
+    );
     if totals.dropped > 0 {
-        println!("dropped    {} (the service fell behind the rate; in-flight bound reached)", totals.dropped);
+        println!(
+            "dropped    {} (the service fell behind the rate; in-flight bound reached)",
+            totals.dropped
+        );
     }
     println!("                    p50       p90       p99       max   (ms)");
     for (name, h) in [
@@ -281,7 +326,11 @@ async fn one_request(client: &reqwest::Client, url: &str, key: &str, body: Vec<u
         }
         Err(error) => (format!("transport: {}", error_kind(&error)), None),
     };
-    Sample { latency: started.elapsed(), outcome, work }
+    Sample {
+        latency: started.elapsed(),
+        outcome,
+        work,
+    }
 }
 
 fn error_kind(error: &reqwest::Error) -> &'static str {
@@ -313,7 +362,9 @@ mod tests {
 
     #[test]
     fn resize_work_sums_the_three_stages() {
-        let work = resize_work("queue;dur=0.400, decode;dur=5.100, resize;dur=2.000, encode;dur=3.300, total;dur=14.2");
+        let work = resize_work(
+            "queue;dur=0.400, decode;dur=5.100, resize;dur=2.000, encode;dur=3.300, total;dur=14.2",
+        );
         assert_eq!(work.as_micros(), 10_400);
         assert_eq!(resize_work("total;dur=3"), Duration::ZERO);
     }

@@ -1,6 +1,7 @@
 //! The Docker Compose file cannot be run here (no Docker engine), so this checks what can be
 //! checked: it parses, and it agrees with the local stack and the code on ports, services,
 //! Kafka settings and config variable names.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests and benches fail by panicking
 
 use std::collections::BTreeSet;
 
@@ -10,7 +11,10 @@ fn compose() -> serde_yaml::Value {
         "/compose/docker-compose.yml"
     ))
     .expect("compose/docker-compose.yml exists");
-    serde_yaml::from_str(&text).expect("valid YAML")
+    let mut value: serde_yaml::Value = serde_yaml::from_str(&text).expect("valid YAML");
+    // Resolve `<<: *anchor` merge keys, as docker compose does.
+    value.apply_merge().expect("merge keys resolve");
+    value
 }
 
 fn stack_script() -> String {
@@ -125,6 +129,28 @@ fn kafka_settings_match_the_local_stack() {
             line.split_once('=').map(|(_, v)| v.trim()),
             Some(in_compose.as_str()),
             "{property}"
+        );
+    }
+}
+
+#[test]
+fn each_service_gets_the_settings_it_cannot_start_without() {
+    let compose = compose();
+    let env = |service: &str, key: &str| {
+        compose["services"][service]["environment"][key]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let token =
+        env("identity", "IMGPIPE_IDENTITY__ADMIN_TOKEN").expect("identity needs an admin token");
+    assert!(
+        token.starts_with("${") && token.contains(":?"),
+        "required from the environment, not a default: {token}"
+    );
+    for service in ["api", "aggregator"] {
+        assert!(
+            env(service, "IMGPIPE_CLICKHOUSE__URL").is_some(),
+            "{service} reads ClickHouse"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! The product's core over the real stack: a client's HTTP call is answered with the resized
 //! image although the work happens in the `resizers` group behind Kafka. Covers every fit mode
 //! and format, every error code the api promises, poison input, overload and the deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests and benches fail by panicking
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! Two resizer processes under load, one killed with SIGKILL mid-run: every request still gets
 //! an answer (the image, or a clean problem), none hangs, and no request is billed twice — the
 //! killed resizer's open transaction is aborted and the survivor redoes exactly its work.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests and benches fail by panicking
 
 mod support;
 
@@ -51,8 +52,14 @@ fn spawn_resizer(config: &imgpipe::Config, instance: &str) -> ResizerProcess {
 async fn wait_process_ready(process: &mut ResizerProcess) {
     let url = format!("http://{}/readyz", process.ops);
     for _ in 0..300 {
-        assert!(process.child.try_wait().unwrap().is_none(), "resizer exited while starting");
-        if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+        assert!(
+            process.child.try_wait().unwrap().is_none(),
+            "resizer exited while starting"
+        );
+        if reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -115,8 +122,14 @@ async fn a_resizer_killed_under_load_loses_and_duplicates_nothing() {
                         .await
                         .expect("every request is answered, none hangs");
                     let status = response.status();
-                    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
-                    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+                    let request_id = response.headers()["x-request-id"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned();
+                    let content_type = response.headers()["content-type"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned();
                     let body = response.bytes().await.unwrap();
                     if status == StatusCode::OK {
                         assert_eq!(content_type, "image/webp");
@@ -147,10 +160,11 @@ async fn a_resizer_killed_under_load_loses_and_duplicates_nothing() {
     }
     let elapsed = started.elapsed();
     assert_eq!(answers.len(), REQUESTS);
-    let statuses: HashMap<StatusCode, usize> = answers.iter().fold(HashMap::new(), |mut m, (_, s)| {
-        *m.entry(*s).or_default() += 1;
-        m
-    });
+    let statuses: HashMap<StatusCode, usize> =
+        answers.iter().fold(HashMap::new(), |mut m, (_, s)| {
+            *m.entry(*s).or_default() += 1;
+            m
+        });
     // Only the deadline may turn a request into an error here, and it must not be the norm.
     for status in statuses.keys() {
         assert!(
@@ -158,21 +172,31 @@ async fn a_resizer_killed_under_load_loses_and_duplicates_nothing() {
             "unexpected {status}: {statuses:?}"
         );
     }
-    assert!(statuses.get(&StatusCode::OK).copied().unwrap_or(0) >= REQUESTS * 3 / 4, "{statuses:?}");
+    assert!(
+        statuses.get(&StatusCode::OK).copied().unwrap_or(0) >= REQUESTS * 3 / 4,
+        "{statuses:?}"
+    );
     assert!(elapsed < Duration::from_secs(120), "took {elapsed:?}");
 
     // Exactly once: every answered image has exactly one committed usage record.
     let codec = Codec::new(&config.registry, &config.kafka.namespace);
-    let consumer: StreamConsumer =
-        config.kafka.consumer_config("failover-usage-check").create().unwrap();
-    consumer.subscribe(&[&codec.topic::<UsageRecorded>()]).unwrap();
-    let ok: Vec<&String> =
-        answers.iter().filter(|(_, s)| *s == StatusCode::OK).map(|(id, _)| id).collect();
+    let consumer: StreamConsumer = config
+        .kafka
+        .consumer_config("failover-usage-check")
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&codec.topic::<UsageRecorded>()])
+        .unwrap();
+    let ok: Vec<&String> = answers
+        .iter()
+        .filter(|(_, s)| *s == StatusCode::OK)
+        .map(|(id, _)| id)
+        .collect();
     let mut records: HashMap<String, usize> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ok.iter().all(|id| records.contains_key(*id)) && Instant::now() < deadline {
-        let Ok(Ok(message)) =
-            tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await
+        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await
         else {
             continue;
         };
@@ -180,12 +204,17 @@ async fn a_resizer_killed_under_load_loses_and_duplicates_nothing() {
         *records.entry(usage.request_id).or_default() += 1;
     }
     // Drain what else is committed, so a late duplicate would be seen too.
-    while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+    while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await
+    {
         let usage: UsageRecorded = codec.decode(message.payload().unwrap()).await.unwrap();
         *records.entry(usage.request_id).or_default() += 1;
     }
     for id in &ok {
-        assert_eq!(records.get(*id), Some(&1), "request {id} must be billed exactly once");
+        assert_eq!(
+            records.get(*id),
+            Some(&1),
+            "request {id} must be billed exactly once"
+        );
     }
     let twice: Vec<_> = records.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "double-counted requests: {twice:?}");

@@ -34,7 +34,7 @@ struct Totals {
 }
 
 fn usage(i: usize, now_ms: i64) -> UsageRecorded {
-    let ok = i % 7 != 0;
+    let ok = !i.is_multiple_of(7);
     UsageRecorded {
         request_id: format!("req-{i}"),
         tenant_id: format!("tenant-{}", i % TENANTS),

@@ -51,3 +51,15 @@ pub fn init(config: &TelemetryConfig) {
         LogFormat::Pretty => builder.compact().try_init(),
     };
 }
+
+/// Tracing for tests: written through libtest's capture, so a passing test prints nothing and a
+/// failing one shows the services' log lines next to its assertion.
+pub fn init_for_tests() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log_filter()));
+    let _already_set = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .compact()
+        .try_init();
+}

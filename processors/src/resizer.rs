@@ -604,12 +604,18 @@ impl Worker {
         self.producer.begin_transaction()?;
         let mut deliveries = Vec::with_capacity(outputs.len());
         for out in outputs {
-            let mut record =
-                FutureRecord::to(&out.topic).key(&out.key).payload(&out.payload).headers(out.headers);
+            let mut record = FutureRecord::to(&out.topic)
+                .key(&out.key)
+                .payload(&out.payload)
+                .headers(out.headers);
             if let Some(partition) = out.partition {
                 record = record.partition(partition);
             }
-            deliveries.push(self.producer.send_result(record).map_err(|(error, _)| error)?);
+            deliveries.push(
+                self.producer
+                    .send_result(record)
+                    .map_err(|(error, _)| error)?,
+            );
         }
         // Wait for every record's acknowledgement before committing. rust-rdkafka's
         // commit_transaction first flushes by polling in 100 ms steps, and with a threaded
@@ -625,7 +631,11 @@ impl Worker {
         }
         let mut offsets = TopicPartitionList::new();
         for range in ranges {
-            offsets.add_partition_offset(&self.requests_topic, range.partition, Offset::Offset(range.next))?;
+            offsets.add_partition_offset(
+                &self.requests_topic,
+                range.partition,
+                Offset::Offset(range.next),
+            )?;
         }
         let group = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
         let producer = self.producer.clone();

@@ -109,8 +109,8 @@ impl Hosted {
 
 /// Starts `services` in this process and waits until `/readyz` says ready.
 pub async fn host(mut config: Config, services: &[imgpipe::host::Service]) -> Hosted {
-    // Service logs go to stderr, which the test harness shows for failing tests.
-    chassis::telemetry::init(&config.telemetry);
+    // Service logs go through libtest's capture: shown only for failing tests.
+    chassis::telemetry::init_for_tests();
     let ops = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     config.ops.listen = Some(ops);
     let shutdown = chassis::Shutdown::new();

@@ -8,7 +8,7 @@
 //! - [`params`]: query parameters → the contract's `ResizeParams`.
 //! - [`problem`]: the one HTTP error type.
 //! - [`usage`]: `GET /v1/usage`.
-//! - [`openapi`]: `/openapi.json`.
+//! - [`openapi`]: the `/openapi.json` document.
 
 pub mod config;
 pub mod metrics;
