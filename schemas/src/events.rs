@@ -79,6 +79,33 @@ impl ImageFormat {
         }
     }
 
+    /// The format of an encoded image, from its magic bytes (a client's Content-Type is never
+    /// trusted); `None` for anything imgpipe does not read. The api refuses such bodies with 415
+    /// before producing, and the resizer checks again before decoding.
+    pub fn sniff(bytes: &[u8]) -> Option<Self> {
+        match bytes {
+            [0xFF, 0xD8, 0xFF, ..] => Some(Self::Jpeg),
+            [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some(Self::Png),
+            [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => Some(Self::Gif),
+            [
+                b'R',
+                b'I',
+                b'F',
+                b'F',
+                _,
+                _,
+                _,
+                _,
+                b'W',
+                b'E',
+                b'B',
+                b'P',
+                ..,
+            ] => Some(Self::Webp),
+            _ => None,
+        }
+    }
+
     /// Lower-case short name, as used in query strings and usage records.
     pub fn name(self) -> &'static str {
         match self {

@@ -110,31 +110,6 @@ fn format(value: &str) -> Result<ImageFormat, String> {
     }
 }
 
-/// The input format from the first bytes, or `None` if it is not one we read.
-pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
-    match bytes {
-        [0xFF, 0xD8, 0xFF, ..] => Some(ImageFormat::Jpeg),
-        [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some(ImageFormat::Png),
-        [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => Some(ImageFormat::Gif),
-        [
-            b'R',
-            b'I',
-            b'F',
-            b'F',
-            _,
-            _,
-            _,
-            _,
-            b'W',
-            b'E',
-            b'B',
-            b'P',
-            ..,
-        ] => Some(ImageFormat::Webp),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,15 +153,5 @@ mod tests {
             let error = parse(Some(query)).expect_err(query);
             assert!(error.contains(needle), "{query}: {error}");
         }
-    }
-
-    #[test]
-    fn sniffs_magic_bytes() {
-        assert_eq!(sniff(&[0xFF, 0xD8, 0xFF, 0xE0]), Some(ImageFormat::Jpeg));
-        assert_eq!(sniff(b"\x89PNG\r\n\x1a\nrest"), Some(ImageFormat::Png));
-        assert_eq!(sniff(b"GIF89a..."), Some(ImageFormat::Gif));
-        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Some(ImageFormat::Webp));
-        assert_eq!(sniff(b"BM\0\0"), None);
-        assert_eq!(sniff(b""), None);
     }
 }

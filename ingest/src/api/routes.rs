@@ -162,7 +162,7 @@ async fn handle_resize(
         let problem = Problem::bad_parameters("The request body must be the image.", request_id);
         return Err(refused(problem, 0, None).await);
     }
-    let Some(input_format) = params::sniff(&image) else {
+    let Some(input_format) = ImageFormat::sniff(&image) else {
         let problem = Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",

@@ -24,27 +24,7 @@ pub struct Header {
 
 /// Identifies the format by its magic bytes; the client's Content-Type is never trusted.
 pub fn sniff(input: &[u8]) -> Option<ImageFormat> {
-    match input {
-        [0xFF, 0xD8, 0xFF, ..] => Some(ImageFormat::Jpeg),
-        [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some(ImageFormat::Png),
-        [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => Some(ImageFormat::Gif),
-        [
-            b'R',
-            b'I',
-            b'F',
-            b'F',
-            _,
-            _,
-            _,
-            _,
-            b'W',
-            b'E',
-            b'B',
-            b'P',
-            ..,
-        ] => Some(ImageFormat::Webp),
-        _ => None,
-    }
+    ImageFormat::sniff(input)
 }
 
 /// Sniffs the format and reads the stored dimensions from the header alone.
