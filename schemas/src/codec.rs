@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::{Schema, from_value};
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::schema_registry_common::{
@@ -59,6 +60,7 @@ pub struct Codec {
     encoder: AvroEncoder,
     decoder: AvroDecoder,
     reader_schemas: RwLock<HashMap<&'static str, Arc<Schema>>>,
+    same_schema: RwLock<HashMap<(&'static str, u32), bool>>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -78,6 +80,7 @@ impl Codec {
             registry: registry.clone(),
             namespace: namespace.to_owned(),
             reader_schemas: RwLock::default(),
+            same_schema: RwLock::default(),
         }
     }
 
@@ -110,14 +113,69 @@ impl Codec {
     }
 
     /// Decodes a wire-format record as `E`, resolving the writer's schema against `E`'s.
+    ///
+    /// Fast path: while the writer's schema is the reader's (the usual case between schema
+    /// changes), the body is deserialized straight into `E`; otherwise it goes through Avro's
+    /// generic value and schema resolution.
     pub async fn decode<E: Event>(&self, bytes: &[u8]) -> Result<E, CodecError> {
-        match bytes {
+        let (id, body) = match bytes {
             [] | [_] | [_, _] | [_, _, _] | [_, _, _, _] => {
                 return Err(CodecError::NotWireFormat("shorter than the 5-byte header"));
             }
-            [0, ..] => {}
+            [0, a, b, c, d, body @ ..] => (u32::from_be_bytes([*a, *b, *c, *d]), body),
             _ => return Err(CodecError::NotWireFormat("magic byte is not 0")),
+        };
+        let mismatch = |detail: String| CodecError::SchemaMismatch {
+            expected: std::any::type_name::<E>(),
+            detail,
+        };
+        let writer = self.decoder.get_schema(id).await.map_err(|error| {
+            if error.retriable {
+                CodecError::Registry(self.registry.classify(E::TOPIC, error))
+            } else {
+                CodecError::Undecodable(error.to_string())
+            }
+        })?;
+        let reader = self
+            .reader_schema::<E>()
+            .map_err(|e| mismatch(e.to_string()))?;
+        if self.writer_is_reader::<E>(id, &writer.parsed, &reader) {
+            let datum = GenericDatumReader::builder(&writer.parsed)
+                .build()
+                .map_err(|e| mismatch(e.to_string()))?;
+            let mut body = body;
+            return datum
+                .read_deser::<E>(&mut body)
+                .map_err(|e| CodecError::Undecodable(e.to_string()));
         }
+        self.decode_resolving::<E>(bytes, &reader).await
+    }
+
+    /// Whether schema `id` is `E`'s own schema (same canonical form), remembered per id.
+    fn writer_is_reader<E: Event>(&self, id: u32, writer: &Schema, reader: &Schema) -> bool {
+        let key = (E::TOPIC, id);
+        if let Some(same) = self
+            .same_schema
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return *same;
+        }
+        let same = writer.canonical_form() == reader.canonical_form();
+        self.same_schema
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, same);
+        same
+    }
+
+    /// The general path: writer value, resolved against the reader's schema.
+    async fn decode_resolving<E: Event>(
+        &self,
+        bytes: &[u8],
+        reader: &Schema,
+    ) -> Result<E, CodecError> {
         let decoded = self.decoder.decode(Some(bytes)).await.map_err(|error| {
             if error.retriable {
                 CodecError::Registry(self.registry.classify(E::TOPIC, error))
@@ -129,12 +187,9 @@ impl Codec {
             expected: std::any::type_name::<E>(),
             detail,
         };
-        let reader = self
-            .reader_schema::<E>()
-            .map_err(|e| mismatch(e.to_string()))?;
         let resolved = decoded
             .value
-            .resolve(&reader)
+            .resolve(reader)
             .map_err(|e| mismatch(e.to_string()))?;
         from_value::<E>(&resolved).map_err(|e| mismatch(e.to_string()))
     }
