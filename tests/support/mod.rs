@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 pub mod images;
+pub mod outage;
 
 use imgpipe::Config;
 
