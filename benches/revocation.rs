@@ -1,11 +1,16 @@
 //! Revocation propagation: how long after the identity admin API confirms `DELETE
 //! /admin/v1/keys/{id}` every api instance refuses the key.
 //!
-//! Runs the real identity service (in process, on a local port) and two independent
-//! `IdentityView`s, each with its own consumer, as two api instances have. Issues 200 keys, warms
-//! both views' caches with them, then revokes them one at a time and polls each view until it
-//! answers `InvalidKey`, recording the time from the admin call's return. Needs the local stack
-//! (`compose/local/stack up`) and uses its own namespace.
+//! Runs the real identity service (in process, on a local port), then measures twice:
+//! 1. two independent `IdentityView`s, each with its own consumer, as two api instances have,
+//!    polled directly: the propagation itself;
+//! 2. two whole api instances (each hosted as `imgpipe api` is, with its own HTTP listener, view
+//!    and reply-group membership), polled over HTTP: what a client sees. A valid key with an
+//!    empty body gets 400; a revoked one 401.
+//!
+//! Each phase issues its own keys, warms the caches with them, then revokes them one at a time,
+//! recording the time from the admin call's return until every instance refuses the key. Needs
+//! the local stack (`compose/local/stack up`) and uses its own namespace.
 //!
 //! `cargo bench --bench revocation` (`IMGPIPE_BENCH_KEYS=N` for another count)
 
@@ -156,7 +161,130 @@ async fn run() {
         println!("  {}", summary(&format!("view {i} rejects"), samples));
     }
     println!("  {}", summary("every view rejects", &mut every_instance));
+
+    let apis = start_apis(&config).await;
+    let issued = issue_keys(&http, &url, &tenant_id, keys).await;
+    let warm_until = Instant::now() + GIVE_UP;
+    for api in &apis {
+        for (_, api_key) in &issued {
+            while api_status(&http, *api, api_key).await != 400 {
+                assert!(Instant::now() < warm_until, "keys did not reach the apis");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    let mut per_api: Vec<Vec<Duration>> = vec![Vec::new(); apis.len()];
+    let mut every_api = Vec::new();
+    for (key_id, api_key) in &issued {
+        let status = admin(
+            reqwest::Method::DELETE,
+            format!("/admin/v1/keys/{key_id}"),
+            None,
+        )
+        .await
+        .unwrap()
+        .status();
+        let returned = Instant::now();
+        assert_eq!(status.as_u16(), 204);
+        let mut slowest = Duration::ZERO;
+        let polls = apis.iter().map(|api| async {
+            loop {
+                let status = api_status(&http, *api, api_key).await;
+                let elapsed = returned.elapsed();
+                if status == 401 {
+                    return elapsed;
+                }
+                assert!(
+                    elapsed < GIVE_UP,
+                    "revocation not seen over HTTP within {GIVE_UP:?}"
+                );
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        });
+        for (i, took) in futures::future::join_all(polls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            per_api[i].push(took);
+            slowest = slowest.max(took);
+        }
+        every_api.push(slowest);
+    }
+    println!("revocation propagation, {keys} keys, 2 api instances polled over HTTP");
+    for (i, samples) in per_api.iter_mut().enumerate() {
+        println!("  {}", summary(&format!("api {i} answers 401"), samples));
+    }
+    println!("  {}", summary("every api answers 401", &mut every_api));
     identity_ctx.shutdown.trigger();
+}
+
+/// Two api instances hosted as `imgpipe api` hosts one, on their own ports.
+async fn start_apis(config: &imgpipe::Config) -> Vec<std::net::SocketAddr> {
+    let mut apis = Vec::new();
+    for i in 0..2 {
+        let mut config = config.clone();
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        config.api.listen = free();
+        config.api.instance_id = format!("bench-{i}");
+        config.ops.listen = Some(free());
+        let ops = config.ops.listen.unwrap();
+        apis.push(config.api.listen);
+        tokio::spawn(async move {
+            imgpipe::host::run(config, &[imgpipe::host::Service::Api], Shutdown::new()).await
+        });
+        let started = Instant::now();
+        while !reqwest::get(format!("http://{ops}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "api {i} not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    apis
+}
+
+async fn issue_keys(
+    http: &reqwest::Client,
+    url: &str,
+    tenant_id: &str,
+    keys: usize,
+) -> Vec<(String, String)> {
+    let mut issued = Vec::new();
+    for _ in 0..keys {
+        let body: Value = http
+            .post(format!("{url}/admin/v1/tenants/{tenant_id}/keys"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        issued.push((
+            body["key_id"].as_str().unwrap().to_owned(),
+            body["api_key"].as_str().unwrap().to_owned(),
+        ));
+    }
+    issued
+}
+
+/// The api's status for `api_key` with an empty body: 400 while the key is valid, 401 once not.
+async fn api_status(http: &reqwest::Client, api: std::net::SocketAddr, api_key: &str) -> u16 {
+    http.post(format!("http://{api}/v1/resize?width=1"))
+        .bearer_auth(api_key)
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
 }
 
 /// Defaults pointing at the local stack (`IMGPIPE_TEST_KAFKA` / `IMGPIPE_TEST_REGISTRY` override
