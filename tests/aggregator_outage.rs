@@ -10,8 +10,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use imgpipe::host::Service;
-use rdkafka::producer::FutureRecord;
-use schemas::Codec;
 use schemas::events::{UsageRecorded, UsageSource};
 
 fn record(tenant: &str, i: usize) -> UsageRecorded {
@@ -41,19 +39,8 @@ fn record(tenant: &str, i: usize) -> UsageRecorded {
 }
 
 async fn produce(config: &imgpipe::Config, tenant: &str, range: std::ops::Range<usize>) {
-    let codec = Codec::new(&config.registry, &config.kafka.namespace);
-    let producer = config.kafka.producer().unwrap();
-    let topic = codec.topic::<UsageRecorded>();
-    for i in range {
-        let payload = codec.encode(&record(tenant, i)).await.unwrap();
-        producer
-            .send(
-                FutureRecord::to(&topic).key(tenant).payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
+    let events: Vec<UsageRecorded> = range.map(|i| record(tenant, i)).collect();
+    support::UsageProducer::new(config).send(&events).await;
 }
 
 /// (rows, sum of bytes_in) for `tenant`, straight from the real ClickHouse (not the proxy).

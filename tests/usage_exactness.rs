@@ -15,9 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aggregators::{Granularity, GroupBy, UsageQuery, UsageQueryError, UsageRequest};
 use imgpipe::Config;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use schemas::Codec;
 use schemas::events::{UsageRecorded, UsageSource};
 
 const TENANTS: usize = 5;
@@ -73,46 +71,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-struct Producer {
-    producer: FutureProducer,
-    codec: Codec,
-    topic: String,
-}
-
-impl Producer {
-    fn new(config: &Config) -> Self {
-        let codec = Codec::new(&config.registry, &config.kafka.namespace);
-        Self {
-            producer: config.kafka.producer().unwrap(),
-            topic: codec.topic::<UsageRecorded>(),
-            codec,
-        }
-    }
-
-    async fn send(&self, events: &[UsageRecorded]) {
-        let mut encoded = Vec::with_capacity(events.len());
-        for event in events {
-            encoded.push((
-                event.tenant_id.clone(),
-                self.codec.encode(event).await.unwrap(),
-            ));
-        }
-        self.send_raw(&encoded).await;
-    }
-
-    async fn send_raw(&self, records: &[(String, Vec<u8>)]) {
-        let sends = records.iter().map(|(key, value)| {
-            self.producer.send(
-                FutureRecord::to(&self.topic).key(key).payload(value),
-                Duration::from_secs(10),
-            )
-        });
-        for result in futures::future::join_all(sends).await {
-            result.map_err(|(e, _)| e).unwrap();
-        }
-    }
 }
 
 /// The aggregator as a child process, on its own ops port.
@@ -288,7 +246,7 @@ impl Jitter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn totals_are_exact_after_kills_and_an_operator_replay() {
     let config = support::provisioned("usage_exactness").await;
-    let producer = Producer::new(&config);
+    let producer = support::UsageProducer::new(&config);
     let mut expected: BTreeMap<String, Totals> = BTreeMap::new();
     let base = now_ms();
     let seed = base as u64 | 1;

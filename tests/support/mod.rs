@@ -201,3 +201,48 @@ pub async fn create_tenant_key(
         api_key: key["api_key"].as_str().unwrap().to_owned(),
     }
 }
+
+/// Writes usage records to a test namespace's `usage.events`, as resizers and the api do.
+pub struct UsageProducer {
+    producer: rdkafka::producer::FutureProducer,
+    codec: schemas::Codec,
+    topic: String,
+}
+
+impl UsageProducer {
+    pub fn new(config: &Config) -> Self {
+        let codec = schemas::Codec::new(&config.registry, &config.kafka.namespace);
+        Self {
+            producer: config.kafka.producer().unwrap(),
+            topic: codec.topic::<schemas::events::UsageRecorded>(),
+            codec,
+        }
+    }
+
+    /// Encodes and sends `events` (key = tenant id), waiting for every acknowledgement.
+    pub async fn send(&self, events: &[schemas::events::UsageRecorded]) {
+        let mut encoded = Vec::with_capacity(events.len());
+        for event in events {
+            encoded.push((
+                event.tenant_id.clone(),
+                self.codec.encode(event).await.unwrap(),
+            ));
+        }
+        self.send_raw(&encoded).await;
+    }
+
+    /// Sends `(key, value)` records as they are (poison included).
+    pub async fn send_raw(&self, records: &[(String, Vec<u8>)]) {
+        let sends = records.iter().map(|(key, value)| {
+            self.producer.send(
+                rdkafka::producer::FutureRecord::to(&self.topic)
+                    .key(key)
+                    .payload(value),
+                Duration::from_secs(10),
+            )
+        });
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(e, _)| e).unwrap();
+        }
+    }
+}
