@@ -104,23 +104,7 @@ async fn run() {
     .await
     .unwrap();
     let tenant_id = tenant["id"].as_str().unwrap().to_owned();
-    let mut issued = Vec::new();
-    for _ in 0..keys {
-        let body: Value = admin(
-            reqwest::Method::POST,
-            format!("/admin/v1/tenants/{tenant_id}/keys"),
-            None,
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-        issued.push((
-            body["key_id"].as_str().unwrap().to_owned(),
-            body["api_key"].as_str().unwrap().to_owned(),
-        ));
-    }
+    let issued = issue_keys(&http, &url, &tenant_id, keys).await;
     // Every key accepted (and cached) on both instances before any revocation.
     let warm_until = Instant::now() + GIVE_UP;
     for view in &views {
