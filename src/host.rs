@@ -97,8 +97,7 @@ pub async fn run(
     for &service in services {
         let ctx = ServiceContext {
             readiness: readiness.clone(),
-            metrics: prometheus::Registry::new_custom(None, None)
-                .unwrap_or_else(|_| prometheus::Registry::new()),
+            metrics: prometheus::Registry::new(),
             shutdown: shutdown.clone(),
         };
         registries.push(ctx.metrics.clone());

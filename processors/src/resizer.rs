@@ -67,6 +67,9 @@ pub enum ResizerError {
     /// fatal error: this process must stop so that it cannot write stale results.
     #[error("transactional producer failed fatally (fenced or broken): {0}")]
     Fatal(KafkaError),
+    /// A result could not be encoded for a permanent reason (see `encode_retrying`).
+    #[error("encoding a result: {0}")]
+    Encode(CodecError),
     /// Metrics could not be registered.
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -95,7 +98,6 @@ type JobFuture = std::pin::Pin<Box<dyn Future<Output = (Pending, Option<JobDone>
 struct JobDone {
     result: Result<Resized, JobError>,
     cpu: Duration,
-    started: Instant,
 }
 
 enum JobError {
@@ -250,7 +252,7 @@ impl Worker {
                         Err(error) => tracing::warn!(%error, "Consumer error; retrying"),
                     }
                 }
-                Some((pending, done)) = self.jobs.next() => self.finish(pending, done).await,
+                Some((pending, done)) = self.jobs.next() => self.finish(pending, done).await?,
                 _ = flush_tick.tick() => self.flush().await?,
                 _ = lag_tick.tick() => self.update_lag(),
             }
@@ -267,7 +269,7 @@ impl Worker {
         let deadline = tokio::time::Instant::now() + chassis::shutdown::DRAIN_DEADLINE;
         while !self.jobs.is_empty() {
             match tokio::time::timeout_at(deadline, self.jobs.next()).await {
-                Ok(Some((pending, done))) => self.finish(pending, done).await,
+                Ok(Some((pending, done))) => self.finish(pending, done).await?,
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(abandoned = self.jobs.len(), "Drain deadline passed");
@@ -347,7 +349,6 @@ impl Worker {
         let deadline_ms = pending.request.deadline_at_ms;
         let limits = self.limits;
         self.pool.spawn(move || {
-            let started = Instant::now();
             let cpu = cpu_time::ThreadTime::now();
             let result = if now_ms() > deadline_ms {
                 Err(JobError::DeadlineExceeded)
@@ -358,7 +359,6 @@ impl Worker {
             let _ = tx.send(JobDone {
                 result,
                 cpu: cpu.elapsed(),
-                started,
             });
         });
         self.metrics.in_flight.set(self.jobs.len() as i64 + 1);
@@ -367,9 +367,13 @@ impl Worker {
     }
 
     /// Turns a finished job into its reply and usage record and hands them to the tracker.
-    async fn finish(&mut self, pending: Pending, done: Option<JobDone>) {
+    async fn finish(
+        &mut self,
+        pending: Pending,
+        done: Option<JobDone>,
+    ) -> Result<(), ResizerError> {
         self.metrics.in_flight.set(self.jobs.len() as i64);
-        let Some(done) = done else { return };
+        let Some(done) = done else { return Ok(()) };
         let request = &pending.request;
         let mut timings = StageTimings {
             queue_us: micros(pending.queue),
@@ -419,7 +423,7 @@ impl Worker {
             }
         };
         self.metrics.jobs.with_label_values(&[outcome]).inc();
-        self.observe(&timings, done.started.elapsed());
+        self.observe(&timings);
 
         let status = error.as_ref().map_or(200, |e| e.status);
         let usage = UsageRecorded {
@@ -451,8 +455,8 @@ impl Worker {
             error,
             timings,
         };
-        let reply = self.encode_retrying(&result).await;
-        let usage_payload = self.encode_retrying(&usage).await;
+        let reply = self.encode_retrying(&result).await?;
+        let usage_payload = self.encode_retrying(&usage).await?;
         let mut headers = OwnedHeaders::new();
         if let Some(traceparent) = &pending.traceparent {
             headers = headers.insert(Header {
@@ -478,9 +482,10 @@ impl Worker {
         ];
         self.tracker
             .complete(pending.partition, pending.offset, outputs);
+        Ok(())
     }
 
-    fn observe(&self, timings: &StageTimings, _total: Duration) {
+    fn observe(&self, timings: &StageTimings) {
         for (stage, us) in [
             ("queue", timings.queue_us),
             ("decode", timings.decode_us),
@@ -494,17 +499,23 @@ impl Worker {
         }
     }
 
-    /// Encodes a result; the registry is only needed on first use per schema, so a retry loop
-    /// here only ever waits at start-up while the registry is down.
-    async fn encode_retrying<E: schemas::Event>(&self, event: &E) -> Vec<u8> {
+    /// Encodes a result. The registry is only needed on first use per schema, so retrying only
+    /// ever waits while it is down at start-up. A permanent failure means our own output does
+    /// not fit its schema (a bug, or a registry refusing the schema): no record of this
+    /// partition could ever be committed, so the resizer stops loudly instead of stalling.
+    async fn encode_retrying<E: schemas::Event>(&self, event: &E) -> Result<Vec<u8>, ResizerError> {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.codec.encode(event).await {
-                Ok(bytes) => return bytes,
-                Err(error) => {
-                    tracing::warn!(%error, "Encoding a result failed; retrying");
+                Ok(bytes) => return Ok(bytes),
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(%error, ?delay, "Schema registry unavailable; retrying the encode");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    tracing::error!(%error, topic = E::TOPIC, "Result does not fit its schema; stopping");
+                    return Err(ResizerError::Encode(error));
                 }
             }
         }
