@@ -203,8 +203,10 @@ async fn wait_for_requests(config: &Config, expected: i64, what: &str) {
 }
 
 /// Commits offset 0 for every partition of the group, as an operator's
-/// `kafka-consumer-groups --reset-offsets --to-earliest` would (the group must be stopped).
-fn reset_group_to_earliest(config: &Config) {
+/// `kafka-consumer-groups --reset-offsets --to-earliest` would. Like that tool, it only works
+/// once the group is empty: a member that just left (or was killed and whose session has not
+/// expired yet) makes the broker refuse the commit, so it waits for that, within a bound.
+async fn reset_group_to_earliest(config: &Config) {
     let consumer: BaseConsumer = config
         .kafka
         .consumer_config(aggregators::GROUP_ID)
@@ -219,9 +221,15 @@ fn reset_group_to_earliest(config: &Config) {
         list.add_partition_offset(&topic, p, Offset::Offset(0))
             .unwrap();
     }
-    consumer
-        .commit(&list, rdkafka::consumer::CommitMode::Sync)
-        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(error) = consumer.commit(&list, rdkafka::consumer::CommitMode::Sync) {
+        assert!(
+            Instant::now() < deadline,
+            "the group did not become empty within 30 s: {error}"
+        );
+        eprintln!("group not empty yet ({error}); waiting, as an operator would");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let committed = consumer.committed(Duration::from_secs(10)).unwrap();
     assert!(
         committed
@@ -324,7 +332,7 @@ async fn totals_are_exact_after_kills_and_an_operator_replay() {
     aggregator.stop();
 
     // Operator replay: the group's offsets go back to the beginning; ClickHouse's offsets win.
-    reset_group_to_earliest(&config);
+    reset_group_to_earliest(&config).await;
     let aggregator = Aggregator::start(&config);
     let sentinel: Vec<_> = (next..next + 100).map(|i| usage(i, base)).collect();
     sentinel.iter().for_each(|e| add(&mut expected, e));
