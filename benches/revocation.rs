@@ -84,25 +84,16 @@ async fn run() {
     }
 
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let admin = |method: reqwest::Method, path: String, body: Option<Value>| {
-        let mut request = http
-            .request(method, format!("{url}{path}"))
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send()
-    };
-    let tenant: Value = admin(
-        reqwest::Method::POST,
-        "/admin/v1/tenants".into(),
-        Some(json!({"name": "bench", "rate_limit_per_second": 1_000_000, "burst": 1_000_000})),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let tenant: Value = http
+        .post(format!("{url}/admin/v1/tenants"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "bench", "rate_limit_per_second": 1_000_000, "burst": 1_000_000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let tenant_id = tenant["id"].as_str().unwrap().to_owned();
     let issued = issue_keys(&http, &url, &tenant_id, keys).await;
     // Every key accepted (and cached) on both instances before any revocation.
@@ -117,34 +108,15 @@ async fn run() {
     }
 
     let mut admin_latency = Vec::new();
-    let mut per_view: Vec<Vec<Duration>> = vec![Vec::new(); views.len()];
-    let mut every_instance = Vec::new();
+    let mut views_seen = Propagation::new(views.len());
     for (key_id, api_key) in &issued {
-        let sent = Instant::now();
-        let status = admin(
-            reqwest::Method::DELETE,
-            format!("/admin/v1/keys/{key_id}"),
-            None,
-        )
-        .await
-        .unwrap()
-        .status();
-        let returned = Instant::now();
-        assert_eq!(status.as_u16(), 204);
+        let (sent, returned) = revoke(&http, &url, key_id).await;
         admin_latency.push(returned - sent);
-        let times = poll_all(&views, api_key, returned).await;
-        for (i, t) in times.iter().enumerate() {
-            per_view[i].push(*t);
-        }
-        every_instance.push(times.into_iter().max().unwrap_or_default());
+        views_seen.record(poll_all(&views, api_key, returned).await);
     }
-
     println!("revocation propagation, {keys} keys, 2 api-side views");
     println!("  {}", summary("admin DELETE call", &mut admin_latency));
-    for (i, samples) in per_view.iter_mut().enumerate() {
-        println!("  {}", summary(&format!("view {i} rejects"), samples));
-    }
-    println!("  {}", summary("every view rejects", &mut every_instance));
+    views_seen.print("view", "rejects");
 
     let apis = start_apis(&config).await;
     let issued = issue_keys(&http, &url, &tenant_id, keys).await;
@@ -157,20 +129,9 @@ async fn run() {
             }
         }
     }
-    let mut per_api: Vec<Vec<Duration>> = vec![Vec::new(); apis.len()];
-    let mut every_api = Vec::new();
+    let mut apis_seen = Propagation::new(apis.len());
     for (key_id, api_key) in &issued {
-        let status = admin(
-            reqwest::Method::DELETE,
-            format!("/admin/v1/keys/{key_id}"),
-            None,
-        )
-        .await
-        .unwrap()
-        .status();
-        let returned = Instant::now();
-        assert_eq!(status.as_u16(), 204);
-        let mut slowest = Duration::ZERO;
+        let (_, returned) = revoke(&http, &url, key_id).await;
         let polls = apis.iter().map(|api| async {
             loop {
                 let status = api_status(&http, *api, api_key).await;
@@ -185,22 +146,59 @@ async fn run() {
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
         });
-        for (i, took) in futures::future::join_all(polls)
-            .await
-            .into_iter()
-            .enumerate()
-        {
-            per_api[i].push(took);
-            slowest = slowest.max(took);
-        }
-        every_api.push(slowest);
+        apis_seen.record(futures::future::join_all(polls).await);
     }
     println!("revocation propagation, {keys} keys, 2 api instances polled over HTTP");
-    for (i, samples) in per_api.iter_mut().enumerate() {
-        println!("  {}", summary(&format!("api {i} answers 401"), samples));
-    }
-    println!("  {}", summary("every api answers 401", &mut every_api));
+    apis_seen.print("api", "answers 401");
     identity_ctx.shutdown.trigger();
+}
+
+/// Revokes `key_id` through the admin API; returns when the call was sent and when it returned.
+async fn revoke(http: &reqwest::Client, url: &str, key_id: &str) -> (Instant, Instant) {
+    let sent = Instant::now();
+    let status = http
+        .delete(format!("{url}/admin/v1/keys/{key_id}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let returned = Instant::now();
+    assert_eq!(status.as_u16(), 204);
+    (sent, returned)
+}
+
+/// Per-instance propagation times, and the time until every instance saw each revocation.
+struct Propagation {
+    per_instance: Vec<Vec<Duration>>,
+    every: Vec<Duration>,
+}
+
+impl Propagation {
+    fn new(instances: usize) -> Self {
+        Self {
+            per_instance: vec![Vec::new(); instances],
+            every: Vec::new(),
+        }
+    }
+
+    /// One revocation: how long each instance took, in instance order.
+    fn record(&mut self, times: Vec<Duration>) {
+        for (samples, took) in self.per_instance.iter_mut().zip(&times) {
+            samples.push(*took);
+        }
+        self.every.push(times.into_iter().max().unwrap_or_default());
+    }
+
+    fn print(&mut self, instance: &str, event: &str) {
+        for (i, samples) in self.per_instance.iter_mut().enumerate() {
+            println!("  {}", summary(&format!("{instance} {i} {event}"), samples));
+        }
+        println!(
+            "  {}",
+            summary(&format!("every {instance} {event}"), &mut self.every)
+        );
+    }
 }
 
 /// Two api instances hosted as `imgpipe api` hosts one, on their own ports.
