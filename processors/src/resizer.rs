@@ -486,12 +486,7 @@ impl Worker {
     }
 
     fn observe(&self, timings: &StageTimings) {
-        for (stage, us) in [
-            ("queue", timings.queue_us),
-            ("decode", timings.decode_us),
-            ("resize", timings.resize_us),
-            ("encode", timings.encode_us),
-        ] {
+        for (stage, us) in timings.stages() {
             self.metrics
                 .stage_seconds
                 .with_label_values(&[stage])

@@ -206,6 +206,19 @@ pub struct StageTimings {
     pub encode_us: i64,
 }
 
+impl StageTimings {
+    /// Each stage's name and duration in µs, in pipeline order: the names used by metrics and
+    /// the api's `Server-Timing` header.
+    pub fn stages(&self) -> [(&'static str, i64); 4] {
+        [
+            ("queue", self.queue_us),
+            ("decode", self.decode_us),
+            ("resize", self.resize_us),
+            ("encode", self.encode_us),
+        ]
+    }
+}
+
 /// A reply on `image.results`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResizeResult {

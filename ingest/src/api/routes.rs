@@ -258,13 +258,8 @@ fn reply_response(
     received: Instant,
     produce: Duration,
 ) -> Response {
-    let t = result.timings;
-    for (stage, us) in [
-        ("queue", t.queue_us),
-        ("decode", t.decode_us),
-        ("resize", t.resize_us),
-        ("encode", t.encode_us),
-    ] {
+    let stages = result.timings.stages();
+    for (stage, us) in stages {
         state
             .metrics
             .stage_seconds
@@ -291,12 +286,7 @@ fn reply_response(
         return Problem::new(status, &error.code, error.message, request_id).into_response();
     };
     let mut timing = String::new();
-    for (stage, us) in [
-        ("queue", t.queue_us),
-        ("decode", t.decode_us),
-        ("resize", t.resize_us),
-        ("encode", t.encode_us),
-    ] {
+    for (stage, us) in stages {
         let _ = write!(timing, "{stage};dur={:.3}, ", us as f64 / 1000.0);
     }
     let _ = write!(
