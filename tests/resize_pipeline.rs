@@ -252,6 +252,13 @@ async fn every_error_is_a_clean_problem_with_a_stable_code() {
             "width=10",
             truncated,
             StatusCode::UNPROCESSABLE_ENTITY,
+            "truncated_image",
+        ),
+        (
+            &key,
+            "width=10",
+            b"\xFF\xD8\xFF\xE0 a JPEG in name only".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
             "undecodable_image",
         ),
         (
@@ -317,6 +324,66 @@ async fn every_error_is_a_clean_problem_with_a_stable_code() {
         (status, code.as_str()),
         (StatusCode::FORBIDDEN, "forbidden")
     );
+    p.hosted.stop().await;
+}
+
+/// Outputs the service must not make are refused per request, at once, and the resizer goes on:
+/// a canvas over the output pixel limit is refused from the plan before any pixel is allocated,
+/// and an encoded image bigger than one reply record is a 422 rather than a transaction that can
+/// never commit (which used to burn CPU until the client got a 504 and held up other requests).
+#[tokio::test]
+async fn outputs_over_the_limits_are_refused_at_once_and_the_resizer_moves_on() {
+    let p = pipeline("pipeline_output_limits", ALL, |c| {
+        c.api.max_body_bytes = 1024 * 1024;
+        c.kafka.max_message_bytes = 2 * 1024 * 1024;
+    })
+    .await;
+    let key = p.key.api_key.clone();
+
+    let started = std::time::Instant::now();
+    let tiny = images::encode(&images::rgb(1, 1), ImageFormat::Png);
+    assert!(tiny.len() < 100, "{}", tiny.len());
+    let (status, code) = p
+        .problem(
+            &key,
+            "width=8192&height=8192&fit=fill&enlarge=true",
+            tiny.clone(),
+        )
+        .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "too_many_output_pixels")
+    );
+
+    // Full-entropy noise upscaled to a 2000×2000 PNG: megabytes, over a 2 MiB reply record.
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let noise = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(500, 500, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let [r, g, b, ..] = state.to_le_bytes();
+        image::Rgb([r, g, b])
+    }));
+    let noisy = images::encode(&noise, ImageFormat::Png);
+    let (status, code) = p
+        .problem(&key, "width=2000&enlarge=true&format=png", noisy.clone())
+        .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "output_too_large")
+    );
+    // Answered from one attempt, far inside the 10 s deadline that used to expire.
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    // The partition moved on: the same image at a size that fits, and another request, work.
+    expect_image(
+        p.resize("width=400&format=png", noisy).await,
+        ImageFormat::Png,
+        (400, 400),
+    )
+    .await;
+    expect_image(p.resize("width=8", tiny).await, ImageFormat::Png, (1, 1)).await;
     p.hosted.stop().await;
 }
 

@@ -6,6 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernel::Limits;
 
+/// Room left in a reply record for everything but the image bytes: the Avro envelope (ids,
+/// timings, a few small fields, well under 1 KiB) and Kafka's record and batch overhead, with a
+/// wide margin so a result that passed the kernel's check can always be produced.
+pub const REPLY_ENVELOPE_BYTES: usize = 64 * 1024;
+
 /// How a resizer consumes, works and commits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,6 +30,9 @@ pub struct ResizerConfig {
     pub max_pixels: u64,
     /// Largest output width or height.
     pub max_output_side: u32,
+    /// Largest output, in pixels (width × height of the canvas), checked before allocating;
+    /// at most `max_pixels`.
+    pub max_output_pixels: u64,
     /// Results committed in one Kafka transaction at most.
     pub transaction_max_records: usize,
     /// Longest a finished result waits for its transaction (the latency cost of batching).
@@ -46,6 +54,7 @@ impl Default for ResizerConfig {
             max_input_bytes: limits.max_input_bytes,
             max_pixels: limits.max_pixels,
             max_output_side: limits.max_output_side,
+            max_output_pixels: limits.max_output_pixels,
             transaction_max_records: 64,
             transaction_max_delay: Duration::from_millis(5),
             transaction_timeout: Duration::from_secs(5),
@@ -72,12 +81,14 @@ impl ResizerConfig {
         }
     }
 
-    /// The kernel's limits.
-    pub fn limits(&self) -> Limits {
+    /// The kernel's limits, for replies of at most `max_reply_bytes` encoded bytes.
+    pub fn limits(&self, max_reply_bytes: usize) -> Limits {
         Limits {
             max_input_bytes: self.max_input_bytes,
             max_pixels: self.max_pixels,
             max_output_side: self.max_output_side,
+            max_output_pixels: self.max_output_pixels,
+            max_output_bytes: max_reply_bytes.saturating_sub(REPLY_ENVELOPE_BYTES),
         }
     }
 
@@ -89,8 +100,6 @@ impl ResizerConfig {
         if self.transaction_timeout < Duration::from_secs(1) {
             errors.push("resizer.transaction_timeout must be at least 1s".into());
         }
-        if self.max_pixels == 0 || self.max_input_bytes == 0 {
-            errors.push("resizer.max_pixels and resizer.max_input_bytes must be positive".into());
-        }
+        self.limits(usize::MAX).validate(errors);
     }
 }

@@ -199,7 +199,13 @@ pub async fn run(
         codec: Codec::new(&registry, &kafka.namespace),
         dlq_topic: kafka.name(IMAGE_REQUESTS_DLQ),
         requests_topic,
-        limits: config.limits(),
+        // An image bigger than one record would fail inside the transaction; the kernel refuses
+        // it instead, as a per-request 4xx.
+        limits: config.limits(
+            kafka
+                .max_message_bytes
+                .min(schemas::topics::IMAGE_TOPIC_MAX_MESSAGE_BYTES),
+        ),
         max_in_flight: config.effective_max_in_flight(),
         consumer: Arc::new(consumer),
         producer,

@@ -71,8 +71,7 @@ impl<'a> Source<'a> {
         match self {
             Self::Decoded { image, orientation } => Ok(Decoded { image, orientation }),
             Self::Jpeg { input, orientation } => {
-                let image = decode_jpeg(input, shrink, max_pixels)
-                    .map_err(|e| KernelError::undecodable(ImageFormat::Jpeg, e))?;
+                let image = decode_jpeg(input, shrink, max_pixels).map_err(jpeg_error)?;
                 Ok(Decoded { image, orientation })
             }
         }
@@ -85,6 +84,8 @@ fn decode_jpeg(
     shrink: u32,
     max_pixels: u64,
 ) -> Result<DynamicImage, turbojpeg::Error> {
+    let input = with_end_marker(input);
+    let input = input.as_ref();
     let mut decompressor = Decompressor::new()?;
     decompressor.set_scan_limit(MAX_JPEG_SCANS)?;
     let header = decompressor.read_header(input)?;
@@ -128,12 +129,58 @@ fn decode_jpeg(
     image.ok_or(turbojpeg::Error::OutOfBounds)
 }
 
-/// libjpeg-turbo reports warnings as failures after decoding the whole image. Most warnings mean
-/// lost data (a truncated file decodes with a grey bottom, which we refuse); the one exception is
-/// stray bytes before a marker, which many cameras and editors write and which loses nothing.
-/// The library exposes only the message text, so that is what is matched.
+/// The JPEG end-of-image marker.
+const EOI: [u8; 2] = [0xFF, 0xD9];
+
+/// `input`, with an end-of-image marker appended when it does not end with one.
+///
+/// libjpeg warns "Premature end of JPEG file" both when only the EOI marker is missing (every
+/// scan complete: browsers and libvips show such files) and when the file stops mid-scan (the
+/// rest of the picture is invented grey). With the marker supplied, the first case decodes
+/// without any warning, while a scan cut short still hits the marker while it needs data and
+/// warns "premature end of data segment", which [`jpeg_error`] refuses as truncated. Bytes after
+/// a real EOI (common trailing junk) are never read, so appending is harmless there too.
+fn with_end_marker(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if input.ends_with(&EOI) {
+        std::borrow::Cow::Borrowed(input)
+    } else {
+        let mut repaired = Vec::with_capacity(input.len() + EOI.len());
+        repaired.extend_from_slice(input);
+        repaired.extend_from_slice(&EOI);
+        std::borrow::Cow::Owned(repaired)
+    }
+}
+
+/// libjpeg-turbo reports warnings as failures after decoding the whole image. A warning means
+/// lost data (a truncated or corrupt scan decodes with invented pixels, which we refuse) unless
+/// it is one of these, which lose nothing: stray bytes before a marker (many cameras and editors
+/// write them), and header oddities libjpeg works around (an unknown JFIF revision or Adobe
+/// transform code). The library exposes only the message text, so that is what is matched.
+/// Only the first warning of a decode is reported, so a harmless one can hide a later one; the
+/// end-marker repair above makes the commonest harmless case (no EOI) warning-free instead.
 fn is_harmless_warning(e: &turbojpeg::Error) -> bool {
-    matches!(e, turbojpeg::Error::TurboJpegError(msg) if msg.contains("extraneous bytes before marker"))
+    const HARMLESS: [&str; 3] = [
+        "extraneous bytes before marker",
+        "unknown JFIF revision number",
+        "Unknown Adobe color transform code",
+    ];
+    matches!(e, turbojpeg::Error::TurboJpegError(msg) if HARMLESS.iter().any(|h| msg.contains(h)))
+}
+
+/// Sorts a libjpeg-turbo failure: data that ends before the last scan is complete is
+/// `truncated_image`; anything else the decoder refused is `undecodable_image`.
+fn jpeg_error(e: turbojpeg::Error) -> KernelError {
+    match &e {
+        turbojpeg::Error::TurboJpegError(msg)
+            if msg.contains("premature end of data segment")
+                || msg.contains("Premature end of JPEG file") =>
+        {
+            KernelError::Truncated {
+                detail: msg.clone(),
+            }
+        }
+        _ => KernelError::undecodable(ImageFormat::Jpeg, e),
+    }
 }
 
 /// Full decode with `image` (first frame only for GIF and animated WebP), with its allocation

@@ -32,6 +32,64 @@ pub struct Rect {
     pub h: f64,
 }
 
+/// A rectangle of whole pixels that lies inside the image it was made for: `x + w <= width`,
+/// `y + h <= height`, `w, h >= 1`. The only constructor, [`PixelRect::within`], clamps, so a crop
+/// handed to the resampler can never reach past the decoded edge, whatever the rounding of the
+/// plan or of a shrink-on-load factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelRect {
+    x: u32,
+    y: u32,
+    w: u32,
+    h: u32,
+}
+
+impl PixelRect {
+    /// Snaps `rect` (in source pixels), scaled by `scale` (decoded ÷ source pixels per axis), to
+    /// whole pixels of an image of `bounds` (both ≥ 1) and clamps it inside.
+    ///
+    /// Edges are rounded to the nearest pixel edge independently, so the error is at most half a
+    /// pixel at each edge: after shrink-on-load the decoded crop is still at least the output
+    /// size, so that is at most about one output pixel over the whole crop.
+    pub fn within(rect: Rect, scale: (f64, f64), bounds: (u32, u32)) -> Self {
+        let axis = |start: f64, len: f64, scale: f64, bound: u32| -> (u32, u32) {
+            // `as` saturates (and maps NaN to 0), so every value lands in 0..=bound.
+            let snap = |v: f64| ((v * scale).round().max(0.0) as u32).min(bound);
+            let lo = snap(start).min(bound - 1);
+            let hi = snap(start + len).max(lo + 1);
+            (lo, hi - lo)
+        };
+        let (x, w) = axis(rect.x, rect.w, scale.0, bounds.0.max(1));
+        let (y, h) = axis(rect.y, rect.h, scale.1, bounds.1.max(1));
+        Self { x, y, w, h }
+    }
+
+    /// Whether this is all of an image of `bounds`.
+    pub fn is_whole(&self, bounds: (u32, u32)) -> bool {
+        (self.x, self.y, self.w, self.h) == (0, 0, bounds.0, bounds.1)
+    }
+
+    /// Left edge, in pixels.
+    pub fn x(&self) -> u32 {
+        self.x
+    }
+
+    /// Top edge, in pixels.
+    pub fn y(&self) -> u32 {
+        self.y
+    }
+
+    /// Width, in pixels (≥ 1).
+    pub fn width(&self) -> u32 {
+        self.w
+    }
+
+    /// Height, in pixels (≥ 1).
+    pub fn height(&self) -> u32 {
+        self.h
+    }
+}
+
 /// How one image is produced.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Plan {
@@ -483,6 +541,144 @@ mod tests {
             assert_eq!(swaps_axes(o), w < h, "{o:?}");
         }
         assert_eq!(upright_size((40, 30), Orientation::Rotate90), (30, 40));
+    }
+
+    const ORIENTATIONS: [Orientation; 8] = [
+        Orientation::NoTransforms,
+        Orientation::FlipHorizontal,
+        Orientation::FlipVertical,
+        Orientation::Rotate180,
+        Orientation::Rotate90,
+        Orientation::Rotate270,
+        Orientation::Rotate90FlipH,
+        Orientation::Rotate270FlipH,
+    ];
+
+    /// The decoded size libjpeg produces at `1/denom` scale: each side rounded up.
+    fn scaled(side: u32, denom: u32) -> u32 {
+        side.div_ceil(denom)
+    }
+
+    /// Exhaustive over small sizes: every source size × box × fit × enlarge × orientation ×
+    /// shrink-on-load factor gives a crop inside the decoded image, at least one pixel, and within
+    /// one decoded pixel of the exact (fractional) crop on every edge.
+    #[test]
+    fn every_crop_lies_inside_the_decoded_image() {
+        let sides = (1..=40).chain([63, 64, 65, 127, 255, 511, 735, 1500]);
+        let sources: Vec<(u32, u32)> = sides
+            .clone()
+            .flat_map(|w| [1, 2, 3, 7, 8, 9, 31, 735].map(move |h| (w, h)))
+            .collect();
+        let boxes = [1, 2, 3, 5, 7, 13, 33, 300];
+        let mut checked = 0u64;
+        for &stored in &sources {
+            for orientation in ORIENTATIONS {
+                let upright = upright_size(stored, orientation);
+                for &bw in &boxes {
+                    for &bh in &boxes {
+                        for fit in [Fit::Inside, Fit::Cover, Fit::Contain, Fit::Fill] {
+                            for enlarge in [false, true] {
+                                let t = Target {
+                                    enlarge,
+                                    ..target(Some(bw), Some(bh), fit)
+                                };
+                                let p = plan(upright, &t);
+                                let crop = rect_to_stored(p.crop, orientation, stored);
+                                for denom in [1, 2, 4, 8] {
+                                    let bounds = (scaled(stored.0, denom), scaled(stored.1, denom));
+                                    let scale = (
+                                        f64::from(bounds.0) / f64::from(stored.0),
+                                        f64::from(bounds.1) / f64::from(stored.1),
+                                    );
+                                    let r = PixelRect::within(crop, scale, bounds);
+                                    let case = || {
+                                        format!(
+                                            "{stored:?} {orientation:?} box {bw}x{bh} {fit:?} \
+                                         enlarge={enlarge} 1/{denom}: {crop:?} -> {r:?}"
+                                        )
+                                    };
+                                    assert!(r.width() >= 1 && r.height() >= 1, "{}", case());
+                                    assert!(r.x() + r.width() <= bounds.0, "{}", case());
+                                    assert!(r.y() + r.height() <= bounds.1, "{}", case());
+                                    let edges = [
+                                        (f64::from(r.x()), crop.x * scale.0),
+                                        (f64::from(r.x() + r.width()), (crop.x + crop.w) * scale.0),
+                                        (f64::from(r.y()), crop.y * scale.1),
+                                        (
+                                            f64::from(r.y() + r.height()),
+                                            (crop.y + crop.h) * scale.1,
+                                        ),
+                                    ];
+                                    for (got, exact) in edges {
+                                        assert!((got - exact).abs() <= 1.0, "{}", case());
+                                    }
+                                    checked += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 1_000_000, "{checked} cases");
+    }
+
+    #[test]
+    fn pixel_rects_clamp_whatever_they_are_given() {
+        let bounds = (10, 5);
+        let cases = [
+            // Past the right and bottom edges by a rounding step.
+            (
+                Rect {
+                    x: 0.0,
+                    y: 0.0,
+                    w: 10.000_000_1,
+                    h: 5.4,
+                },
+                (0, 0, 10, 5),
+            ),
+            // Entirely outside: the last pixel.
+            (
+                Rect {
+                    x: 50.0,
+                    y: 50.0,
+                    w: 3.0,
+                    h: 3.0,
+                },
+                (9, 4, 1, 1),
+            ),
+            // Negative, empty and NaN.
+            (
+                Rect {
+                    x: -3.0,
+                    y: f64::NAN,
+                    w: 0.0,
+                    h: f64::NAN,
+                },
+                (0, 0, 1, 1),
+            ),
+        ];
+        for (rect, (x, y, w, h)) in cases {
+            let r = PixelRect::within(rect, (1.0, 1.0), bounds);
+            assert_eq!(
+                (r.x(), r.y(), r.width(), r.height()),
+                (x, y, w, h),
+                "{rect:?}"
+            );
+        }
+        assert!(
+            PixelRect::within(
+                Rect {
+                    x: 0.0,
+                    y: 0.0,
+                    w: 10.0,
+                    h: 5.0
+                },
+                (1.0, 1.0),
+                bounds
+            )
+            .is_whole(bounds)
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use schemas::events::{Fit, ImageFormat, ResizeParams, StageTimings};
 
-use geometry::{Rect, Target};
+use geometry::{PixelRect, Target};
 
 /// Boxed source error, for failures whose library types differ by format.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,6 +50,12 @@ pub struct Limits {
     pub max_pixels: u64,
     /// Largest output width or height, in pixels; also bounds the requested box.
     pub max_output_side: u32,
+    /// Largest output, in pixels (canvas width × height), checked from the plan before any pixel
+    /// buffer is allocated: a 1×1 input may not ask for a 67-megapixel canvas.
+    pub max_output_pixels: u64,
+    /// Largest encoded output, in bytes: what one reply record can carry. Over it, the request
+    /// fails at once with `output_too_large` instead of failing to produce.
+    pub max_output_bytes: usize,
 }
 
 impl Default for Limits {
@@ -58,6 +64,30 @@ impl Default for Limits {
             max_input_bytes: 8 * 1024 * 1024,
             max_pixels: 50_000_000,
             max_output_side: 8192,
+            // 4096 × 4096: an RGBA canvas of 64 MiB. Larger outputs of photos rarely fit a reply
+            // record anyway (`max_output_bytes`).
+            max_output_pixels: 16_777_216,
+            max_output_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// Rules between the limits; one message per broken rule, named as in `[resizer]`.
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        if self.max_pixels == 0 || self.max_input_bytes == 0 {
+            errors.push("resizer.max_pixels and resizer.max_input_bytes must be positive".into());
+        }
+        if self.max_output_side == 0 || self.max_output_pixels == 0 {
+            errors.push(
+                "resizer.max_output_side and resizer.max_output_pixels must be positive".into(),
+            );
+        }
+        if self.max_output_pixels > self.max_pixels {
+            errors.push(format!(
+                "resizer.max_output_pixels ({}) must not exceed resizer.max_pixels ({})",
+                self.max_output_pixels, self.max_pixels
+            ));
         }
     }
 }
@@ -106,6 +136,21 @@ pub enum KernelError {
         height: u32,
         limit: u64,
     },
+    /// The planned output canvas is over `max_output_pixels`.
+    #[error("the output would be {width}x{height}, over the limit of {limit} pixels")]
+    TooManyOutputPixels { width: u32, height: u32, limit: u64 },
+    /// The encoded output is over `max_output_bytes`, more than one reply can carry.
+    #[error(
+        "the encoded {format} output is {size} bytes, over the limit of {limit}; ask for a smaller size, a lower quality or another format"
+    )]
+    OutputTooLarge {
+        format: &'static str,
+        size: usize,
+        limit: usize,
+    },
+    /// The JPEG ends before its last scan is complete (a truncated upload).
+    #[error("the JPEG image is truncated: it ends before all of its pixels ({detail})")]
+    Truncated { detail: String },
     /// Decoding failed: truncated, corrupt, or a header that cannot be read.
     #[error("could not decode the {format} image: {source}")]
     Undecodable {
@@ -132,7 +177,11 @@ impl KernelError {
             Self::BadParameters(_) => 400,
             Self::PayloadTooLarge { .. } => 413,
             Self::UnsupportedMediaType => 415,
-            Self::TooManyPixels { .. } | Self::Undecodable { .. } => 422,
+            Self::TooManyPixels { .. }
+            | Self::TooManyOutputPixels { .. }
+            | Self::OutputTooLarge { .. }
+            | Self::Truncated { .. }
+            | Self::Undecodable { .. } => 422,
             Self::Resample(_) | Self::Encode { .. } => 500,
         }
     }
@@ -144,6 +193,9 @@ impl KernelError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TooManyPixels { .. } => "too_many_pixels",
+            Self::TooManyOutputPixels { .. } => "too_many_output_pixels",
+            Self::OutputTooLarge { .. } => "output_too_large",
+            Self::Truncated { .. } => "truncated_image",
             Self::Undecodable { .. } => "undecodable_image",
             Self::Resample(_) | Self::Encode { .. } => "internal_error",
         }
@@ -205,6 +257,14 @@ pub fn resize(
             plan.canvas.0, plan.canvas.1, limits.max_output_side
         )));
     }
+    // Before decoding: the canvas is the largest buffer the plan allocates (`size` ≤ canvas).
+    if u64::from(plan.canvas.0) * u64::from(plan.canvas.1) > limits.max_output_pixels {
+        return Err(KernelError::TooManyOutputPixels {
+            width: plan.canvas.0,
+            height: plan.canvas.1,
+            limit: limits.max_output_pixels,
+        });
+    }
     // Resample in the stored frame and rotate only the small result.
     let crop = geometry::rect_to_stored(plan.crop, orientation, stored);
     let size = geometry::upright_size(plan.size, orientation);
@@ -212,17 +272,14 @@ pub fn resize(
     let decoded = source.decode(shrink, limits.max_pixels)?;
     let decoded_at = Instant::now();
 
-    // The decoder may have shrunk the image (by a rounded-up factor); scale the crop to match.
-    let (sx, sy) = (
-        f64::from(decoded.image.width()) / f64::from(stored.0),
-        f64::from(decoded.image.height()) / f64::from(stored.1),
+    // The decoder may have shrunk the image (libjpeg rounds each side up); scale the crop to
+    // match and snap it to whole decoded pixels inside the decoded image.
+    let bounds = (decoded.image.width(), decoded.image.height());
+    let scale = (
+        f64::from(bounds.0) / f64::from(stored.0),
+        f64::from(bounds.1) / f64::from(stored.1),
     );
-    let crop = Rect {
-        x: crop.x * sx,
-        y: crop.y * sy,
-        w: crop.w * sx,
-        h: crop.h * sy,
-    };
+    let crop = PixelRect::within(crop, scale, bounds);
     let image = resample::resample(decoded.image, crop, size)?;
     let image = resample::orient(image, decoded.orientation);
     let transparent = output_format != ImageFormat::Jpeg;
@@ -232,6 +289,13 @@ pub fn resize(
     let (width, height) = (image.width(), image.height());
     let bytes = encode::encode(image, output_format, request.quality)?;
     let encoded_at = Instant::now();
+    if bytes.len() > limits.max_output_bytes {
+        return Err(KernelError::OutputTooLarge {
+            format: output_format.name(),
+            size: bytes.len(),
+            limit: limits.max_output_bytes,
+        });
+    }
 
     Ok(Resized {
         format: output_format,

@@ -7,7 +7,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, imageops};
 
 use super::KernelError;
-use super::geometry::Rect;
+use super::geometry::PixelRect;
 
 /// Lanczos3 rather than CatmullRom or bilinear: after shrink-on-load the resample covers only a
 /// 1–2× reduction, so the wider kernel touches few extra pixels (its cost grows with the kernel
@@ -15,23 +15,24 @@ use super::geometry::Rect;
 /// default, which keeps the speed comparison like for like.
 const ALGORITHM: ResizeAlg = ResizeAlg::Convolution(FilterType::Lanczos3);
 
-/// Resamples `crop` of `src` (in `src` pixels) to `size`; a no-op when nothing changes.
+/// Resamples `crop` of `src` to `size`; a no-op when nothing changes. `crop` was made for
+/// `src`'s size ([`PixelRect::within`]), so it always lies inside it.
 pub fn resample(
     src: DynamicImage,
-    crop: Rect,
+    crop: PixelRect,
     size: (u32, u32),
 ) -> Result<DynamicImage, KernelError> {
-    let whole = crop.x == 0.0
-        && crop.y == 0.0
-        && crop.w == f64::from(src.width())
-        && crop.h == f64::from(src.height());
-    if whole && size == (src.width(), src.height()) {
+    let bounds = (src.width(), src.height());
+    if crop.is_whole(bounds) && size == bounds {
         return Ok(src);
     }
     let mut dst = DynamicImage::new(size.0, size.1, src.color());
-    let options = ResizeOptions::new()
-        .resize_alg(ALGORITHM)
-        .crop(crop.x, crop.y, crop.w, crop.h);
+    let options = ResizeOptions::new().resize_alg(ALGORITHM).crop(
+        f64::from(crop.x()),
+        f64::from(crop.y()),
+        f64::from(crop.width()),
+        f64::from(crop.height()),
+    );
     Resizer::new()
         .resize(&src, &mut dst, &options)
         .map_err(KernelError::Resample)?;
