@@ -60,9 +60,13 @@ fn bench(c: &mut Criterion) {
         ..ResizeParams::default()
     };
     let limits = Limits::default();
+    // `IMGPIPE_BENCH_OUT=DIR` keeps each output as DIR/<photo>.jpg, so a script can measure
+    // their quality (benches/vs_libvips.sh compares them and libvips' against a reference).
+    let out_dir = std::env::var_os("IMGPIPE_BENCH_OUT").map(PathBuf::from);
     for (name, bytes) in &photos {
-        if let Err(e) = resize(bytes, &params, &limits) {
-            panic!("{name}: {e}");
+        let resized = resize(bytes, &params, &limits).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if let Some(dir) = &out_dir {
+            std::fs::write(dir.join(format!("{name}.jpg")), &resized.bytes).unwrap();
         }
     }
 
