@@ -387,6 +387,119 @@ async fn outputs_over_the_limits_are_refused_at_once_and_the_resizer_moves_on() 
     p.hosted.stop().await;
 }
 
+/// A schema-valid request whose reply cannot be written (its reply partition does not exist)
+/// used to make the resizer abort and retry the same transaction forever: every later request
+/// got 504. Now the unwritable output is dead-lettered inside the transaction, with its target
+/// and the error in headers, and the partition's offset moves past it.
+#[tokio::test]
+async fn an_unwritable_reply_is_dead_lettered_and_the_partition_moves_on() {
+    let p = pipeline("pipeline_unwritable", ALL, |_| {}).await;
+    let requests_topic = p.config.kafka.name(schemas::topics::IMAGE_REQUESTS);
+    let codec = schemas::Codec::new(&p.config.registry, &p.config.kafka.namespace);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let request = schemas::events::ResizeRequested {
+        request_id: "unwritable-1".into(),
+        tenant_id: p.key.tenant_id.clone(),
+        key_id: "k".into(),
+        received_at_ms: now,
+        deadline_at_ms: now + 30_000,
+        params: schemas::events::ResizeParams {
+            width: Some(8),
+            ..Default::default()
+        },
+        content_type: None,
+        image: images::jpeg(32, 32),
+        reply_topic: p.config.kafka.name(schemas::topics::IMAGE_RESULTS),
+        reply_partition: 999,
+    };
+    let payload = codec.encode(&request).await.unwrap();
+    let producer = p.config.kafka.producer().unwrap();
+    let poison_offset = producer
+        .send(
+            FutureRecord::to(&requests_topic)
+                .key("unwritable-1")
+                .payload(&payload)
+                .partition(0),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .offset;
+
+    // The DLQ gets the reply, with where it was going and why it could not get there.
+    let dlq_topic = p.config.kafka.name(schemas::topics::IMAGE_REQUESTS_DLQ);
+    let consumer: StreamConsumer = p
+        .config
+        .kafka
+        .consumer_config("dlq-reader")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&dlq_topic]).unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+        .await
+        .expect("the unwritable reply reaches the DLQ")
+        .unwrap();
+    let headers = message.headers().expect("DLQ records carry headers");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(message.key(), Some(&b"unwritable-1"[..]));
+    assert_eq!(header("error.class").as_deref(), Some("unwritable_output"));
+    assert_eq!(header("target.partition").as_deref(), Some("999"));
+    assert_eq!(header("source.offset"), Some(poison_offset.to_string()));
+    assert!(
+        header("error.message").is_some_and(|m| m.to_lowercase().contains("partition")),
+        "{:?}",
+        header("error.message")
+    );
+
+    // The resizers' committed position on that partition moved past it, and work goes on.
+    let group: std::sync::Arc<rdkafka::consumer::BaseConsumer> = std::sync::Arc::new(
+        p.config
+            .kafka
+            .consumer_config(processors::resizer::GROUP)
+            .create()
+            .unwrap(),
+    );
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    partitions.add_partition(&requests_topic, 0);
+    let committed = support::eventually(Duration::from_secs(10), "the offset to move on", || {
+        let (group, partitions) = (group.clone(), partitions.clone());
+        let topic = requests_topic.clone();
+        async move {
+            // A blocking call: off the runtime that also hosts the services under test.
+            let committed = tokio::task::spawn_blocking(move || {
+                group.committed_offsets(partitions, Duration::from_secs(5))
+            })
+            .await
+            .ok()?
+            .ok()?;
+            match committed.find_partition(&topic, 0)?.offset() {
+                rdkafka::Offset::Offset(next) if next > poison_offset => Some(next),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(committed > poison_offset);
+    for _ in 0..4 {
+        expect_image(
+            p.resize("width=16", images::jpeg(64, 48)).await,
+            ImageFormat::Jpeg,
+            (16, 12),
+        )
+        .await;
+    }
+    p.hosted.stop().await;
+}
+
 #[tokio::test]
 async fn overload_is_shed_with_a_fast_503_not_queued() {
     let p = pipeline("pipeline_overload", ALL, |c| {

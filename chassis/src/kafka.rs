@@ -237,3 +237,66 @@ pub fn partitions(list: &rdkafka::TopicPartitionList) -> Vec<String> {
         .map(|e| format!("{}/{}", e.topic(), e.partition()))
         .collect()
 }
+
+/// Whether a failure to produce one record is permanent: sending the same record again can never
+/// succeed, so it must leave the pipeline (dead-lettered, counted) instead of being retried.
+///
+/// Permanent: the record names a partition that does not exist, is larger than the client or
+/// the topic allows, or is malformed or forbidden. Everything else (brokers down, timeouts,
+/// leadership moving, a full queue, an unknown topic that may still be being created) is
+/// retryable, and so is any error that is not about producing a record.
+pub fn is_permanent_record_error(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let code = match error {
+        KafkaError::MessageProduction(code) => *code,
+        _ => return false,
+    };
+    matches!(
+        code,
+        Code::UnknownPartition
+            | Code::MessageSizeTooLarge
+            | Code::InvalidMessageSize
+            | Code::InvalidRecord
+            | Code::InvalidTopic
+            | Code::TopicAuthorizationFailed
+            | Code::InvalidArgument
+    )
+}
+
+#[cfg(test)]
+mod record_error_tests {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode as Code;
+
+    use super::is_permanent_record_error;
+
+    #[test]
+    fn record_errors_are_permanent_only_when_a_retry_cannot_help() {
+        for code in [
+            Code::UnknownPartition,
+            Code::MessageSizeTooLarge,
+            Code::InvalidRecord,
+        ] {
+            assert!(
+                is_permanent_record_error(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
+        }
+        for code in [
+            Code::QueueFull,
+            Code::MessageTimedOut,
+            Code::AllBrokersDown,
+            Code::NotLeaderForPartition,
+            Code::UnknownTopicOrPartition,
+            Code::RequestTimedOut,
+            // CORRUPT_MESSAGE: Kafka marks it retriable (corruption in transit).
+            Code::InvalidMessage,
+        ] {
+            assert!(
+                !is_permanent_record_error(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
+        }
+        assert!(!is_permanent_record_error(&KafkaError::Canceled));
+    }
+}

@@ -81,11 +81,75 @@ pub enum ResizerError {
 /// One record to write in the next transaction.
 #[derive(Debug)]
 struct OutRecord {
+    /// The input record (partition, offset) this output answers.
+    source: (i32, i64),
     topic: String,
     partition: Option<i32>,
     key: String,
     payload: Vec<u8>,
     headers: OwnedHeaders,
+}
+
+/// Input records one of whose outputs failed permanently inside a transaction that then had to
+/// abort (a delivery failure makes the whole transaction abortable). When such a record is read
+/// again it is dead-lettered instead of processed, so the partition moves on rather than
+/// retrying the same failing transaction forever. Bounded: an entry lives until its record comes
+/// back or its partition is revoked, and at most [`UnwritableInputs::CAPACITY`] are kept (a
+/// forgotten one only costs one more aborted transaction).
+#[derive(Debug, Default)]
+struct UnwritableInputs(std::collections::HashMap<(i32, i64), Unwritable>);
+
+/// An output that failed permanently: where it was going and why it could not get there.
+#[derive(Debug, Clone)]
+struct Unwritable {
+    topic: String,
+    partition: Option<i32>,
+    error: String,
+}
+
+impl Unwritable {
+    fn of(out: &OutRecord, error: &KafkaError) -> Self {
+        Self {
+            topic: out.topic.clone(),
+            partition: out.partition,
+            error: error.to_string(),
+        }
+    }
+}
+
+impl UnwritableInputs {
+    const CAPACITY: usize = 1024;
+
+    fn insert(&mut self, source: (i32, i64), unwritable: Unwritable) {
+        if self.0.len() >= Self::CAPACITY {
+            self.0.clear();
+        }
+        self.0.insert(source, unwritable);
+    }
+
+    fn take(&mut self, source: (i32, i64)) -> Option<Unwritable> {
+        self.0.remove(&source)
+    }
+
+    fn forget_partition(&mut self, partition: i32) {
+        self.0.retain(|&(p, _), _| p != partition);
+    }
+}
+
+/// Why a transaction could not commit.
+struct CommitFailure {
+    error: KafkaError,
+    /// The input whose output failed permanently, and how, if that was the cause.
+    unwritable: Option<((i32, i64), Unwritable)>,
+}
+
+impl From<KafkaError> for CommitFailure {
+    fn from(error: KafkaError) -> Self {
+        Self {
+            error,
+            unwritable: None,
+        }
+    }
 }
 
 /// What a finished request produces: its reply and usage record, or a DLQ record.
@@ -213,6 +277,7 @@ pub async fn run(
         lag_probe_busy: Arc::default(),
         rebalances: context,
         tracker: OffsetTracker::default(),
+        unwritable: UnwritableInputs::default(),
         jobs: FuturesUnordered::new(),
         metrics,
         config,
@@ -234,6 +299,7 @@ struct Worker {
     lag_probe_busy: Arc<std::sync::atomic::AtomicBool>,
     rebalances: RebalanceLog,
     tracker: OffsetTracker<Outputs>,
+    unwritable: UnwritableInputs,
     jobs: FuturesUnordered<JobFuture>,
     metrics: ResizerMetrics,
     config: ResizerConfig,
@@ -302,12 +368,20 @@ impl Worker {
             // Unfinished and uncommitted work of a revoked partition is abandoned: its new owner
             // resumes from the committed offset, so committing it here would duplicate it.
             self.tracker.forget(partition);
+            self.unwritable.forget_partition(partition);
         }
     }
 
     /// Decodes one record and puts its work on the pool, or turns it into a DLQ record.
     async fn accept(&mut self, message: &BorrowedMessage<'_>) {
         let (partition, offset) = (message.partition(), message.offset());
+        if let Some(unwritable) = self.unwritable.take((partition, offset)) {
+            self.tracker.start(partition, offset);
+            let mut dlq = self.dead_letter(message, "unwritable_output", &unwritable.error);
+            dlq.headers = with_target(dlq.headers, &unwritable);
+            self.tracker.complete(partition, offset, vec![dlq]);
+            return;
+        }
         let payload = message.payload().unwrap_or_default();
         let request = loop {
             match self.codec.decode::<ResizeRequested>(payload).await {
@@ -318,7 +392,7 @@ impl Worker {
                 }
                 Err(error) => {
                     self.tracker.start(partition, offset);
-                    let dlq = self.dead_letter(message, &error);
+                    let dlq = self.dead_letter(message, "undecodable_request", &error);
                     self.tracker.complete(partition, offset, vec![dlq]);
                     return;
                 }
@@ -470,8 +544,10 @@ impl Worker {
                 value: Some(traceparent),
             });
         }
+        let source = (pending.partition, pending.offset);
         let outputs = vec![
             OutRecord {
+                source,
                 topic: request.reply_topic.clone(),
                 partition: Some(request.reply_partition),
                 key: request.request_id.clone(),
@@ -479,6 +555,7 @@ impl Worker {
                 headers: headers.clone(),
             },
             OutRecord {
+                source,
                 topic: self.codec.topic::<UsageRecorded>(),
                 partition: None,
                 key: request.tenant_id.clone(),
@@ -522,15 +599,22 @@ impl Worker {
         }
     }
 
-    /// A poison record: its original bytes, with the error and its origin in headers.
-    fn dead_letter(&self, message: &BorrowedMessage<'_>, error: &CodecError) -> OutRecord {
+    /// A record that cannot be processed: its original bytes, with the error class (e.g.
+    /// `undecodable_request`), the error and its origin in headers.
+    fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        class: &'static str,
+        error: &dyn std::fmt::Display,
+    ) -> OutRecord {
         self.metrics.dlq_records.inc();
-        self.metrics.jobs.with_label_values(&["poison"]).inc();
+        self.metrics.jobs.with_label_values(&[class]).inc();
         tracing::warn!(
             partition = message.partition(),
             offset = message.offset(),
+            class,
             %error,
-            "Poison record sent to the dead-letter topic"
+            "Record sent to the dead-letter topic"
         );
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
@@ -538,7 +622,7 @@ impl Worker {
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "error.class",
-                value: Some("undecodable_request"),
+                value: Some(class),
             })
             .insert(Header {
                 key: "error.message",
@@ -557,6 +641,7 @@ impl Worker {
                 value: Some(&offset),
             });
         OutRecord {
+            source: (message.partition(), message.offset()),
             topic: self.dlq_topic.clone(),
             partition: None,
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
@@ -586,11 +671,15 @@ impl Worker {
                 self.metrics.transaction_records.observe(count as f64);
                 Ok(())
             }
-            Err(error) if is_fatal(&error) => {
+            Err(CommitFailure { error, .. }) if is_fatal(&error) => {
                 tracing::error!(%error, "Transactional producer fenced or failed fatally; stopping");
                 Err(ResizerError::Fatal(error))
             }
-            Err(error) => {
+            Err(CommitFailure { error, unwritable }) => {
+                if let Some((source, reason)) = unwritable {
+                    // Re-read, this input is dead-lettered instead of failing the same way again.
+                    self.unwritable.insert(source, reason);
+                }
                 self.metrics
                     .transactions
                     .with_label_values(&["aborted"])
@@ -612,33 +701,50 @@ impl Worker {
         }
     }
 
-    async fn commit(&self, outputs: Outputs, ranges: &[TakenRange]) -> Result<(), KafkaError> {
+    /// One transaction: every output, then the input offsets. An output refused at once for a
+    /// permanent reason (say, a reply partition that does not exist) is replaced by a DLQ
+    /// record in the same transaction; one that fails permanently on delivery aborts the
+    /// transaction, and the failure names its input so that input is dead-lettered when re-read.
+    async fn commit(&self, outputs: Outputs, ranges: &[TakenRange]) -> Result<(), CommitFailure> {
         self.producer.begin_transaction()?;
         let mut deliveries = Vec::with_capacity(outputs.len());
         for out in outputs {
-            let mut record = FutureRecord::to(&out.topic)
-                .key(&out.key)
-                .payload(&out.payload)
-                .headers(out.headers);
-            if let Some(partition) = out.partition {
-                record = record.partition(partition);
-            }
-            deliveries.push(
-                self.producer
-                    .send_result(record)
-                    .map_err(|(error, _)| error)?,
-            );
+            let delivery = match self.send(&out) {
+                Ok(delivery) => delivery,
+                Err(error) if chassis::kafka::is_permanent_record_error(&error) => {
+                    let dlq = self.dead_letter_output(out, &error);
+                    let delivery = self.send(&dlq).map_err(|error| CommitFailure {
+                        unwritable: Some((dlq.source, Unwritable::of(&dlq, &error))),
+                        error,
+                    })?;
+                    deliveries.push((dlq.source, dlq.topic, dlq.partition, delivery));
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            deliveries.push((out.source, out.topic, out.partition, delivery));
         }
         // Wait for every record's acknowledgement before committing. rust-rdkafka's
         // commit_transaction first flushes by polling in 100 ms steps, and with a threaded
         // producer the events it waits for are taken by the background thread: with anything
         // still outstanding, every transaction would cost 100 ms. With nothing outstanding the
         // flush returns at once.
-        for delivery in deliveries {
+        for (source, topic, partition, delivery) in deliveries {
             match delivery.await {
                 Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => return Err(error),
-                Err(_) => return Err(KafkaError::Canceled),
+                Ok(Err((error, _))) if chassis::kafka::is_permanent_record_error(&error) => {
+                    let unwritable = Unwritable {
+                        topic,
+                        partition,
+                        error: error.to_string(),
+                    };
+                    return Err(CommitFailure {
+                        unwritable: Some((source, unwritable)),
+                        error,
+                    });
+                }
+                Ok(Err((error, _))) => return Err(error.into()),
+                Err(_) => return Err(KafkaError::Canceled.into()),
             }
         }
         let mut offsets = TopicPartitionList::new();
@@ -657,6 +763,73 @@ impl Worker {
         })
         .await
         .unwrap_or(Err(KafkaError::Canceled))
+        .map_err(CommitFailure::from)
+    }
+
+    /// Hands one record to the transactional producer.
+    fn send(&self, out: &OutRecord) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+        let mut record = FutureRecord::to(&out.topic)
+            .key(&out.key)
+            .payload(&out.payload)
+            .headers(out.headers.clone());
+        if let Some(partition) = out.partition {
+            record = record.partition(partition);
+        }
+        self.producer
+            .send_result(record)
+            .map_err(|(error, _)| error)
+    }
+
+    /// An output that can never be written, as a DLQ record: its bytes, with where it was going
+    /// and why it could not get there in headers.
+    fn dead_letter_output(&self, out: OutRecord, error: &KafkaError) -> OutRecord {
+        self.metrics.dlq_records.inc();
+        self.metrics
+            .jobs
+            .with_label_values(&["unwritable_output"])
+            .inc();
+        tracing::warn!(
+            source_partition = out.source.0,
+            source_offset = out.source.1,
+            topic = %out.topic,
+            partition = ?out.partition,
+            %error,
+            "Output cannot be written; sent to the dead-letter topic"
+        );
+        let unwritable = Unwritable::of(&out, error);
+        let error_text = error.to_string();
+        let (source_partition, source_offset) =
+            (out.source.0.to_string(), out.source.1.to_string());
+        let headers = out
+            .headers
+            .insert(Header {
+                key: "error.class",
+                value: Some("unwritable_output"),
+            })
+            .insert(Header {
+                key: "error.message",
+                value: Some(&error_text),
+            })
+            .insert(Header {
+                key: "source.topic",
+                value: Some(&self.requests_topic),
+            })
+            .insert(Header {
+                key: "source.partition",
+                value: Some(&source_partition),
+            })
+            .insert(Header {
+                key: "source.offset",
+                value: Some(&source_offset),
+            });
+        OutRecord {
+            source: out.source,
+            topic: self.dlq_topic.clone(),
+            partition: None,
+            key: out.key,
+            payload: out.payload,
+            headers: with_target(headers, &unwritable),
+        }
     }
 
     /// After an abort: forget the partitions' tracked work and read them again from the first
@@ -704,6 +877,23 @@ impl Worker {
             busy.store(false, Ordering::Release);
         });
     }
+}
+
+/// `headers` plus where an unwritable output was going (`target.topic`, `target.partition`).
+fn with_target(headers: OwnedHeaders, unwritable: &Unwritable) -> OwnedHeaders {
+    let partition = unwritable
+        .partition
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    headers
+        .insert(Header {
+            key: "target.topic",
+            value: Some(&unwritable.topic),
+        })
+        .insert(Header {
+            key: "target.partition",
+            value: Some(&partition),
+        })
 }
 
 /// Whether a transaction error means this producer can never commit again.
