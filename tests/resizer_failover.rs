@@ -222,3 +222,72 @@ async fn a_resizer_killed_under_load_loses_and_duplicates_nothing() {
     drop(second);
     hosted.stop().await;
 }
+
+/// While the schema registry is down, a resizer retries decoding a request it cannot read yet;
+/// that wait used to ignore shutdown, so SIGTERM never got through. It now stops promptly, and
+/// leaves the unread request uncommitted for the next owner of its partition.
+#[tokio::test]
+async fn a_resizer_stops_promptly_while_the_registry_is_down() {
+    let mut config = support::provisioned("resizer_registry_down").await;
+    let registry: SocketAddr = config
+        .registry
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = support::outage::Outage::proxy(registry).await;
+    let real_url = config.registry.url.clone();
+    config.registry.url = real_url.replace(&registry.to_string(), &proxy.address.to_string());
+    let hosted = support::host(config.clone(), &[Service::Resizer]).await;
+
+    // A valid request, written with the real registry; the resizer has never seen its schema id.
+    proxy.cut();
+    let real = schemas::RegistryConfig {
+        url: real_url,
+        ..config.registry.clone()
+    };
+    let codec = Codec::new(&real, &config.kafka.namespace);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let request = schemas::events::ResizeRequested {
+        request_id: "registry-down-1".into(),
+        tenant_id: "t".into(),
+        key_id: "k".into(),
+        received_at_ms: now,
+        deadline_at_ms: now + 60_000,
+        params: schemas::events::ResizeParams {
+            width: Some(8),
+            ..Default::default()
+        },
+        content_type: None,
+        image: support::images::jpeg(16, 16),
+        reply_topic: config.kafka.name(schemas::topics::IMAGE_RESULTS),
+        reply_partition: 0,
+    };
+    let payload = codec.encode(&request).await.unwrap();
+    let producer = config.kafka.producer().unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(
+                &config.kafka.name(schemas::topics::IMAGE_REQUESTS),
+            )
+            .key("registry-down-1")
+            .payload(&payload),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    // Let the resizer take the record and start waiting for the registry.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let started = Instant::now();
+    hosted.stop().await; // panics if the services do not stop within 30 s
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    drop(proxy);
+}

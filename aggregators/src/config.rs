@@ -107,32 +107,14 @@ impl chassis::Validate for AggregatorConfig {
     }
 }
 
-/// Exponential backoff between `min` and `max`, reset on success.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(config: &AggregatorConfig) -> Self {
-        Self {
-            min: config.retry_backoff_min,
-            max: config.retry_backoff_max,
-            next: config.retry_backoff_min,
+impl AggregatorConfig {
+    /// The retry policy of every ClickHouse and registry wait (jittered, capped, unbounded).
+    pub(crate) fn retry_policy(&self) -> chassis::RetryPolicy {
+        chassis::RetryPolicy {
+            min_delay: self.retry_backoff_min,
+            max_delay: self.retry_backoff_max,
+            max_attempts: None,
         }
-    }
-
-    /// The wait before the next attempt; each call doubles the following one.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = self.min;
     }
 }
 
@@ -161,18 +143,5 @@ mod tests {
         let mut errors = Vec::new();
         config.validate(&mut errors);
         assert_eq!(errors.len(), 4, "{errors:?}");
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut backoff = Backoff::new(&AggregatorConfig {
-            retry_backoff_min: Duration::from_millis(100),
-            retry_backoff_max: Duration::from_millis(300),
-            ..AggregatorConfig::default()
-        });
-        let delays: Vec<_> = (0..4).map(|_| backoff.next_delay().as_millis()).collect();
-        assert_eq!(delays, [100, 200, 300, 300]);
-        backoff.reset();
-        assert_eq!(backoff.next_delay().as_millis(), 100);
     }
 }

@@ -29,7 +29,9 @@ use schemas::events::UsageRecorded;
 
 use crate::AggregatorError;
 use crate::batcher::{Admission, Batcher};
-use crate::config::{AggregatorConfig, Backoff};
+use chassis::Backoff;
+
+use crate::config::AggregatorConfig;
 use crate::metrics::Metrics;
 use crate::sink::{RejectRow, SinkError, UsageRow, UsageSink};
 
@@ -157,7 +159,7 @@ impl Worker {
                 config.batch_max_age,
                 config.max_pending_records,
             ),
-            backoff: Backoff::new(&config),
+            backoff: config.retry_policy().backoff(),
             query_prefix: format!("usage-aggregator-{}", uuid::Uuid::new_v4().simple()),
             query_seq: 0,
             stall: None,
@@ -223,7 +225,7 @@ impl Worker {
             }
             Admission::NotReady => return true,
         }
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = self.config.retry_policy().backoff();
         let mut registry_down = false;
         loop {
             match self.codec.decode::<UsageRecorded>(payload).await {
@@ -234,16 +236,14 @@ impl Worker {
                 }
                 Err(error) if error.is_retryable() => {
                     // The record is fine, the registry is not: retry, never skip.
-                    let delay = backoff.next_delay();
-                    tracing::warn!(partition, offset, %error, ?delay, "Schema registry unavailable; retrying");
+                    tracing::warn!(partition, offset, %error, attempt = backoff.attempts() + 1, "Schema registry unavailable; retrying");
                     self.ctx.readiness.not_ready(
                         REGISTRY_CHECK,
                         &format!("schema registry unavailable: {error}"),
                     );
                     registry_down = true;
-                    tokio::select! {
-                        () = self.ctx.shutdown.wait() => return false,
-                        () = tokio::time::sleep(delay) => {}
+                    if backoff.wait(&self.ctx.shutdown).await.is_err() {
+                        return false;
                     }
                 }
                 Err(error) => {
@@ -481,7 +481,11 @@ impl Worker {
             tracing::error!(%error, "ClickHouse refused usage data; stopping");
             return Err(AggregatorError::Sink(error));
         }
-        let delay = self.backoff.next_delay();
+        // An unbounded policy always has a next delay; the cap is only a fallback.
+        let delay = self
+            .backoff
+            .next_delay()
+            .unwrap_or(self.config.retry_backoff_max);
         tracing::warn!(%error, ?delay, pending = self.batcher.pending(), "ClickHouse unavailable; consumption paused");
         self.metrics.clickhouse_up.set(0);
         self.ctx.readiness.not_ready(

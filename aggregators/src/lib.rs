@@ -27,7 +27,6 @@ pub use query::{
 };
 pub use sink::{SinkError, UsageSink};
 
-use crate::config::Backoff;
 use crate::consumer::{AggregatorContext, CLICKHOUSE_CHECK, REGISTRY_CHECK, Worker};
 use crate::metrics::Metrics;
 
@@ -116,7 +115,7 @@ async fn connect(
     ctx: &ServiceContext,
     metrics: &Metrics,
 ) -> Result<Option<UsageSink>, AggregatorError> {
-    let mut backoff = Backoff::new(config);
+    let mut backoff = config.retry_policy().backoff();
     loop {
         let attempt = async {
             let sink = UsageSink::connect(clickhouse, config.insert_timeout)
@@ -139,16 +138,14 @@ async fn connect(
                 Err(StartError::Migration(error)) => return Err(error.into()),
             },
         };
-        let delay = backoff.next_delay();
         metrics.clickhouse_up.set(0);
         ctx.readiness.not_ready(
             CLICKHOUSE_CHECK,
             &format!("ClickHouse unavailable at start: {error}"),
         );
-        tracing::warn!(%error, ?delay, "ClickHouse unavailable at start; retrying");
-        tokio::select! {
-            () = ctx.shutdown.wait() => return Ok(None),
-            () = tokio::time::sleep(delay) => {}
+        tracing::warn!(%error, attempt = backoff.attempts() + 1, "ClickHouse unavailable at start; retrying");
+        if backoff.wait(&ctx.shutdown).await.is_err() {
+            return Ok(None);
         }
     }
 }

@@ -8,10 +8,12 @@ pub mod context;
 pub mod health;
 pub mod kafka;
 pub mod ops;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use config::{ConfigError, Validate, load_config};
 pub use context::ServiceContext;
 pub use health::Readiness;
+pub use retry::{Backoff, RetryPolicy, RetryStop};
 pub use shutdown::Shutdown;

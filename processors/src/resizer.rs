@@ -18,8 +18,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chassis::ServiceContext;
 use chassis::kafka::{KafkaConfig, log_rebalance};
+use chassis::{RetryPolicy, ServiceContext};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -278,6 +278,7 @@ pub async fn run(
         rebalances: context,
         tracker: OffsetTracker::default(),
         unwritable: UnwritableInputs::default(),
+        shutdown: ctx.shutdown.clone(),
         jobs: FuturesUnordered::new(),
         metrics,
         config,
@@ -300,6 +301,7 @@ struct Worker {
     rebalances: RebalanceLog,
     tracker: OffsetTracker<Outputs>,
     unwritable: UnwritableInputs,
+    shutdown: chassis::Shutdown,
     jobs: FuturesUnordered<JobFuture>,
     metrics: ResizerMetrics,
     config: ResizerConfig,
@@ -383,12 +385,17 @@ impl Worker {
             return;
         }
         let payload = message.payload().unwrap_or_default();
+        let mut backoff = RetryPolicy::DEPENDENCY.backoff();
         let request = loop {
             match self.codec.decode::<ResizeRequested>(payload).await {
                 Ok(request) => break request,
                 Err(error) if error.is_retryable() => {
                     tracing::warn!(%error, partition, offset, "Schema registry unavailable; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if backoff.wait(&self.shutdown).await.is_err() {
+                        // Shutdown: the record stays untracked and uncommitted; whoever owns
+                        // the partition next reads it again.
+                        return;
+                    }
                 }
                 Err(error) => {
                     self.tracker.start(partition, offset);
@@ -535,8 +542,14 @@ impl Worker {
             error,
             timings,
         };
-        let reply = self.encode_retrying(&result).await?;
-        let usage_payload = self.encode_retrying(&usage).await?;
+        // Shutdown while the registry is down: the record is left unfinished, so it is never
+        // committed and is redone by the partition's next owner.
+        let Some(reply) = self.encode_retrying(&result).await? else {
+            return Ok(());
+        };
+        let Some(usage_payload) = self.encode_retrying(&usage).await? else {
+            return Ok(());
+        };
         let mut headers = OwnedHeaders::new();
         if let Some(traceparent) = &pending.traceparent {
             headers = headers.insert(Header {
@@ -581,15 +594,20 @@ impl Worker {
     /// ever waits while it is down at start-up. A permanent failure means our own output does
     /// not fit its schema (a bug, or a registry refusing the schema): no record of this
     /// partition could ever be committed, so the resizer stops loudly instead of stalling.
-    async fn encode_retrying<E: schemas::Event>(&self, event: &E) -> Result<Vec<u8>, ResizerError> {
-        let mut delay = Duration::from_millis(100);
+    /// `None` when shutdown started while waiting: the record is abandoned uncommitted.
+    async fn encode_retrying<E: schemas::Event>(
+        &self,
+        event: &E,
+    ) -> Result<Option<Vec<u8>>, ResizerError> {
+        let mut backoff = RetryPolicy::DEPENDENCY.backoff();
         loop {
             match self.codec.encode(event).await {
-                Ok(bytes) => return Ok(bytes),
+                Ok(bytes) => return Ok(Some(bytes)),
                 Err(error) if error.is_retryable() => {
-                    tracing::warn!(%error, ?delay, "Schema registry unavailable; retrying the encode");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tracing::warn!(%error, attempt = backoff.attempts() + 1, "Schema registry unavailable; retrying the encode");
+                    if backoff.wait(&self.shutdown).await.is_err() {
+                        return Ok(None);
+                    }
                 }
                 Err(error) => {
                     tracing::error!(%error, topic = E::TOPIC, "Result does not fit its schema; stopping");

@@ -124,7 +124,13 @@ impl ChangesReader {
     /// Creates the consumer and assigns it every partition from the beginning. `fetch_wait_max`
     /// bounds how long the broker holds an empty fetch, i.e. the latency floor of a change that
     /// arrives while a fetch is parked on another partition.
-    pub async fn open(kafka: &KafkaConfig, fetch_wait_max: Duration) -> Result<Self, ChangesError> {
+    /// Waits a bounded time ([`METADATA_WAIT`]) for a just-created topic's leaders, or until
+    /// `shutdown` ([`ChangesError::Cancelled`]).
+    pub async fn open(
+        kafka: &KafkaConfig,
+        fetch_wait_max: Duration,
+        shutdown: &chassis::Shutdown,
+    ) -> Result<Self, ChangesError> {
         let topic = kafka.name(topics::IDENTITY_CHANGES);
         let mut config: ClientConfig = kafka.client_config();
         config
@@ -151,16 +157,18 @@ impl ChangesReader {
         let consumer: StreamConsumer = config.create().map_err(ChangesError::Consumer)?;
         let consumer = Arc::new(consumer);
         // A topic created moments ago may not have leaders yet: wait a bounded time for them.
-        let deadline = tokio::time::Instant::now() + METADATA_WAIT;
+        let mut backoff = METADATA_WAIT.backoff();
         let partitions = loop {
             let outcome = partitions_with_leaders(consumer.clone(), topic.clone()).await;
-            match outcome {
+            let waited = match outcome {
                 Ok(partitions) if !partitions.is_empty() => break partitions,
-                _ if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Ok(_) => return Err(ChangesError::MissingTopic(topic)),
-                Err(error) => return Err(error),
+                Ok(_) => ChangesError::MissingTopic(topic.clone()),
+                Err(error) => error,
+            };
+            match backoff.wait(shutdown).await {
+                Ok(_) => {}
+                Err(chassis::RetryStop::Cancelled) => return Err(ChangesError::Cancelled),
+                Err(chassis::RetryStop::Exhausted(_)) => return Err(waited),
             }
         };
         let mut assignment = TopicPartitionList::new();
@@ -229,8 +237,13 @@ impl ChangesReader {
     }
 }
 
-/// How long start-up waits for `identity.changes` to exist with a leader for every partition.
-const METADATA_WAIT: Duration = Duration::from_secs(20);
+/// How long start-up waits for `identity.changes` to exist with a leader for every partition:
+/// 100 ms doubling to 1 s, 25 attempts (about 20 s).
+const METADATA_WAIT: chassis::RetryPolicy = chassis::RetryPolicy {
+    min_delay: Duration::from_millis(100),
+    max_delay: Duration::from_secs(1),
+    max_attempts: Some(25),
+};
 
 /// The topic's partitions, or none unless every partition has a leader.
 async fn partitions_with_leaders(

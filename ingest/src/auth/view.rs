@@ -130,7 +130,7 @@ impl IdentityView {
             .register(READINESS_CHECK, "catching up on identity.changes");
         let metrics = AuthMetrics::new(&ctx.metrics).map_err(AuthSetupError::Metrics)?;
         let view = Arc::new(Self::with_metrics(config, metrics));
-        let reader = ChangesReader::open(kafka, config.fetch_wait_max)
+        let reader = ChangesReader::open(kafka, config.fetch_wait_max, &ctx.shutdown)
             .await
             .map_err(AuthSetupError::Consumer)?;
         let codec = schemas::Codec::new(registry, &kafka.namespace);
@@ -437,14 +437,14 @@ async fn tail(
             }
         };
         // A registry outage is retried on the same record: skipping it could drop a revocation.
+        let mut backoff = chassis::RetryPolicy::DEPENDENCY.backoff();
         let record = loop {
             match super::changes::decode(&codec, message.key(), message.payload()).await {
                 Err(ChangesError::Registry(error)) => {
                     view.metrics.errors.inc();
                     tracing::warn!(%error, offset = message.offset(), "Schema registry unavailable; retrying the identity change");
-                    tokio::select! {
-                        () = shutdown.wait() => return,
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    if backoff.wait(&shutdown).await.is_err() {
+                        return;
                     }
                 }
                 other => break other,

@@ -91,7 +91,7 @@ pub async fn open(
         .await
         .map_err(IdentityError::Producer)?;
     let codec = Codec::new(registry, &kafka.namespace);
-    let reader = ChangesReader::open(kafka, std::time::Duration::from_millis(100))
+    let reader = ChangesReader::open(kafka, std::time::Duration::from_millis(100), &ctx.shutdown)
         .await
         .map_err(IdentityError::Rebuild)?;
     let state = store::rebuild(&reader, &codec, &metrics, &ctx.shutdown)

@@ -422,14 +422,17 @@ pub async fn rebuild(
 ) -> Result<StoreState, ChangesError> {
     let mut state = StoreState::default();
     // Watermarks of a just-created topic can fail until its leaders settle: retry briefly.
-    let mut attempts = 0;
+    let mut backoff = chassis::RetryPolicy::SETTLING.backoff();
     let end = loop {
         match reader.watermarks(Duration::from_secs(5)).await {
             Ok(end) => break end,
-            Err(error) if error.is_retryable() && attempts < 10 => {
-                attempts += 1;
-                tracing::warn!(%error, "Reading identity.changes end offsets failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(%error, attempt = backoff.attempts() + 1, "Reading identity.changes end offsets failed; retrying");
+                match backoff.wait(shutdown).await {
+                    Ok(_) => {}
+                    Err(chassis::RetryStop::Cancelled) => return Err(ChangesError::Cancelled),
+                    Err(chassis::RetryStop::Exhausted(_)) => return Err(error),
+                }
             }
             Err(error) => return Err(error),
         }
@@ -442,13 +445,13 @@ pub async fn rebuild(
             message = reader.consumer().recv() => message.map_err(ChangesError::Consumer)?,
         };
         metrics.rebuild_records.inc();
+        let mut backoff = chassis::RetryPolicy::DEPENDENCY.backoff();
         let record = loop {
             match crate::auth::changes::decode(codec, message.key(), message.payload()).await {
                 Err(ChangesError::Registry(error)) => {
                     tracing::warn!(%error, "Schema registry unavailable while rebuilding; retrying");
-                    tokio::select! {
-                        () = shutdown.wait() => return Err(ChangesError::Cancelled),
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    if backoff.wait(shutdown).await.is_err() {
+                        return Err(ChangesError::Cancelled);
                     }
                 }
                 other => break other,
