@@ -167,6 +167,25 @@ struct JobDone {
 enum JobError {
     Kernel(KernelError),
     DeadlineExceeded,
+    /// The kernel panicked (a bug in it or in a decoder, triggered by this input).
+    Panicked(String),
+}
+
+/// Runs one kernel call, turning a panic into [`JobError::Panicked`]. A panic on the pool would
+/// otherwise abort the whole process (rayon's default) and the same record would crash every
+/// resizer that reads it; contained, the request is answered with a 500 and the partition moves
+/// on. The kernel holds no state across calls, so nothing is left half-updated.
+fn guarded(work: impl FnOnce() -> Result<Resized, KernelError>) -> Result<Resized, JobError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => result.map_err(JobError::Kernel),
+        Err(payload) => Err(JobError::Panicked(
+            payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned()),
+        )),
+    }
 }
 
 /// A request on the pool, with what is needed to answer it (the image itself moved to the job).
@@ -440,7 +459,7 @@ impl Worker {
             let result = if now_ms() > deadline_ms {
                 Err(JobError::DeadlineExceeded)
             } else {
-                kernel::resize(&image, &params, &limits).map_err(JobError::Kernel)
+                guarded(|| kernel::resize(&image, &params, &limits))
             };
             // The receiver is gone only if the partition was revoked; nothing to do then.
             let _ = tx.send(JobDone {
@@ -499,6 +518,15 @@ impl Worker {
                     },
                 };
                 (None, Some(failure), None, error.code())
+            }
+            Err(JobError::Panicked(panic)) => {
+                tracing::error!(request_id = %request.request_id, %panic, "Resize kernel panicked on this input; answered 500");
+                let failure = ResizeError {
+                    status: 500,
+                    code: "internal_error".to_owned(),
+                    message: "The image could not be processed.".to_owned(),
+                };
+                (None, Some(failure), None, "internal_error")
             }
             Err(JobError::DeadlineExceeded) => {
                 let failure = ResizeError {
@@ -934,4 +962,22 @@ fn micros(d: Duration) -> i64 {
 
 fn dim(pixels: u32) -> i32 {
     i32::try_from(pixels).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_panic_becomes_an_error_not_a_crash() {
+        let panicked = guarded(|| panic!("decoder bug at byte 42"));
+        assert!(matches!(panicked, Err(JobError::Panicked(m)) if m == "decoder bug at byte 42"));
+        let formatted = guarded(|| panic!("{} frames", 7));
+        assert!(matches!(formatted, Err(JobError::Panicked(m)) if m == "7 frames"));
+        let refused = guarded(|| Err(KernelError::UnsupportedMediaType));
+        assert!(matches!(
+            refused,
+            Err(JobError::Kernel(KernelError::UnsupportedMediaType))
+        ));
+    }
 }
