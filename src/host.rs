@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use chassis::{Readiness, ServiceContext, Shutdown};
+use chassis::{Readiness, ServiceContext, Shutdown, Tasks};
 use tokio::task::JoinSet;
 
 use crate::Config;
@@ -60,6 +60,9 @@ pub enum HostError {
         /// Why.
         source: std::io::Error,
     },
+    /// A supervised background task failed; every service was stopped.
+    #[error(transparent)]
+    Task(#[from] chassis::TaskFailure),
     /// A service failed; the others were stopped.
     #[error("{service} failed: {source}")]
     Service {
@@ -91,6 +94,7 @@ pub async fn run(
         SocketAddr::from(([127, 0, 0, 1], port))
     });
     let readiness = Readiness::default();
+    let background = Tasks::new(shutdown.clone());
     let mut registries = Vec::new();
     let mut tasks: JoinSet<Result<(), HostError>> = JoinSet::new();
 
@@ -99,6 +103,7 @@ pub async fn run(
             readiness: readiness.clone(),
             metrics: prometheus::Registry::new(),
             shutdown: shutdown.clone(),
+            tasks: background.clone(),
         };
         registries.push(ctx.metrics.clone());
         let config = config.clone();
@@ -148,6 +153,13 @@ pub async fn run(
             tracing::warn!("A service stopped on its own; stopping the others");
             shutdown.trigger();
         }
+    }
+    // Background tasks stop with shutdown; wait (bounded) so consumers leave their groups.
+    if !background.wait(chassis::shutdown::DRAIN_DEADLINE).await {
+        tracing::warn!("Background tasks still running after the drain deadline");
+    }
+    if let Some(failure) = background.failure() {
+        first_error.get_or_insert(HostError::Task(failure));
     }
     first_error.map_or(Ok(()), Err)
 }

@@ -1,10 +1,10 @@
 //! What every running service gets from the process that hosts it: where to report readiness,
-//! where to register metrics, and the shutdown signal. `imgpipe all` hosts every service in one
+//! where to register metrics, the shutdown signal, and the supervisor of its background tasks. `imgpipe all` hosts every service in one
 //! process with one context each, sharing the shutdown.
 
 use prometheus::Registry;
 
-use crate::{Readiness, Shutdown};
+use crate::{Readiness, Shutdown, Tasks};
 
 /// The host's handles for one service.
 #[derive(Debug, Clone)]
@@ -15,6 +15,8 @@ pub struct ServiceContext {
     pub metrics: Registry,
     /// Cooperative shutdown.
     pub shutdown: Shutdown,
+    /// Where background tasks are spawned, supervised: the first to fail stops the process.
+    pub tasks: Tasks,
 }
 
 impl ServiceContext {
@@ -23,6 +25,7 @@ impl ServiceContext {
         Self {
             readiness: Readiness::default(),
             metrics: Registry::new(),
+            tasks: Tasks::new(shutdown.clone()),
             shutdown,
         }
     }

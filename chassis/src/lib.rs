@@ -10,6 +10,7 @@ pub mod kafka;
 pub mod ops;
 pub mod retry;
 pub mod shutdown;
+pub mod tasks;
 pub mod telemetry;
 
 pub use config::{ConfigError, Validate, load_config};
@@ -17,3 +18,4 @@ pub use context::ServiceContext;
 pub use health::Readiness;
 pub use retry::{Backoff, RetryPolicy, RetryStop};
 pub use shutdown::Shutdown;
+pub use tasks::{TaskFailure, Tasks};

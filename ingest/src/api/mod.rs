@@ -87,16 +87,18 @@ pub async fn run(
         metrics.clone(),
     )?);
     let router = ReplyRouter::new(replies::reply_topic(&kafka), config.max_concurrent_requests);
-    let reader = replies::start_reader(
+    replies::start_reader(
         &kafka,
         &config.instance_id,
         router.clone(),
         codec,
         metrics.clone(),
-        ctx.readiness.clone(),
-        ctx.shutdown.clone(),
+        &ctx,
     )?;
-    tokio::spawn(watch_broker_health(publisher.clone(), ctx.clone()));
+    ctx.tasks.spawn_until_shutdown(
+        "broker-health",
+        watch_broker_health(publisher.clone(), ctx.clone()),
+    );
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -115,13 +117,10 @@ pub async fn run(
         config: Arc::new(config),
     };
     let shutdown = ctx.shutdown.clone();
-    let served = axum::serve(listener, app(state))
+    axum::serve(listener, app(state))
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await
-        .map_err(|source| ApiError::Serve { address, source });
-    // The reply reader stops with shutdown; wait so its consumer leaves the group cleanly.
-    let _ = reader.await;
-    served
+        .map_err(|source| ApiError::Serve { address, source })
 }
 
 /// Probes Kafka while it is down and mirrors its health into readiness, so a load balancer stops

@@ -173,16 +173,17 @@ pub enum ReplyReaderError {
     Subscribe(rdkafka::error::KafkaError),
 }
 
-/// Starts the task that reads this instance's reply partitions until shutdown.
+/// Starts the task that reads this instance's reply partitions until shutdown, supervised by
+/// `ctx.tasks` (which the host waits for, so the consumer leaves its group cleanly).
 pub fn start_reader(
     kafka: &KafkaConfig,
     instance_id: &str,
     router: Arc<ReplyRouter>,
     codec: Arc<Codec>,
     metrics: ApiMetrics,
-    readiness: Readiness,
-    shutdown: Shutdown,
-) -> Result<tokio::task::JoinHandle<()>, ReplyReaderError> {
+    ctx: &chassis::ServiceContext,
+) -> Result<(), ReplyReaderError> {
+    let (readiness, shutdown) = (ctx.readiness.clone(), ctx.shutdown.clone());
     let mut config = kafka.consumer_config(GROUP);
     config
         // Only replies written after we own a partition matter; older ones answer requests that
@@ -205,9 +206,11 @@ pub fn start_reader(
         .subscribe(&[router.topic()])
         .map_err(ReplyReaderError::Subscribe)?;
     readiness.register(READINESS, "waiting for reply partitions");
-    Ok(tokio::spawn(read_replies(
-        consumer, router, codec, metrics, readiness, shutdown,
-    )))
+    ctx.tasks.spawn_until_shutdown(
+        "reply-reader",
+        read_replies(consumer, router, codec, metrics, readiness, shutdown),
+    );
+    Ok(())
 }
 
 async fn read_replies(

@@ -134,19 +134,20 @@ impl IdentityView {
             .await
             .map_err(AuthSetupError::Consumer)?;
         let codec = schemas::Codec::new(registry, &kafka.namespace);
-        tokio::spawn(tail(
-            view.clone(),
-            reader.clone(),
-            codec,
-            ctx.shutdown.clone(),
-        ));
-        tokio::spawn(watch_freshness(
-            view.clone(),
-            reader,
-            config.clone(),
-            ctx.readiness.clone(),
-            ctx.shutdown.clone(),
-        ));
+        ctx.tasks.spawn_until_shutdown(
+            "identity-tail",
+            tail(view.clone(), reader.clone(), codec, ctx.shutdown.clone()),
+        );
+        ctx.tasks.spawn_until_shutdown(
+            "identity-freshness",
+            watch_freshness(
+                view.clone(),
+                reader,
+                config.clone(),
+                ctx.readiness.clone(),
+                ctx.shutdown.clone(),
+            ),
+        );
         Ok(view)
     }
 
