@@ -223,14 +223,13 @@ async fn a_resizer_killed_under_load_loses_and_duplicates_nothing() {
     hosted.stop().await;
 }
 
-/// While the schema registry is down, a resizer retries decoding a request it cannot read yet;
-/// that wait used to ignore shutdown, so SIGTERM never got through. It now stops promptly, and
-/// leaves the unread request uncommitted for the next owner of its partition.
-#[tokio::test]
-async fn a_resizer_stops_promptly_while_the_registry_is_down() {
-    let mut config = support::provisioned("resizer_registry_down").await;
-    let registry: SocketAddr = config
-        .registry
+/// The registry of `config`, put behind a proxy the test can cut; returns the proxy and the
+/// real registry's settings (for writing requests while the service's registry is gone).
+async fn registry_behind_proxy(
+    config: &mut imgpipe::Config,
+) -> (support::outage::Outage, schemas::RegistryConfig) {
+    let real = config.registry.clone();
+    let registry: SocketAddr = real
         .url
         .trim_start_matches("http://")
         .split('/')
@@ -239,23 +238,21 @@ async fn a_resizer_stops_promptly_while_the_registry_is_down() {
         .parse()
         .unwrap();
     let proxy = support::outage::Outage::proxy(registry).await;
-    let real_url = config.registry.url.clone();
-    config.registry.url = real_url.replace(&registry.to_string(), &proxy.address.to_string());
-    let hosted = support::host(config.clone(), &[Service::Resizer]).await;
+    config.registry.url = real
+        .url
+        .replace(&registry.to_string(), &proxy.address.to_string());
+    (proxy, real)
+}
 
-    // A valid request, written with the real registry; the resizer has never seen its schema id.
-    proxy.cut();
-    let real = schemas::RegistryConfig {
-        url: real_url,
-        ..config.registry.clone()
-    };
-    let codec = Codec::new(&real, &config.kafka.namespace);
+/// Writes one valid resize request straight to image.requests (no api involved).
+async fn produce_request(config: &imgpipe::Config, registry: &schemas::RegistryConfig, id: &str) {
+    let codec = Codec::new(registry, &config.kafka.namespace);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
     let request = schemas::events::ResizeRequested {
-        request_id: "registry-down-1".into(),
+        request_id: id.into(),
         tenant_id: "t".into(),
         key_id: "k".into(),
         received_at_ms: now,
@@ -270,18 +267,49 @@ async fn a_resizer_stops_promptly_while_the_registry_is_down() {
         reply_partition: 0,
     };
     let payload = codec.encode(&request).await.unwrap();
-    let producer = config.kafka.producer().unwrap();
-    producer
+    config
+        .kafka
+        .producer()
+        .unwrap()
         .send(
             rdkafka::producer::FutureRecord::to(
                 &config.kafka.name(schemas::topics::IMAGE_REQUESTS),
             )
-            .key("registry-down-1")
+            .key(id)
             .payload(&payload),
             Duration::from_secs(5),
         )
         .await
         .unwrap();
+}
+
+/// `/readyz`'s check `name`: (ready, reason).
+async fn readiness_check(ops: SocketAddr, name: &str) -> Option<(bool, String)> {
+    let body: serde_json::Value = reqwest::get(format!("http://{ops}/readyz"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let check = body.get("checks")?.get(name)?;
+    Some((
+        check.get("ready")?.as_bool()?,
+        check.get("reason")?.as_str()?.to_owned(),
+    ))
+}
+
+/// While the schema registry is down, a resizer retries decoding a request it cannot read yet;
+/// that wait used to ignore shutdown, so SIGTERM never got through. It now stops promptly, and
+/// leaves the unread request uncommitted for the next owner of its partition.
+#[tokio::test]
+async fn a_resizer_stops_promptly_while_the_registry_is_down() {
+    let mut config = support::provisioned("resizer_registry_down").await;
+    let (proxy, real) = registry_behind_proxy(&mut config).await;
+    let hosted = support::host(config.clone(), &[Service::Resizer]).await;
+
+    // A valid request, written with the real registry; the resizer has never seen its schema id.
+    proxy.cut();
+    produce_request(&config, &real, "registry-down-1").await;
     // Let the resizer take the record and start waiting for the registry.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -290,4 +318,54 @@ async fn a_resizer_stops_promptly_while_the_registry_is_down() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     drop(proxy);
+}
+
+/// A resizer that holds work and commits nothing for longer than `stall_after` says so on
+/// `/readyz` (check `resizer_progress`, with the reason) even though it is connected and its
+/// loop is blocked; once it makes progress again the check turns ready by itself.
+#[tokio::test]
+async fn a_stalled_resizer_says_so_on_readyz_and_recovers() {
+    let mut config = support::provisioned("resizer_stall").await;
+    config.resizer.stall_after = Duration::from_secs(1);
+    let (proxy, real) = registry_behind_proxy(&mut config).await;
+    let hosted = support::host(config.clone(), &[Service::Resizer]).await;
+    assert_eq!(
+        readiness_check(hosted.ops, "resizer_progress").await,
+        Some((true, String::new()))
+    );
+
+    proxy.cut();
+    produce_request(&config, &real, "stall-1").await;
+    let reason = support::eventually(Duration::from_secs(20), "the stall to show", || async {
+        match readiness_check(hosted.ops, "resizer_progress").await {
+            Some((false, reason)) => Some(reason),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(reason.contains("no progress"), "{reason}");
+    let metrics = reqwest::get(format!("http://{}/metrics", hosted.ops))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("imgpipe_consumer_stalled{consumer=\"resizer\"} 1"),
+        "{metrics}"
+    );
+
+    proxy.restore();
+    support::eventually(
+        Duration::from_secs(20),
+        "the resizer to recover",
+        || async {
+            match readiness_check(hosted.ops, "resizer_progress").await {
+                Some((true, _)) => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    hosted.stop().await;
 }

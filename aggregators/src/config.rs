@@ -37,6 +37,11 @@ pub struct AggregatorConfig {
     pub retry_backoff_max: Duration,
     /// Apply ClickHouse migrations at start (as `imgpipe migrate` does).
     pub migrate_on_start: bool,
+    /// How long the aggregator may hold usage records without writing any before it reports
+    /// itself stalled (`/readyz` check `aggregator_progress`,
+    /// `imgpipe_consumer_stalled{consumer="aggregator"}`).
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
 }
 
 impl Default for AggregatorConfig {
@@ -49,6 +54,7 @@ impl Default for AggregatorConfig {
             retry_backoff_min: default_retry_backoff_min(),
             retry_backoff_max: default_retry_backoff_max(),
             migrate_on_start: true,
+            stall_after: Duration::from_secs(30),
         }
     }
 }

@@ -138,6 +138,7 @@ pub(crate) struct Worker {
     pub(crate) ctx: ServiceContext,
     pub(crate) batcher: Batcher,
     stall: Option<Stall>,
+    progress: chassis::StallDetector,
     backoff: Backoff,
     query_prefix: String,
     query_seq: u64,
@@ -152,8 +153,9 @@ impl Worker {
         config: AggregatorConfig,
         metrics: Metrics,
         ctx: ServiceContext,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, prometheus::Error> {
+        let progress = chassis::StallDetector::start("aggregator", config.stall_after, &ctx)?;
+        Ok(Self {
             batcher: Batcher::new(
                 config.batch_max_records,
                 config.batch_max_age,
@@ -163,6 +165,7 @@ impl Worker {
             query_prefix: format!("usage-aggregator-{}", uuid::Uuid::new_v4().simple()),
             query_seq: 0,
             stall: None,
+            progress,
             topic,
             inbox,
             sink,
@@ -170,7 +173,7 @@ impl Worker {
             config,
             metrics,
             ctx,
-        }
+        })
     }
 
     /// Consumes until shutdown, then writes what it holds (one attempt) and commits.
@@ -216,6 +219,7 @@ impl Worker {
 
     /// Takes one record; `false` when shutdown interrupted a registry retry.
     async fn on_record(&mut self, partition: i32, offset: i64, payload: &[u8]) -> bool {
+        self.progress.busy();
         self.metrics.consumed.inc();
         match self.batcher.admit(partition, offset) {
             Admission::Take => {}
@@ -366,10 +370,18 @@ impl Worker {
         consumer: &StreamConsumer<AggregatorContext>,
         all: bool,
     ) -> Result<(), SinkError> {
+        let mut wrote = false;
         for partition in self.batcher.due(Instant::now(), all) {
             self.flush(consumer, partition).await?;
+            wrote = true;
         }
-        self.metrics.pending.set(gauge(self.batcher.pending()));
+        let pending = self.batcher.pending();
+        self.metrics.pending.set(gauge(pending));
+        if wrote {
+            self.progress.progressed(pending > 0);
+        } else if pending == 0 {
+            self.progress.idle();
+        }
         Ok(())
     }
 

@@ -102,7 +102,7 @@ pub async fn run(
     let consumer = kafka.consumer(&consumer_config, context)?;
     let codec = Codec::new(&registry, &kafka.namespace);
     tracing::info!(%topic, group = %kafka.name(GROUP_ID), "Usage aggregator consuming");
-    Worker::new(topic, inbox, sink, codec, config, metrics, ctx)
+    Worker::new(topic, inbox, sink, codec, config, metrics, ctx)?
         .run(consumer)
         .await
 }

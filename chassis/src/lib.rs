@@ -10,6 +10,7 @@ pub mod kafka;
 pub mod ops;
 pub mod retry;
 pub mod shutdown;
+pub mod stall;
 pub mod tasks;
 pub mod telemetry;
 
@@ -18,4 +19,5 @@ pub use context::ServiceContext;
 pub use health::Readiness;
 pub use retry::{Backoff, RetryPolicy, RetryStop};
 pub use shutdown::Shutdown;
+pub use stall::StallDetector;
 pub use tasks::{TaskFailure, Tasks};

@@ -55,7 +55,19 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<OpsState>) -> Response {
-    let families: Vec<_> = state.registries.iter().flat_map(Registry::gather).collect();
+    // Services hosted together may export the same family (say, `imgpipe_consumer_stalled`
+    // with their own label values): merge by name, since the text format allows one block each.
+    let mut merged: std::collections::BTreeMap<String, prometheus::proto::MetricFamily> =
+        std::collections::BTreeMap::new();
+    for mut family in state.registries.iter().flat_map(Registry::gather) {
+        match merged.get_mut(family.name()) {
+            Some(existing) => existing.mut_metric().extend(family.take_metric()),
+            None => {
+                merged.insert(family.name().to_owned(), family);
+            }
+        }
+    }
+    let families: Vec<_> = merged.into_values().collect();
     let mut body = Vec::new();
     match TextEncoder::new().encode(&families, &mut body) {
         Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),

@@ -38,6 +38,10 @@ pub struct ResizerConfig {
     /// Longest a finished result waits for its transaction (the latency cost of batching).
     #[serde(with = "humantime_serde")]
     pub transaction_max_delay: Duration,
+    /// How long the resizer may hold work without committing any before it reports itself
+    /// stalled (`/readyz` check `resizer_progress`, `imgpipe_consumer_stalled{consumer="resizer"}`).
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
     /// Broker-side timeout of an open transaction; a crashed resizer's transaction blocks
     /// readers at most this long (plus the broker's abort check interval).
     #[serde(with = "humantime_serde")]
@@ -58,6 +62,9 @@ impl Default for ResizerConfig {
             transaction_max_records: 64,
             transaction_max_delay: Duration::from_millis(5),
             transaction_timeout: Duration::from_secs(5),
+            // Well past a transaction's worst case (delivery timeout plus commit), short enough
+            // that an operator hears of a wedged partition within a minute.
+            stall_after: Duration::from_secs(30),
         }
     }
 }
@@ -99,6 +106,9 @@ impl ResizerConfig {
         }
         if self.transaction_timeout < Duration::from_secs(1) {
             errors.push("resizer.transaction_timeout must be at least 1s".into());
+        }
+        if self.stall_after < Duration::from_secs(1) {
+            errors.push("resizer.stall_after must be at least 1s".into());
         }
         self.limits(usize::MAX).validate(errors);
     }

@@ -235,6 +235,7 @@ pub async fn run(
         return Err(ResizerError::Config(errors.join("; ")));
     }
     let metrics = ResizerMetrics::register(&ctx.metrics)?;
+    let stall = chassis::StallDetector::start("resizer", config.stall_after, &ctx)?;
     ctx.readiness.register("resizer", "joining consumer group");
 
     let instance = if config.instance_id.is_empty() {
@@ -298,6 +299,7 @@ pub async fn run(
         tracker: OffsetTracker::default(),
         unwritable: UnwritableInputs::default(),
         shutdown: ctx.shutdown.clone(),
+        stall,
         jobs: FuturesUnordered::new(),
         metrics,
         config,
@@ -321,6 +323,7 @@ struct Worker {
     tracker: OffsetTracker<Outputs>,
     unwritable: UnwritableInputs,
     shutdown: chassis::Shutdown,
+    stall: chassis::StallDetector,
     jobs: FuturesUnordered<JobFuture>,
     metrics: ResizerMetrics,
     config: ResizerConfig,
@@ -351,6 +354,9 @@ impl Worker {
             }
             if self.tracker.ready_count() >= self.config.transaction_max_records {
                 self.flush().await?;
+            }
+            if self.tracker.is_empty() && self.jobs.is_empty() {
+                self.stall.idle();
             }
         }
         self.drain().await
@@ -395,6 +401,7 @@ impl Worker {
 
     /// Decodes one record and puts its work on the pool, or turns it into a DLQ record.
     async fn accept(&mut self, message: &BorrowedMessage<'_>) {
+        self.stall.busy();
         let (partition, offset) = (message.partition(), message.offset());
         if let Some(unwritable) = self.unwritable.take((partition, offset)) {
             self.tracker.start(partition, offset);
@@ -715,6 +722,7 @@ impl Worker {
                     .transaction_seconds
                     .observe(started.elapsed().as_secs_f64());
                 self.metrics.transaction_records.observe(count as f64);
+                self.stall.progressed(!self.tracker.is_empty());
                 Ok(())
             }
             Err(CommitFailure { error, .. }) if is_fatal(&error) => {
