@@ -25,6 +25,12 @@ pub struct ResizerConfig {
     pub max_pixels: u64,
     /// Largest output width or height.
     pub max_output_side: u32,
+    /// Most frames an animated GIF or WebP may have to be resized frame by frame (from the
+    /// header, before decoding); more is refused with 422 `too_many_frames`.
+    pub max_frames: u32,
+    /// Most pixels over all frames of an animation (frames × canvas, from the header; and frames
+    /// × output canvas); more is refused with 422 `too_many_pixels` (400 for the output side).
+    pub max_animation_pixels: u64,
     /// Results committed in one Kafka transaction at most.
     pub transaction_max_records: usize,
     /// Longest a finished result waits for its transaction (the latency cost of batching).
@@ -46,6 +52,8 @@ impl Default for ResizerConfig {
             max_input_bytes: limits.max_input_bytes,
             max_pixels: limits.max_pixels,
             max_output_side: limits.max_output_side,
+            max_frames: limits.max_frames,
+            max_animation_pixels: limits.max_animation_pixels,
             transaction_max_records: 64,
             transaction_max_delay: Duration::from_millis(5),
             transaction_timeout: Duration::from_secs(5),
@@ -78,6 +86,8 @@ impl ResizerConfig {
             max_input_bytes: self.max_input_bytes,
             max_pixels: self.max_pixels,
             max_output_side: self.max_output_side,
+            max_frames: self.max_frames,
+            max_animation_pixels: self.max_animation_pixels,
         }
     }
 
@@ -91,6 +101,11 @@ impl ResizerConfig {
         }
         if self.max_pixels == 0 || self.max_input_bytes == 0 {
             errors.push("resizer.max_pixels and resizer.max_input_bytes must be positive".into());
+        }
+        if self.max_frames == 0 || self.max_animation_pixels == 0 {
+            errors.push(
+                "resizer.max_frames and resizer.max_animation_pixels must be positive".into(),
+            );
         }
     }
 }
