@@ -263,7 +263,8 @@ async fn the_output_format_parameters_are_a_backward_compatible_evolution() {
     // The same fields without defaults could not read the older records: refused.
     let no_defaults = resize_requested_before_format_fields(true);
     let refused = registry.register(&subject, &no_defaults.to_string()).await;
-    assert!(refused.is_err(), "fields without defaults must be refused");
+    let error = refused.expect_err("fields without defaults must be refused");
+    assert!(!error.is_retryable(), "refusal is permanent: {error}");
 
     // Today's schema, whose new fields have defaults, is accepted.
     let current_id = registry

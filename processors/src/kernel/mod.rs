@@ -214,9 +214,9 @@ impl KernelError {
 /// (lossy, or lossless with `params.lossless`), AVIF and GIF can be written.
 ///
 /// An animated GIF or WebP with `params.frames` = all and GIF or WebP output (the default for
-/// them) is resized frame by frame into an animation; after the header's frame count and frames ×
-/// canvas are checked against `limits` (422 `too_many_frames` / `too_many_pixels`) before
-/// anything is decoded. Any other request on an animation uses its first frame.
+/// them) is resized frame by frame into an animation, once the header's frame count and frames ×
+/// canvas have passed `limits` (else 422 `too_many_frames` / `too_many_pixels`, before anything
+/// is decoded). Any other request on an animation makes a still of its first frame.
 pub fn resize(
     input: &[u8],
     params: &ResizeParams,
