@@ -19,9 +19,10 @@ use super::{BoxError, KernelError};
 /// WebP effort when the request names none: `method` 4, libwebp's, libvips' and sharp's default.
 pub const DEFAULT_WEBP_EFFORT: u8 = 4;
 
-/// AVIF effort when the request names none: rav1e speed 8. Measured on one core for a 512-px
-/// photo, effort 2 takes about half the time of effort 4 (≈0.2 s against ≈0.4 s) for about 2 %
-/// more bytes at the same quality, and time is what the resizer pool runs out of.
+/// AVIF effort when the request names none: rav1e speed 8. Measured on one core over 21 photos
+/// fitted in 512×512 (benches/formats_vs_libvips.sh), a call at effort 2 took 0.18–0.19 s
+/// against 0.23–0.34 s at effort 4, for about 1.5 % more bytes at the same quality; CPU time is
+/// what the resizer pool runs out of.
 pub const DEFAULT_AVIF_EFFORT: u8 = 2;
 
 /// libwebp's largest `method`; higher efforts are capped to it.
