@@ -12,7 +12,7 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use schemas::events::{
-    Fit, Gravity, ImageFormat, ResizeParams, ResizeRequested, UsageRecorded, UsageSource,
+    Fit, Frames, Gravity, ImageFormat, ResizeParams, ResizeRequested, UsageRecorded, UsageSource,
 };
 use schemas::registry::value_subject;
 use schemas::{Codec, Event};
@@ -55,6 +55,9 @@ async fn records_round_trip_through_kafka_and_the_registry() {
             format: Some(ImageFormat::Png),
             quality: None,
             enlarge: false,
+            lossless: true,
+            effort: Some(3),
+            frames: Frames::First,
         },
         content_type: Some("image/gif".into()),
         image: (0..=255).collect(),
@@ -213,4 +216,113 @@ async fn an_independent_confluent_client_decodes_what_imgpipe_wrote() {
     assert_eq!(decoded["source"], "RESIZER");
     // timestamp-millis comes back as a UTC datetime; it must be the same instant to the ms.
     assert_eq!(decoded["event_time_ms"], "2025-11-21 04:40:00.123000+00:00");
+}
+
+/// Today's `ResizeRequested` without the output-format fields of `params` (`lossless`, `effort`,
+/// `frames`): the schema the registry held before they were added.
+fn resize_requested_before_format_fields(without_defaults: bool) -> serde_json::Value {
+    let mut schema: serde_json::Value =
+        serde_json::from_str(ResizeRequested::SCHEMA).expect("json");
+    let params = schema["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .iter_mut()
+        .find(|f| f["name"] == "params")
+        .expect("params");
+    let fields = params["type"]["fields"]
+        .as_array_mut()
+        .expect("params fields");
+    if without_defaults {
+        for field in fields.iter_mut() {
+            field.as_object_mut().expect("object").remove("default");
+        }
+    } else {
+        fields.retain(|f| !matches!(f["name"].as_str(), Some("lossless" | "effort" | "frames")));
+    }
+    schema
+}
+
+#[tokio::test]
+async fn the_output_format_parameters_are_a_backward_compatible_evolution() {
+    let config = support::provisioned("contracts_format_params").await;
+    let registry = &config.registry;
+    let subject = value_subject(&format!(
+        "{}.format-params",
+        config.kafka.name(ResizeRequested::TOPIC)
+    ));
+    registry
+        .set_compatibility(&subject, "BACKWARD")
+        .await
+        .expect("compatibility");
+    let previous = resize_requested_before_format_fields(false);
+    let previous_id = registry
+        .register(&subject, &previous.to_string())
+        .await
+        .expect("the previous schema registers");
+
+    // The same fields without defaults could not read the older records: refused.
+    let no_defaults = resize_requested_before_format_fields(true);
+    let refused = registry.register(&subject, &no_defaults.to_string()).await;
+    let error = refused.expect_err("fields without defaults must be refused");
+    assert!(!error.is_retryable(), "refusal is permanent: {error}");
+
+    // Today's schema, whose new fields have defaults, is accepted.
+    let current_id = registry
+        .register(&subject, ResizeRequested::SCHEMA)
+        .await
+        .expect("today's schema is a BACKWARD-compatible evolution");
+    assert_ne!(previous_id, current_id);
+
+    // A record an api of the previous version wrote is read with the defaults.
+    let request = ResizeRequested {
+        request_id: "req-old".into(),
+        tenant_id: "tenant-a".into(),
+        key_id: "key-1".into(),
+        received_at_ms: 1,
+        deadline_at_ms: 2,
+        params: ResizeParams {
+            width: Some(512),
+            format: Some(ImageFormat::Webp),
+            quality: Some(80),
+            ..ResizeParams::default()
+        },
+        content_type: None,
+        image: vec![1, 2, 3],
+        reply_topic: "replies".into(),
+        reply_partition: 0,
+    };
+    let previous_schema =
+        apache_avro::Schema::parse_str(&previous.to_string()).expect("previous parses");
+    let apache_avro::types::Value::Record(mut fields) =
+        apache_avro::to_value(&request).expect("to value")
+    else {
+        panic!("a record");
+    };
+    for (name, value) in &mut fields {
+        if let ("params", apache_avro::types::Value::Record(params)) = (name.as_str(), value) {
+            params.retain(|(n, _)| !matches!(n.as_str(), "lossless" | "effort" | "frames"));
+        }
+    }
+    let value = apache_avro::types::Value::Record(fields)
+        .resolve(&previous_schema)
+        .expect("fits the previous schema");
+    let body = apache_avro::writer::datum::GenericDatumWriter::builder(&previous_schema)
+        .build()
+        .expect("writer")
+        .write_value_to_vec(value)
+        .expect("encodes");
+    let mut payload = vec![0];
+    payload.extend_from_slice(&previous_id.to_be_bytes());
+    payload.extend_from_slice(&body);
+    let codec = Codec::new(registry, &config.kafka.namespace);
+    let decoded: ResizeRequested = codec.decode(&payload).await.expect("decodes");
+    assert_eq!(decoded, request);
+    assert_eq!(
+        (
+            decoded.params.lossless,
+            decoded.params.effort,
+            decoded.params.frames
+        ),
+        (false, None, Frames::All)
+    );
 }

@@ -33,6 +33,12 @@ pub struct ResizerConfig {
     /// Largest output, in pixels (width × height of the canvas), checked before allocating;
     /// at most `max_pixels`.
     pub max_output_pixels: u64,
+    /// Most frames an animated GIF or WebP may have to be resized frame by frame (from the
+    /// header, before decoding); more is refused with 422 `too_many_frames`.
+    pub max_frames: u32,
+    /// Most pixels over all frames of an animation (frames × canvas, from the header; and frames
+    /// × output canvas); more is refused with 422 `too_many_pixels` (400 for the output side).
+    pub max_animation_pixels: u64,
     /// Results committed in one Kafka transaction at most.
     pub transaction_max_records: usize,
     /// Longest a finished result waits for its transaction (the latency cost of batching).
@@ -59,6 +65,8 @@ impl Default for ResizerConfig {
             max_pixels: limits.max_pixels,
             max_output_side: limits.max_output_side,
             max_output_pixels: limits.max_output_pixels,
+            max_frames: limits.max_frames,
+            max_animation_pixels: limits.max_animation_pixels,
             transaction_max_records: 64,
             transaction_max_delay: Duration::from_millis(5),
             transaction_timeout: Duration::from_secs(5),
@@ -96,6 +104,8 @@ impl ResizerConfig {
             max_output_side: self.max_output_side,
             max_output_pixels: self.max_output_pixels,
             max_output_bytes: max_reply_bytes.saturating_sub(REPLY_ENVELOPE_BYTES),
+            max_frames: self.max_frames,
+            max_animation_pixels: self.max_animation_pixels,
         }
     }
 

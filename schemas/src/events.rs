@@ -51,6 +51,17 @@ pub enum Gravity {
     SouthWest,
 }
 
+/// Which frames of an animated input (GIF, WebP) are resized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Frames {
+    /// Every frame, into an animated GIF or WebP (a still format gets the first frame).
+    #[default]
+    All,
+    /// The first frame only, as a still.
+    First,
+}
+
 /// Image formats the pipeline knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -61,9 +72,9 @@ pub enum ImageFormat {
     Png,
     /// WebP.
     Webp,
-    /// GIF (input only: the first frame is used).
+    /// GIF, still or animated.
     Gif,
-    /// AVIF (reserved).
+    /// AVIF (output only: no decoder that builds from the project's packages is well kept).
     Avif,
 }
 
@@ -106,6 +117,41 @@ impl ImageFormat {
         }
     }
 
+    /// The name of a well-known image format that imgpipe does *not* read, from its magic bytes
+    /// (`"HEIC"`, `"AVIF"`, `"TIFF"`, `"BMP"`, `"JPEG XL"`), so that a 415 can say what it saw;
+    /// `None` for a format [`sniff`](Self::sniff) accepts and for bytes that are no known image.
+    pub fn sniff_unsupported(bytes: &[u8]) -> Option<&'static str> {
+        match bytes {
+            [b'I', b'I', 0x2A, 0x00, ..] | [b'M', b'M', 0x00, 0x2A, ..] => Some("TIFF"),
+            // "BM", then a 32-bit file size and two reserved 16-bit zeros.
+            [b'B', b'M', _, _, _, _, 0, 0, 0, 0, ..] => Some("BMP"),
+            [0xFF, 0x0A, ..] | [0, 0, 0, 0x0C, b'J', b'X', b'L', b' ', ..] => Some("JPEG XL"),
+            // ISO-BMFF: a box size, then `ftyp`, the major brand and the compatible brands.
+            [_, _, _, _, b'f', b't', b'y', b'p', rest @ ..] => {
+                let size = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+                let brands = rest.get(..size.saturating_sub(8)).unwrap_or(rest);
+                // Major brand (4 bytes), minor version (4 bytes), then compatible brands.
+                let has = |wanted: &[&[u8; 4]]| {
+                    brands
+                        .chunks_exact(4)
+                        .enumerate()
+                        .filter(|(i, _)| *i != 1)
+                        .any(|(_, b)| wanted.iter().any(|w| b == *w))
+                };
+                if has(&[b"avif", b"avis"]) {
+                    Some("AVIF")
+                } else if has(&[
+                    b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1",
+                ]) {
+                    Some("HEIC")
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// Lower-case short name, as used in query strings and usage records.
     pub fn name(self) -> &'static str {
         match self {
@@ -131,10 +177,19 @@ pub struct ResizeParams {
     pub gravity: Gravity,
     /// Output format; `None` keeps the input's.
     pub format: Option<ImageFormat>,
-    /// Encoder quality 1–100 (JPEG, WebP); `None` for the default.
+    /// Encoder quality 1–100 (JPEG, lossy WebP, AVIF); `None` for the default.
     pub quality: Option<i32>,
     /// Whether the output may be larger than the input.
     pub enlarge: bool,
+    /// WebP output: lossless instead of lossy.
+    #[serde(default)]
+    pub lossless: bool,
+    /// Encoder effort 0 (fastest) to 9 (smallest) for WebP and AVIF; `None` for the default.
+    #[serde(default)]
+    pub effort: Option<i32>,
+    /// Animated input: every frame, or a still of the first.
+    #[serde(default)]
+    pub frames: Frames,
 }
 
 /// A resize request on `image.requests`.
@@ -385,6 +440,9 @@ pub(crate) mod samples {
                 format: Some(ImageFormat::Webp),
                 quality: Some(80),
                 enlarge: true,
+                lossless: true,
+                effort: Some(7),
+                frames: Frames::First,
             },
             content_type: Some("image/jpeg".into()),
             image: vec![0xff, 0xd8, 0xff, 0, 1, 2],
@@ -472,6 +530,63 @@ mod tests {
         let decoded = reader.read_value(&mut bytes.as_slice()).expect("decodes");
         let back: E = from_value(&decoded).expect("from value");
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn unsupported_formats_are_named_by_their_magic_bytes() {
+        let ftyp = |major: &[u8; 4], compatible: &[u8; 4]| {
+            let mut b = 24u32.to_be_bytes().to_vec();
+            b.extend_from_slice(b"ftyp");
+            b.extend_from_slice(major);
+            b.extend_from_slice(&[0, 0, 0, 0]);
+            b.extend_from_slice(compatible);
+            b.extend_from_slice(b"miaf");
+            b.extend_from_slice(b"\0\0\0\0meta");
+            b
+        };
+        assert_eq!(
+            ImageFormat::sniff_unsupported(&ftyp(b"heic", b"heic")),
+            Some("HEIC")
+        );
+        assert_eq!(
+            ImageFormat::sniff_unsupported(&ftyp(b"mif1", b"heic")),
+            Some("HEIC")
+        );
+        assert_eq!(
+            ImageFormat::sniff_unsupported(&ftyp(b"avif", b"mif1")),
+            Some("AVIF")
+        );
+        assert_eq!(
+            ImageFormat::sniff_unsupported(&ftyp(b"mif1", b"avif")),
+            Some("AVIF")
+        );
+        assert_eq!(
+            ImageFormat::sniff_unsupported(&ftyp(b"isom", b"mp41")),
+            None
+        );
+        assert_eq!(
+            ImageFormat::sniff_unsupported(b"II*\0\x08\0\0\0"),
+            Some("TIFF")
+        );
+        assert_eq!(
+            ImageFormat::sniff_unsupported(b"MM\0*\0\0\0\x08"),
+            Some("TIFF")
+        );
+        assert_eq!(
+            ImageFormat::sniff_unsupported(b"BM\x36\0\x0c\0\0\0\0\0\x36\0"),
+            Some("BMP")
+        );
+        assert_eq!(
+            ImageFormat::sniff_unsupported(b"\xff\x0a\xfa"),
+            Some("JPEG XL")
+        );
+        assert_eq!(ImageFormat::sniff_unsupported(b"GIF89a.."), None);
+        assert_eq!(ImageFormat::sniff_unsupported(b"<svg"), None);
+        assert_eq!(
+            ImageFormat::sniff(&ftyp(b"avif", b"mif1")),
+            None,
+            "AVIF is not read"
+        );
     }
 
     #[test]

@@ -60,14 +60,18 @@ pub fn spec() -> Value {
         "paths": {
             "/v1/resize": {"post": {
                 "summary": "Resize an image",
+                "description": "Inputs: JPEG, PNG, WebP and GIF, still or animated (read by magic bytes; the Content-Type is not trusted). AVIF, HEIC, TIFF, BMP and JPEG XL are refused with 415 naming the format. Outputs: JPEG, PNG, WebP (lossy by default, or lossless), AVIF and GIF. EXIF orientation is applied and metadata stripped. Resampling is Lanczos3 on 8-bit sRGB values (like vipsthumbnail's default), not in linear light.\n\nAnimation: an animated GIF or WebP with frames=all and GIF or WebP output (the default for them) is resized frame by frame into an animation with the same plan for every frame, keeping frame delays and the loop count. frames=first, or a still output format (jpeg, png, avif), gives a still of the first frame.\n\nLimits: body 8 MiB (413); 50,000,000 pixels per image from the header (422 too_many_pixels); output 8192 per side (400); for animations, from the headers before decoding, 500 frames (422 too_many_frames) and 50,000,000 pixels over all frames, frames × canvas (422 too_many_pixels); an animated output over 50,000,000 pixels over all frames (with enlarge) is 400. The limits are the resizers' configuration (max_input_bytes, max_pixels, max_output_side, max_frames, max_animation_pixels); these are the defaults.",
                 "parameters": [
                     query("width", "Target width, 1–8192. Either width or height may be omitted with fit=inside.", json!({"type": "integer", "minimum": 1, "maximum": 8192})),
                     query("height", "Target height, 1–8192.", json!({"type": "integer", "minimum": 1, "maximum": 8192})),
                     query("fit", "inside (default), cover, contain or fill.", json!({"type": "string", "enum": ["inside", "cover", "contain", "fill"]})),
                     query("gravity", "Crop anchor for cover.", json!({"type": "string", "enum": ["centre", "north", "south", "east", "west", "northeast", "northwest", "southeast", "southwest"]})),
-                    query("format", "Output format; default keeps the input's (GIF becomes PNG).", json!({"type": "string", "enum": ["jpeg", "png", "webp"]})),
-                    query("quality", "Encoder quality 1–100.", json!({"type": "integer", "minimum": 1, "maximum": 100})),
-                    query("enlarge", "Allow output larger than the input.", json!({"type": "boolean"}))
+                    query("format", "Output format; default keeps the input's (a still GIF becomes PNG, an animated GIF stays GIF). gif and webp can be animated; jpeg, png and avif are stills.", json!({"type": "string", "enum": ["jpeg", "png", "webp", "avif", "gif"]})),
+                    query("quality", "Encoder quality 1–100 for JPEG, lossy WebP and AVIF (8-bit 4:4:4, rav1e). Default 80.", json!({"type": "integer", "minimum": 1, "maximum": 100, "default": 80})),
+                    query("lossless", "WebP output: lossless instead of lossy (quality and effort then do not apply). Allowed with webp or png output only.", json!({"type": "boolean", "default": false})),
+                    query("effort", "Encoder effort, 0 (fastest) to 9 (smallest output): libwebp method (capped at 6; default 4, as libvips and sharp) for lossy WebP, rav1e speed 10 − effort for AVIF (default 2, about 0.2 s for a 512-px photo on one core).", json!({"type": "integer", "minimum": 0, "maximum": 9})),
+                    query("frames", "Animated input: all (default) resizes every frame into an animated GIF or WebP; first gives a still of the first frame.", json!({"type": "string", "enum": ["all", "first"], "default": "all"})),
+                    query("enlarge", "Allow output larger than the input.", json!({"type": "boolean", "default": false}))
                 ],
                 "requestBody": {"required": true, "content": {
                     "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
@@ -78,13 +82,13 @@ pub fn spec() -> Value {
                 "responses": {
                     "200": {"description": "The resized image. `Server-Timing` carries queue, decode, resize, encode and total durations.",
                             "headers": {"X-Request-Id": {"schema": {"type": "string"}}, "Server-Timing": {"schema": {"type": "string"}}},
-                            "content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}},
+                            "content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}, "image/avif": {}, "image/gif": {}}},
                     "400": problem("bad_parameters: invalid or unknown query parameter, empty body."),
                     "401": problem("unauthenticated: missing or invalid API key."),
                     "403": problem("forbidden: the key's tenant is suspended."),
                     "413": problem("payload_too_large: the body is over the configured limit."),
-                    "415": problem("unsupported_media_type: not JPEG, PNG, WebP or GIF."),
-                    "422": problem("undecodable_image or too_many_pixels."),
+                    "415": problem("unsupported_media_type: not JPEG, PNG, WebP or GIF; the message names AVIF, HEIC, TIFF, BMP or JPEG XL when it sees one."),
+                    "422": problem("undecodable_image; too_many_pixels (one image, or an animation's frames × canvas); too_many_frames (an animation over the frame limit)."),
                     "429": problem("rate_limited: see Retry-After."),
                     "503": problem("kafka_unavailable, overloaded, not_ready or auth_unavailable: retry shortly."),
                     "504": problem("deadline_exceeded: no reply within the deadline.")
@@ -113,6 +117,37 @@ pub fn spec() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_resize_parameter_format_and_code_is_described() {
+        let spec = spec();
+        let resize = &spec["paths"]["/v1/resize"]["post"];
+        let names: Vec<&str> = resize["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        for name in [
+            "width", "height", "fit", "gravity", "format", "quality", "lossless", "effort",
+            "frames", "enlarge",
+        ] {
+            assert!(names.contains(&name), "parameter {name} missing");
+        }
+        let text = resize.to_string();
+        for needle in [
+            "avif",
+            "gif",
+            "too_many_frames",
+            "too_many_pixels",
+            "HEIC",
+            "TIFF",
+            "BMP",
+            "sRGB",
+        ] {
+            assert!(text.contains(needle), "{needle} missing");
+        }
+    }
 
     #[test]
     fn every_route_is_described() {

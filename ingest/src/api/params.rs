@@ -2,10 +2,13 @@
 //! [`ResizeParams`]. Everything a client can get wrong about parameters is caught here, before
 //! anything is produced, with a message that names the parameter.
 
-use schemas::events::{Fit, Gravity, ImageFormat, ResizeParams};
+use schemas::events::{Fit, Frames, Gravity, ImageFormat, ResizeParams};
 
 /// Largest width or height a client may ask for.
 pub const MAX_SIDE: i32 = 8192;
+
+/// Largest `effort` (0 is the fastest encode, 9 the smallest output).
+pub const MAX_EFFORT: i32 = 9;
 
 /// Parses a raw query string. Unknown parameters are an error: a typo (`widht=`) silently
 /// ignored would return an image the client did not ask for.
@@ -20,6 +23,9 @@ pub fn parse(query: Option<&str>) -> Result<ResizeParams, String> {
             "format" => params.format = Some(format(&value)?),
             "quality" => params.quality = Some(quality(&value)?),
             "enlarge" => params.enlarge = boolean("enlarge", &value)?,
+            "lossless" => params.lossless = boolean("lossless", &value)?,
+            "effort" => params.effort = Some(effort(&value)?),
+            "frames" => params.frames = frames(&value)?,
             other => return Err(format!("unknown parameter `{other}`")),
         }
     }
@@ -28,6 +34,16 @@ pub fn parse(query: Option<&str>) -> Result<ResizeParams, String> {
     }
     if params.fit != Fit::Inside && (params.width.is_none() || params.height.is_none()) {
         return Err("`fit=cover`, `contain` and `fill` need both `width` and `height`".into());
+    }
+    // Checked here only when the format is named; with the input's format kept, the resizer
+    // checks again once it has sniffed the input.
+    if params.lossless
+        && matches!(
+            params.format,
+            Some(ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::Avif)
+        )
+    {
+        return Err("`lossless=true` needs `format=webp` or `png`".into());
     }
     Ok(params)
 }
@@ -58,6 +74,23 @@ fn quality(value: &str) -> Result<i32, String> {
         _ => Err(format!(
             "`quality` must be a whole number from 1 to 100, got `{value}`"
         )),
+    }
+}
+
+fn effort(value: &str) -> Result<i32, String> {
+    match value.parse::<i32>() {
+        Ok(n) if (0..=MAX_EFFORT).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`effort` must be a whole number from 0 to {MAX_EFFORT}, got `{value}`"
+        )),
+    }
+}
+
+fn frames(value: &str) -> Result<Frames, String> {
+    match value {
+        "all" => Ok(Frames::All),
+        "first" => Ok(Frames::First),
+        _ => Err(format!("`frames` must be all or first, got `{value}`")),
     }
 }
 
@@ -106,7 +139,11 @@ fn format(value: &str) -> Result<ImageFormat, String> {
         "jpeg" | "jpg" => Ok(ImageFormat::Jpeg),
         "png" => Ok(ImageFormat::Png),
         "webp" => Ok(ImageFormat::Webp),
-        _ => Err(format!("`format` must be jpeg, png or webp, got `{value}`")),
+        "gif" => Ok(ImageFormat::Gif),
+        "avif" => Ok(ImageFormat::Avif),
+        _ => Err(format!(
+            "`format` must be jpeg, png, webp, gif or avif, got `{value}`"
+        )),
     }
 }
 
@@ -127,6 +164,28 @@ mod tests {
         assert_eq!(p.format, Some(ImageFormat::Webp));
         assert_eq!(p.quality, Some(70));
         assert!(p.enlarge);
+        assert_eq!((p.lossless, p.effort, p.frames), (false, None, Frames::All));
+    }
+
+    #[test]
+    fn parses_the_format_parameters() {
+        let p = parse(Some(
+            "width=64&format=webp&lossless=true&effort=0&frames=first",
+        ))
+        .expect("valid");
+        assert_eq!(
+            (p.format, p.lossless, p.effort, p.frames),
+            (Some(ImageFormat::Webp), true, Some(0), Frames::First)
+        );
+        let p = parse(Some("width=64&format=avif&effort=9&quality=50")).expect("valid");
+        assert_eq!(
+            (p.format, p.effort, p.quality),
+            (Some(ImageFormat::Avif), Some(9), Some(50))
+        );
+        let p = parse(Some("width=64&format=gif&frames=all")).expect("valid");
+        assert_eq!((p.format, p.frames), (Some(ImageFormat::Gif), Frames::All));
+        // Without a format, lossless waits for the resizer to know the input's format.
+        assert!(parse(Some("width=64&lossless=1")).expect("valid").lossless);
     }
 
     #[test]
@@ -146,6 +205,14 @@ mod tests {
             ("width=10&fit=squash", "fit"),
             ("width=10&height=10&gravity=up", "gravity"),
             ("width=10&format=bmp", "format"),
+            ("width=10&format=heic", "format"),
+            ("width=10&effort=10", "effort"),
+            ("width=10&effort=-1", "effort"),
+            ("width=10&effort=fast", "effort"),
+            ("width=10&frames=2", "frames"),
+            ("width=10&lossless=yes", "lossless"),
+            ("width=10&format=jpeg&lossless=true", "lossless"),
+            ("width=10&format=avif&lossless=true", "lossless"),
             ("width=10&enlarge=maybe", "enlarge"),
             ("widht=10", "widht"),
             ("width=10&fit=cover", "both"),

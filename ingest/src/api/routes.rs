@@ -163,10 +163,16 @@ async fn handle_resize(
         return Err(refused(problem, 0, None).await);
     }
     let Some(input_format) = ImageFormat::sniff(&image) else {
+        let message = match ImageFormat::sniff_unsupported(&image) {
+            Some(seen) => {
+                format!("The body is a {seen} image; only JPEG, PNG, WebP and GIF are read.")
+            }
+            None => "The body is not a JPEG, PNG, WebP or GIF image.".to_owned(),
+        };
         let problem = Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            "The body is not a JPEG, PNG, WebP or GIF image.",
+            message,
             request_id,
         );
         return Err(refused(problem, image.len(), None).await);

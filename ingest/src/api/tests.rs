@@ -320,6 +320,25 @@ async fn bad_input_is_refused_before_producing_and_recorded_as_usage() {
 }
 
 #[tokio::test]
+async fn a_well_known_unsupported_format_is_a_415_that_names_it() {
+    let h = harness(Answer::Image, vec![0]);
+    let mut heic = 24u32.to_be_bytes().to_vec();
+    heic.extend_from_slice(b"ftypheic\0\0\0\0mif1heic\0\0\0\0meta");
+    let bmp = b"BM\x3a\0\0\0\0\0\0\0\x36\0\0\0".to_vec();
+    let tiff = b"II*\0\x08\0\0\0".to_vec();
+    for (body, name) in [(heic, "HEIC"), (bmp, "BMP"), (tiff, "TIFF")] {
+        let (status, json, _) =
+            problem_of(&h, resize_request("width=10", Some("good"), body)).await;
+        assert_eq!(
+            (status, json["code"].as_str().unwrap()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+        );
+        assert!(json["message"].as_str().unwrap().contains(name), "{json}");
+    }
+    assert!(h.publisher.published.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn a_streamed_body_over_the_limit_is_413() {
     let h = harness(Answer::Image, vec![0]);
     // No Content-Length: the limit is enforced while reading.

@@ -1,8 +1,10 @@
 //! Encoding the output. JPEG through libjpeg-turbo (SIMD colour conversion and DCT, 4:2:0 like
 //! every mainstream thumbnailer); PNG through `image` with its fast deflate setting, since
-//! thumbnails are re-fetched far less often than they are made; WebP through `image`, which writes
-//! lossless WebP only. Nothing from the input's metadata is carried over: the outputs are built
-//! from pixels alone.
+//! thumbnails are re-fetched far less often than they are made; lossy WebP through libwebp (the
+//! `webp` crate), lossless WebP through `image` as before; AVIF through rav1e (`ravif`, 8-bit
+//! 4:4:4); GIF through the `gif` crate's NeuQuant quantiser. Every encoder runs on the calling
+//! thread: libwebp's `thread_level` stays 0 and ravif is built without its threading feature.
+//! Nothing from the input's metadata is carried over: the outputs are built from pixels alone.
 
 use std::io::Cursor;
 
@@ -12,41 +14,198 @@ use image::{DynamicImage, GrayImage, RgbImage};
 use schemas::events::ImageFormat;
 use turbojpeg::{Compressor, PixelFormat, Subsamp};
 
-use super::KernelError;
+use super::{BoxError, KernelError};
 
-/// Encodes `image` as `format`. `quality` (1–100, validated) applies to JPEG only.
+/// WebP effort when the request names none: `method` 4, libwebp's, libvips' and sharp's default.
+pub const DEFAULT_WEBP_EFFORT: u8 = 4;
+
+/// AVIF effort when the request names none: rav1e speed 8. Measured on one core over 21 photos
+/// fitted in 512×512 (benches/formats_vs_libvips.sh), a call at effort 2 took 0.18–0.19 s
+/// against 0.23–0.34 s at effort 4, for about 1.5 % more bytes at the same quality; CPU time is
+/// what the resizer pool runs out of.
+pub const DEFAULT_AVIF_EFFORT: u8 = 2;
+
+/// libwebp's largest `method`; higher efforts are capped to it.
+const WEBP_MAX_METHOD: u8 = 6;
+
+/// NeuQuant sampling for GIF palettes, 1 (best) – 30 (fastest). 10 is the `gif` crate's own
+/// choice for a balance: a 512-px frame quantises in a few milliseconds.
+const GIF_QUANTISER_SPEED: i32 = 10;
+
+/// How to encode, after validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// 1–100: JPEG, lossy WebP and AVIF quality.
+    pub quality: u8,
+    /// WebP: lossless (the `image` encoder, as before lossy WebP existed) instead of lossy.
+    pub lossless: bool,
+    /// 0 (fastest) – 9 (smallest) for lossy WebP and AVIF; `None` for [`DEFAULT_WEBP_EFFORT`]
+    /// or [`DEFAULT_AVIF_EFFORT`].
+    pub effort: Option<u8>,
+}
+
+impl Settings {
+    /// libwebp `method` (0–6): the effort, capped.
+    pub fn webp_method(&self) -> i32 {
+        i32::from(
+            self.effort
+                .unwrap_or(DEFAULT_WEBP_EFFORT)
+                .min(WEBP_MAX_METHOD),
+        )
+    }
+
+    /// rav1e speed (1 slowest – 10 fastest): `10 − effort`, as libvips maps its AVIF effort.
+    pub fn avif_speed(&self) -> u8 {
+        10 - self.effort.unwrap_or(DEFAULT_AVIF_EFFORT).min(9)
+    }
+
+    /// A libwebp configuration for lossy frames: quality, method, one thread.
+    pub fn webp_config(&self) -> Result<webp::WebPConfig, BoxError> {
+        let mut config =
+            webp::WebPConfig::new().map_err(|()| BoxError::from("libwebp version mismatch"))?;
+        config.lossless = 0;
+        config.quality = f32::from(self.quality);
+        config.method = self.webp_method();
+        // One call, one thread: the pool runs many calls side by side.
+        config.thread_level = 0;
+        config.alpha_compression = 1;
+        Ok(config)
+    }
+}
+
+/// Encodes `image` as `format` with `settings` (validated: quality 1–100, effort 0–9).
+///
+/// Errors: [`KernelError::Encode`] when the encoder fails (a bug or resource exhaustion).
 pub fn encode(
     image: DynamicImage,
     format: ImageFormat,
-    quality: u8,
+    settings: &Settings,
 ) -> Result<Vec<u8>, KernelError> {
-    let failed = |e: Box<dyn std::error::Error + Send + Sync>| KernelError::Encode {
-        format: format.name(),
-        source: e,
-    };
-    match format {
-        ImageFormat::Jpeg => jpeg(image, quality).map_err(|e| failed(e.into())),
+    let result: Result<Vec<u8>, BoxError> = match format {
+        ImageFormat::Jpeg => jpeg(image, settings.quality).map_err(Into::into),
         ImageFormat::Png => {
             let mut out = Vec::new();
             let encoder =
                 PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive);
             image
                 .write_with_encoder(encoder)
-                .map_err(|e| failed(e.into()))?;
-            Ok(out)
+                .map(|()| out)
+                .map_err(Into::into)
         }
-        ImageFormat::Webp => {
+        ImageFormat::Webp if settings.lossless => {
             let mut out = Vec::new();
             let encoder = WebPEncoder::new_lossless(Cursor::new(&mut out));
             to_8bit(image)
                 .write_with_encoder(encoder)
-                .map_err(|e| failed(e.into()))?;
-            Ok(out)
+                .map(|()| out)
+                .map_err(Into::into)
         }
-        // Refused during parameter validation; kept total rather than panicking.
-        ImageFormat::Gif | ImageFormat::Avif => Err(failed(
-            format!("{} output is not supported", format.name()).into(),
-        )),
+        ImageFormat::Webp => webp_lossy(&image, settings),
+        ImageFormat::Avif => avif(&image, settings),
+        ImageFormat::Gif => {
+            let rgba = image.into_rgba8();
+            let (w, h) = rgba.dimensions();
+            GifStream::new(w, h, None).and_then(|mut gif| {
+                gif.push(rgba.into_raw(), 0)?;
+                gif.finish()
+            })
+        }
+    };
+    result.map_err(|source| KernelError::Encode {
+        format: format.name(),
+        source,
+    })
+}
+
+/// Lossy WebP through libwebp, with an alpha plane only when the image has one.
+fn webp_lossy(image: &DynamicImage, settings: &Settings) -> Result<Vec<u8>, BoxError> {
+    let config = settings.webp_config()?;
+    let (w, h) = (image.width(), image.height());
+    let (pixels, layout) = if image.color().has_alpha() {
+        (image.to_rgba8().into_raw(), webp::PixelLayout::Rgba)
+    } else {
+        (image.to_rgb8().into_raw(), webp::PixelLayout::Rgb)
+    };
+    let encoded = webp::Encoder::new(&pixels, layout, w, h)
+        .encode_advanced(&config)
+        .map_err(|e| format!("libwebp: {e:?}"))?;
+    Ok(encoded.to_vec())
+}
+
+/// AVIF through rav1e: 8-bit, quality and speed from `settings`, on the calling thread. An alpha
+/// plane is written only when some pixel is not opaque (ravif checks).
+fn avif(image: &DynamicImage, settings: &Settings) -> Result<Vec<u8>, BoxError> {
+    let encoder = ravif::Encoder::new()
+        .with_quality(f32::from(settings.quality))
+        .with_alpha_quality(f32::from(settings.quality))
+        .with_speed(settings.avif_speed())
+        .with_bit_depth(ravif::BitDepth::Eight)
+        .with_num_threads(Some(1));
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let encoded = if image.color().has_alpha() {
+        let pixels: Vec<ravif::RGBA8> = image
+            .to_rgba8()
+            .pixels()
+            .map(|p| ravif::RGBA8::new(p[0], p[1], p[2], p[3]))
+            .collect();
+        encoder.encode_rgba(ravif::Img::new(pixels.as_slice(), w, h))?
+    } else {
+        let pixels: Vec<ravif::RGB8> = image
+            .to_rgb8()
+            .pixels()
+            .map(|p| ravif::RGB8::new(p[0], p[1], p[2]))
+            .collect();
+        encoder.encode_rgb(ravif::Img::new(pixels.as_slice(), w, h))?
+    };
+    Ok(encoded.avif_file)
+}
+
+/// A GIF written frame by frame: each frame gets its own NeuQuant palette and is written out
+/// before the next is accepted, so memory stays at one frame plus the output.
+pub struct GifStream {
+    encoder: gif::Encoder<Vec<u8>>,
+    width: u16,
+    height: u16,
+}
+
+impl GifStream {
+    /// A `width`×`height` GIF (each side ≤ 65535); `loops` writes a NETSCAPE2.0 loop count
+    /// (0: forever), `None` none (the GIF plays once).
+    pub fn new(width: u32, height: u32, loops: Option<u16>) -> Result<Self, BoxError> {
+        let (width, height) = (u16::try_from(width)?, u16::try_from(height)?);
+        let mut encoder = gif::Encoder::new(Vec::new(), width, height, &[])?;
+        if let Some(loops) = loops {
+            encoder.set_repeat(match loops {
+                0 => gif::Repeat::Infinite,
+                n => gif::Repeat::Finite(n),
+            })?;
+        }
+        Ok(Self {
+            encoder,
+            width,
+            height,
+        })
+    }
+
+    /// Quantises and writes one full-canvas RGBA frame shown for `delay_cs` centiseconds.
+    /// Every frame covers the whole canvas and is cleared after display, so transparency in one
+    /// frame never shows the previous frame through it.
+    pub fn push(&mut self, mut rgba: Vec<u8>, delay_cs: u16) -> Result<(), BoxError> {
+        let expected = usize::from(self.width) * usize::from(self.height) * 4;
+        if rgba.len() != expected {
+            return Err(format!("frame is {} bytes, expected {expected}", rgba.len()).into());
+        }
+        let mut frame =
+            gif::Frame::from_rgba_speed(self.width, self.height, &mut rgba, GIF_QUANTISER_SPEED);
+        frame.delay = delay_cs;
+        frame.dispose = gif::DisposalMethod::Background;
+        self.encoder.write_frame(&frame)?;
+        Ok(())
+    }
+
+    /// Writes the trailer and returns the file.
+    pub fn finish(self) -> Result<Vec<u8>, BoxError> {
+        Ok(self.encoder.into_inner()?)
     }
 }
 

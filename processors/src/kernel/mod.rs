@@ -9,11 +9,16 @@
 //! 3. [`decode`] decodes, JPEG with DCT shrink-on-load to the smallest size that still leaves the
 //!    resampler a real reduction to do;
 //! 4. [`resample`] filters the crop down to size on SIMD, then orients and pads the small result;
-//! 5. [`encode`] writes JPEG, PNG or WebP from pixels only, so no input metadata survives.
+//! 5. [`encode`] writes JPEG, PNG, WebP (lossy or lossless), AVIF or GIF from pixels only, so no
+//!    input metadata survives.
+//!
+//! Animated GIF and WebP inputs take the same steps frame by frame in [`animation`], with one plan
+//! for every frame, when the request keeps every frame and the output can be animated.
 //!
 //! Every failure is permanent: the same input and parameters fail the same way on any machine,
 //! so the caller answers it (and dead-letters it) rather than retrying.
 
+mod animation;
 mod decode;
 mod encode;
 mod geometry;
@@ -21,19 +26,25 @@ mod probe;
 mod resample;
 
 #[cfg(test)]
+mod format_tests;
+#[cfg(test)]
 mod tests;
 
 use std::time::Instant;
 
-use schemas::events::{Fit, ImageFormat, ResizeParams, StageTimings};
+use schemas::events::{Fit, Frames, ImageFormat, ResizeParams, StageTimings};
 
 use geometry::{PixelRect, Target};
 
 /// Boxed source error, for failures whose library types differ by format.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Quality used when the request names none (JPEG).
+/// Quality used when the request names none (JPEG, lossy WebP, AVIF).
 pub const DEFAULT_QUALITY: u8 = 80;
+
+/// Largest `effort`: 0 is the fastest encode, 9 the smallest output (the scale libvips and sharp
+/// use for AVIF; WebP's 0–6 `method` is the same scale capped at 6).
+pub const MAX_EFFORT: u8 = 9;
 
 /// The smallest ratio between the (shrunk-on-load) decoded JPEG and the output. 1.0 lets the DCT
 /// do every power-of-two step it can and leaves the resampler a reduction of 1–2×, as libvips does;
@@ -56,6 +67,12 @@ pub struct Limits {
     /// Largest encoded output, in bytes: what one reply record can carry. Over it, the request
     /// fails at once with `output_too_large` instead of failing to produce.
     pub max_output_bytes: usize,
+    /// Most frames an animation may have to be resized as one (counted from the header).
+    pub max_frames: u32,
+    /// Most pixels over all frames of an animation: frames × canvas, both from the header, for
+    /// the input (every frame is composed onto the full canvas and resampled), and frames × output
+    /// canvas for the output, whose frames the WebP animation encoder holds until it assembles.
+    pub max_animation_pixels: u64,
 }
 
 impl Default for Limits {
@@ -68,6 +85,8 @@ impl Default for Limits {
             // record anyway (`max_output_bytes`).
             max_output_pixels: 16_777_216,
             max_output_bytes: 8 * 1024 * 1024,
+            max_frames: 500,
+            max_animation_pixels: 50_000_000,
         }
     }
 }
@@ -88,6 +107,11 @@ impl Limits {
                 "resizer.max_output_pixels ({}) must not exceed resizer.max_pixels ({})",
                 self.max_output_pixels, self.max_pixels
             ));
+        }
+        if self.max_frames == 0 || self.max_animation_pixels == 0 {
+            errors.push(
+                "resizer.max_frames and resizer.max_animation_pixels must be positive".into(),
+            );
         }
     }
 }
@@ -128,6 +152,29 @@ pub enum KernelError {
     /// Not JPEG, PNG, WebP or GIF by magic bytes.
     #[error("input is not a JPEG, PNG, WebP or GIF image")]
     UnsupportedMediaType,
+    /// A well-known image format this service does not read, named from its magic bytes
+    /// (`"HEIC"`, `"AVIF"`, `"TIFF"`, `"BMP"`, `"JPEG XL"`).
+    #[error("input is a {0} image; only JPEG, PNG, WebP and GIF are read")]
+    UnsupportedFormat(&'static str),
+    /// The animation has more frames than `max_frames` (counted from the header).
+    #[error("{format} animation has {frames} frames, over the limit of {limit}")]
+    TooManyFrames {
+        format: &'static str,
+        frames: u32,
+        limit: u32,
+    },
+    /// The animation's frames × canvas is over `max_animation_pixels` (from the header).
+    #[error(
+        "{format} animation is {frames} frames of {width}x{height}, over the limit of {limit} \
+         pixels over all frames"
+    )]
+    AnimationTooLarge {
+        format: &'static str,
+        frames: u32,
+        width: u32,
+        height: u32,
+        limit: u64,
+    },
     /// The header claims more pixels than `max_pixels`.
     #[error("{format} image is {width}x{height}, over the limit of {limit} pixels")]
     TooManyPixels {
@@ -176,11 +223,13 @@ impl KernelError {
         match self {
             Self::BadParameters(_) => 400,
             Self::PayloadTooLarge { .. } => 413,
-            Self::UnsupportedMediaType => 415,
+            Self::UnsupportedMediaType | Self::UnsupportedFormat(_) => 415,
             Self::TooManyPixels { .. }
             | Self::TooManyOutputPixels { .. }
             | Self::OutputTooLarge { .. }
             | Self::Truncated { .. }
+            | Self::TooManyFrames { .. }
+            | Self::AnimationTooLarge { .. }
             | Self::Undecodable { .. } => 422,
             Self::Resample(_) | Self::Encode { .. } => 500,
         }
@@ -191,11 +240,12 @@ impl KernelError {
         match self {
             Self::BadParameters(_) => "bad_parameters",
             Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::TooManyPixels { .. } => "too_many_pixels",
+            Self::UnsupportedMediaType | Self::UnsupportedFormat(_) => "unsupported_media_type",
+            Self::TooManyPixels { .. } | Self::AnimationTooLarge { .. } => "too_many_pixels",
             Self::TooManyOutputPixels { .. } => "too_many_output_pixels",
             Self::OutputTooLarge { .. } => "output_too_large",
             Self::Truncated { .. } => "truncated_image",
+            Self::TooManyFrames { .. } => "too_many_frames",
             Self::Undecodable { .. } => "undecodable_image",
             Self::Resample(_) | Self::Encode { .. } => "internal_error",
         }
@@ -216,9 +266,13 @@ impl KernelError {
 
 /// Decodes `input`, resizes it as `params` say and encodes the result.
 ///
-/// Output format: `params.format`, else the input's (GIF becomes PNG). JPEG, PNG and WebP
-/// (lossless) can be written; asking for GIF or AVIF is a 400 `bad_parameters`, because the
-/// input is fine and only the request names something this service does not produce.
+/// Output format: `params.format`, else the input's (a still GIF becomes PNG). JPEG, PNG, WebP
+/// (lossy, or lossless with `params.lossless`), AVIF and GIF can be written.
+///
+/// An animated GIF or WebP with `params.frames` = all and GIF or WebP output (the default for
+/// them) is resized frame by frame into an animation, once the header's frame count and frames ×
+/// canvas have passed `limits` (else 422 `too_many_frames` / `too_many_pixels`, before anything
+/// is decoded). Any other request on an animation makes a still of its first frame.
 pub fn resize(
     input: &[u8],
     params: &ResizeParams,
@@ -241,10 +295,22 @@ pub fn resize(
             limit: limits.max_pixels,
         });
     }
+    let animated = header.frames > 1 && request.frames == Frames::All;
     let output_format = request.format.unwrap_or(match header.format {
+        ImageFormat::Gif if animated => ImageFormat::Gif,
         ImageFormat::Gif => ImageFormat::Png,
         other => other,
     });
+    if request.encoding.lossless && !matches!(output_format, ImageFormat::Webp | ImageFormat::Png) {
+        return Err(KernelError::BadParameters(format!(
+            "lossless=true needs webp or png output, and the output would be {}",
+            output_format.name()
+        )));
+    }
+    if animated && matches!(output_format, ImageFormat::Gif | ImageFormat::Webp) {
+        check_animation(&header, limits)?;
+        return animation::resize(input, &header, &request, output_format, limits, started);
+    }
 
     let source = decode::Source::open(input, &header, limits.max_pixels)?;
     let orientation = source.orientation();
@@ -287,7 +353,7 @@ pub fn resize(
     let resized_at = Instant::now();
 
     let (width, height) = (image.width(), image.height());
-    let bytes = encode::encode(image, output_format, request.quality)?;
+    let bytes = encode::encode(image, output_format, &request.encoding)?;
     let encoded_at = Instant::now();
     if bytes.len() > limits.max_output_bytes {
         return Err(KernelError::OutputTooLarge {
@@ -314,6 +380,30 @@ pub fn resize(
     })
 }
 
+/// The animation limits, from the header alone: nothing has been decoded yet.
+fn check_animation(header: &probe::Header, limits: &Limits) -> Result<(), KernelError> {
+    if header.frames > limits.max_frames {
+        return Err(KernelError::TooManyFrames {
+            format: header.format.name(),
+            frames: header.frames,
+            limit: limits.max_frames,
+        });
+    }
+    let pixels = u64::from(header.frames)
+        .saturating_mul(u64::from(header.width))
+        .saturating_mul(u64::from(header.height));
+    if pixels > limits.max_animation_pixels {
+        return Err(KernelError::AnimationTooLarge {
+            format: header.format.name(),
+            frames: header.frames,
+            width: header.width,
+            height: header.height,
+            limit: limits.max_animation_pixels,
+        });
+    }
+    Ok(())
+}
+
 fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
@@ -322,7 +412,8 @@ fn micros(d: std::time::Duration) -> i64 {
 struct Request {
     target: Target,
     format: Option<ImageFormat>,
-    quality: u8,
+    encoding: encode::Settings,
+    frames: Frames,
 }
 
 /// Checks the parameters alone (before looking at the image) and reports every problem at once.
@@ -357,12 +448,16 @@ fn validate(params: &ResizeParams, limits: &Limits) -> Result<Request, KernelErr
             }
         },
     };
-    if let Some(f @ (ImageFormat::Gif | ImageFormat::Avif)) = params.format {
-        problems.push(format!(
-            "{} output is not supported (jpeg, png, webp are)",
-            f.name()
-        ));
-    }
+    let effort = match params.effort {
+        None => None,
+        Some(e) => match u8::try_from(e) {
+            Ok(e) if e <= MAX_EFFORT => Some(e),
+            _ => {
+                problems.push(format!("effort must be 0–{MAX_EFFORT}, got {e}"));
+                None
+            }
+        },
+    };
     if !problems.is_empty() {
         return Err(KernelError::BadParameters(problems.join("; ")));
     }
@@ -375,6 +470,11 @@ fn validate(params: &ResizeParams, limits: &Limits) -> Result<Request, KernelErr
             enlarge: params.enlarge,
         },
         format: params.format,
-        quality,
+        encoding: encode::Settings {
+            quality,
+            lossless: params.lossless,
+            effort,
+        },
+        frames: params.frames,
     })
 }

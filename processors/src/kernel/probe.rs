@@ -20,6 +20,12 @@ pub struct Header {
     pub width: u32,
     /// Stored height in pixels (before EXIF orientation).
     pub height: u32,
+    /// Frames the container declares: GIF image descriptors or WebP `ANMF` chunks; 1 for stills.
+    /// Counted by walking the block structure, so a crafted file cannot make counting expensive.
+    pub frames: u32,
+    /// Loop count of an animation (0: forever), from GIF's NETSCAPE2.0 block or WebP's `ANIM`;
+    /// `None` when the file has none (a GIF then plays once).
+    pub loops: Option<u16>,
 }
 
 /// Identifies the format by its magic bytes; the client's Content-Type is never trusted.
@@ -27,9 +33,15 @@ pub fn sniff(input: &[u8]) -> Option<ImageFormat> {
     ImageFormat::sniff(input)
 }
 
-/// Sniffs the format and reads the stored dimensions from the header alone.
+/// Sniffs the format and reads the stored dimensions, frame count and loop count from the
+/// headers alone. A well-known format this service does not read (HEIC, AVIF, TIFF, BMP, JPEG XL)
+/// is [`KernelError::UnsupportedFormat`], anything else unknown
+/// [`KernelError::UnsupportedMediaType`].
 pub fn probe(input: &[u8]) -> Result<Header, KernelError> {
-    let format = sniff(input).ok_or(KernelError::UnsupportedMediaType)?;
+    let format = sniff(input).ok_or_else(|| match ImageFormat::sniff_unsupported(input) {
+        Some(seen) => KernelError::UnsupportedFormat(seen),
+        None => KernelError::UnsupportedMediaType,
+    })?;
     let (width, height) = match format {
         ImageFormat::Jpeg => jpeg_size(input),
         ImageFormat::Png => png_size(input),
@@ -41,11 +53,109 @@ pub fn probe(input: &[u8]) -> Result<Header, KernelError> {
     if width == 0 || height == 0 {
         return Err(KernelError::undecodable(format, "zero-sized image"));
     }
+    let (frames, loops) = match format {
+        ImageFormat::Gif => gif_frames(input),
+        ImageFormat::Webp => webp_frames(input),
+        _ => (1, None),
+    };
     Ok(Header {
         format,
         width,
         height,
+        frames,
+        loops,
     })
+}
+
+/// Counts a GIF's frames and reads its loop count by walking the block structure: every data
+/// sub-block (LZW data, extension payloads) is jumped over by its length byte, nothing is
+/// decompressed or allocated. A truncated or corrupt file stops the walk; the frames counted so
+/// far are all the decoder could produce anyway.
+fn gif_frames(input: &[u8]) -> (u32, Option<u16>) {
+    let (mut frames, mut loops) = (0u32, None);
+    let colour_table = |flags: u8| {
+        if flags & 0x80 != 0 {
+            3usize << ((flags & 7) + 1)
+        } else {
+            0
+        }
+    };
+    let Some(&screen_flags) = input.get(10) else {
+        return (0, None);
+    };
+    // Signature (6), logical screen descriptor (7), optional global colour table.
+    let mut at = 13 + colour_table(screen_flags);
+    loop {
+        match input.get(at) {
+            // Image descriptor: separator, x, y, w, h (2 bytes each), flags; then an optional
+            // local colour table, the LZW minimum code size and the data sub-blocks.
+            Some(0x2C) => {
+                frames = frames.saturating_add(1);
+                let Some(&flags) = input.get(at + 9) else {
+                    break;
+                };
+                match skip_sub_blocks(input, at + 10 + colour_table(flags) + 1) {
+                    Some(next) => at = next,
+                    None => break,
+                }
+            }
+            // Extension: introducer, label, sub-blocks. The application extension
+            // "NETSCAPE2.0" carries the loop count in its first data sub-block.
+            Some(0x21) => {
+                let label = input.get(at + 1).copied();
+                at += 2;
+                if label == Some(0xFF)
+                    && input.get(at..at + 12) == Some(b"\x0bNETSCAPE2.0".as_slice())
+                    && let Some([3, 1, lo, hi]) = input.get(at + 12..at + 16)
+                {
+                    loops = Some(u16::from_le_bytes([*lo, *hi]));
+                }
+                match skip_sub_blocks(input, at) {
+                    Some(next) => at = next,
+                    None => break,
+                }
+            }
+            // Trailer, end of data, or something that is not a block: the walk is over.
+            _ => break,
+        }
+    }
+    (frames.max(1), loops)
+}
+
+/// The offset just after the zero-length block that ends a chain of GIF data sub-blocks.
+fn skip_sub_blocks(input: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = usize::from(*input.get(at)?);
+        at += 1 + len;
+        if len == 0 {
+            return Some(at);
+        }
+    }
+}
+
+/// Counts the `ANMF` chunks of a WebP and reads the loop count of its `ANIM` chunk, walking the
+/// RIFF chunk headers only.
+fn webp_frames(input: &[u8]) -> (u32, Option<u16>) {
+    let (mut frames, mut loops) = (0u32, None);
+    let mut at = 12; // "RIFF", size, "WEBP"
+    while let Some(chunk) = input.get(at..at + 8) {
+        let size = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]) as usize;
+        match &chunk[..4] {
+            b"ANMF" => frames = frames.saturating_add(1),
+            b"ANIM" => {
+                if let (Some(&lo), Some(&hi)) = (input.get(at + 12), input.get(at + 13)) {
+                    loops = Some(u16::from_le_bytes([lo, hi]));
+                }
+            }
+            _ => {}
+        }
+        // Chunks are padded to an even size.
+        at = at
+            .saturating_add(8)
+            .saturating_add(size)
+            .saturating_add(size & 1);
+    }
+    (frames.max(1), loops)
 }
 
 /// Walks the JPEG marker segments up to the first scan, calling `visit` with each marker and its

@@ -631,11 +631,11 @@ fn bad_parameters_are_refused() {
             ..params(Some(10), None, Fit::Inside)
         },
         ResizeParams {
-            format: Some(ImageFormat::Avif),
+            effort: Some(10),
             ..params(Some(10), None, Fit::Inside)
         },
         ResizeParams {
-            format: Some(ImageFormat::Gif),
+            lossless: true,
             ..params(Some(10), None, Fit::Inside)
         },
         // Valid alone, but enlarging this image that far would exceed the output side limit.

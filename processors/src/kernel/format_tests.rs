@@ -1,0 +1,522 @@
+//! Kernel tests for the output formats and animation: lossy and lossless WebP, AVIF, GIF,
+//! animated GIF and WebP in and out (frame count, order, delays, loop count, size), the frame
+//! and pixel limits refused from crafted headers before decoding, and the formats refused by name.
+
+// Test set-up failing is a test failure; panicking with the reason is the point.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::io::Cursor;
+
+use image::codecs::gif::GifDecoder;
+use image::codecs::webp::WebPDecoder;
+use image::{AnimationDecoder, DynamicImage, Rgb, RgbImage, RgbaImage};
+use schemas::events::{Fit, Frames, ImageFormat, ResizeParams};
+
+use super::*;
+
+// ---------- inputs ----------
+
+/// A photo-like test card: gradients with deterministic per-pixel noise, which lossless coding
+/// cannot squeeze and lossy coding can.
+fn photo(w: u32, h: u32) -> RgbImage {
+    let mut state = 0x2545_F491_u32;
+    RgbImage::from_fn(w, h, |x, y| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let n = (state % 24) as u8;
+        Rgb([
+            ((x * 230 / w) as u8).saturating_add(n),
+            ((y * 230 / h) as u8).saturating_add(n),
+            (((x + y) * 115 / (w + h)) as u8).saturating_add(n),
+        ])
+    })
+}
+
+fn png(img: &DynamicImage) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("png encodes");
+    out.into_inner()
+}
+
+const GREY: [u8; 3] = [128, 128, 128];
+const COLOURS: [[u8; 3]; 3] = [[255, 0, 0], [0, 200, 0], [0, 0, 255]];
+
+/// Frame `i`: its colour on the left half, grey on the right.
+fn frame_rgba(w: u32, h: u32, colour: [u8; 3]) -> Vec<u8> {
+    RgbaImage::from_fn(w, h, |x, _| {
+        let [r, g, b] = if x < w / 2 { colour } else { GREY };
+        image::Rgba([r, g, b, 255])
+    })
+    .into_raw()
+}
+
+/// An animated GIF with one frame per colour, shown for `delays_cs`.
+fn animated_gif(w: u16, h: u16, delays_cs: &[u16], repeat: gif::Repeat) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = gif::Encoder::new(&mut out, w, h, &[]).expect("gif encoder");
+        encoder.set_repeat(repeat).expect("repeat");
+        for (colour, &delay) in COLOURS.iter().zip(delays_cs) {
+            let mut px = frame_rgba(u32::from(w), u32::from(h), *colour);
+            let mut frame = gif::Frame::from_rgba_speed(w, h, &mut px, 10);
+            frame.delay = delay;
+            encoder.write_frame(&frame).expect("frame");
+        }
+    }
+    out
+}
+
+/// An animated lossless WebP with one frame per colour, shown for `delays_ms`, looping `loops`.
+fn animated_webp(w: u32, h: u32, delays_ms: &[u32], loops: i32) -> Vec<u8> {
+    let mut config = webp::WebPConfig::new().expect("config");
+    config.lossless = 1;
+    let frames: Vec<Vec<u8>> = COLOURS.iter().map(|c| frame_rgba(w, h, *c)).collect();
+    let mut encoder = webp::AnimEncoder::new(w, h, &config);
+    encoder.set_loop_count(loops);
+    let mut start = 0;
+    for (px, &delay) in frames.iter().zip(delays_ms) {
+        encoder.add_frame(webp::AnimFrame::from_rgba(px, w, h, start));
+        start += i32::try_from(delay).expect("small");
+    }
+    let mut bytes = encoder.try_encode().expect("webp animation").to_vec();
+    animation::set_last_duration(&mut bytes, u32::try_from(start).expect("small"));
+    bytes
+}
+
+// ---------- helpers ----------
+
+fn params(width: i32, format: Option<ImageFormat>) -> ResizeParams {
+    ResizeParams {
+        width: Some(width),
+        format,
+        ..ResizeParams::default()
+    }
+}
+
+fn run(input: &[u8], p: &ResizeParams) -> Resized {
+    resize(input, p, &Limits::default()).expect("resize succeeds")
+}
+
+fn fail(input: &[u8], p: &ResizeParams, limits: &Limits) -> KernelError {
+    match resize(input, p, limits) {
+        Ok(r) => panic!(
+            "expected an error, got {}x{} {:?}",
+            r.width, r.height, r.format
+        ),
+        Err(e) => e,
+    }
+}
+
+/// Each decoded frame's size, delay in ms and the colour at its left-quarter centre.
+fn frames_of(r: &Resized) -> Vec<((u32, u32), u32, [u8; 4])> {
+    let frames = match r.format {
+        ImageFormat::Gif => GifDecoder::new(Cursor::new(&r.bytes))
+            .expect("gif")
+            .into_frames()
+            .collect_frames(),
+        ImageFormat::Webp => WebPDecoder::new(Cursor::new(&r.bytes))
+            .expect("webp")
+            .into_frames()
+            .collect_frames(),
+        other => panic!("{other:?} is no animation"),
+    }
+    .expect("output frames decode");
+    frames
+        .into_iter()
+        .map(|f| {
+            let (n, d) = f.delay().numer_denom_ms();
+            let buffer = f.into_buffer();
+            let pixel = buffer.get_pixel(buffer.width() / 4, buffer.height() / 2).0;
+            (buffer.dimensions(), n / d, pixel)
+        })
+        .collect()
+}
+
+fn near(a: [u8; 4], b: [u8; 3], tolerance: u8) -> bool {
+    a.iter().zip(b).all(|(x, y)| x.abs_diff(y) <= tolerance)
+}
+
+/// Width and height from an AVIF's `ispe` (image spatial extents) property.
+fn avif_size(bytes: &[u8]) -> (u32, u32) {
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"ispe")
+        .expect("an ispe box");
+    let field = |o: usize| u32::from_be_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+    (field(at + 8), field(at + 12))
+}
+
+// ---------- WebP ----------
+
+#[test]
+fn lossy_webp_is_lossy_and_much_smaller_than_lossless() {
+    let input = png(&DynamicImage::ImageRgb8(photo(800, 600)));
+    let lossy = run(&input, &params(512, Some(ImageFormat::Webp)));
+    let lossless = run(
+        &input,
+        &ResizeParams {
+            lossless: true,
+            ..params(512, Some(ImageFormat::Webp))
+        },
+    );
+    assert_eq!(&lossy.bytes[12..16], b"VP8 ", "lossy bitstream");
+    assert_eq!(&lossless.bytes[12..16], b"VP8L", "lossless bitstream");
+    for r in [&lossy, &lossless] {
+        let img = image::load_from_memory(&r.bytes).expect("decodes");
+        assert_eq!(
+            (img.width(), img.height(), r.width, r.height),
+            (512, 384, 512, 384)
+        );
+    }
+    assert!(
+        lossy.bytes.len() * 4 < lossless.bytes.len(),
+        "lossy {} bytes vs lossless {}",
+        lossy.bytes.len(),
+        lossless.bytes.len()
+    );
+}
+
+#[test]
+fn webp_quality_and_effort_change_the_bytes() {
+    let input = png(&DynamicImage::ImageRgb8(photo(600, 400)));
+    let at = |quality: i32, effort: Option<i32>| {
+        run(
+            &input,
+            &ResizeParams {
+                quality: Some(quality),
+                effort,
+                ..params(300, Some(ImageFormat::Webp))
+            },
+        )
+        .bytes
+        .len()
+    };
+    assert!(at(30, None) < at(90, None), "lower quality, fewer bytes");
+    assert_ne!(at(80, Some(0)), at(80, Some(6)), "effort reaches libwebp");
+}
+
+#[test]
+fn lossy_webp_keeps_alpha() {
+    let mut rgba = RgbaImage::from_pixel(200, 100, image::Rgba([255, 0, 0, 255]));
+    for x in 100..200 {
+        for y in 0..100 {
+            rgba.put_pixel(x, y, image::Rgba([0, 0, 0, 0]));
+        }
+    }
+    let r = run(
+        &png(&DynamicImage::ImageRgba8(rgba)),
+        &params(100, Some(ImageFormat::Webp)),
+    );
+    let img = image::load_from_memory(&r.bytes)
+        .expect("decodes")
+        .to_rgba8();
+    assert!(img.get_pixel(10, 25).0[3] > 250 && img.get_pixel(90, 25).0[3] < 5);
+}
+
+// ---------- AVIF and GIF stills ----------
+
+#[test]
+fn avif_output_is_an_avif_of_the_planned_size() {
+    let input = png(&DynamicImage::ImageRgb8(photo(640, 480)));
+    let r = run(
+        &input,
+        &ResizeParams {
+            quality: Some(60),
+            ..params(320, Some(ImageFormat::Avif))
+        },
+    );
+    assert_eq!((r.format, r.width, r.height), (ImageFormat::Avif, 320, 240));
+    assert_eq!(&r.bytes[4..12], b"ftypavif", "an AVIF file");
+    assert_eq!(avif_size(&r.bytes), (320, 240));
+    assert_eq!(ImageFormat::sniff_unsupported(&r.bytes), Some("AVIF"));
+    let smaller = run(
+        &input,
+        &ResizeParams {
+            quality: Some(30),
+            ..params(320, Some(ImageFormat::Avif))
+        },
+    );
+    assert!(smaller.bytes.len() < r.bytes.len(), "quality reaches rav1e");
+}
+
+#[test]
+fn a_still_can_be_written_as_gif() {
+    let input = png(&DynamicImage::ImageRgb8(photo(300, 200)));
+    let r = run(&input, &params(150, Some(ImageFormat::Gif)));
+    let img = image::load_from_memory(&r.bytes).expect("decodes");
+    assert_eq!(
+        (r.format, img.width(), img.height()),
+        (ImageFormat::Gif, 150, 100)
+    );
+}
+
+// ---------- animation ----------
+
+#[test]
+fn animated_gif_becomes_an_animated_gif_with_its_delays_and_loop_count() {
+    let input = animated_gif(200, 100, &[10, 20, 30], gif::Repeat::Finite(3));
+    let r = run(&input, &params(100, None));
+    assert_eq!((r.format, r.width, r.height), (ImageFormat::Gif, 100, 50));
+    let frames = frames_of(&r);
+    assert_eq!(frames.len(), 3);
+    for ((size, delay, pixel), (colour, want_ms)) in
+        frames.iter().zip(COLOURS.iter().zip([100, 200, 300]))
+    {
+        assert_eq!((*size, *delay), ((100, 50), want_ms));
+        assert!(near(*pixel, *colour, 40), "{pixel:?} vs {colour:?}");
+    }
+    let header = probe::probe(&r.bytes).expect("probe");
+    assert_eq!((header.frames, header.loops), (3, Some(3)));
+}
+
+#[test]
+fn animated_gif_can_become_animated_webp() {
+    let input = animated_gif(200, 100, &[10, 20, 30], gif::Repeat::Infinite);
+    let r = run(&input, &params(100, Some(ImageFormat::Webp)));
+    assert_eq!((r.format, r.width, r.height), (ImageFormat::Webp, 100, 50));
+    let frames = frames_of(&r);
+    let delays: Vec<u32> = frames.iter().map(|f| f.1).collect();
+    assert_eq!(
+        delays,
+        [100, 200, 300],
+        "every delay kept, the last one too"
+    );
+    for ((_, _, pixel), colour) in frames.iter().zip(COLOURS) {
+        assert!(near(*pixel, colour, 40), "{pixel:?} vs {colour:?}");
+    }
+    let header = probe::probe(&r.bytes).expect("probe");
+    assert_eq!((header.frames, header.loops), (3, Some(0)), "loops forever");
+}
+
+#[test]
+fn animated_webp_becomes_an_animated_webp_or_gif() {
+    let input = animated_webp(240, 120, &[100, 250, 400], 2);
+    let r = run(&input, &params(120, None));
+    assert_eq!((r.format, r.width, r.height), (ImageFormat::Webp, 120, 60));
+    assert!(r.bytes.windows(4).any(|w| w == b"VP8 "), "lossy frames");
+    let frames = frames_of(&r);
+    assert_eq!(
+        frames.iter().map(|f| f.1).collect::<Vec<_>>(),
+        [100, 250, 400]
+    );
+    assert!(frames.iter().all(|f| f.0 == (120, 60)));
+    assert_eq!(probe::probe(&r.bytes).expect("probe").loops, Some(2));
+
+    let r = run(&input, &params(120, Some(ImageFormat::Gif)));
+    let frames = frames_of(&r);
+    assert_eq!(
+        frames.iter().map(|f| f.1).collect::<Vec<_>>(),
+        [100, 250, 400]
+    );
+    for ((_, _, pixel), colour) in frames.iter().zip(COLOURS) {
+        assert!(near(*pixel, colour, 40), "{pixel:?} vs {colour:?}");
+    }
+}
+
+#[test]
+fn frames_first_and_still_formats_give_the_first_frame() {
+    let gif = animated_gif(200, 100, &[10, 20, 30], gif::Repeat::Infinite);
+    let webp = animated_webp(200, 100, &[100, 100, 100], 0);
+    let first = |input: &[u8], p: ResizeParams| {
+        let r = run(input, &p);
+        let img = image::load_from_memory(&r.bytes)
+            .expect("decodes")
+            .to_rgba8();
+        (r.format, img.dimensions(), img.get_pixel(25, 25).0)
+    };
+    let first_frames = ResizeParams {
+        frames: Frames::First,
+        ..params(100, None)
+    };
+    for (input, still_format) in [(&gif, ImageFormat::Png), (&webp, ImageFormat::Webp)] {
+        let (format, size, pixel) = first(input, first_frames.clone());
+        assert_eq!((format, size), (still_format, (100, 50)));
+        assert!(near(pixel, COLOURS[0], 40), "{pixel:?}");
+        let (format, _, pixel) = first(input, params(100, Some(ImageFormat::Jpeg)));
+        assert_eq!(format, ImageFormat::Jpeg);
+        assert!(near(pixel, COLOURS[0], 40), "{pixel:?}");
+    }
+    let still = run(&webp, &first_frames);
+    assert!(
+        !still.bytes.windows(4).any(|w| w == b"ANMF"),
+        "a still WebP"
+    );
+}
+
+/// A GIF whose header claims `frames` frames of 1×1 on a `w`×`h` screen. The LZW data is a
+/// placeholder: the limits must refuse the file before anything is decoded.
+fn gif_claiming(w: u16, h: u16, frames: usize) -> Vec<u8> {
+    let mut out = b"GIF89a".to_vec();
+    out.extend_from_slice(&w.to_le_bytes());
+    out.extend_from_slice(&h.to_le_bytes());
+    out.extend_from_slice(&[0, 0, 0]); // no global colour table
+    out.extend_from_slice(&[0x21, 0xFF, 0x0B]);
+    out.extend_from_slice(b"NETSCAPE2.0");
+    out.extend_from_slice(&[3, 1, 0, 0, 0]);
+    for _ in 0..frames {
+        out.extend_from_slice(&[0x2C, 0, 0, 0, 0, 1, 0, 1, 0, 0]); // 1×1 at 0,0
+        out.extend_from_slice(&[2, 3, 0xAA, 0xBB, 0xCC, 0]); // code size, one sub-block, end
+    }
+    out.push(0x3B);
+    out
+}
+
+#[test]
+fn gif_frame_count_and_loops_come_from_the_header() {
+    let header = probe::probe(&gif_claiming(10, 10, 7)).expect("probe");
+    assert_eq!((header.frames, header.loops), (7, Some(0)));
+    let header = probe::probe(&animated_gif(20, 10, &[1, 1, 1], gif::Repeat::Finite(5))).unwrap();
+    assert_eq!((header.frames, header.loops), (3, Some(5)));
+}
+
+#[test]
+fn too_many_frames_is_refused_before_decoding() {
+    let e = fail(
+        &gif_claiming(10, 10, 501),
+        &params(5, None),
+        &Limits::default(),
+    );
+    assert_eq!((e.status(), e.code()), (422, "too_many_frames"));
+    assert!(e.to_string().contains("501 frames"), "{e}");
+
+    // A real animated WebP whose ANMF chunks are repeated past the limit.
+    let mut webp = animated_webp(20, 10, &[100, 100, 100], 0);
+    let first_anmf = webp.windows(4).position(|w| w == b"ANMF").expect("anmf");
+    let frames = webp[first_anmf..].to_vec();
+    for _ in 0..200 {
+        webp.extend_from_slice(&frames);
+    }
+    let riff_size = u32::try_from(webp.len() - 8).expect("small");
+    webp[4..8].copy_from_slice(&riff_size.to_le_bytes());
+    let e = fail(&webp, &params(5, None), &Limits::default());
+    assert_eq!((e.status(), e.code()), (422, "too_many_frames"));
+    assert!(e.to_string().contains("603 frames"), "{e}");
+}
+
+#[test]
+fn too_many_pixels_over_all_frames_is_refused_before_decoding() {
+    // 60 frames of 1000×1000 = 60 Mpx over all frames, each frame well under max_pixels.
+    let e = fail(
+        &gif_claiming(1000, 1000, 60),
+        &params(5, None),
+        &Limits::default(),
+    );
+    assert_eq!((e.status(), e.code()), (422, "too_many_pixels"));
+    assert!(e.to_string().contains("over all frames"), "{e}");
+    // The limits come from the configuration.
+    let limits = Limits {
+        max_frames: 5,
+        ..Limits::default()
+    };
+    let input = animated_gif(20, 10, &[1, 1, 1], gif::Repeat::Infinite);
+    assert_eq!(run(&input, &params(10, None)).format, ImageFormat::Gif);
+    let limits = Limits {
+        max_animation_pixels: 599,
+        ..limits
+    };
+    assert_eq!(
+        fail(&input, &params(10, None), &limits).code(),
+        "too_many_pixels"
+    );
+    // A still of the first frame decodes one frame only: the animation limits do not apply.
+    let still = ResizeParams {
+        frames: Frames::First,
+        ..params(10, None)
+    };
+    assert!(resize(&input, &still, &limits).is_ok());
+}
+
+#[test]
+fn an_enlarged_animation_is_bounded_on_the_output_side_too() {
+    let input = animated_gif(200, 100, &[1, 1, 1], gif::Repeat::Infinite);
+    let limits = Limits {
+        max_animation_pixels: 100_000,
+        ..Limits::default()
+    };
+    let p = ResizeParams {
+        enlarge: true,
+        ..params(400, None)
+    };
+    let e = fail(&input, &p, &limits);
+    assert_eq!(e.code(), "bad_parameters");
+    assert!(e.to_string().contains("frames=first"), "{e}");
+}
+
+// ---------- refusals ----------
+
+#[test]
+fn heic_tiff_and_bmp_are_refused_by_name() {
+    let mut heic = 24u32.to_be_bytes().to_vec();
+    heic.extend_from_slice(b"ftypheic\0\0\0\0mif1heic\0\0\0\0meta");
+    let mut bmp = b"BM".to_vec();
+    bmp.extend_from_slice(&[0x3A, 0, 0, 0, 0, 0, 0, 0, 0x36, 0, 0, 0, 0x28, 0]);
+    let tiff = b"II*\0\x08\0\0\0\0\0".to_vec();
+    let mut avif = 28u32.to_be_bytes().to_vec();
+    avif.extend_from_slice(b"ftypavif\0\0\0\0avifmif1miaf\0\0\0\0meta");
+    for (input, name) in [(heic, "HEIC"), (bmp, "BMP"), (tiff, "TIFF"), (avif, "AVIF")] {
+        let e = fail(&input, &params(10, None), &Limits::default());
+        assert_eq!(
+            (e.status(), e.code()),
+            (415, "unsupported_media_type"),
+            "{name}"
+        );
+        assert!(e.to_string().contains(name), "{name}: {e}");
+    }
+}
+
+#[test]
+fn bad_format_parameters_are_400() {
+    let input = png(&DynamicImage::ImageRgb8(photo(64, 64)));
+    for (p, needle) in [
+        (
+            ResizeParams {
+                lossless: true,
+                ..params(32, Some(ImageFormat::Jpeg))
+            },
+            "lossless",
+        ),
+        (
+            ResizeParams {
+                effort: Some(10),
+                ..params(32, Some(ImageFormat::Avif))
+            },
+            "effort",
+        ),
+        (
+            ResizeParams {
+                effort: Some(-1),
+                ..params(32, Some(ImageFormat::Webp))
+            },
+            "effort",
+        ),
+    ] {
+        let e = fail(&input, &p, &Limits::default());
+        assert_eq!(e.status(), 400);
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+    // Lossless applies to the input's format when none is named: a JPEG stays JPEG.
+    let jpeg = {
+        let mut out = Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(photo(64, 64))
+            .write_to(&mut out, image::ImageFormat::Jpeg)
+            .expect("jpeg");
+        out.into_inner()
+    };
+    let p = ResizeParams {
+        lossless: true,
+        ..params(32, None)
+    };
+    assert_eq!(fail(&jpeg, &p, &Limits::default()).status(), 400);
+    let fit = ResizeParams {
+        fit: Fit::Inside,
+        lossless: true,
+        ..params(32, None)
+    };
+    assert_eq!(
+        run(&input, &fit).format,
+        ImageFormat::Png,
+        "png is lossless anyway"
+    );
+}
