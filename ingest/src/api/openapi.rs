@@ -60,7 +60,7 @@ pub fn spec() -> Value {
         "paths": {
             "/v1/resize": {"post": {
                 "summary": "Resize an image",
-                "description": "Inputs: JPEG, PNG, WebP and GIF, still or animated (read by magic bytes; the Content-Type is not trusted). AVIF, HEIC, TIFF, BMP and JPEG XL are refused with 415 naming the format. Outputs: JPEG, PNG, WebP (lossy by default, or lossless), AVIF and GIF. EXIF orientation is applied and metadata stripped. Resampling is Lanczos3 on 8-bit sRGB values (like vipsthumbnail's default), not in linear light.\n\nAnimation: an animated GIF or WebP with frames=all and GIF or WebP output (the default for them) is resized frame by frame into an animation with the same plan for every frame, keeping frame delays and the loop count. frames=first, or a still output format (jpeg, png, avif), gives a still of the first frame.\n\nLimits: body 8 MiB (413); 50,000,000 pixels per image from the header (422 too_many_pixels); output 8192 per side (400); for animations, from the headers before decoding, 500 frames (422 too_many_frames) and 50,000,000 pixels over all frames, frames × canvas (422 too_many_pixels); an animated output over 50,000,000 pixels over all frames (with enlarge) is 400. The limits are the resizers' configuration (max_input_bytes, max_pixels, max_output_side, max_frames, max_animation_pixels); these are the defaults.",
+                "description": "Inputs: JPEG, PNG, WebP and GIF, still or animated (read by magic bytes; the Content-Type is not trusted). AVIF, HEIC, TIFF, BMP and JPEG XL are refused with 415 naming the format. Outputs: JPEG, PNG, WebP (lossy by default, or lossless), AVIF and GIF. EXIF orientation is applied and metadata stripped. Resampling is Lanczos3 on 8-bit sRGB values (like vipsthumbnail's default), not in linear light.\n\nAnimation: an animated GIF or WebP with frames=all and GIF or WebP output (the default for them) is resized frame by frame into an animation with the same plan for every frame, keeping frame delays and the loop count. frames=first, or a still output format (jpeg, png, avif), gives a still of the first frame.\n\nLimits: body 8 MiB (413); 50,000,000 pixels per image from the header (422 too_many_pixels); output 8192 per side (400); output canvas 16,777,216 pixels (422 too_many_output_pixels, before anything is allocated); encoded output at most one reply record, kafka.max_message_bytes less 64 KiB (422 output_too_large); for animations, from the headers before decoding, 500 frames (422 too_many_frames) and 50,000,000 pixels over all frames, frames × canvas (422 too_many_pixels); an animated output over 50,000,000 pixels over all frames (with enlarge) is 400. The limits are the resizers' configuration (max_input_bytes, max_pixels, max_output_side, max_frames, max_animation_pixels); these are the defaults.",
                 "parameters": [
                     query("width", "Target width, 1–8192. Either width or height may be omitted with fit=inside.", json!({"type": "integer", "minimum": 1, "maximum": 8192})),
                     query("height", "Target height, 1–8192.", json!({"type": "integer", "minimum": 1, "maximum": 8192})),
@@ -88,7 +88,8 @@ pub fn spec() -> Value {
                     "403": problem("forbidden: the key's tenant is suspended."),
                     "413": problem("payload_too_large: the body is over the configured limit."),
                     "415": problem("unsupported_media_type: not JPEG, PNG, WebP or GIF; the message names AVIF, HEIC, TIFF, BMP or JPEG XL when it sees one."),
-                    "422": problem("undecodable_image; too_many_pixels (one image, or an animation's frames × canvas); too_many_frames (an animation over the frame limit)."),
+                    "422": problem("undecodable_image; truncated_image (a JPEG cut inside a scan); too_many_pixels (one image, or an animation's frames × canvas); too_many_output_pixels (the output canvas, checked before allocating); too_many_frames (an animation over the frame limit); output_too_large (the encoded image is larger than one reply can carry)."),
+                    "500": problem("internal_error: a bug; the detail is in the resizer's log, never in the body."),
                     "429": problem("rate_limited: see Retry-After."),
                     "503": problem("kafka_unavailable, overloaded, not_ready or auth_unavailable: retry shortly."),
                     "504": problem("deadline_exceeded: no reply within the deadline.")
@@ -140,6 +141,10 @@ mod tests {
             "gif",
             "too_many_frames",
             "too_many_pixels",
+            "too_many_output_pixels",
+            "output_too_large",
+            "truncated_image",
+            "internal_error",
             "HEIC",
             "TIFF",
             "BMP",

@@ -218,6 +218,20 @@ pub enum KernelError {
 }
 
 impl KernelError {
+    /// Every code [`code`](Self::code) can return, for documentation and its tests.
+    pub const CODES: &'static [&'static str] = &[
+        "bad_parameters",
+        "payload_too_large",
+        "unsupported_media_type",
+        "too_many_pixels",
+        "too_many_output_pixels",
+        "too_many_frames",
+        "output_too_large",
+        "truncated_image",
+        "undecodable_image",
+        "internal_error",
+    ];
+
     /// HTTP status for the client.
     pub fn status(&self) -> u16 {
         match self {

@@ -881,3 +881,65 @@ fn an_encoded_output_over_the_reply_limit_is_output_too_large() {
     let small = resize(&input, &params(Some(64), None, Fit::Inside), &limits).expect("fits");
     assert!(small.bytes.len() <= 100_000);
 }
+
+#[test]
+fn every_error_has_a_listed_code_and_a_client_status() {
+    let examples = [
+        KernelError::BadParameters("x".into()),
+        KernelError::PayloadTooLarge { size: 2, limit: 1 },
+        KernelError::UnsupportedMediaType,
+        KernelError::UnsupportedFormat("HEIC"),
+        KernelError::TooManyFrames {
+            format: "GIF",
+            frames: 2,
+            limit: 1,
+        },
+        KernelError::AnimationTooLarge {
+            format: "GIF",
+            frames: 2,
+            width: 1,
+            height: 1,
+            limit: 1,
+        },
+        KernelError::TooManyPixels {
+            format: "PNG",
+            width: 2,
+            height: 2,
+            limit: 1,
+        },
+        KernelError::TooManyOutputPixels {
+            width: 2,
+            height: 2,
+            limit: 1,
+        },
+        KernelError::OutputTooLarge {
+            format: "PNG",
+            size: 2,
+            limit: 1,
+        },
+        KernelError::Truncated {
+            detail: "cut".into(),
+        },
+        KernelError::undecodable(ImageFormat::Png, "bad"),
+        KernelError::Encode {
+            format: "PNG",
+            source: "bad".into(),
+        },
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for e in &examples {
+        assert!(
+            KernelError::CODES.contains(&e.code()),
+            "{} not listed",
+            e.code()
+        );
+        assert!(matches!(e.status(), 400..=599), "{e}");
+        assert_eq!(e.status() >= 500, e.code() == "internal_error", "{e}");
+        seen.insert(e.code());
+    }
+    assert_eq!(
+        seen.len(),
+        KernelError::CODES.len(),
+        "every listed code is produced"
+    );
+}

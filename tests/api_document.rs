@@ -1,0 +1,22 @@
+//! The documents clients read list every error code the resizer can answer: the OpenAPI
+//! document served at `/openapi.json` and the README's api section.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
+
+use processors::kernel::KernelError;
+
+#[test]
+fn every_kernel_error_code_is_documented() {
+    let openapi = ingest::api::openapi::spec().to_string();
+    let readme = std::fs::read_to_string(format!("{}/README.md", env!("CARGO_MANIFEST_DIR")))
+        .expect("README.md");
+    for code in KernelError::CODES {
+        assert!(
+            openapi.contains(code),
+            "{code} missing from the OpenAPI document"
+        );
+        assert!(
+            readme.contains(&format!("`{code}`")),
+            "{code} missing from the README"
+        );
+    }
+}
