@@ -395,39 +395,9 @@ async fn outputs_over_the_limits_are_refused_at_once_and_the_resizer_moves_on() 
 async fn an_unwritable_reply_is_dead_lettered_and_the_partition_moves_on() {
     let p = pipeline("pipeline_unwritable", ALL, |_| {}).await;
     let requests_topic = p.config.kafka.name(schemas::topics::IMAGE_REQUESTS);
-    let codec = schemas::Codec::new(&p.config.registry, &p.config.kafka.namespace);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let request = schemas::events::ResizeRequested {
-        request_id: "unwritable-1".into(),
-        tenant_id: p.key.tenant_id.clone(),
-        key_id: "k".into(),
-        received_at_ms: now,
-        deadline_at_ms: now + 30_000,
-        params: schemas::events::ResizeParams {
-            width: Some(8),
-            ..Default::default()
-        },
-        content_type: None,
-        image: images::jpeg(32, 32),
-        reply_topic: p.config.kafka.name(schemas::topics::IMAGE_RESULTS),
-        reply_partition: 999,
-    };
-    let payload = codec.encode(&request).await.unwrap();
-    let producer = p.config.kafka.producer().unwrap();
-    let poison_offset = producer
-        .send(
-            FutureRecord::to(&requests_topic)
-                .key("unwritable-1")
-                .payload(&payload)
-                .partition(0),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap()
-        .offset;
+    let request = support::resize_request(&p.config, "unwritable-1", &p.key.tenant_id, 999);
+    let poison_offset =
+        support::produce_request(&p.config, &p.config.registry, &request, Some(0)).await;
 
     // The DLQ gets the reply, with where it was going and why it could not get there.
     let dlq_topic = p.config.kafka.name(schemas::topics::IMAGE_REQUESTS_DLQ);

@@ -246,41 +246,8 @@ async fn registry_behind_proxy(
 
 /// Writes one valid resize request straight to image.requests (no api involved).
 async fn produce_request(config: &imgpipe::Config, registry: &schemas::RegistryConfig, id: &str) {
-    let codec = Codec::new(registry, &config.kafka.namespace);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let request = schemas::events::ResizeRequested {
-        request_id: id.into(),
-        tenant_id: "t".into(),
-        key_id: "k".into(),
-        received_at_ms: now,
-        deadline_at_ms: now + 60_000,
-        params: schemas::events::ResizeParams {
-            width: Some(8),
-            ..Default::default()
-        },
-        content_type: None,
-        image: support::images::jpeg(16, 16),
-        reply_topic: config.kafka.name(schemas::topics::IMAGE_RESULTS),
-        reply_partition: 0,
-    };
-    let payload = codec.encode(&request).await.unwrap();
-    config
-        .kafka
-        .producer()
-        .unwrap()
-        .send(
-            rdkafka::producer::FutureRecord::to(
-                &config.kafka.name(schemas::topics::IMAGE_REQUESTS),
-            )
-            .key(id)
-            .payload(&payload),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let request = support::resize_request(config, id, "t", 0);
+    support::produce_request(config, registry, &request, None).await;
 }
 
 /// `/readyz`'s check `name`: (ready, reason).

@@ -55,15 +55,10 @@ impl Tasks {
                 Ok(Ok(())) if supervisor.shutdown.is_triggered() => None,
                 Ok(Ok(())) => Some("stopped on its own".to_owned()),
                 Ok(Err(error)) => Some(format!("failed: {error}")),
-                Err(join) if join.is_panic() => {
-                    let payload = join.into_panic();
-                    let message = payload
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    Some(format!("panicked: {message}"))
-                }
+                Err(join) if join.is_panic() => Some(format!(
+                    "panicked: {}",
+                    panic_message(join.into_panic().as_ref())
+                )),
                 // Cancelled: only when the runtime itself is going away.
                 Err(_) => None,
             };
@@ -109,6 +104,15 @@ impl Tasks {
             .await
             .is_ok()
     }
+}
+
+/// The message of a panic payload (`panic!` with a literal or a formatted string).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
 #[cfg(test)]

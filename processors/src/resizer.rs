@@ -178,13 +178,9 @@ enum JobError {
 fn guarded(work: impl FnOnce() -> Result<Resized, KernelError>) -> Result<Resized, JobError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
         Ok(result) => result.map_err(JobError::Kernel),
-        Err(payload) => Err(JobError::Panicked(
-            payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_owned()),
-        )),
+        Err(payload) => Err(JobError::Panicked(chassis::tasks::panic_message(
+            payload.as_ref(),
+        ))),
     }
 }
 

@@ -246,3 +246,59 @@ impl UsageProducer {
         }
     }
 }
+
+/// A valid resize request (a 16×16 JPEG to 8 px wide) for `tenant`, answered on partition
+/// `reply_partition` of the namespace's reply topic, with a minute before its deadline.
+pub fn resize_request(
+    config: &Config,
+    id: &str,
+    tenant: &str,
+    reply_partition: i32,
+) -> schemas::events::ResizeRequested {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    schemas::events::ResizeRequested {
+        request_id: id.into(),
+        tenant_id: tenant.into(),
+        key_id: "k".into(),
+        received_at_ms: now,
+        deadline_at_ms: now + 60_000,
+        params: schemas::events::ResizeParams {
+            width: Some(8),
+            ..Default::default()
+        },
+        content_type: None,
+        image: images::jpeg(16, 16),
+        reply_topic: config.kafka.name(schemas::topics::IMAGE_RESULTS),
+        reply_partition,
+    }
+}
+
+/// Writes `request` straight to image.requests (no api involved), encoded through `registry`,
+/// to `partition` if given; returns its offset.
+pub async fn produce_request(
+    config: &Config,
+    registry: &schemas::RegistryConfig,
+    request: &schemas::events::ResizeRequested,
+    partition: Option<i32>,
+) -> i64 {
+    let codec = schemas::Codec::new(registry, &config.kafka.namespace);
+    let payload = codec.encode(request).await.unwrap();
+    let topic = config.kafka.name(schemas::topics::IMAGE_REQUESTS);
+    let mut record = rdkafka::producer::FutureRecord::to(&topic)
+        .key(&request.request_id)
+        .payload(&payload);
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    config
+        .kafka
+        .producer()
+        .unwrap()
+        .send(record, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .offset
+}

@@ -20,7 +20,10 @@ use schemas::events::{ImageFormat, StageTimings};
 use super::encode::{GifStream, Settings};
 use super::geometry::PixelRect;
 use super::probe::Header;
-use super::{BoxError, KernelError, Limits, Request, Resized, geometry, micros, resample};
+use super::{
+    BoxError, KernelError, Limits, Request, Resized, check_encoded, check_output, geometry, micros,
+    resample,
+};
 
 /// Bytes per pixel of the RGBA canvas the animation decoders compose onto, used to turn the pixel
 /// limit into an allocation limit for `image`'s decoders.
@@ -65,19 +68,7 @@ pub fn resize(
     let stored = (header.width, header.height);
     let upright = geometry::upright_size(stored, orientation);
     let plan = geometry::plan(upright, &request.target);
-    if plan.canvas.0 > limits.max_output_side || plan.canvas.1 > limits.max_output_side {
-        return Err(KernelError::BadParameters(format!(
-            "the output would be {}x{}, over the limit of {} per side",
-            plan.canvas.0, plan.canvas.1, limits.max_output_side
-        )));
-    }
-    if u64::from(plan.canvas.0) * u64::from(plan.canvas.1) > limits.max_output_pixels {
-        return Err(KernelError::TooManyOutputPixels {
-            width: plan.canvas.0,
-            height: plan.canvas.1,
-            limit: limits.max_output_pixels,
-        });
-    }
+    check_output(&plan, limits)?;
     let output_pixels = u64::from(header.frames)
         .saturating_mul(u64::from(plan.canvas.0))
         .saturating_mul(u64::from(plan.canvas.1));
@@ -152,13 +143,7 @@ pub fn resize(
         .finish(&request.encoding, header.loops)
         .map_err(encode_failed)?;
     encode_us += micros(finish_started.elapsed());
-    if bytes.len() > limits.max_output_bytes {
-        return Err(KernelError::OutputTooLarge {
-            format: output_format.name(),
-            size: bytes.len(),
-            limit: limits.max_output_bytes,
-        });
-    }
+    check_encoded(&bytes, output_format, limits)?;
 
     Ok(Resized {
         format: output_format,

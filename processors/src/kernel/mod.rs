@@ -331,20 +331,7 @@ pub fn resize(
     let stored = (header.width, header.height);
     let upright = geometry::upright_size(stored, orientation);
     let plan = geometry::plan(upright, &request.target);
-    if plan.canvas.0 > limits.max_output_side || plan.canvas.1 > limits.max_output_side {
-        return Err(KernelError::BadParameters(format!(
-            "the output would be {}x{}, over the limit of {} per side",
-            plan.canvas.0, plan.canvas.1, limits.max_output_side
-        )));
-    }
-    // Before decoding: the canvas is the largest buffer the plan allocates (`size` ≤ canvas).
-    if u64::from(plan.canvas.0) * u64::from(plan.canvas.1) > limits.max_output_pixels {
-        return Err(KernelError::TooManyOutputPixels {
-            width: plan.canvas.0,
-            height: plan.canvas.1,
-            limit: limits.max_output_pixels,
-        });
-    }
+    check_output(&plan, limits)?;
     // Resample in the stored frame and rotate only the small result.
     let crop = geometry::rect_to_stored(plan.crop, orientation, stored);
     let size = geometry::upright_size(plan.size, orientation);
@@ -369,13 +356,7 @@ pub fn resize(
     let (width, height) = (image.width(), image.height());
     let bytes = encode::encode(image, output_format, &request.encoding)?;
     let encoded_at = Instant::now();
-    if bytes.len() > limits.max_output_bytes {
-        return Err(KernelError::OutputTooLarge {
-            format: output_format.name(),
-            size: bytes.len(),
-            limit: limits.max_output_bytes,
-        });
-    }
+    check_encoded(&bytes, output_format, limits)?;
 
     Ok(Resized {
         format: output_format,
@@ -392,6 +373,38 @@ pub fn resize(
             encode_us: micros(encoded_at - resized_at),
         },
     })
+}
+
+/// The output limits of a plan, checked before decoding: the canvas is the largest buffer the
+/// plan allocates (`size` ≤ canvas), so nothing is allocated for an output that is refused.
+fn check_output(plan: &geometry::Plan, limits: &Limits) -> Result<(), KernelError> {
+    let (width, height) = plan.canvas;
+    if width > limits.max_output_side || height > limits.max_output_side {
+        return Err(KernelError::BadParameters(format!(
+            "the output would be {width}x{height}, over the limit of {} per side",
+            limits.max_output_side
+        )));
+    }
+    if u64::from(width) * u64::from(height) > limits.max_output_pixels {
+        return Err(KernelError::TooManyOutputPixels {
+            width,
+            height,
+            limit: limits.max_output_pixels,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses an encoded output bigger than one reply record.
+fn check_encoded(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<(), KernelError> {
+    if bytes.len() > limits.max_output_bytes {
+        return Err(KernelError::OutputTooLarge {
+            format: format.name(),
+            size: bytes.len(),
+            limit: limits.max_output_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// The animation limits, from the header alone: nothing has been decoded yet.
