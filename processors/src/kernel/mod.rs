@@ -8,12 +8,14 @@
 //!    and a canvas, in the upright (EXIF-oriented) frame, and maps the crop onto stored pixels;
 //! 3. [`decode`] decodes, JPEG with DCT shrink-on-load to the smallest size that still leaves the
 //!    resampler a real reduction to do;
-//! 4. [`resample`] filters the crop down to size on SIMD, then orients and pads the small result;
+//! 4. [`resample`] filters the crop down to size on SIMD, [`colour`] converts the small result
+//!    from its embedded ICC profile to sRGB, then it is oriented and padded;
 //! 5. [`encode`] writes JPEG, PNG or WebP from pixels only, so no input metadata survives.
 //!
 //! Every failure is permanent: the same input and parameters fail the same way on any machine,
 //! so the caller answers it (and dead-letters it) rather than retrying.
 
+mod colour;
 mod decode;
 mod encode;
 mod geometry;
@@ -223,7 +225,9 @@ pub fn resize(
         w: crop.w * sx,
         h: crop.h * sy,
     };
-    let image = resample::resample(decoded.image, crop, size)?;
+    let mut image = resample::resample(decoded.image, crop, size)?;
+    // Colour: converted on the small image, before padding adds pure white or transparency.
+    colour::to_srgb(&mut image, decoded.profile.as_deref());
     let image = resample::orient(image, decoded.orientation);
     let transparent = output_format != ImageFormat::Jpeg;
     let image = resample::pad(image, plan.canvas, plan.offset, transparent);

@@ -50,7 +50,7 @@ pub fn probe(input: &[u8]) -> Result<Header, KernelError> {
 
 /// Walks the JPEG marker segments up to the first scan, calling `visit` with each marker and its
 /// payload. Stops early when `visit` returns `Some`.
-fn jpeg_segments<'a, T>(
+pub(super) fn jpeg_segments<'a, T>(
     input: &'a [u8],
     mut visit: impl FnMut(u8, &'a [u8]) -> Option<T>,
 ) -> Option<T> {
