@@ -539,7 +539,7 @@ fn alpha_is_premultiplied_when_resampling_and_flattened_onto_white_for_jpeg() {
 
 // ---------- colour management ----------
 
-/// What LittleCMS makes of `rgb` in `profile` (relative colorimetric, BPC), in sRGB.
+/// What LittleCMS makes of `rgb` in `profile` (relative colorimetric), in sRGB.
 fn lcms_srgb(profile: &[u8], rgb: [u8; 3]) -> [u8; 3] {
     let input = lcms2::Profile::new_icc(profile).expect("profile parses");
     let t = lcms2::Transform::new_flags(
@@ -548,7 +548,7 @@ fn lcms_srgb(profile: &[u8], rgb: [u8; 3]) -> [u8; 3] {
         &lcms2::Profile::new_srgb(),
         lcms2::PixelFormat::RGB_8,
         lcms2::Intent::RelativeColorimetric,
-        lcms2::Flags::BLACKPOINT_COMPENSATION,
+        lcms2::Flags::default(),
     )
     .expect("transform");
     let mut out = [[0u8; 3]];
