@@ -4,9 +4,16 @@
 //! Photos come from `benches/photos.sh` (Debian photographs, cached, never committed); the
 //! directory is `IMGPIPE_PHOTOS_DIR`, else `${IMGPIPE_CACHE_DIR:-$HOME/.cache/imgpipe}/photos`.
 //! `benches/vs_libvips.sh` runs this and libvips on the same files and prints the ratio.
+//!
+//! `resize_kernel_colour` measures the colour conversion on its own: the first photo as it is
+//! (untagged, so sRGB) against the same bytes tagged Display P3 (as phones write them), which the
+//! kernel converts to sRGB.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests and benches fail by panicking
 
 use std::path::PathBuf;
+
+#[path = "../tests/support/icc.rs"]
+mod icc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use processors::kernel::{Limits, resize};
@@ -80,6 +87,19 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    group.finish();
+
+    // Separate group so that `vs_libvips.sh`, which reads `resize_kernel/`, is unaffected.
+    let (name, plain) = &photos[0];
+    let p3 = icc::jpeg_with_icc(plain, &icc::display_p3());
+    let mut group = c.benchmark_group("resize_kernel_colour");
+    for (label, bytes) in [("untagged", plain), ("display_p3", &p3)] {
+        group.bench_function(format!("{name}_{label}"), |b| {
+            b.iter(|| {
+                std::hint::black_box(resize(std::hint::black_box(bytes), &params, &limits).ok())
+            })
+        });
+    }
     group.finish();
 
     let mut group = c.benchmark_group("resize_kernel_per_photo");

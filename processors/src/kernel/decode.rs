@@ -1,6 +1,8 @@
 //! Decoding to pixels. JPEG goes through libjpeg-turbo with DCT shrink-on-load (the decoder
-//! produces a 1/2, 1/4 or 1/8 size image for almost the cost of the entropy decoding alone); CMYK
-//! JPEGs, which libjpeg-turbo cannot convert to RGB, and every other format go through `image`.
+//! produces a 1/2, 1/4 or 1/8 size image for almost the cost of the entropy decoding alone), CMYK
+//! and YCCK JPEGs included: they decode to CMYK, which [`colour`] turns into sRGB straight away.
+//! Every other format goes through `image`. The embedded ICC profile of RGB and gray images is
+//! handed on with the pixels, for conversion once they are small.
 
 use std::io::Cursor;
 
@@ -10,6 +12,7 @@ use schemas::events::ImageFormat;
 use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 
 use super::KernelError;
+use super::colour;
 use super::probe::{self, Header};
 
 /// Progressive scans allowed per JPEG. Real encoders use about ten; a crafted file with thousands
@@ -27,11 +30,14 @@ pub enum Source<'a> {
     Jpeg {
         input: &'a [u8],
         orientation: Orientation,
+        /// CMYK or YCCK: decoded as CMYK and converted to sRGB before anything else.
+        cmyk: bool,
     },
     /// Already decoded by `image` (stored orientation, full size).
     Decoded {
         image: DynamicImage,
         orientation: Orientation,
+        profile: Option<Vec<u8>>,
     },
 }
 
@@ -41,6 +47,9 @@ pub struct Decoded {
     pub image: DynamicImage,
     /// The EXIF orientation still to apply.
     pub orientation: Orientation,
+    /// The embedded ICC profile the pixels are still in, for [`colour::to_srgb`]; `None` when
+    /// there is none or the pixels are sRGB already (CMYK is converted during decoding).
+    pub profile: Option<Vec<u8>>,
 }
 
 impl<'a> Source<'a> {
@@ -50,12 +59,19 @@ impl<'a> Source<'a> {
             let orientation = probe::jpeg_orientation(input);
             let tj = turbojpeg::read_header(input)
                 .map_err(|e| KernelError::undecodable(ImageFormat::Jpeg, e))?;
-            if !matches!(tj.colorspace, Colorspace::CMYK | Colorspace::YCCK) {
-                return Ok(Self::Jpeg { input, orientation });
-            }
+            let cmyk = matches!(tj.colorspace, Colorspace::CMYK | Colorspace::YCCK);
+            return Ok(Self::Jpeg {
+                input,
+                orientation,
+                cmyk,
+            });
         }
-        let (image, orientation) = decode_with_image(input, header.format, max_pixels)?;
-        Ok(Self::Decoded { image, orientation })
+        let (image, orientation, profile) = decode_with_image(input, header.format, max_pixels)?;
+        Ok(Self::Decoded {
+            image,
+            orientation,
+            profile,
+        })
     }
 
     /// The EXIF orientation.
@@ -69,20 +85,41 @@ impl<'a> Source<'a> {
     /// already full size and ignore it. The result's size tells the caller the scale achieved.
     pub fn decode(self, shrink: u32, max_pixels: u64) -> Result<Decoded, KernelError> {
         match self {
-            Self::Decoded { image, orientation } => Ok(Decoded { image, orientation }),
-            Self::Jpeg { input, orientation } => {
-                let image = decode_jpeg(input, shrink, max_pixels).map_err(jpeg_error)?;
-                Ok(Decoded { image, orientation })
+            Self::Decoded {
+                image,
+                orientation,
+                profile,
+            } => Ok(Decoded {
+                image,
+                orientation,
+                profile,
+            }),
+            Self::Jpeg {
+                input,
+                orientation,
+                cmyk,
+            } => {
+                let profile = colour::jpeg_icc_profile(input);
+                let image = decode_jpeg(input, shrink, max_pixels, cmyk, profile.as_deref())
+                    .map_err(jpeg_error)?;
+                Ok(Decoded {
+                    image,
+                    orientation,
+                    profile: if cmyk { None } else { profile },
+                })
             }
         }
     }
 }
 
-/// libjpeg-turbo decode at `1/shrink` scale to 8-bit RGB (or gray for gray JPEGs).
+/// libjpeg-turbo decode at `1/shrink` scale to 8-bit RGB (or gray for gray JPEGs). `cmyk` JPEGs
+/// decode to CMYK and leave here as sRGB, converted with `profile` (see [`colour::cmyk_to_srgb`]).
 fn decode_jpeg(
     input: &[u8],
     shrink: u32,
     max_pixels: u64,
+    cmyk: bool,
+    profile: Option<&[u8]>,
 ) -> Result<DynamicImage, turbojpeg::Error> {
     let input = with_end_marker(input);
     let input = input.as_ref();
@@ -105,6 +142,7 @@ fn decode_jpeg(
     let scaled = header.scaled(factor);
     let (format, channels) = match header.colorspace {
         Colorspace::Gray => (PixelFormat::GRAY, 1),
+        _ if cmyk => (PixelFormat::CMYK, 4),
         _ => (PixelFormat::RGB, 3),
     };
     // Zeroed allocation comes straight from the OS for large buffers; no extra pass over memory.
@@ -121,6 +159,12 @@ fn decode_jpeg(
         _ => {}
     }
     let (w, h) = (scaled.width as u32, scaled.height as u32);
+    if channels == 4 {
+        let inverted = colour::jpeg_has_adobe_marker(input);
+        return colour::cmyk_to_srgb(&pixels, w, h, inverted, profile)
+            .map(DynamicImage::ImageRgb8)
+            .ok_or_else(|| turbojpeg::Error::TurboJpegError("CMYK to sRGB failed".into()));
+    }
     let image = if channels == 1 {
         GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8)
     } else {
@@ -184,12 +228,13 @@ fn jpeg_error(e: turbojpeg::Error) -> KernelError {
 }
 
 /// Full decode with `image` (first frame only for GIF and animated WebP), with its allocation
-/// capped to what the pixel limit allows.
+/// capped to what the pixel limit allows; also returns the embedded ICC profile (PNG `iCCP`,
+/// WebP `ICCP`), if any can be read.
 fn decode_with_image(
     input: &[u8],
     format: ImageFormat,
     max_pixels: u64,
-) -> Result<(DynamicImage, Orientation), KernelError> {
+) -> Result<(DynamicImage, Orientation, Option<Vec<u8>>), KernelError> {
     let image_format = match format {
         ImageFormat::Jpeg => image::ImageFormat::Jpeg,
         ImageFormat::Png => image::ImageFormat::Png,
@@ -204,6 +249,11 @@ fn decode_with_image(
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(undecodable)?;
     let orientation = decoder.orientation().map_err(undecodable)?;
+    // A profile that cannot be read (a corrupt iCCP stream) is no reason to refuse the pixels.
+    let profile = decoder.icc_profile().unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "Ignoring an unreadable ICC profile");
+        None
+    });
     let image = DynamicImage::from_decoder(decoder).map_err(undecodable)?;
-    Ok((image, orientation))
+    Ok((image, orientation, profile))
 }

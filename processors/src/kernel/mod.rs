@@ -8,7 +8,8 @@
 //!    and a canvas, in the upright (EXIF-oriented) frame, and maps the crop onto stored pixels;
 //! 3. [`decode`] decodes, JPEG with DCT shrink-on-load to the smallest size that still leaves the
 //!    resampler a real reduction to do;
-//! 4. [`resample`] filters the crop down to size on SIMD, then orients and pads the small result;
+//! 4. [`resample`] filters the crop down to size on SIMD, [`colour`] converts the small result
+//!    from its embedded ICC profile to sRGB, then it is oriented and padded;
 //! 5. [`encode`] writes JPEG, PNG, WebP (lossy or lossless), AVIF or GIF from pixels only, so no
 //!    input metadata survives.
 //!
@@ -19,6 +20,7 @@
 //! so the caller answers it (and dead-letters it) rather than retrying.
 
 mod animation;
+mod colour;
 mod decode;
 mod encode;
 mod geometry;
@@ -347,7 +349,9 @@ pub fn resize(
         f64::from(bounds.1) / f64::from(stored.1),
     );
     let crop = PixelRect::within(crop, scale, bounds);
-    let image = resample::resample(decoded.image, crop, size)?;
+    let mut image = resample::resample(decoded.image, crop, size)?;
+    // Colour: converted on the small image, before padding adds pure white or transparency.
+    colour::to_srgb(&mut image, decoded.profile.as_deref());
     let image = resample::orient(image, decoded.orientation);
     let transparent = output_format != ImageFormat::Jpeg;
     let image = resample::pad(image, plan.canvas, plan.offset, transparent);

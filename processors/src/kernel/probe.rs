@@ -160,7 +160,7 @@ fn webp_frames(input: &[u8]) -> (u32, Option<u16>) {
 
 /// Walks the JPEG marker segments up to the first scan, calling `visit` with each marker and its
 /// payload. Stops early when `visit` returns `Some`.
-fn jpeg_segments<'a, T>(
+pub(super) fn jpeg_segments<'a, T>(
     input: &'a [u8],
     mut visit: impl FnMut(u8, &'a [u8]) -> Option<T>,
 ) -> Option<T> {

@@ -11,6 +11,9 @@ use turbojpeg::{Compressor, PixelFormat, Subsamp};
 
 use super::*;
 
+#[path = "../../../tests/support/icc.rs"]
+mod icc;
+
 // ---------- inputs ----------
 
 /// A smooth RGB test card (gradients, so JPEG artefacts stay small).
@@ -215,8 +218,8 @@ fn gray_jpeg_stays_gray() {
 }
 
 #[test]
-fn cmyk_jpeg_falls_back_to_the_image_decoder() {
-    // Adobe-style CMYK as libjpeg-turbo writes it; every pixel the same ink mix.
+fn cmyk_jpeg_decodes_with_shrink_on_load() {
+    // CMYK as libjpeg-turbo writes it (YCCK with an Adobe marker); every pixel the same ink mix.
     let cmyk: Vec<u8> = [0u8, 200, 200, 0].repeat(64 * 48);
     let input = turbo_jpeg(&cmyk, 64, 48, PixelFormat::CMYK, false);
     let header = turbojpeg::read_header(&input).expect("header");
@@ -532,6 +535,108 @@ fn alpha_is_premultiplied_when_resampling_and_flattened_onto_white_for_jpeg() {
         "edge keeps its real colour: {:?}",
         png_out.get_pixel(25, 12)
     );
+}
+
+// ---------- colour management ----------
+
+/// What LittleCMS makes of `rgb` in `profile` (relative colorimetric), in sRGB.
+fn lcms_srgb(profile: &[u8], rgb: [u8; 3]) -> [u8; 3] {
+    let input = lcms2::Profile::new_icc(profile).expect("profile parses");
+    let t = lcms2::Transform::new_flags(
+        &input,
+        lcms2::PixelFormat::RGB_8,
+        &lcms2::Profile::new_srgb(),
+        lcms2::PixelFormat::RGB_8,
+        lcms2::Intent::RelativeColorimetric,
+        lcms2::Flags::default(),
+    )
+    .expect("transform");
+    let mut out = [[0u8; 3]];
+    t.transform_pixels(&[rgb], &mut out);
+    out[0]
+}
+
+#[test]
+fn embedded_profiles_are_converted_to_srgb_in_every_format() {
+    const GREEN: [u8; 3] = [20, 200, 60];
+    let solid = RgbImage::from_pixel(120, 80, Rgb(GREEN));
+    for (name, profile) in [("adobe", icc::adobe_rgb()), ("p3", icc::display_p3())] {
+        let want = lcms_srgb(&profile, GREEN);
+        let moved = want.iter().zip(GREEN).map(|(w, g)| w.abs_diff(g)).max();
+        assert!(moved > Some(10), "{name}: the test colour moves: {want:?}");
+        let rgb = DynamicImage::ImageRgb8(solid.clone());
+        let inputs = [
+            ("jpeg", icc::jpeg_with_icc(&jpeg(&solid), &profile)),
+            ("png", icc::png_with_icc(&rgb, &profile)),
+            (
+                "png16",
+                icc::png_with_icc(&DynamicImage::ImageRgb16(rgb.to_rgb16()), &profile),
+            ),
+            ("webp", icc::webp_with_icc(&rgb, &profile)),
+        ];
+        for (format, input) in inputs {
+            let p = ResizeParams {
+                format: Some(ImageFormat::Png),
+                ..params(Some(60), None, Fit::Inside)
+            };
+            let [r, g, b, _] = decoded(&run(&input, &p)).get_pixel(30, 20).0;
+            // JPEG stores a flat colour a step or two off (YCbCr rounding), which the
+            // conversion may stretch: compare with the conversion of what it stores.
+            let stored = image::load_from_memory(&input).expect("input decodes");
+            let [sr, sg, sb, _] = stored.get_pixel(60, 40).0;
+            let want = lcms_srgb(&profile, [sr, sg, sb]);
+            let want4 = [want[0], want[1], want[2], 255];
+            assert!(
+                near([r, g, b, 255], want4, 2),
+                "{name} {format}: {:?}, want {want:?}",
+                [r, g, b]
+            );
+        }
+    }
+}
+
+#[test]
+fn alpha_is_kept_and_not_converted() {
+    let img = RgbaImage::from_fn(100, 50, |x, _| Rgba([20, 200, 60, (x * 2) as u8]));
+    let input = icc::png_with_icc(&DynamicImage::ImageRgba8(img), &icc::adobe_rgb());
+    let out = decoded(&run(&input, &params(Some(100), None, Fit::Inside)));
+    assert_eq!(out.color(), image::ColorType::Rgba8);
+    for x in [10, 50, 90] {
+        let [r, g, b, a] = out.get_pixel(x, 25).0;
+        assert_eq!(a, (x * 2) as u8, "alpha untouched at x={x}");
+        let want = lcms_srgb(&icc::adobe_rgb(), [20, 200, 60]);
+        assert!(near([r, g, b, 0], [want[0], want[1], want[2], 0], 1));
+    }
+}
+
+#[test]
+fn gray_with_a_gray_profile_stays_gray_with_srgb_tones() {
+    let gray: Vec<u8> = vec![30; 64 * 32];
+    let input = icc::jpeg_with_icc(
+        &turbo_jpeg(&gray, 64, 32, PixelFormat::GRAY, false),
+        &icc::gray_gamma22(),
+    );
+    let out = decoded(&run(&input, &params(Some(32), None, Fit::Inside)));
+    assert_eq!(out.color(), image::ColorType::L8);
+    // Gamma 2.2 and the sRGB curve part in the shadows: 30 is 0.90% luminance in gamma 2.2,
+    // which the sRGB curve writes as 24.
+    let v = out.get_pixel(16, 8).0[0];
+    assert!(
+        (22..=26).contains(&v),
+        "converted dark gray {v}, want 24 ± 2"
+    );
+}
+
+#[test]
+fn srgb_and_broken_profiles_leave_pixels_alone() {
+    let solid = RgbImage::from_pixel(40, 40, Rgb([20, 200, 60]));
+    let rgb = DynamicImage::ImageRgb8(solid);
+    let plain = decoded(&run(&png(&rgb), &params(Some(20), None, Fit::Inside)));
+    for profile in [icc::srgb(), b"garbage".to_vec(), vec![0; 600]] {
+        let input = icc::png_with_icc(&rgb, &profile);
+        let out = decoded(&run(&input, &params(Some(20), None, Fit::Inside)));
+        assert_eq!(out.get_pixel(10, 10), plain.get_pixel(10, 10));
+    }
 }
 
 // ---------- errors ----------
