@@ -203,9 +203,8 @@ fn require_vips() {
     }
 }
 
-/// The picture as a CMYK JPEG made by libvips with its built-in CMYK profile: with the profile
-/// embedded, or (`embed` false) stripped, which libvips then reads with the same profile assumed.
-fn vips_cmyk_jpeg(dir: &Path, name: &str, w: u32, h: u32, embed: bool) -> Vec<u8> {
+/// The test picture converted by libvips to CMYK with its built-in CMYK profile, as a `.v` file.
+fn vips_cmyk_image(dir: &Path, name: &str, w: u32, h: u32) -> PathBuf {
     let src = dir.join(format!("{name}-src.png"));
     DynamicImage::ImageRgb8(rgb8(w, h)).save(&src).unwrap();
     let cmyk = dir.join(format!("{name}-cmyk.v"));
@@ -214,6 +213,13 @@ fn vips_cmyk_jpeg(dir: &Path, name: &str, w: u32, h: u32, embed: bool) -> Vec<u8
         .arg(&src)
         .arg(&cmyk)
         .args(["--output-profile", "cmyk"]));
+    cmyk
+}
+
+/// The picture as a CMYK JPEG made by libvips with its built-in CMYK profile: with the profile
+/// embedded, or (`embed` false) stripped, which libvips then reads with the same profile assumed.
+fn vips_cmyk_jpeg(dir: &Path, name: &str, w: u32, h: u32, embed: bool) -> Vec<u8> {
+    let cmyk = vips_cmyk_image(dir, name, w, h);
     let out = dir.join(format!("{name}.jpg"));
     let target = format!(
         "{}[Q=95{}]",
@@ -242,14 +248,7 @@ fn jpeg_profile(jpeg: &[u8]) -> Vec<u8> {
 
 /// Raw CMYK samples of a libvips CMYK image (0 = no ink), as `vips rawsave` writes them.
 fn vips_cmyk_raw(dir: &Path, name: &str, w: u32, h: u32) -> Vec<u8> {
-    let src = dir.join(format!("{name}-src.png"));
-    DynamicImage::ImageRgb8(rgb8(w, h)).save(&src).unwrap();
-    let cmyk = dir.join(format!("{name}-cmyk.v"));
-    run(Command::new("vips")
-        .arg("icc_export")
-        .arg(&src)
-        .arg(&cmyk)
-        .args(["--output-profile", "cmyk"]));
+    let cmyk = vips_cmyk_image(dir, name, w, h);
     let raw = dir.join(format!("{name}.raw"));
     run(Command::new("vips").arg("rawsave").arg(&cmyk).arg(&raw));
     let bytes = std::fs::read(&raw).unwrap();

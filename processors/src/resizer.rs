@@ -665,32 +665,16 @@ impl Worker {
             %error,
             "Record sent to the dead-letter topic"
         );
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
-        let error_text = error.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "error.class",
-                value: Some(class),
-            })
-            .insert(Header {
-                key: "error.message",
-                value: Some(&error_text),
-            })
-            .insert(Header {
-                key: "source.topic",
-                value: Some(message.topic()),
-            })
-            .insert(Header {
-                key: "source.partition",
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: "source.offset",
-                value: Some(&offset),
-            });
+        let source = (message.partition(), message.offset());
+        let headers = with_error(
+            OwnedHeaders::new(),
+            class,
+            &error.to_string(),
+            message.topic(),
+            source,
+        );
         OutRecord {
-            source: (message.partition(), message.offset()),
+            source,
             topic: self.dlq_topic.clone(),
             partition: None,
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
@@ -847,31 +831,13 @@ impl Worker {
             "Output cannot be written; sent to the dead-letter topic"
         );
         let unwritable = Unwritable::of(&out, error);
-        let error_text = error.to_string();
-        let (source_partition, source_offset) =
-            (out.source.0.to_string(), out.source.1.to_string());
-        let headers = out
-            .headers
-            .insert(Header {
-                key: "error.class",
-                value: Some("unwritable_output"),
-            })
-            .insert(Header {
-                key: "error.message",
-                value: Some(&error_text),
-            })
-            .insert(Header {
-                key: "source.topic",
-                value: Some(&self.requests_topic),
-            })
-            .insert(Header {
-                key: "source.partition",
-                value: Some(&source_partition),
-            })
-            .insert(Header {
-                key: "source.offset",
-                value: Some(&source_offset),
-            });
+        let headers = with_error(
+            out.headers,
+            "unwritable_output",
+            &unwritable.error,
+            &self.requests_topic,
+            out.source,
+        );
         OutRecord {
             source: out.source,
             topic: self.dlq_topic.clone(),
@@ -927,6 +893,39 @@ impl Worker {
             busy.store(false, Ordering::Release);
         });
     }
+}
+
+/// `headers` plus why a record is dead-lettered (`error.class`, `error.message`) and which input
+/// it comes from (`source.topic`, `source.partition`, `source.offset`).
+fn with_error(
+    headers: OwnedHeaders,
+    class: &str,
+    error: &str,
+    source_topic: &str,
+    source: (i32, i64),
+) -> OwnedHeaders {
+    let (partition, offset) = (source.0.to_string(), source.1.to_string());
+    headers
+        .insert(Header {
+            key: "error.class",
+            value: Some(class),
+        })
+        .insert(Header {
+            key: "error.message",
+            value: Some(error),
+        })
+        .insert(Header {
+            key: "source.topic",
+            value: Some(source_topic),
+        })
+        .insert(Header {
+            key: "source.partition",
+            value: Some(&partition),
+        })
+        .insert(Header {
+            key: "source.offset",
+            value: Some(&offset),
+        })
 }
 
 /// `headers` plus where an unwritable output was going (`target.topic`, `target.partition`).

@@ -95,19 +95,7 @@ fn params(width: i32, format: Option<ImageFormat>) -> ResizeParams {
     }
 }
 
-fn run(input: &[u8], p: &ResizeParams) -> Resized {
-    resize(input, p, &Limits::default()).expect("resize succeeds")
-}
-
-fn fail(input: &[u8], p: &ResizeParams, limits: &Limits) -> KernelError {
-    match resize(input, p, limits) {
-        Ok(r) => panic!(
-            "expected an error, got {}x{} {:?}",
-            r.width, r.height, r.format
-        ),
-        Err(e) => e,
-    }
-}
+use super::tests::{fail, run};
 
 /// Each decoded frame's size, delay in ms and the colour at its left-quarter centre.
 fn frames_of(r: &Resized) -> Vec<((u32, u32), u32, [u8; 4])> {

@@ -141,11 +141,11 @@ fn params(width: Option<i32>, height: Option<i32>, fit: Fit) -> ResizeParams {
     }
 }
 
-fn run(input: &[u8], p: &ResizeParams) -> Resized {
+pub(super) fn run(input: &[u8], p: &ResizeParams) -> Resized {
     resize(input, p, &Limits::default()).expect("resize succeeds")
 }
 
-fn fail(input: &[u8], p: &ResizeParams, limits: &Limits) -> KernelError {
+pub(super) fn fail(input: &[u8], p: &ResizeParams, limits: &Limits) -> KernelError {
     match resize(input, p, limits) {
         Ok(r) => panic!(
             "expected an error, got {}x{} {:?}",
