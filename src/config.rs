@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use aggregators::AggregatorConfig;
 use chassis::Validate;
 use chassis::clickhouse::ClickHouseConfig;
+use chassis::http::HttpConfig;
 use chassis::kafka::KafkaConfig;
 use chassis::telemetry::TelemetryConfig;
 use ingest::api::ApiConfig;
@@ -13,7 +14,10 @@ use ingest::auth::AuthConfig;
 use ingest::identity::IdentityConfig;
 use processors::ResizerConfig;
 use schemas::RegistryConfig;
+use schemas::topics::{IMAGE_TOPIC_MAX_MESSAGE_BYTES, RECORD_ENVELOPE_BYTES};
 use serde::{Deserialize, Serialize};
+
+use crate::host::Service;
 
 /// Everything an imgpipe process can be configured with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -39,6 +43,8 @@ pub struct Config {
     pub resizer: ResizerConfig,
     /// The usage aggregator.
     pub aggregator: AggregatorConfig,
+    /// Limits of every HTTP server (api, identity, ops).
+    pub http: HttpConfig,
 }
 
 /// Where the ops endpoint listens.
@@ -77,6 +83,132 @@ impl Validate for Config {
         {
             errors
                 .push("kafka.namespace may only contain letters, digits, '.', '_' and '-'".into());
+        }
+        self.http.validate(errors);
+    }
+}
+
+impl Config {
+    /// Every rule that running `services` depends on, checked before anything connects: the
+    /// common sections ([`Validate`]), each selected service's own section, and the rules that
+    /// tie sections together (an image the api accepts must fit one Kafka record, which the
+    /// topic must accept, and the resizers must be willing to read it). One message per broken
+    /// rule, all of them at once.
+    pub fn problems_for(&self, services: &[Service]) -> Vec<String> {
+        let mut errors = Vec::new();
+        self.validate(&mut errors);
+        let kafka = &self.kafka;
+        if kafka.max_message_bytes > IMAGE_TOPIC_MAX_MESSAGE_BYTES {
+            errors.push(format!(
+                "kafka.max_message_bytes ({}) must not exceed the image topics' max.message.bytes \
+                 ({IMAGE_TOPIC_MAX_MESSAGE_BYTES}): the broker would refuse the largest records",
+                kafka.max_message_bytes
+            ));
+        }
+        if kafka.max_message_bytes <= RECORD_ENVELOPE_BYTES {
+            errors.push(format!(
+                "kafka.max_message_bytes ({}) must exceed the {RECORD_ENVELOPE_BYTES}-byte record \
+                 envelope",
+                kafka.max_message_bytes
+            ));
+        }
+        for service in services {
+            match service {
+                Service::Api => {
+                    self.api.validate(&mut errors);
+                    self.auth.validate(&mut errors);
+                    let room = kafka
+                        .max_message_bytes
+                        .saturating_sub(RECORD_ENVELOPE_BYTES);
+                    if self.api.max_body_bytes > room {
+                        errors.push(format!(
+                            "api.max_body_bytes ({}) must fit one request record: at most \
+                             kafka.max_message_bytes ({}) less the {RECORD_ENVELOPE_BYTES}-byte \
+                             envelope = {room}",
+                            self.api.max_body_bytes, kafka.max_message_bytes
+                        ));
+                    }
+                    if self.api.max_body_bytes > self.resizer.max_input_bytes {
+                        errors.push(format!(
+                            "api.max_body_bytes ({}) must not exceed resizer.max_input_bytes ({}): \
+                             the api would accept images every resizer refuses",
+                            self.api.max_body_bytes, self.resizer.max_input_bytes
+                        ));
+                    }
+                }
+                Service::Identity => self.identity.validate(&mut errors),
+                Service::Resizer => self.resizer.validate(&mut errors),
+                Service::Aggregator => self.aggregator.validate(&mut errors),
+            }
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Config {
+        let mut config = Config::default();
+        config.identity.admin_token = "an-admin-token-long-enough-0123".into();
+        config
+    }
+
+    #[test]
+    fn the_defaults_run_every_service() {
+        assert_eq!(valid().problems_for(&Service::ALL), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_image_the_api_accepts_must_fit_a_record_the_topic_takes() {
+        let mut config = valid();
+        config.kafka.max_message_bytes = 4 * 1024 * 1024;
+        let problems = config.problems_for(&[Service::Api]);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("api.max_body_bytes")
+                    && p.contains("kafka.max_message_bytes")),
+            "{problems:?}"
+        );
+
+        let mut config = valid();
+        config.kafka.max_message_bytes = IMAGE_TOPIC_MAX_MESSAGE_BYTES + 1;
+        let problems = config.problems_for(&[Service::Resizer]);
+        assert!(
+            problems.iter().any(|p| p.contains("max.message.bytes")),
+            "{problems:?}"
+        );
+
+        let mut config = valid();
+        config.resizer.max_input_bytes = 1024 * 1024;
+        let problems = config.problems_for(&[Service::Api]);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("resizer.max_input_bytes")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn only_the_selected_services_sections_are_checked_and_all_at_once() {
+        let mut config = valid();
+        config.identity.admin_token = String::new();
+        config.resizer.transaction_max_records = 0;
+        config.http.max_connections = 0;
+        assert_eq!(config.problems_for(&[Service::Aggregator]).len(), 1);
+        let problems = config.problems_for(&Service::ALL);
+        for field in [
+            "identity.admin_token",
+            "resizer.transaction_max_records",
+            "http.max_connections",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(field)),
+                "{field}: {problems:?}"
+            );
         }
     }
 }

@@ -49,6 +49,9 @@ impl Service {
 /// Why hosting stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
+    /// The configuration breaks rules of the selected services; nothing was contacted.
+    #[error(transparent)]
+    Config(#[from] chassis::ConfigError),
     /// Topics or schemas could not be provisioned.
     #[error("provisioning topics and schemas: {0}")]
     Provision(#[from] schemas::provision::ProvisionError),
@@ -79,6 +82,11 @@ pub async fn run(
     services: &[Service],
     shutdown: Shutdown,
 ) -> Result<(), HostError> {
+    // Every rule first: a bad setting must not leave topics half-provisioned behind it.
+    let problems = config.problems_for(services);
+    if !problems.is_empty() {
+        return Err(chassis::ConfigError::Invalid(problems).into());
+    }
     let report = schemas::provision::ensure_all(&config.kafka, &config.registry).await?;
     tracing::info!(
         created = ?report.created,
@@ -104,6 +112,7 @@ pub async fn run(
             metrics: prometheus::Registry::new(),
             shutdown: shutdown.clone(),
             tasks: background.clone(),
+            http: config.http.clone(),
         };
         registries.push(ctx.metrics.clone());
         let config = config.clone();
@@ -124,11 +133,10 @@ pub async fn run(
             address: ops_address,
             source,
         })?;
-    tracing::info!(address = %ops_address, "Ops endpoint listening");
     let ops_shutdown = shutdown.clone();
+    let http = config.http.clone();
     tasks.spawn(async move {
-        axum::serve(listener, chassis::ops::router(registries, readiness))
-            .with_graceful_shutdown(async move { ops_shutdown.wait().await })
+        chassis::ops::serve(listener, registries, readiness, &http, ops_shutdown)
             .await
             .map_err(|source| HostError::Ops {
                 address: ops_address,
@@ -180,4 +188,27 @@ async fn run_one(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bad setting stops start-up before any connection: with no broker listening, reaching
+    /// the network would take the provisioning timeout; the refusal is immediate.
+    #[tokio::test]
+    async fn a_bad_config_is_refused_before_any_network_call() {
+        let mut config = Config::default();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        config.kafka.brokers = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        config.api.max_body_bytes = 64 * 1024 * 1024;
+        let started = std::time::Instant::now();
+        let result = run(config, &[Service::Api], Shutdown::new()).await;
+        let Err(HostError::Config(chassis::ConfigError::Invalid(problems))) = result else {
+            panic!("expected a config error, got {result:?}");
+        };
+        assert!(problems.iter().any(|p| p.starts_with("api.max_body_bytes")));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
 }

@@ -43,8 +43,8 @@ impl Identity {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = ctx.shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(listener, identity::app(state))
-                .with_graceful_shutdown(async move { shutdown.wait().await })
+            let http = chassis::http::HttpConfig::default();
+            chassis::http::serve(listener, identity::app(state, &http), &http, shutdown)
                 .await
                 .unwrap();
         });

@@ -17,7 +17,7 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use reqwest::StatusCode;
 use schemas::Codec;
-use schemas::events::UsageRecorded;
+use schemas::events::{UsageRecorded, UsageSource};
 
 /// A resizer in its own process, killed on drop if still running.
 struct ResizerProcess {
@@ -193,28 +193,36 @@ async fn a_resizer_killed_under_load_loses_and_duplicates_nothing() {
         .filter(|(_, s)| *s == StatusCode::OK)
         .map(|(id, _)| id)
         .collect();
-    let mut records: HashMap<String, usize> = HashMap::new();
+    // One record per writer: the resizer's (`resized`, in its transaction) and the api's (`ok`).
+    let mut records: HashMap<(String, UsageSource), usize> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok.iter().all(|id| records.contains_key(*id)) && Instant::now() < deadline {
+    let both = |records: &HashMap<(String, UsageSource), usize>, id: &String| {
+        [UsageSource::Resizer, UsageSource::Api]
+            .into_iter()
+            .all(|source| records.contains_key(&(id.clone(), source)))
+    };
+    while !ok.iter().all(|id| both(&records, id)) && Instant::now() < deadline {
         let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await
         else {
             continue;
         };
         let usage: UsageRecorded = codec.decode(message.payload().unwrap()).await.unwrap();
-        *records.entry(usage.request_id).or_default() += 1;
+        *records.entry((usage.request_id, usage.source)).or_default() += 1;
     }
     // Drain what else is committed, so a late duplicate would be seen too.
     while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await
     {
         let usage: UsageRecorded = codec.decode(message.payload().unwrap()).await.unwrap();
-        *records.entry(usage.request_id).or_default() += 1;
+        *records.entry((usage.request_id, usage.source)).or_default() += 1;
     }
     for id in &ok {
-        assert_eq!(
-            records.get(*id),
-            Some(&1),
-            "request {id} must be billed exactly once"
-        );
+        for source in [UsageSource::Resizer, UsageSource::Api] {
+            assert_eq!(
+                records.get(&((*id).clone(), source)),
+                Some(&1),
+                "request {id} must be recorded exactly once by {source:?}"
+            );
+        }
     }
     let twice: Vec<_> = records.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "double-counted requests: {twice:?}");

@@ -288,7 +288,7 @@ async fn totals_are_exact_after_kills_and_an_operator_replay() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             if deadline.is_none() {
                 let inserted = aggregator
-                    .metric("usage_aggregator_records_inserted_total")
+                    .metric("imgpipe_aggregator_records_inserted_total")
                     .await;
                 if inserted.is_some_and(|n| n > 0.0) || started.elapsed() > Duration::from_secs(25)
                 {
@@ -345,10 +345,10 @@ async fn totals_are_exact_after_kills_and_an_operator_replay() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let skipped = aggregator
-        .metric("usage_aggregator_records_skipped_total")
+        .metric("imgpipe_aggregator_records_skipped_total")
         .await;
     let consumed = aggregator
-        .metric("usage_aggregator_records_consumed_total")
+        .metric("imgpipe_aggregator_records_consumed_total")
         .await;
     eprintln!("after replay: consumed {consumed:?}, skipped {skipped:?}");
     assert_eq!(

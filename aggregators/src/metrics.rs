@@ -7,26 +7,26 @@ use prometheus::{
 };
 
 /// Records received from `usage.events` (before decoding).
-pub const RECORDS_CONSUMED_TOTAL: &str = "usage_aggregator_records_consumed_total";
+pub const RECORDS_CONSUMED_TOTAL: &str = "imgpipe_aggregator_records_consumed_total";
 /// Records whose INSERT ClickHouse acknowledged.
-pub const RECORDS_INSERTED_TOTAL: &str = "usage_aggregator_records_inserted_total";
+pub const RECORDS_INSERTED_TOTAL: &str = "imgpipe_aggregator_records_inserted_total";
 /// Undecodable records written to `usage_rejects` and skipped.
-pub const RECORDS_REJECTED_TOTAL: &str = "usage_aggregator_records_rejected_total";
+pub const RECORDS_REJECTED_TOTAL: &str = "imgpipe_aggregator_records_rejected_total";
 /// Records dropped because ClickHouse already holds their offset (a replay that was not sought
 /// past, or a retry after a lost acknowledgement).
-pub const RECORDS_SKIPPED_TOTAL: &str = "usage_aggregator_records_skipped_total";
+pub const RECORDS_SKIPPED_TOTAL: &str = "imgpipe_aggregator_records_skipped_total";
 /// Records per INSERT.
-pub const BATCH_SIZE_RECORDS: &str = "usage_aggregator_batch_size_records";
+pub const BATCH_SIZE_RECORDS: &str = "imgpipe_aggregator_batch_size_records";
 /// Wall time of one successful INSERT.
-pub const INSERT_DURATION_SECONDS: &str = "usage_aggregator_insert_duration_seconds";
+pub const INSERT_DURATION_SECONDS: &str = "imgpipe_aggregator_insert_duration_seconds";
 /// INSERTs or offset look-ups that failed and were retried.
-pub const INSERT_FAILURES_TOTAL: &str = "usage_aggregator_insert_failures_total";
+pub const INSERT_FAILURES_TOTAL: &str = "imgpipe_aggregator_insert_failures_total";
 /// High watermark minus the next offset to store, per partition.
-pub const LAG_RECORDS: &str = "usage_aggregator_lag_records";
+pub const LAG_RECORDS: &str = "imgpipe_aggregator_lag_records";
 /// 1 while ClickHouse answers, 0 while the aggregator is retrying against it.
-pub const CLICKHOUSE_UP: &str = "usage_aggregator_clickhouse_up";
+pub const CLICKHOUSE_UP: &str = "imgpipe_aggregator_clickhouse_up";
 /// Records held in memory, waiting for their batch to be written.
-pub const PENDING_RECORDS: &str = "usage_aggregator_pending_records";
+pub const PENDING_RECORDS: &str = "imgpipe_aggregator_pending_records";
 
 /// Handles to the registered metrics.
 #[derive(Debug, Clone)]

@@ -158,6 +158,46 @@ GROUP BY tenant_id, day, outcome, format",
         statements: &["ALTER TABLE {db}.usage_rejects MODIFY TTL rejected_at + INTERVAL 90 DAY"],
         modern_only: true,
     },
+    Migration {
+        version: 6,
+        name: "usage_by_request: the api's record decides the outcome",
+        // A request can have two records: the resizer's (`resized`, with pixels and CPU time)
+        // and the api's (what the client got: `ok`, `client_closed_request`, an error code).
+        // The api's decides outcome, status, time and latency; the work dimensions are the
+        // largest seen (the api's record carries none). `deliveries` counts records beyond one
+        // per writer, so `deliveries > 1` still means a duplicate delivery was collapsed.
+        statements: &[
+            "DROP TABLE IF EXISTS {db}.usage_by_request",
+            "CREATE VIEW IF NOT EXISTS {db}.usage_by_request AS
+SELECT
+    tenant_id,
+    request_id,
+    any(key_id) AS key_id,
+    argMax(event_time, from_api) AS event_time,
+    argMax(event_time_ms, from_api) AS event_time_ms,
+    argMax(outcome, from_api) AS outcome,
+    argMax(status, from_api) AS status,
+    max(bytes_in) AS bytes_in,
+    max(bytes_out) AS bytes_out,
+    max(pixels_in) AS pixels_in,
+    max(pixels_out) AS pixels_out,
+    max(cpu_time_us) AS cpu_time_us,
+    max(input_format) AS input_format,
+    max(output_format) AS output_format,
+    argMax(latency_us, from_api) AS latency_us,
+    argMax(source, from_api) AS source,
+    count() - uniqExact(from_api) + 1 AS deliveries
+FROM (
+    SELECT
+        tenant_id, request_id, key_id, event_time, event_time_ms, outcome, status, bytes_in,
+        bytes_out, pixels_in, pixels_out, cpu_time_us, input_format, output_format, latency_us,
+        source, source = 'API' AS from_api
+    FROM {db}.usage_raw
+)
+GROUP BY tenant_id, request_id",
+        ],
+        modern_only: false,
+    },
 ];
 
 /// Why migrations could not be applied.

@@ -83,15 +83,18 @@ impl FromStr for Granularity {
 pub enum GroupBy {
     /// The output format (`jpeg`, `webp`, …; empty when no image was produced).
     Format,
-    /// `ok` or the stable error code.
+    /// `ok` (delivered), `resized` (made, delivery unconfirmed), `client_closed_request` or the
+    /// stable error code.
     Outcome,
 }
 
 impl GroupBy {
-    fn column(self) -> &'static str {
+    /// The request's value of this key over its records, by the rules of `usage_by_request`:
+    /// the api's record decides the outcome; the format is whichever record names one.
+    fn per_request(self) -> &'static str {
         match self {
-            Self::Format => "output_format",
-            Self::Outcome => "outcome",
+            Self::Format => "max(output_format)",
+            Self::Outcome => "argMax(outcome, source = 'API')",
         }
     }
 }
@@ -352,9 +355,11 @@ impl UsageQuery {
                 reason: format!("must be 1 to {MAX_TENANT_ID_LEN} bytes"),
             });
         }
-        let group_key = request.group_by.map_or("''", GroupBy::column);
-        // Only identifiers chosen above and the checked database name are formatted in; every
-        // value (tenant, range) is bound. The inner GROUP BY makes each request count once.
+        let group_key = request.group_by.map_or("''", GroupBy::per_request);
+        // Only expressions chosen above and the checked database name are formatted in; every
+        // value (tenant, range) is bound. The inner GROUP BY makes each request count once, with
+        // the same rules as the `usage_by_request` view (the api's record decides time and
+        // outcome; the work dimensions are the largest of the request's records).
         let sql = format!(
             "SELECT
     toUInt32(bucket) AS start,
@@ -368,13 +373,13 @@ impl UsageQuery {
 FROM (
     SELECT
         request_id,
-        {start_of}(any(event_time)) AS bucket,
-        any({group_key}) AS group_key,
-        any(bytes_in) AS request_bytes_in,
-        any(bytes_out) AS request_bytes_out,
-        any(pixels_in) AS request_pixels_in,
-        any(pixels_out) AS request_pixels_out,
-        any(cpu_time_us) AS request_cpu_time_us
+        {start_of}(argMax(event_time, source = 'API')) AS bucket,
+        {group_key} AS group_key,
+        max(bytes_in) AS request_bytes_in,
+        max(bytes_out) AS request_bytes_out,
+        max(pixels_in) AS request_pixels_in,
+        max(pixels_out) AS request_pixels_out,
+        max(cpu_time_us) AS request_cpu_time_us
     FROM {db}.usage_raw
     WHERE tenant_id = ? AND event_time >= toDateTime(?) AND event_time < toDateTime(?)
     GROUP BY request_id

@@ -4,6 +4,7 @@
 
 use prometheus::Registry;
 
+use crate::http::HttpConfig;
 use crate::{Readiness, Shutdown, Tasks};
 
 /// The host's handles for one service.
@@ -17,6 +18,8 @@ pub struct ServiceContext {
     pub shutdown: Shutdown,
     /// Where background tasks are spawned, supervised: the first to fail stops the process.
     pub tasks: Tasks,
+    /// Limits of the service's HTTP servers (the `[http]` section).
+    pub http: HttpConfig,
 }
 
 impl ServiceContext {
@@ -27,6 +30,7 @@ impl ServiceContext {
             metrics: Registry::new(),
             tasks: Tasks::new(shutdown.clone()),
             shutdown,
+            http: HttpConfig::default(),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod clickhouse;
 pub mod config;
 pub mod context;
 pub mod health;
+pub mod http;
 pub mod kafka;
 pub mod ops;
 pub mod retry;

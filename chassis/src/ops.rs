@@ -12,6 +12,7 @@ use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde::{Deserialize, Serialize};
 
+use crate::http::HttpConfig;
 use crate::{Readiness, Shutdown};
 
 /// Where the ops endpoint listens.
@@ -28,30 +29,36 @@ struct OpsState {
     readiness: Readiness,
 }
 
-/// The ops router: metrics from every given registry (one per service in `imgpipe all`).
-pub fn router(registries: Vec<Registry>, readiness: Readiness) -> Router {
-    Router::new()
+/// The ops router: metrics from every given registry (one per service in `imgpipe all`), with
+/// the common HTTP face.
+pub fn router(registries: Vec<Registry>, readiness: Readiness, http: &HttpConfig) -> Router {
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(OpsState {
             registries,
             readiness,
-        })
+        });
+    crate::http::face(router, http, crate::http::RequestIds::Generate)
 }
 
-/// Serves the ops router until shutdown.
+/// Serves the ops router on `listener` until shutdown.
 pub async fn serve(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     registries: Vec<Registry>,
     readiness: Readiness,
+    http: &HttpConfig,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "Ops endpoint listening");
-    axum::serve(listener, router(registries, readiness))
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
+    crate::http::serve(
+        listener,
+        router(registries, readiness, http),
+        http,
+        shutdown,
+    )
+    .await
 }
 
 async fn metrics(State(state): State<OpsState>) -> Response {

@@ -6,10 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernel::Limits;
 
-/// Room left in a reply record for everything but the image bytes: the Avro envelope (ids,
-/// timings, a few small fields, well under 1 KiB) and Kafka's record and batch overhead, with a
-/// wide margin so a result that passed the kernel's check can always be produced.
-pub const REPLY_ENVELOPE_BYTES: usize = 64 * 1024;
+/// Room left in a reply record for everything but the image bytes, so a result that passed the
+/// kernel's check can always be produced.
+pub use schemas::topics::RECORD_ENVELOPE_BYTES as REPLY_ENVELOPE_BYTES;
 
 /// How a resizer consumes, works and commits.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -549,7 +549,12 @@ impl Worker {
             tenant_id: request.tenant_id.clone(),
             key_id: request.key_id.clone(),
             event_time_ms: now_ms(),
-            outcome: outcome.to_owned(),
+            // Not `ok`: only the api, which sees the client take the image, may say that.
+            outcome: if image.is_some() {
+                schemas::events::outcomes::RESIZED.to_owned()
+            } else {
+                outcome.to_owned()
+            },
             status,
             bytes_in: pending.bytes_in as i64,
             bytes_out: image.as_ref().map_or(0, |i| i.bytes.len() as i64),

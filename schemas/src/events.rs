@@ -296,11 +296,23 @@ impl Event for ResizeResult {
     const SCHEMA: &'static str = include_str!("../avro/resize_result.avsc");
 }
 
+/// Outcomes of usage records that are not error codes (those are the answer's `code`).
+pub mod outcomes {
+    /// The client was handed its image (written by the api only): the one billable outcome.
+    pub const OK: &str = "ok";
+    /// A resizer made the image (written by the resizer); whether the client got it is the api's
+    /// record to say, and the usage views prefer the api's record.
+    pub const RESIZED: &str = "resized";
+    /// The client went away before its answer (written by the api; status 499 as in nginx).
+    pub const CLIENT_CLOSED: &str = "client_closed_request";
+}
+
 /// Who wrote a usage record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum UsageSource {
-    /// The api, for requests it refused before any resizer saw them.
+    /// The api: what the client got (refusals, answers, a client gone); preferred over the
+    /// resizer's record of the same request.
     Api,
     /// A resizer, inside the transaction that writes the reply.
     Resizer,
@@ -317,7 +329,7 @@ pub struct UsageRecorded {
     pub key_id: String,
     /// When the outcome happened.
     pub event_time_ms: i64,
-    /// `ok` or the stable error code.
+    /// [`outcomes`] or the stable error code.
     pub outcome: String,
     /// HTTP status of the answer.
     pub status: i32,

@@ -19,6 +19,11 @@ pub const IDENTITY_CHANGES: &str = "identity.changes";
 /// rest of the record.
 pub const IMAGE_TOPIC_MAX_MESSAGE_BYTES: usize = 9 * 1024 * 1024;
 
+/// Room in a record for everything but its image bytes: the Avro envelope (ids, parameters,
+/// timings, well under 1 KiB), headers and Kafka's record and batch overhead, with a wide margin.
+/// An image of at most `max.message.bytes` less this always fits in one record.
+pub const RECORD_ENVELOPE_BYTES: usize = 64 * 1024;
+
 /// How a topic is cleaned up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CleanupPolicy {

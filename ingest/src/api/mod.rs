@@ -6,7 +6,7 @@
 //! - [`replies`]: reply partition ownership and routing ([`ReplyRouter`]).
 //! - [`publisher`]: producing requests and api-side usage records.
 //! - [`params`]: query parameters → the contract's `ResizeParams`.
-//! - [`problem`]: the one HTTP error type.
+//! - [`problem`]: the api's refusals (the shared `chassis::http::Problem`).
 //! - [`usage`]: `GET /v1/usage`.
 //! - [`openapi`]: the `/openapi.json` document.
 
@@ -55,13 +55,8 @@ pub enum ApiError {
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     /// The HTTP listener failed.
-    #[error("serving HTTP on {address}: {source}")]
-    Serve {
-        /// Address.
-        address: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Serve(#[from] chassis::http::ServeError),
 }
 
 /// Runs the api until shutdown: in-flight requests finish (up to their deadline) before it returns.
@@ -100,14 +95,6 @@ pub async fn run(
         watch_broker_health(publisher.clone(), ctx.clone()),
     );
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ApiError::Serve {
-            address: config.listen,
-            source,
-        })?;
-    let address = listener.local_addr().unwrap_or(config.listen);
-    tracing::info!(%address, "Api listening");
     let state = AppState {
         auth: view,
         publisher,
@@ -116,11 +103,10 @@ pub async fn run(
         metrics,
         config: Arc::new(config),
     };
-    let shutdown = ctx.shutdown.clone();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
-        .map_err(|source| ApiError::Serve { address, source })
+    let listen = state.config.listen;
+    let router = app(state, &ctx.http);
+    chassis::http::bind_and_serve("Api", listen, router, &ctx.http, ctx.shutdown.clone()).await?;
+    Ok(())
 }
 
 /// Probes Kafka while it is down and mirrors its health into readiness, so a load balancer stops

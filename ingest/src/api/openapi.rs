@@ -31,7 +31,7 @@ pub fn spec() -> Value {
         "info": {
             "title": "imgpipe api",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Resize images synchronously; the work happens behind Kafka. Authenticate with `Authorization: Bearer <api key>`."
+            "description": "Resize images synchronously; the work happens behind Kafka. Authenticate with `Authorization: Bearer <api key>` (the scheme in any case). Every error is application/problem+json with the request id also in X-Request-Id. A request is billed `ok` only when the image was handed to the client."
         },
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
@@ -83,7 +83,11 @@ pub fn spec() -> Value {
                     "200": {"description": "The resized image. `Server-Timing` carries queue, decode, resize, encode and total durations.",
                             "headers": {"X-Request-Id": {"schema": {"type": "string"}}, "Server-Timing": {"schema": {"type": "string"}}},
                             "content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}, "image/avif": {}, "image/gif": {}}},
-                    "400": problem("bad_parameters: invalid or unknown query parameter, empty body."),
+                    "400": problem("bad_parameters: invalid, unknown or repeated query parameter (values are percent-decoded), empty body."),
+                    "405": problem("method_not_allowed."),
+                    "408": problem("request_timeout: the body did not arrive within the deadline (counted from arrival), or stalled longer than the body read timeout; nothing was produced."),
+                    "414": problem("uri_too_long: the request target is over 8 KiB."),
+                    "431": problem("headers_too_large: the header section is over 16 KiB."),
                     "401": problem("unauthenticated: missing or invalid API key."),
                     "403": problem("forbidden: the key's tenant is suspended."),
                     "413": problem("payload_too_large: the body is over the configured limit."),

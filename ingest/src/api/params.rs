@@ -10,11 +10,18 @@ pub const MAX_SIDE: i32 = 8192;
 /// Largest `effort` (0 is the fastest encode, 9 the smallest output).
 pub const MAX_EFFORT: i32 = 9;
 
-/// Parses a raw query string. Unknown parameters are an error: a typo (`widht=`) silently
-/// ignored would return an image the client did not ask for.
+/// Parses a raw query string (`application/x-www-form-urlencoded`: names and values are
+/// percent-decoded, `+` is a space). Unknown parameters are an error: a typo (`widht=`) silently
+/// ignored would return an image the client did not ask for; so is a repeated one, whose meaning
+/// would depend on which copy won.
 pub fn parse(query: Option<&str>) -> Result<ResizeParams, String> {
     let mut params = ResizeParams::default();
-    for (key, value) in form_pairs(query.unwrap_or_default()) {
+    let mut seen = std::collections::HashSet::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let key = key.to_ascii_lowercase();
+        if !seen.insert(key.clone()) {
+            return Err(format!("`{key}` is given more than once"));
+        }
         match key.as_str() {
             "width" => params.width = Some(side("width", &value)?),
             "height" => params.height = Some(side("height", &value)?),
@@ -46,17 +53,6 @@ pub fn parse(query: Option<&str>) -> Result<ResizeParams, String> {
         return Err("`lossless=true` needs `format=webp` or `png`".into());
     }
     Ok(params)
-}
-
-fn form_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (key.to_ascii_lowercase(), value.to_owned())
-        })
-        .collect()
 }
 
 fn side(name: &str, value: &str) -> Result<i32, String> {
@@ -216,9 +212,22 @@ mod tests {
             ("width=10&enlarge=maybe", "enlarge"),
             ("widht=10", "widht"),
             ("width=10&fit=cover", "both"),
+            ("width=10&width=20", "more than once"),
+            ("width=10&WIDTH=20", "more than once"),
         ] {
             let error = parse(Some(query)).expect_err(query);
             assert!(error.contains(needle), "{query}: {error}");
         }
+    }
+
+    #[test]
+    fn values_are_percent_decoded() {
+        let p = parse(Some("width=%35%31%32&fit%3Dx=1")).expect_err("unknown key after decoding");
+        assert!(p.contains("fit=x"), "{p}");
+        let p = parse(Some("width=%35%31%32&height=512&fit=%63over")).expect("valid");
+        assert_eq!(
+            (p.width, p.height, p.fit),
+            (Some(512), Some(512), Fit::Cover)
+        );
     }
 }

@@ -1,6 +1,12 @@
 //! The api's HTTP routes. `POST /v1/resize` authenticates, validates, produces the request and
 //! answers with the reply from the correlation topic; everything refused on the way gets a
 //! problem+json answer and (when the tenant is known) a usage record.
+//!
+//! Billing follows what the client got, not what a resizer did: once a request is produced, the
+//! api writes the final usage record itself ([`Delivery`]): `ok` only when the 200's body was
+//! handed to the connection, `client_closed_request` when the client went away first, the error
+//! code otherwise. A resizer's own record says `resized`; the usage views prefer the api's record,
+//! so a request whose api died before answering stays `resized`, never `ok`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -13,13 +19,16 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use schemas::events::{ImageFormat, ResizeRequested, ResizeResult, UsageRecorded, UsageSource};
+use chassis::http::RequestId;
+use schemas::events::{
+    ImageFormat, ResizeRequested, ResizeResult, UsageRecorded, UsageSource, outcomes,
+};
 use tower::ServiceBuilder;
 
 use super::config::ApiConfig;
 use super::metrics::ApiMetrics;
 use super::params;
-use super::problem::Problem;
+use super::problem::{self, Problem};
 use super::publisher::{PublishError, RequestPublisher};
 use super::replies::{ReplyRouter, ReserveError};
 use super::usage::UsageApi;
@@ -42,87 +51,103 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
 }
 
-/// The api router. Resize requests beyond `max_concurrent_requests` are shed with a fast 503.
-pub fn app(state: AppState) -> Router {
+/// The api router, with the common HTTP face (request ids, problem+json, body read timeout).
+/// Resize requests beyond `max_concurrent_requests` are shed with a fast 503.
+pub fn app(state: AppState, http: &chassis::http::HttpConfig) -> Router {
     let shed = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-            Problem::unavailable(
-                "overloaded",
-                "The service is at capacity; retry shortly.",
-                "",
-            )
+            problem::overloaded()
         }))
         .load_shed()
         .concurrency_limit(state.config.max_concurrent_requests);
-    Router::new()
+    let router = Router::new()
         .route("/v1/resize", post(resize).layer(shed))
         .route("/v1/usage", get(super::usage::usage))
         .route("/openapi.json", get(super::openapi::document))
-        .with_state(state)
+        .with_state(state);
+    chassis::http::face(router, http, chassis::http::RequestIds::Generate)
 }
 
 /// Route template label for metrics.
 const RESIZE_ROUTE: &str = "/v1/resize";
 
 async fn resize(State(state): State<AppState>, request: Request) -> Response {
-    let received = Instant::now();
-    let request_id = uuid::Uuid::now_v7().to_string();
-    let (response, outcome) = match handle_resize(&state, request, &request_id, received).await {
-        Ok(response) => (response, "ok".to_owned()),
-        Err(problem) => {
-            let code = problem.code.clone();
-            (problem.into_response(), code)
-        }
-    };
+    let received = Received::now();
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(RequestId::generate);
+    let (response, outcome) =
+        match handle_resize(&state, request, request_id.as_str(), received).await {
+            Ok(response) => (response, outcomes::OK.to_owned()),
+            Err(problem) => {
+                let code = problem.code.to_string();
+                (problem.into_response(), code)
+            }
+        };
     state
         .metrics
         .request_seconds
         .with_label_values(&[RESIZE_ROUTE, outcome.as_str()])
-        .observe(received.elapsed().as_secs_f64());
+        .observe(received.at.elapsed().as_secs_f64());
     response
 }
 
-/// Authenticates a request from its `Authorization` header.
-pub fn authenticate(
-    auth: &dyn Authenticator,
-    headers: &HeaderMap,
-    request_id: &str,
-) -> Result<Principal, Problem> {
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default();
-    let result = if key.is_empty() {
-        Err(crate::auth::AuthError::MissingCredentials)
-    } else {
-        auth.authenticate(key)
+/// When a request arrived: its deadline counts from here, before the body is read.
+#[derive(Debug, Clone, Copy)]
+struct Received {
+    at: Instant,
+    at_ms: i64,
+}
+
+impl Received {
+    fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            at_ms: now_ms(),
+        }
+    }
+
+    fn latency_us(&self) -> i64 {
+        i64::try_from(self.at.elapsed().as_micros()).unwrap_or(i64::MAX)
+    }
+}
+
+/// Authenticates a request from its `Authorization: Bearer` header (scheme in any case).
+pub fn authenticate(auth: &dyn Authenticator, headers: &HeaderMap) -> Result<Principal, Problem> {
+    let result = match chassis::http::bearer_token(headers) {
+        Some(key) => auth.authenticate(key),
+        None => Err(crate::auth::AuthError::MissingCredentials),
     };
-    result.map_err(|error| Problem::from_auth(&error, request_id))
+    result.map_err(|error| problem::from_auth(&error))
 }
 
 async fn handle_resize(
     state: &AppState,
     request: Request,
     request_id: &str,
-    received: Instant,
+    received: Received,
 ) -> Result<Response, Problem> {
     let (parts, body) = request.into_parts();
-    let principal = authenticate(state.auth.as_ref(), &parts.headers, request_id)?;
-    // From here on the tenant is known: every refusal is also a usage record.
-    let principal = &principal;
+    let principal = authenticate(state.auth.as_ref(), &parts.headers)?;
+    // From here on the tenant is known: every answer is also a usage record.
+    let usage = UsageDraft {
+        request_id: request_id.to_owned(),
+        tenant_id: principal.tenant_id.to_string(),
+        key_id: principal.key_id.to_string(),
+        received,
+    };
+    let usage = &usage;
     let refused = |problem: Problem, bytes_in: usize, format: Option<ImageFormat>| async move {
-        let usage = refusal_usage(principal, &problem, bytes_in, format, received);
-        state.publisher.record_usage(&usage).await;
+        let record = usage.answered(&problem, bytes_in, format);
+        state.publisher.record_usage(&record).await;
         problem
     };
 
     let params = match params::parse(parts.uri.query()) {
         Ok(params) => params,
-        Err(message) => {
-            return Err(refused(Problem::bad_parameters(message, request_id), 0, None).await);
-        }
+        Err(message) => return Err(refused(problem::bad_parameters(message), 0, None).await),
     };
     let limit = state.config.max_body_bytes;
     let too_large = || {
@@ -130,7 +155,6 @@ async fn handle_resize(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("The image is larger than the limit of {limit} bytes."),
-            request_id,
         )
     };
     let declared = parts
@@ -142,24 +166,28 @@ async fn handle_resize(
         // Refused before reading a byte of the body.
         return Err(refused(too_large(), declared.unwrap_or_default(), None).await);
     }
-    let image = match axum::body::to_bytes(body, limit).await {
-        Ok(image) => image,
-        Err(error) => {
-            let is_limit = std::error::Error::source(&error)
-                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-            let problem = if is_limit {
+    // The body must arrive within the request's deadline: a client slower than that gets 408 and
+    // nothing is produced (a resizer must never work for a client that has already given up).
+    let timeout = state.config.request_timeout;
+    let body_deadline = timeout.saturating_sub(received.at.elapsed());
+    let image = match tokio::time::timeout(body_deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(image)) => image,
+        Ok(Err(error)) => {
+            let problem = if std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
+            {
                 too_large()
+            } else if chassis::http::is_body_timeout(&error) {
+                Problem::request_timeout()
             } else {
-                Problem::bad_parameters(
-                    "The request body could not be read completely.",
-                    request_id,
-                )
+                problem::bad_parameters("The request body could not be read completely.")
             };
             return Err(refused(problem, limit, None).await);
         }
+        Err(_) => return Err(refused(Problem::request_timeout(), 0, None).await),
     };
     if image.is_empty() {
-        let problem = Problem::bad_parameters("The request body must be the image.", request_id);
+        let problem = problem::bad_parameters("The request body must be the image.");
         return Err(refused(problem, 0, None).await);
     }
     let Some(input_format) = ImageFormat::sniff(&image) else {
@@ -173,7 +201,6 @@ async fn handle_resize(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             message,
-            request_id,
         );
         return Err(refused(problem, image.len(), None).await);
     };
@@ -182,27 +209,20 @@ async fn handle_resize(
         .replies
         .reserve(request_id)
         .map_err(|error| match error {
-            ReserveError::NoPartition => Problem::unavailable(
-                "not_ready",
-                "The service is starting; retry shortly.",
-                request_id,
-            ),
-            ReserveError::Full => Problem::unavailable(
-                "overloaded",
-                "The service is at capacity; retry shortly.",
-                request_id,
-            ),
+            ReserveError::NoPartition => {
+                Problem::unavailable("not_ready", "The service is starting; retry shortly.")
+            }
+            ReserveError::Full => problem::overloaded(),
         })?;
     let _in_flight = InFlight::enter(&state.metrics);
 
-    let now = now_ms();
-    let timeout = state.config.request_timeout;
+    let deadline_at_ms = received.at_ms + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
     let event = ResizeRequested {
         request_id: request_id.to_owned(),
-        tenant_id: principal.tenant_id.to_string(),
-        key_id: principal.key_id.to_string(),
-        received_at_ms: now,
-        deadline_at_ms: now + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+        tenant_id: usage.tenant_id.clone(),
+        key_id: usage.key_id.clone(),
+        received_at_ms: received.at_ms,
+        deadline_at_ms,
         params,
         content_type: parts
             .headers
@@ -215,55 +235,50 @@ async fn handle_resize(
     };
     let traceparent = traceparent(&parts.headers);
     let produce_started = Instant::now();
-    match tokio::time::timeout(timeout, state.publisher.publish(&event, &traceparent)).await {
+    let remaining = timeout.saturating_sub(received.at.elapsed());
+    let produced = tokio::time::timeout(remaining, state.publisher.publish(&event, &traceparent));
+    // Whatever happens from here (the client leaving included), the api writes this request's
+    // final usage record.
+    let delivery = Delivery::new(
+        state.publisher.clone(),
+        usage.clone(),
+        image.len(),
+        input_format,
+    );
+    match produced.await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
             tracing::warn!(%request_id, %error, "Producing a resize request failed");
             let problem = match error {
-                PublishError::Overloaded => Problem::unavailable(
-                    "overloaded",
-                    "The service is at capacity; retry shortly.",
-                    request_id,
-                ),
+                PublishError::Overloaded => problem::overloaded(),
                 PublishError::Unavailable(_) | PublishError::Encode(_) => Problem::unavailable(
                     "kafka_unavailable",
                     "The service cannot accept requests right now; retry shortly.",
-                    request_id,
                 ),
             };
-            return Err(refused(problem, image.len(), Some(input_format)).await);
+            return Err(delivery.refused(problem));
         }
-        Err(_) => return Err(deadline_problem(request_id)),
+        Err(_) => return Err(delivery.refused(problem::deadline_exceeded())),
     }
     let produce = produce_started.elapsed();
     drop(event);
 
-    let remaining = timeout.saturating_sub(received.elapsed());
+    let remaining = timeout.saturating_sub(received.at.elapsed());
     let result = match tokio::time::timeout(remaining, slot.wait()).await {
         Ok(Some(result)) => result,
-        // Nobody answered in time; the resizer records usage for it if it ever runs.
-        Ok(None) | Err(_) => return Err(deadline_problem(request_id)),
+        Ok(None) | Err(_) => return Err(delivery.refused(problem::deadline_exceeded())),
     };
-    Ok(reply_response(state, result, request_id, received, produce))
+    reply_response(state, result, received, produce, delivery)
 }
 
-fn deadline_problem(request_id: &str) -> Problem {
-    Problem::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "deadline_exceeded",
-        "The image was not ready within the deadline.",
-        request_id,
-    )
-}
-
-/// The client's answer from a resizer's reply.
+/// The client's answer from a resizer's reply: the image, or the resizer's problem.
 fn reply_response(
     state: &AppState,
     result: ResizeResult,
-    request_id: &str,
-    received: Instant,
+    received: Received,
     produce: Duration,
-) -> Response {
+    delivery: Delivery,
+) -> Result<Response, Problem> {
     let stages = result.timings.stages();
     for (stage, us) in stages {
         state
@@ -289,7 +304,7 @@ fn reply_response(
             .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return Problem::new(status, &error.code, error.message, request_id).into_response();
+        return Err(delivery.refused(Problem::new(status, error.code, error.message)));
     };
     let mut timing = String::new();
     for (stage, us) in stages {
@@ -298,47 +313,192 @@ fn reply_response(
     let _ = write!(
         timing,
         "total;dur={:.3}",
-        received.elapsed().as_secs_f64() * 1000.0
+        received.at.elapsed().as_secs_f64() * 1000.0
     );
-    let mut response = Response::new(Body::from(image.bytes));
+    let content_type = HeaderValue::from_static(image.format.mime());
+    let body = delivery.image_body(image.bytes, image.format);
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(image.format.mime()),
-    );
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", id);
-    }
+    headers.insert(header::CONTENT_TYPE, content_type);
     if let Ok(value) = HeaderValue::from_str(&timing) {
         headers.insert("server-timing", value);
     }
-    response
+    Ok(response)
 }
 
-/// The usage record of a request the api refused after authenticating it.
-fn refusal_usage(
-    principal: &Principal,
-    problem: &Problem,
+/// What the api knows of a request for its usage record, once the tenant is authenticated.
+#[derive(Debug, Clone)]
+struct UsageDraft {
+    request_id: String,
+    tenant_id: String,
+    key_id: String,
+    received: Received,
+}
+
+impl UsageDraft {
+    /// The api's record of the answer `problem` (or of a delivered image when `problem` is
+    /// `None`, with its size and format).
+    fn record(
+        &self,
+        outcome: &str,
+        status: u16,
+        bytes_in: usize,
+        input_format: Option<ImageFormat>,
+        output: Option<(usize, ImageFormat)>,
+    ) -> UsageRecorded {
+        UsageRecorded {
+            request_id: self.request_id.clone(),
+            tenant_id: self.tenant_id.clone(),
+            key_id: self.key_id.clone(),
+            event_time_ms: now_ms(),
+            outcome: outcome.to_owned(),
+            status: i32::from(status),
+            bytes_in: i64::try_from(bytes_in).unwrap_or(i64::MAX),
+            bytes_out: output.map_or(0, |(bytes, _)| i64::try_from(bytes).unwrap_or(i64::MAX)),
+            pixels_in: 0,
+            pixels_out: 0,
+            cpu_time_us: 0,
+            input_format: input_format.map(|f| f.name().to_owned()),
+            output_format: output.map(|(_, f)| f.name().to_owned()),
+            latency_us: self.received.latency_us(),
+            source: UsageSource::Api,
+        }
+    }
+
+    /// The record of a request answered with `problem`.
+    fn answered(
+        &self,
+        problem: &Problem,
+        bytes_in: usize,
+        input_format: Option<ImageFormat>,
+    ) -> UsageRecorded {
+        self.record(
+            &problem.code,
+            problem.status.as_u16(),
+            bytes_in,
+            input_format,
+            None,
+        )
+    }
+}
+
+/// The api's final usage record of a produced request, written exactly once: by
+/// [`Delivery::refused`], by the image body when its last byte is handed to the connection
+/// (`ok`), or on drop when neither happened because the client went away
+/// (`client_closed_request`, nginx's 499).
+struct Delivery {
+    publisher: Arc<dyn RequestPublisher>,
+    usage: UsageDraft,
     bytes_in: usize,
-    input_format: Option<ImageFormat>,
-    received: Instant,
-) -> UsageRecorded {
-    UsageRecorded {
-        request_id: problem.request_id.clone(),
-        tenant_id: principal.tenant_id.to_string(),
-        key_id: principal.key_id.to_string(),
-        event_time_ms: now_ms(),
-        outcome: problem.code.clone(),
-        status: i32::from(problem.status.as_u16()),
-        bytes_in: i64::try_from(bytes_in).unwrap_or(i64::MAX),
-        bytes_out: 0,
-        pixels_in: 0,
-        pixels_out: 0,
-        cpu_time_us: 0,
-        input_format: input_format.map(|f| f.name().to_owned()),
-        output_format: None,
-        latency_us: i64::try_from(received.elapsed().as_micros()).unwrap_or(i64::MAX),
-        source: UsageSource::Api,
+    input_format: ImageFormat,
+    output: Option<(usize, ImageFormat)>,
+    settled: bool,
+}
+
+/// Status recorded for a client that left before its answer (nginx's convention; never sent).
+const CLIENT_CLOSED_STATUS: u16 = 499;
+
+impl Delivery {
+    fn new(
+        publisher: Arc<dyn RequestPublisher>,
+        usage: UsageDraft,
+        bytes_in: usize,
+        input_format: ImageFormat,
+    ) -> Self {
+        Self {
+            publisher,
+            usage,
+            bytes_in,
+            input_format,
+            output: None,
+            settled: false,
+        }
+    }
+
+    /// Records the request as answered with `problem`, and hands the problem back.
+    fn refused(mut self, problem: Problem) -> Problem {
+        let record = self
+            .usage
+            .answered(&problem, self.bytes_in, Some(self.input_format));
+        self.settle(record);
+        problem
+    }
+
+    /// The 200 body, which records `ok` once it has been read to the end.
+    fn image_body(mut self, bytes: Vec<u8>, format: ImageFormat) -> Body {
+        self.output = Some((bytes.len(), format));
+        Body::new(DeliveredBody {
+            inner: http_body_util::Full::new(bytes::Bytes::from(bytes)),
+            delivery: Some(self),
+        })
+    }
+
+    fn delivered(mut self) {
+        let record = self.usage.record(
+            outcomes::OK,
+            200,
+            self.bytes_in,
+            Some(self.input_format),
+            self.output,
+        );
+        self.settle(record);
+    }
+
+    fn settle(&mut self, record: UsageRecorded) {
+        self.settled = true;
+        let publisher = self.publisher.clone();
+        // Drop may run outside a task (a connection torn down); the runtime is still there.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { publisher.record_usage(&record).await });
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if !self.settled {
+            let record = self.usage.record(
+                outcomes::CLIENT_CLOSED,
+                CLIENT_CLOSED_STATUS,
+                self.bytes_in,
+                Some(self.input_format),
+                None,
+            );
+            self.settle(record);
+        }
+    }
+}
+
+/// The image body of a 200: reports the delivery once its one frame is taken by the connection.
+struct DeliveredBody {
+    inner: http_body_util::Full<bytes::Bytes>,
+    delivery: Option<Delivery>,
+}
+
+impl axum::body::HttpBody for DeliveredBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if frame.is_ready()
+            && self.inner.is_end_stream()
+            && let Some(delivery) = self.delivery.take()
+        {
+            delivery.delivered();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -140,7 +140,7 @@ fn harness(answer: Answer, owned: Vec<i32>) -> Harness {
         config: Arc::new(config),
     };
     Harness {
-        app: app(state),
+        app: app(state, &chassis::http::HttpConfig::default()),
         publisher,
     }
 }

@@ -13,7 +13,7 @@ use chassis::clickhouse::ClickHouseConfig;
 use futures::future::BoxFuture;
 use tokio::sync::OnceCell;
 
-use super::problem::Problem;
+use super::problem;
 use super::routes::{AppState, authenticate};
 
 /// Answers usage queries. A trait so handler tests run without ClickHouse.
@@ -61,8 +61,12 @@ impl UsageApi for ClickHouseUsage {
 
 /// The `GET /v1/usage` handler.
 pub async fn usage(State(state): State<AppState>, request: Request) -> Response {
-    let request_id = uuid::Uuid::now_v7().to_string();
-    let principal = match authenticate(state.auth.as_ref(), request.headers(), &request_id) {
+    let request_id = request
+        .extensions()
+        .get::<chassis::http::RequestId>()
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default();
+    let principal = match authenticate(state.auth.as_ref(), request.headers()) {
         Ok(principal) => principal,
         Err(problem) => return problem.into_response(),
     };
@@ -73,34 +77,29 @@ pub async fn usage(State(state): State<AppState>, request: Request) -> Response 
                 "Bad query: {}. Use from, to, granularity, group_by.",
                 rejection.body_text()
             );
-            return Problem::bad_parameters(message, &request_id).into_response();
+            return problem::bad_parameters(message).into_response();
         }
     };
     let usage_request = match UsageRequest::from_params(&params) {
         Ok(r) => r,
         Err(error) => {
-            return Problem::bad_parameters(error.to_string(), &request_id).into_response();
+            return problem::bad_parameters(error.to_string()).into_response();
         }
     };
     let Some(usage) = &state.usage else {
-        return Problem::unavailable(
-            "usage_unavailable",
-            "Usage is not available here.",
-            &request_id,
-        )
-        .into_response();
+        return problem::Problem::unavailable("usage_unavailable", "Usage is not available here.")
+            .into_response();
     };
     match usage.report(&principal.tenant_id, &usage_request).await {
         Ok(report) => (StatusCode::OK, Json(report)).into_response(),
         Err(error) if error.is_bad_request() => {
-            Problem::bad_parameters(error.to_string(), &request_id).into_response()
+            problem::bad_parameters(error.to_string()).into_response()
         }
         Err(error) => {
             tracing::warn!(%request_id, %error, "Usage query failed");
-            Problem::unavailable(
+            problem::Problem::unavailable(
                 "usage_unavailable",
                 "Usage data is temporarily unavailable; retry shortly.",
-                &request_id,
             )
             .into_response()
         }

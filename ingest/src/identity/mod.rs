@@ -47,13 +47,8 @@ pub enum IdentityError {
     #[error("registering identity metrics: {0}")]
     Metrics(#[source] prometheus::Error),
     /// The admin listener could not bind or failed.
-    #[error("admin API on {address}: {source}")]
-    Serve {
-        /// Address.
-        address: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Serve(#[from] chassis::http::ServeError),
 }
 
 impl IdentityError {
@@ -62,7 +57,7 @@ impl IdentityError {
         match self {
             Self::Producer(_) => true,
             Self::Rebuild(e) => e.is_retryable(),
-            Self::InvalidConfig(_) | Self::Metrics(_) | Self::Serve { .. } => false,
+            Self::InvalidConfig(_) | Self::Metrics(_) | Self::Serve(_) => false,
         }
     }
 }
@@ -118,17 +113,14 @@ pub async fn run(
     ctx: ServiceContext,
 ) -> Result<(), IdentityError> {
     let state = open(&kafka, &registry, &config, &ctx).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| IdentityError::Serve {
-            address: config.listen,
-            source,
-        })?;
-    let address = listener.local_addr().unwrap_or(config.listen);
-    tracing::info!(%address, "Identity admin API listening");
-    let shutdown = ctx.shutdown.clone();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
-        .map_err(|source| IdentityError::Serve { address, source })
+    let router = app(state, &ctx.http);
+    chassis::http::bind_and_serve(
+        "Identity admin API",
+        config.listen,
+        router,
+        &ctx.http,
+        ctx.shutdown.clone(),
+    )
+    .await?;
+    Ok(())
 }

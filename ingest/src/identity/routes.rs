@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -27,12 +27,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::ServiceBuilder;
 
+use chassis::http::Problem;
+
 use super::config::{IdentityConfig, MAX_RATE_LIMIT};
 use super::metrics::IdentityMetrics;
 use super::store::{IdentityStore, StoreError, TenantUpdate};
 
-/// Header carrying the request id, taken from the caller if present.
-const REQUEST_ID: &str = "x-request-id";
 /// Longest tenant name.
 const MAX_NAME_CHARS: usize = 200;
 
@@ -82,13 +82,12 @@ impl AppState {
     }
 }
 
-/// The admin router.
-pub fn app(state: AppState) -> Router {
+/// The admin router, with the common HTTP face (problem+json, the caller's request ids).
+pub fn app(state: AppState, http: &chassis::http::HttpConfig) -> Router {
     let limits = ServiceBuilder::new()
         .layer(axum::error_handling::HandleErrorLayer::new(
             |_: tower::BoxError| async {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                Problem::unavailable(
                     "overloaded",
                     "too many admin requests in flight; retry shortly",
                 )
@@ -96,7 +95,7 @@ pub fn app(state: AppState) -> Router {
         ))
         .load_shed()
         .concurrency_limit(state.concurrency_limit);
-    Router::new()
+    let router = Router::new()
         .route("/admin/v1/tenants", post(create_tenant))
         .route(
             "/admin/v1/tenants/{tenant_id}",
@@ -107,7 +106,7 @@ pub fn app(state: AppState) -> Router {
             post(issue_key).get(list_keys),
         )
         .route("/admin/v1/keys/{key_id}", delete(revoke_key))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -115,67 +114,24 @@ pub fn app(state: AppState) -> Router {
             state.request_timeout,
         ))
         .layer(limits)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            request_context,
-        ))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state);
+    chassis::http::face(router, http, chassis::http::RequestIds::AcceptFromCaller)
 }
 
-/// The one HTTP error type. Rendered to a problem body by [`request_context`], which knows the
-/// request id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+/// 422 for a field the admin sent that breaks a rule.
+fn invalid(message: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
 }
 
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
-    }
-}
-
-/// The problem fields, handed from a response to [`request_context`] as an extension.
-#[derive(Debug, Clone)]
-struct Problem {
-    code: &'static str,
-    message: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = self.status.into_response();
-        response.extensions_mut().insert(Problem {
-            code: self.code,
-            message: self.message,
-        });
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
-}
-
-impl From<StoreError> for ApiError {
+impl From<StoreError> for Problem {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::TenantNotFound => {
-                Self::new(StatusCode::NOT_FOUND, "tenant_not_found", "no such tenant")
+                Problem::new(StatusCode::NOT_FOUND, "tenant_not_found", "no such tenant")
             }
             StoreError::KeyNotFound => {
-                Self::new(StatusCode::NOT_FOUND, "key_not_found", "no such API key")
+                Problem::new(StatusCode::NOT_FOUND, "key_not_found", "no such API key")
             }
             StoreError::Fenced => Self::new(
                 StatusCode::CONFLICT,
@@ -193,88 +149,59 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
+/// A JSON body the admin API could not take, as a problem.
+#[derive(Debug)]
+struct BodyRejection(Problem);
+
+impl IntoResponse for BodyRejection {
+    fn into_response(self) -> Response {
+        self.0.into_response()
+    }
+}
+
+impl From<JsonRejection> for BodyRejection {
     fn from(rejection: JsonRejection) -> Self {
-        match rejection {
+        Self(match rejection {
             // Serde's message names the field or value; it describes the caller's own input.
             JsonRejection::JsonDataError(e) => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
             }
             JsonRejection::JsonSyntaxError(e) => {
-                Self::new(StatusCode::BAD_REQUEST, "malformed_body", e.body_text())
+                Problem::new(StatusCode::BAD_REQUEST, "malformed_body", e.body_text())
             }
-            JsonRejection::MissingJsonContentType(_) => Self::new(
+            JsonRejection::MissingJsonContentType(_) => Problem::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "expected Content-Type: application/json",
             ),
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(
+                Problem::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
                     "request body too large",
                 )
             }
-            other => Self::new(StatusCode::BAD_REQUEST, "malformed_body", other.body_text()),
-        }
+            other => Problem::new(StatusCode::BAD_REQUEST, "malformed_body", other.body_text()),
+        })
     }
 }
 
 /// `Json` whose rejections are problems.
 #[derive(Debug, FromRequest)]
-#[from_request(via(Json), rejection(ApiError))]
+#[from_request(via(Json), rejection(BodyRejection))]
 struct AdminJson<T>(T);
 
-/// Request id, metrics, and problem rendering for every response.
-async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Request metrics by route, method and status.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
     let method = request.method().clone();
-    let mut response = next.run(request).await;
+    let response = next.run(request).await;
     let status = response.status();
-    let problem = response.extensions_mut().remove::<Problem>().or_else(|| {
-        // Responses axum makes itself (405, a timeout) get a problem body too.
-        (status.is_client_error() || status.is_server_error()).then(|| Problem {
-            code: match status {
-                StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-                StatusCode::NOT_FOUND => "not_found",
-                StatusCode::SERVICE_UNAVAILABLE => "timeout",
-                _ => "error",
-            },
-            message: status.canonical_reason().unwrap_or("error").to_owned(),
-        })
-    });
-    if let Some(problem) = problem {
-        let body = serde_json::json!({
-            "code": problem.code,
-            "message": problem.message,
-            "request_id": request_id,
-        });
-        let headers = std::mem::take(response.headers_mut());
-        response = (status, Json(body)).into_response();
-        for (name, value) in &headers {
-            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-                response.headers_mut().insert(name.clone(), value.clone());
-            }
-        }
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-    }
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
     state
         .metrics
         .requests
@@ -291,14 +218,8 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
 /// Refuses requests without the admin token. The token is compared as a SHA-256 digest in
 /// constant time and never logged.
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        None => ApiError::new(
+    match chassis::http::bearer_token(request.headers()) {
+        None => Problem::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing admin bearer token",
@@ -309,7 +230,7 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
             if bool::from(digest.ct_eq(&state.admin_token_digest)) {
                 next.run(request).await
             } else {
-                ApiError::new(
+                Problem::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
                     "invalid admin token",
@@ -448,21 +369,21 @@ struct PatchTenant {
     burst: Option<i32>,
 }
 
-fn check_name(name: &str) -> Result<String, ApiError> {
+fn check_name(name: &str) -> Result<String, Problem> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        return Err(ApiError::invalid(format!(
+        return Err(invalid(format!(
             "name must be 1 to {MAX_NAME_CHARS} characters"
         )));
     }
     Ok(name.to_owned())
 }
 
-fn check_quota(field: &str, value: i32) -> Result<i32, ApiError> {
+fn check_quota(field: &str, value: i32) -> Result<i32, Problem> {
     if (1..=MAX_RATE_LIMIT).contains(&value) {
         Ok(value)
     } else {
-        Err(ApiError::invalid(format!(
+        Err(invalid(format!(
             "{field} must be between 1 and {MAX_RATE_LIMIT}"
         )))
     }
@@ -472,12 +393,12 @@ fn check_quota(field: &str, value: i32) -> Result<i32, ApiError> {
 /// abandoned future would leave the transactional producer mid-transaction.
 async fn detached<T: Send + 'static>(
     write: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-) -> Result<T, ApiError> {
+) -> Result<T, Problem> {
     match tokio::spawn(write).await {
-        Ok(result) => result.map_err(ApiError::from),
+        Ok(result) => result.map_err(Problem::from),
         Err(error) => {
             tracing::error!(%error, "Identity write task failed");
-            Err(ApiError::from(StoreError::Unavailable(error.to_string())))
+            Err(Problem::from(StoreError::Unavailable(error.to_string())))
         }
     }
 }
@@ -485,7 +406,7 @@ async fn detached<T: Send + 'static>(
 async fn create_tenant(
     State(state): State<AppState>,
     AdminJson(body): AdminJson<CreateTenant>,
-) -> Result<(StatusCode, Json<TenantBody>), ApiError> {
+) -> Result<(StatusCode, Json<TenantBody>), Problem> {
     let name = check_name(&body.name)?;
     let rate = check_quota(
         "rate_limit_per_second",
@@ -502,7 +423,7 @@ async fn create_tenant(
 async fn get_tenant(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
-) -> Result<Json<TenantBody>, ApiError> {
+) -> Result<Json<TenantBody>, Problem> {
     Ok(Json(state.store.tenant(&tenant_id)?.into()))
 }
 
@@ -510,7 +431,7 @@ async fn update_tenant(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
     AdminJson(body): AdminJson<PatchTenant>,
-) -> Result<Json<TenantBody>, ApiError> {
+) -> Result<Json<TenantBody>, Problem> {
     let update = TenantUpdate {
         name: body.name.as_deref().map(check_name).transpose()?,
         status: body.status.map(TenantStatus::from),
@@ -530,7 +451,7 @@ async fn update_tenant(
 async fn delete_tenant(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Problem> {
     let store = state.store.clone();
     let id = tenant_id.clone();
     detached(async move { store.delete_tenant(&id).await }).await?;
@@ -541,7 +462,7 @@ async fn delete_tenant(
 async fn issue_key(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
-) -> Result<(StatusCode, Json<IssuedKeyBody>), ApiError> {
+) -> Result<(StatusCode, Json<IssuedKeyBody>), Problem> {
     let store = state.store.clone();
     let issued = detached(async move { store.issue_key(&tenant_id).await }).await?;
     tracing::info!(tenant_id = %issued.key.tenant_id, key_id = %issued.key.key_id, "API key issued");
@@ -559,7 +480,7 @@ async fn issue_key(
 async fn list_keys(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
-) -> Result<Json<KeyList>, ApiError> {
+) -> Result<Json<KeyList>, Problem> {
     let keys = state.store.keys(&tenant_id)?;
     Ok(Json(KeyList {
         keys: keys.into_iter().map(KeyBody::from).collect(),
@@ -569,7 +490,7 @@ async fn list_keys(
 async fn revoke_key(
     State(state): State<AppState>,
     Path(key_id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Problem> {
     let store = state.store.clone();
     let id = key_id.clone();
     detached(async move { store.revoke_key(&id).await }).await?;

@@ -59,7 +59,10 @@ fn fixture() -> Fixture {
         ..Default::default()
     };
     Fixture {
-        app: app(AppState::new(Arc::new(store), &config, metrics)),
+        app: app(
+            AppState::new(Arc::new(store), &config, metrics),
+            &chassis::http::HttpConfig::default(),
+        ),
         sink,
         readiness,
     }
