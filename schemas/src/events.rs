@@ -95,7 +95,8 @@ impl ImageFormat {
     /// before producing, and the resizer checks again before decoding.
     pub fn sniff(bytes: &[u8]) -> Option<Self> {
         match bytes {
-            [0xFF, 0xD8, 0xFF, ..] => Some(Self::Jpeg),
+            // SOI alone: libjpeg reads files with stray bytes between SOI and the first marker.
+            [0xFF, 0xD8, ..] => Some(Self::Jpeg),
             [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some(Self::Png),
             [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => Some(Self::Gif),
             [

@@ -56,10 +56,10 @@ impl<'a> Source<'a> {
     /// Reads orientation cheaply for JPEG, or decodes other formats outright.
     pub fn open(input: &'a [u8], header: &Header, max_pixels: u64) -> Result<Self, KernelError> {
         if header.format == ImageFormat::Jpeg {
+            // From our own header walk, not libjpeg-turbo's header reader: that one fails on the
+            // harmless warnings (stray bytes between segments) the decoder later tolerates.
             let orientation = probe::jpeg_orientation(input);
-            let tj = turbojpeg::read_header(input)
-                .map_err(|e| KernelError::undecodable(ImageFormat::Jpeg, e))?;
-            let cmyk = matches!(tj.colorspace, Colorspace::CMYK | Colorspace::YCCK);
+            let cmyk = probe::jpeg_is_cmyk(input);
             return Ok(Self::Jpeg {
                 input,
                 orientation,
@@ -121,7 +121,8 @@ fn decode_jpeg(
     cmyk: bool,
     profile: Option<&[u8]>,
 ) -> Result<DynamicImage, turbojpeg::Error> {
-    let input = with_end_marker(input);
+    let input = probe::jpeg_without_stray_header_bytes(input);
+    let input = with_end_marker(&input);
     let input = input.as_ref();
     let mut decompressor = Decompressor::new()?;
     decompressor.set_scan_limit(MAX_JPEG_SCANS)?;
@@ -211,13 +212,15 @@ fn is_harmless_warning(e: &turbojpeg::Error) -> bool {
     matches!(e, turbojpeg::Error::TurboJpegError(msg) if HARMLESS.iter().any(|h| msg.contains(h)))
 }
 
-/// Sorts a libjpeg-turbo failure: data that ends before the last scan is complete is
-/// `truncated_image`; anything else the decoder refused is `undecodable_image`.
+/// Sorts a libjpeg-turbo failure: data that ends before the last scan is complete (or before the
+/// first begins) is `truncated_image`; anything else the decoder refused is `undecodable_image`.
 fn jpeg_error(e: turbojpeg::Error) -> KernelError {
     match &e {
         turbojpeg::Error::TurboJpegError(msg)
             if msg.contains("premature end of data segment")
-                || msg.contains("Premature end of JPEG file") =>
+                || msg.contains("Premature end of JPEG file")
+                // Headers and then nothing: the end marker we supply comes before any scan.
+                || msg.contains("missing SOS marker") =>
         {
             KernelError::Truncated {
                 detail: msg.clone(),

@@ -49,7 +49,15 @@ pub fn probe(input: &[u8]) -> Result<Header, KernelError> {
         ImageFormat::Webp => webp_size(input),
         ImageFormat::Avif => None,
     }
-    .ok_or_else(|| KernelError::undecodable(format, "unreadable header"))?;
+    .ok_or_else(|| {
+        if format == ImageFormat::Jpeg && jpeg_header_cut(input) {
+            KernelError::Truncated {
+                detail: "the file ends inside the JPEG header".into(),
+            }
+        } else {
+            KernelError::undecodable(format, "unreadable header")
+        }
+    })?;
     if width == 0 || height == 0 {
         return Err(KernelError::undecodable(format, "zero-sized image"));
     }
@@ -158,23 +166,77 @@ fn webp_frames(input: &[u8]) -> (u32, Option<u16>) {
     (frames.max(1), loops)
 }
 
+/// Where a JPEG marker was found: the offset of its 0xFF, the offset just after its code, and
+/// the code; `None` past the end of the data. Finds the marker as libjpeg's `next_marker` does, so
+/// that every file libjpeg reads is read here too: bytes that are not 0xFF before a marker are
+/// skipped (stray bytes that cameras and editors leave between segments; libjpeg only warns), any
+/// number of 0xFF fill bytes may precede the code, and a stuffed 0xFF 0x00 is no marker.
+fn next_marker(input: &[u8], mut at: usize) -> Option<(usize, usize, u8)> {
+    loop {
+        at += input.get(at..)?.iter().position(|&b| b == 0xFF)?;
+        while input.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        let code = *input.get(at + 1)?;
+        if code != 0 {
+            return Some((at, at + 2, code));
+        }
+        at += 2;
+    }
+}
+
+/// `input` without the stray bytes libjpeg skips (with a warning) between the segments before
+/// the first scan; borrowed when there are none, which is nearly always. libjpeg-turbo's header
+/// reader fails on that warning, although the decoder would read the file, as libvips does.
+pub fn jpeg_without_stray_header_bytes(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let mut spans = Vec::new();
+    let mut at = 2; // after SOI
+    let mut stray = false;
+    while let Some((start, after, code)) = next_marker(input, at) {
+        stray |= start != at;
+        match code {
+            // Standalone markers carry no length.
+            0x01 | 0xD0..=0xD7 => {
+                spans.push(start..after);
+                at = after;
+            }
+            // The first scan (or the end): everything from here on is kept as it is.
+            0xDA | 0xD9 => {
+                spans.push(start..input.len());
+                break;
+            }
+            _ => {
+                let Some(len) = input.get(after..after + 2) else {
+                    break;
+                };
+                let end = (after + usize::from(u16::from_be_bytes([len[0], len[1]])).max(2))
+                    .min(input.len());
+                spans.push(start..end);
+                at = end;
+            }
+        }
+    }
+    if !stray {
+        return std::borrow::Cow::Borrowed(input);
+    }
+    let mut repaired = Vec::with_capacity(input.len());
+    repaired.extend_from_slice(&input[..2]);
+    for span in spans {
+        repaired.extend_from_slice(&input[span]);
+    }
+    std::borrow::Cow::Owned(repaired)
+}
+
 /// Walks the JPEG marker segments up to the first scan, calling `visit` with each marker and its
-/// payload. Stops early when `visit` returns `Some`.
+/// payload. Stops early when `visit` returns `Some`. Markers are found as [`next_marker`] does.
 pub(super) fn jpeg_segments<'a, T>(
     input: &'a [u8],
     mut visit: impl FnMut(u8, &'a [u8]) -> Option<T>,
 ) -> Option<T> {
     let mut at = 2; // after SOI
     loop {
-        // Markers may be preceded by any number of 0xFF fill bytes.
-        while input.get(at) == Some(&0xFF) && input.get(at + 1) == Some(&0xFF) {
-            at += 1;
-        }
-        if input.get(at) != Some(&0xFF) {
-            return None;
-        }
-        let marker = *input.get(at + 1)?;
-        at += 2;
+        let (_, after, marker) = next_marker(input, at)?;
+        at = after;
         match marker {
             // Standalone markers carry no length.
             0x01 | 0xD0..=0xD7 => continue,
@@ -189,6 +251,22 @@ pub(super) fn jpeg_segments<'a, T>(
         }
         at += len.max(2);
     }
+}
+
+/// Whether the JPEG frame header (SOFn) declares four components: CMYK, or YCCK which libjpeg
+/// turns into CMYK.
+pub fn jpeg_is_cmyk(input: &[u8]) -> bool {
+    jpeg_segments(input, |marker, p| match marker {
+        0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => Some(p.get(5) == Some(&4)),
+        _ => None,
+    })
+    .unwrap_or(false)
+}
+
+/// Whether a JPEG whose frame header could not be read ends before any scan (the file was cut
+/// inside its headers, rather than carrying broken ones).
+fn jpeg_header_cut(input: &[u8]) -> bool {
+    !input.windows(2).any(|w| w == [0xFF, 0xDA])
 }
 
 /// Width and height from the JPEG frame header (any SOFn).

@@ -886,6 +886,76 @@ fn jpegs_that_lose_no_pixels_decode_like_the_intact_file() {
     }
 }
 
+/// Offsets of every marker from the one after SOI up to and including the first scan's.
+fn header_marker_offsets(jpeg: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut at = 2;
+    while jpeg[at] == 0xFF {
+        offsets.push(at);
+        if jpeg[at + 1] == 0xDA {
+            break;
+        }
+        at += 2 + usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
+    }
+    offsets
+}
+
+#[test]
+fn stray_bytes_before_any_header_marker_decode_like_the_intact_file() {
+    let img = card(97, 65);
+    let cmyk: Vec<u8> = img
+        .pixels()
+        .flat_map(|p| [255 - p[0], 255 - p[1], 255 - p[2], 0])
+        .collect();
+    let files = [
+        (
+            "baseline",
+            turbo_jpeg(img.as_raw(), 97, 65, PixelFormat::RGB, false),
+        ),
+        (
+            "progressive",
+            turbo_jpeg(img.as_raw(), 97, 65, PixelFormat::RGB, true),
+        ),
+        ("cmyk", turbo_jpeg(&cmyk, 97, 65, PixelFormat::CMYK, false)),
+    ];
+    let p = params(Some(40), None, Fit::Inside);
+    for (kind, intact) in files {
+        let expected = run(&intact, &p);
+        let offsets = header_marker_offsets(&intact);
+        assert!(offsets.len() >= 4, "{kind}: {offsets:?}");
+        for at in offsets {
+            for stray in [&[0x00][..], &[0x12, 0x00, 0x7F], &[0x55; 16]] {
+                let mut input = intact[..at].to_vec();
+                input.extend_from_slice(stray);
+                input.extend_from_slice(&intact[at..]);
+                let what = format!("{kind}: {} stray bytes before offset {at}", stray.len());
+                assert_eq!(probe::sniff(&input), Some(ImageFormat::Jpeg), "{what}");
+                let got = resize(&input, &p, &Limits::default())
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(
+                    (got.width, got.height, &got.bytes),
+                    (expected.width, expected.height, &expected.bytes),
+                    "{what}: decodes to the same picture"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_jpeg_cut_inside_its_headers_is_truncated() {
+    let intact = jpeg(&card(64, 48));
+    let sos = header_marker_offsets(&intact).pop().expect("a scan");
+    for cut in [2, 3, 20, sos / 2, sos] {
+        let error = fail(
+            &intact[..cut],
+            &params(Some(8), None, Fit::Inside),
+            &Limits::default(),
+        );
+        assert_eq!(error.code(), "truncated_image", "cut at {cut}: {error}");
+    }
+}
+
 #[test]
 fn jpegs_cut_mid_scan_are_refused_as_truncated() {
     for progressive in [false, true] {
