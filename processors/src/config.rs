@@ -38,6 +38,12 @@ pub struct ResizerConfig {
     /// Most pixels over all frames of an animation (frames × canvas, from the header; and frames
     /// × output canvas); more is refused with 422 `too_many_pixels` (400 for the output side).
     pub max_animation_pixels: u64,
+    /// Longest one encode may take on one core, by the kernel's cost model (AVIF at any effort,
+    /// lossy WebP at effort 5 and up); a larger output is refused from the plan with 422
+    /// `too_many_output_pixels`, naming the format's limit. Keep it well under
+    /// `api.request_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub max_encode_time: Duration,
     /// Results committed in one Kafka transaction at most.
     pub transaction_max_records: usize,
     /// Longest a finished result waits for its transaction (the latency cost of batching).
@@ -66,6 +72,7 @@ impl Default for ResizerConfig {
             max_output_pixels: limits.max_output_pixels,
             max_frames: limits.max_frames,
             max_animation_pixels: limits.max_animation_pixels,
+            max_encode_time: limits.max_encode_time,
             transaction_max_records: 64,
             transaction_max_delay: Duration::from_millis(5),
             transaction_timeout: Duration::from_secs(5),
@@ -105,6 +112,7 @@ impl ResizerConfig {
             max_output_bytes: max_reply_bytes.saturating_sub(REPLY_ENVELOPE_BYTES),
             max_frames: self.max_frames,
             max_animation_pixels: self.max_animation_pixels,
+            max_encode_time: self.max_encode_time,
         }
     }
 

@@ -21,8 +21,8 @@ use super::encode::{GifStream, Settings};
 use super::geometry::PixelRect;
 use super::probe::Header;
 use super::{
-    BoxError, KernelError, Limits, Request, Resized, check_encoded, check_output, geometry, micros,
-    resample,
+    BoxError, KernelError, Limits, Request, Resized, check_encode_cost, check_encoded,
+    check_output, geometry, micros, resample,
 };
 
 /// Bytes per pixel of the RGBA canvas the animation decoders compose onto, used to turn the pixel
@@ -79,6 +79,7 @@ pub fn resize(
             header.frames, plan.canvas.0, plan.canvas.1, limits.max_animation_pixels
         )));
     }
+    check_encode_cost(output_format, &request.encoding, output_pixels, limits)?;
     let crop = geometry::rect_to_stored(plan.crop, orientation, stored);
     let size = geometry::upright_size(plan.size, orientation);
 

@@ -73,6 +73,33 @@ impl Settings {
     }
 }
 
+/// What encoding one output pixel costs, in nanoseconds of one core, for the encoders slow enough
+/// to need a bound (AVIF at every effort, lossy WebP at methods 5–6); 0 for the rest, which the
+/// output pixel limit alone keeps within a second or two. Measured with the `kernel_files`
+/// example on a noisy 4096×4096 photo resized to 1–16 Mpx, on one core of a 2-core VM (AVIF:
+/// 0.27 µs/px at effort 0, 1.0–1.2 at 2–4, 2.3 at 6, 13.5 at 9; WebP: 0.15 at the default method
+/// 4, 0.47 at method 6), rounded up.
+pub fn encode_ns_per_pixel(format: ImageFormat, settings: &Settings) -> u64 {
+    match format {
+        ImageFormat::Avif => match settings.effort.unwrap_or(DEFAULT_AVIF_EFFORT) {
+            0 => 300,
+            1 => 700,
+            2..=4 => 1_200,
+            5 => 1_700,
+            6 => 2_400,
+            7 => 4_500,
+            8 => 8_000,
+            _ => 14_000,
+        },
+        ImageFormat::Webp if !settings.lossless => match settings.webp_method() {
+            0..=4 => 0,
+            5 => 300,
+            _ => 500,
+        },
+        _ => 0,
+    }
+}
+
 /// Encodes `image` as `format` with `settings` (validated: quality 1–100, effort 0–9).
 ///
 /// Errors: [`KernelError::Encode`] when the encoder fails (a bug or resource exhaustion).

@@ -32,7 +32,7 @@ mod format_tests;
 #[cfg(test)]
 mod tests;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use schemas::events::{Fit, Frames, ImageFormat, ResizeParams, StageTimings};
 
@@ -75,6 +75,11 @@ pub struct Limits {
     /// the input (every frame is composed onto the full canvas and resampled), and frames × output
     /// canvas for the output, whose frames the WebP animation encoder holds until it assembles.
     pub max_animation_pixels: u64,
+    /// Longest one encode may take on one core by the kernel's cost model
+    /// ([`encode::encode_ns_per_pixel`]); checked from the plan, before decoding. AVIF (and lossy
+    /// WebP at the highest efforts) cost up to 14 µs per output pixel: unbounded, a 4096×4096
+    /// AVIF takes 20 s, longer than any client waits, and holds a worker all that time.
+    pub max_encode_time: Duration,
 }
 
 impl Default for Limits {
@@ -89,6 +94,8 @@ impl Default for Limits {
             max_output_bytes: 8 * 1024 * 1024,
             max_frames: 500,
             max_animation_pixels: 50_000_000,
+            // Well inside the api's default 10 s deadline, with room to queue behind other work.
+            max_encode_time: Duration::from_secs(4),
         }
     }
 }
@@ -188,6 +195,18 @@ pub enum KernelError {
     /// The planned output canvas is over `max_output_pixels`.
     #[error("the output would be {width}x{height}, over the limit of {limit} pixels")]
     TooManyOutputPixels { width: u32, height: u32, limit: u64 },
+    /// Encoding this many pixels in this format at this effort would take longer than
+    /// `max_encode_time` (the kernel's cost model).
+    #[error(
+        "{format} output at effort {effort} is limited to {limit} pixels (the output would be \
+         {pixels}); ask for a smaller size, a lower effort or another format"
+    )]
+    EncodeTooCostly {
+        format: &'static str,
+        effort: u8,
+        pixels: u64,
+        limit: u64,
+    },
     /// The encoded output is over `max_output_bytes`, more than one reply can carry.
     #[error(
         "the encoded {format} output is {size} bytes, over the limit of {limit}; ask for a smaller size, a lower quality or another format"
@@ -242,6 +261,7 @@ impl KernelError {
             Self::UnsupportedMediaType | Self::UnsupportedFormat(_) => 415,
             Self::TooManyPixels { .. }
             | Self::TooManyOutputPixels { .. }
+            | Self::EncodeTooCostly { .. }
             | Self::OutputTooLarge { .. }
             | Self::Truncated { .. }
             | Self::TooManyFrames { .. }
@@ -258,7 +278,9 @@ impl KernelError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType | Self::UnsupportedFormat(_) => "unsupported_media_type",
             Self::TooManyPixels { .. } | Self::AnimationTooLarge { .. } => "too_many_pixels",
-            Self::TooManyOutputPixels { .. } => "too_many_output_pixels",
+            Self::TooManyOutputPixels { .. } | Self::EncodeTooCostly { .. } => {
+                "too_many_output_pixels"
+            }
             Self::OutputTooLarge { .. } => "output_too_large",
             Self::Truncated { .. } => "truncated_image",
             Self::TooManyFrames { .. } => "too_many_frames",
@@ -334,6 +356,13 @@ pub fn resize(
     let upright = geometry::upright_size(stored, orientation);
     let plan = geometry::plan(upright, &request.target);
     check_output(&plan, limits)?;
+    let (width, height) = plan.canvas;
+    check_encode_cost(
+        output_format,
+        &request.encoding,
+        u64::from(width) * u64::from(height),
+        limits,
+    )?;
     // Resample in the stored frame and rotate only the small result.
     let crop = geometry::rect_to_stored(plan.crop, orientation, stored);
     let size = geometry::upright_size(plan.size, orientation);
@@ -399,6 +428,34 @@ fn check_output(plan: &geometry::Plan, limits: &Limits) -> Result<(), KernelErro
     Ok(())
 }
 
+/// Refuses an output whose encode would take longer than `max_encode_time` by the cost model
+/// (`pixels`: the canvas, times the frames of an animation).
+fn check_encode_cost(
+    format: ImageFormat,
+    settings: &encode::Settings,
+    pixels: u64,
+    limits: &Limits,
+) -> Result<(), KernelError> {
+    let ns_per_pixel = encode::encode_ns_per_pixel(format, settings);
+    if ns_per_pixel == 0 {
+        return Ok(());
+    }
+    let budget_ns = u64::try_from(limits.max_encode_time.as_nanos()).unwrap_or(u64::MAX);
+    let limit = budget_ns / ns_per_pixel;
+    if pixels > limit {
+        return Err(KernelError::EncodeTooCostly {
+            format: format.name(),
+            effort: settings.effort.unwrap_or(match format {
+                ImageFormat::Avif => encode::DEFAULT_AVIF_EFFORT,
+                _ => encode::DEFAULT_WEBP_EFFORT,
+            }),
+            pixels,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 /// Refuses an encoded output bigger than one reply record.
 fn check_encoded(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<(), KernelError> {
     if bytes.len() > limits.max_output_bytes {
@@ -435,7 +492,7 @@ fn check_animation(header: &probe::Header, limits: &Limits) -> Result<(), Kernel
     Ok(())
 }
 
-fn micros(d: std::time::Duration) -> i64 {
+fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 

@@ -666,8 +666,10 @@ fn truncated_and_corrupt_images_are_refused() {
     let full = jpeg(&card(400, 300));
     let e = fail(&full[..full.len() / 2], &p, &Limits::default());
     assert_eq!((e.status(), e.code()), (422, "truncated_image"), "{e}");
+    // Headers and no scan: cut before the pixels, too.
+    let e = fail(&full[..200], &p, &Limits::default());
+    assert_eq!((e.status(), e.code()), (422, "truncated_image"), "{e}");
     let inputs = [
-        ("jpeg header only", full[..200].to_vec()),
         ("truncated png", {
             let png = png(&DynamicImage::ImageRgb8(card(400, 300)));
             png[..png.len() / 2].to_vec()
@@ -699,7 +701,7 @@ fn huge_png_header_is_refused_before_decoding() {
     assert_eq!((e.status(), e.code()), (422, "too_many_pixels"), "{e}");
     assert!(e.to_string().contains("20000x20000"));
     // Allocating and zeroing 1.2 GB would take far longer than this.
-    assert!(started.elapsed() < std::time::Duration::from_millis(50));
+    assert!(started.elapsed() < Duration::from_millis(50));
 }
 
 #[test]
@@ -988,6 +990,78 @@ fn jpegs_cut_mid_scan_are_refused_as_truncated() {
 // ---------- output limits ----------
 
 #[test]
+fn slow_encodes_are_bounded_by_the_cost_model_before_decoding() {
+    let tiny = png(&DynamicImage::ImageRgb8(card(1, 1)));
+    let ask = |side: i32, format: ImageFormat, effort: Option<i32>| ResizeParams {
+        enlarge: true,
+        format: Some(format),
+        effort,
+        ..params(Some(side), Some(side), Fit::Fill)
+    };
+    // A 4096×4096 AVIF would take ~20 s; refused at once, naming the format and its limit.
+    let started = Instant::now();
+    let e = fail(
+        &tiny,
+        &ask(4096, ImageFormat::Avif, None),
+        &Limits::default(),
+    );
+    assert!(started.elapsed() < Duration::from_millis(50));
+    assert_eq!(
+        (e.status(), e.code()),
+        (422, "too_many_output_pixels"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("avif output at effort 2"), "{e}");
+    // The slowest effort is bounded far lower; the fastest far higher.
+    let e = fail(
+        &tiny,
+        &ask(1024, ImageFormat::Avif, Some(9)),
+        &Limits::default(),
+    );
+    assert_eq!(e.code(), "too_many_output_pixels", "{e}");
+    let limit_at = |format: ImageFormat, effort: Option<u8>| {
+        let settings = encode::Settings {
+            quality: 80,
+            lossless: false,
+            effort,
+        };
+        let budget = Limits::default().max_encode_time.as_nanos() as u64;
+        budget / encode::encode_ns_per_pixel(format, &settings).max(1)
+    };
+    assert!((256 * 256..600 * 600).contains(&limit_at(ImageFormat::Avif, Some(9))));
+    assert!(limit_at(ImageFormat::Avif, None) >= 1920 * 1080);
+    assert!(limit_at(ImageFormat::Avif, Some(0)) >= 3840 * 2160);
+    let e = fail(
+        &tiny,
+        &ask(4096, ImageFormat::Webp, Some(9)),
+        &Limits::default(),
+    );
+    assert_eq!(e.code(), "too_many_output_pixels", "{e}");
+    // Fast encoders are bounded by the output pixel limit alone.
+    for format in [ImageFormat::Jpeg, ImageFormat::Png] {
+        assert_eq!(
+            encode::encode_ns_per_pixel(
+                format,
+                &encode::Settings {
+                    quality: 80,
+                    lossless: false,
+                    effort: Some(9)
+                }
+            ),
+            0
+        );
+    }
+    // Within the budget it encodes.
+    let r = resize(
+        &tiny,
+        &ask(64, ImageFormat::Avif, Some(9)),
+        &Limits::default(),
+    )
+    .expect("a small slow encode");
+    assert_eq!((r.width, r.height), (64, 64));
+}
+
+#[test]
 fn output_pixels_are_bounded_before_allocating() {
     let tiny = png(&DynamicImage::ImageRgb8(card(1, 1)));
     assert!(tiny.len() < 100);
@@ -1003,7 +1077,7 @@ fn output_pixels_are_bounded_before_allocating() {
         "{e}"
     );
     assert!(e.to_string().contains("8192x8192"), "{e}");
-    assert!(started.elapsed() < std::time::Duration::from_millis(50));
+    assert!(started.elapsed() < Duration::from_millis(50));
     // `contain` pads to the box: the canvas counts (4500×4500 > 16.7 Mpx), not the resampled
     // image (4500×2250 would fit).
     let p = ResizeParams {
