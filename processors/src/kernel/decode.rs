@@ -66,7 +66,11 @@ impl<'a> Source<'a> {
                 cmyk,
             });
         }
-        let (image, orientation, profile) = decode_with_image(input, header.format, max_pixels)?;
+        let input = match header.format {
+            ImageFormat::Png => with_png_end(input),
+            _ => std::borrow::Cow::Borrowed(input),
+        };
+        let (image, orientation, profile) = decode_with_image(&input, header.format, max_pixels)?;
         Ok(Self::Decoded {
             image,
             orientation,
@@ -192,6 +196,23 @@ fn with_end_marker(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         let mut repaired = Vec::with_capacity(input.len() + EOI.len());
         repaired.extend_from_slice(input);
         repaired.extend_from_slice(&EOI);
+        std::borrow::Cow::Owned(repaired)
+    }
+}
+
+/// The PNG end chunk (`IEND`, empty, with its CRC).
+const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+
+/// `input`, with an `IEND` chunk appended when it does not end with one. The PNG decoder refuses
+/// a file whose image data is complete but whose end chunk is missing (libvips and browsers show
+/// it); image data cut short still fails, as the decoder runs out of it before any `IEND`.
+fn with_png_end(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if input.ends_with(&IEND) {
+        std::borrow::Cow::Borrowed(input)
+    } else {
+        let mut repaired = Vec::with_capacity(input.len() + IEND.len());
+        repaired.extend_from_slice(input);
+        repaired.extend_from_slice(&IEND);
         std::borrow::Cow::Owned(repaired)
     }
 }

@@ -945,6 +945,24 @@ fn stray_bytes_before_any_header_marker_decode_like_the_intact_file() {
 }
 
 #[test]
+fn a_png_without_its_end_chunk_decodes_and_a_cut_one_does_not() {
+    for img in [
+        DynamicImage::ImageRgb8(card(97, 65)),
+        DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(card(33, 17)).to_rgba8()),
+    ] {
+        let intact = png(&img);
+        assert!(intact.ends_with(b"IEND\xAE\x42\x60\x82"));
+        let p = params(Some(16), None, Fit::Inside);
+        let expected = run(&intact, &p);
+        let got = resize(&intact[..intact.len() - 12], &p, &Limits::default())
+            .unwrap_or_else(|e| panic!("{}x{}: {e}", img.width(), img.height()));
+        assert_eq!(got.bytes, expected.bytes);
+        let e = fail(&intact[..intact.len() * 2 / 3], &p, &Limits::default());
+        assert_eq!(e.status(), 422, "{e}");
+    }
+}
+
+#[test]
 fn a_jpeg_cut_inside_its_headers_is_truncated() {
     let intact = jpeg(&card(64, 48));
     let sos = header_marker_offsets(&intact).pop().expect("a scan");
