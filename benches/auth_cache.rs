@@ -8,8 +8,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ingest::auth::keys;
 use ingest::auth::{AuthConfig, Authenticator, IdentityView};
+use ingest::identity_log::keys;
 use schemas::events::{ApiKey, IdentityChange, KeyStatus, Tenant, TenantStatus};
 
 fn key_change(tenant_id: &str) -> (IdentityChange, String) {

@@ -283,7 +283,7 @@ async fn provisioned() -> imgpipe::Config {
     }
     tokio::time::timeout(
         Duration::from_secs(60),
-        schemas::provision::ensure_all(&config.kafka, &config.registry),
+        imgpipe::provision::ensure_all(&config.kafka, &config.registry),
     )
     .await
     .expect("provisioning timed out: is the stack up? (compose/local/stack up)")

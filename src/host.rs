@@ -54,7 +54,7 @@ pub enum HostError {
     Config(#[from] chassis::ConfigError),
     /// Topics or schemas could not be provisioned.
     #[error("provisioning topics and schemas: {0}")]
-    Provision(#[from] schemas::provision::ProvisionError),
+    Provision(#[from] crate::provision::ProvisionError),
     /// The ops endpoint could not bind.
     #[error("ops endpoint on {address}: {source}")]
     Ops {
@@ -87,7 +87,7 @@ pub async fn run(
     if !problems.is_empty() {
         return Err(chassis::ConfigError::Invalid(problems).into());
     }
-    let report = schemas::provision::ensure_all(&config.kafka, &config.registry).await?;
+    let report = crate::provision::ensure_all(&config.kafka, &config.registry).await?;
     tracing::info!(
         created = ?report.created,
         schemas = report.schemas.len(),

@@ -93,7 +93,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Topics {
             action: TopicsAction::Ensure,
         } => {
-            let report = schemas::provision::ensure_all(&config.kafka, &config.registry).await?;
+            let report = imgpipe::provision::ensure_all(&config.kafka, &config.registry).await?;
             for topic in &report.created {
                 println!("created  {topic}");
             }

@@ -6,3 +6,4 @@
 pub mod api;
 pub mod auth;
 pub mod identity;
+pub mod identity_log;

@@ -4,7 +4,6 @@
 
 pub mod codec;
 pub mod events;
-pub mod provision;
 pub mod registry;
 pub mod topics;
 

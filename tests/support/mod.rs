@@ -40,7 +40,7 @@ pub async fn provisioned(test: &str) -> Config {
     let config = test_config(test);
     let report = tokio::time::timeout(
         Duration::from_secs(60),
-        schemas::provision::ensure_all(&config.kafka, &config.registry),
+        imgpipe::provision::ensure_all(&config.kafka, &config.registry),
     )
     .await
     .expect("provisioning timed out: is the stack up? (compose/local/stack up)")

@@ -8,8 +8,6 @@
 //! - [`rate_limit`]: per-tenant token buckets.
 //! - [`metrics`]: every metric name of this module.
 
-pub mod changes;
-pub mod keys;
 pub mod metrics;
 pub mod rate_limit;
 pub mod view;
@@ -163,7 +161,7 @@ pub enum AuthSetupError {
     // Retryable.
     /// Kafka did not answer, or the consumer could not be set up.
     #[error("starting the identity view: {0}")]
-    Consumer(#[source] changes::ChangesError),
+    Consumer(#[source] crate::identity_log::changes::ChangesError),
     // Permanent.
     /// The `[auth]` section breaks a rule; every broken rule is listed.
     #[error("invalid [auth] configuration:\n  - {}", .0.join("\n  - "))]

@@ -25,11 +25,13 @@ use schemas::events::{IdentityChange, KeyStatus, TenantStatus};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
-use super::changes::{ChangeRecord, ChangesError, ChangesReader, EntityId, Watermark};
-use super::keys::{self, Secret};
 use super::metrics::AuthMetrics;
 use super::rate_limit::TokenBucket;
 use super::{AuthConfig, AuthError, AuthSetupError, Authenticator, Principal};
+use crate::identity_log::changes::{
+    ChangeRecord, ChangesError, ChangesReader, EntityId, Watermark,
+};
+use crate::identity_log::keys::{self, Secret};
 
 /// Name of the view's readiness check on `/readyz`.
 pub const READINESS_CHECK: &str = "identity_view";
@@ -312,13 +314,15 @@ impl IdentityView {
     /// operators' debugging. `tenant:<id>` → `status`, `key:<id>` → `tenant_id status`.
     pub fn snapshot(&self) -> BTreeMap<String, String> {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        let tenants = state
-            .tenants
-            .iter()
-            .map(|(id, t)| (super::changes::tenant_entity(id), format!("{:?}", t.status)));
+        let tenants = state.tenants.iter().map(|(id, t)| {
+            (
+                crate::identity_log::changes::tenant_entity(id),
+                format!("{:?}", t.status),
+            )
+        });
         let keys = state.keys.values().map(|k| {
             (
-                super::changes::key_entity(&k.key_id),
+                crate::identity_log::changes::key_entity(&k.key_id),
                 format!(
                     "{} {}",
                     k.tenant_id,
@@ -440,7 +444,9 @@ async fn tail(
         // A registry outage is retried on the same record: skipping it could drop a revocation.
         let mut backoff = chassis::RetryPolicy::DEPENDENCY.backoff();
         let record = loop {
-            match super::changes::decode(&codec, message.key(), message.payload()).await {
+            match crate::identity_log::changes::decode(&codec, message.key(), message.payload())
+                .await
+            {
                 Err(ChangesError::Registry(error)) => {
                     view.metrics.errors.inc();
                     tracing::warn!(%error, offset = message.offset(), "Schema registry unavailable; retrying the identity change");

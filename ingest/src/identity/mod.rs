@@ -21,7 +21,7 @@ use chassis::ServiceContext;
 use chassis::kafka::{KafkaConfig, KafkaSetupError};
 use schemas::{Codec, RegistryConfig};
 
-use crate::auth::changes::{ChangesError, ChangesReader};
+use crate::identity_log::changes::{ChangesError, ChangesReader};
 pub use config::IdentityConfig;
 pub use routes::{AppState, app};
 use store::{IdentityStore, KafkaSink, READINESS_CHECK};

@@ -25,10 +25,10 @@ use schemas::Codec;
 use schemas::events::{ApiKey, IdentityChange, KeyStatus, Tenant, TenantStatus};
 
 use super::metrics::IdentityMetrics;
-use crate::auth::changes::{
+use crate::identity_log::changes::{
     ChangeRecord, ChangesError, ChangesReader, EntityId, key_entity, tenant_entity,
 };
-use crate::auth::keys;
+use crate::identity_log::keys;
 
 /// Name of the identity service's readiness check.
 pub const READINESS_CHECK: &str = "identity";
@@ -447,7 +447,9 @@ pub async fn rebuild(
         metrics.rebuild_records.inc();
         let mut backoff = chassis::RetryPolicy::DEPENDENCY.backoff();
         let record = loop {
-            match crate::auth::changes::decode(codec, message.key(), message.payload()).await {
+            match crate::identity_log::changes::decode(codec, message.key(), message.payload())
+                .await
+            {
                 Err(ChangesError::Registry(error)) => {
                     tracing::warn!(%error, "Schema registry unavailable while rebuilding; retrying");
                     if backoff.wait(shutdown).await.is_err() {

@@ -9,8 +9,8 @@ use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::registry::{RegistryConfig, RegistryError, value_subject};
-use crate::topics::{CATALOGUE, TopicSpec};
+use schemas::registry::{RegistryConfig, RegistryError, value_subject};
+use schemas::topics::{CATALOGUE, TopicSpec};
 
 /// Why provisioning failed.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,7 @@ pub async fn ensure_schemas(
     namespace: &str,
     report: &mut ProvisionReport,
 ) -> Result<(), ProvisionError> {
-    use crate::events::{Event, IdentityChange, ResizeRequested, ResizeResult, UsageRecorded};
+    use schemas::events::{Event, IdentityChange, ResizeRequested, ResizeResult, UsageRecorded};
     let schemas = [
         (ResizeRequested::TOPIC, ResizeRequested::SCHEMA),
         (ResizeResult::TOPIC, ResizeResult::SCHEMA),
@@ -133,11 +133,11 @@ pub async fn ensure_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topics::spec;
+    use schemas::topics::spec;
 
     #[test]
     fn compacted_topics_keep_records_forever() {
-        let config = topic_config(spec(crate::topics::IDENTITY_CHANGES).expect("listed"));
+        let config = topic_config(spec(schemas::topics::IDENTITY_CHANGES).expect("listed"));
         assert!(config.contains(&("cleanup.policy", "compact".into())));
         assert!(config.contains(&("retention.ms", "-1".into())));
     }
