@@ -99,7 +99,10 @@ fn start_aggregator(config: &Config) -> Child {
     Command::new(env!("CARGO_BIN_EXE_imgpipe"))
         .arg("aggregator")
         .env("IMGPIPE_KAFKA__NAMESPACE", &config.kafka.namespace)
-        .env("IMGPIPE_CLICKHOUSE__DATABASE", &config.clickhouse.database)
+        .env(
+            "IMGPIPE_CLICKHOUSE__DATABASE",
+            config.clickhouse.database.as_str(),
+        )
         .env("IMGPIPE_OPS__LISTEN", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

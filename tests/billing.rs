@@ -196,7 +196,10 @@ async fn a_request_whose_api_was_killed_stays_unconfirmed_never_ok() {
             .env("IMGPIPE_KAFKA__NAMESPACE", &config.kafka.namespace)
             .env("IMGPIPE_REGISTRY__URL", &config.registry.url)
             .env("IMGPIPE_CLICKHOUSE__URL", &config.clickhouse.url)
-            .env("IMGPIPE_CLICKHOUSE__DATABASE", &config.clickhouse.database)
+            .env(
+                "IMGPIPE_CLICKHOUSE__DATABASE",
+                config.clickhouse.database.as_str(),
+            )
             .env("IMGPIPE_API__LISTEN", api.to_string())
             .env("IMGPIPE_API__REQUEST_TIMEOUT", "30s")
             .env("IMGPIPE_OPS__LISTEN", ops.to_string())

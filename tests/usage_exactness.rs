@@ -12,8 +12,8 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aggregators::{Granularity, GroupBy, UsageQuery, UsageQueryError, UsageRequest};
 use imgpipe::Config;
+use ingest::api::usage::query::{Granularity, GroupBy, UsageQuery, UsageQueryError, UsageRequest};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::events::{UsageRecorded, UsageSource};
@@ -92,7 +92,10 @@ impl Aggregator {
             .env("IMGPIPE_KAFKA__BROKERS", &config.kafka.brokers)
             .env("IMGPIPE_REGISTRY__URL", &config.registry.url)
             .env("IMGPIPE_CLICKHOUSE__URL", &config.clickhouse.url)
-            .env("IMGPIPE_CLICKHOUSE__DATABASE", &config.clickhouse.database)
+            .env(
+                "IMGPIPE_CLICKHOUSE__DATABASE",
+                config.clickhouse.database.as_str(),
+            )
             .env("IMGPIPE_OPS__LISTEN", format!("127.0.0.1:{port}"))
             // Small, frequent batches: kills land between and during many INSERTs.
             .env("IMGPIPE_AGGREGATOR__BATCH_MAX_RECORDS", "700")
@@ -403,8 +406,8 @@ async fn tenant_query_matches_clickhouse_and_sees_only_its_tenant() {
     .await;
 
     let query = UsageQuery::connect(&config.clickhouse).await.unwrap();
-    let from = aggregators::query::Timestamp::from_epoch_seconds(base).unwrap();
-    let to = aggregators::query::Timestamp::from_epoch_seconds(base + 3600).unwrap();
+    let from = ingest::api::usage::query::Timestamp::from_epoch_seconds(base).unwrap();
+    let to = ingest::api::usage::query::Timestamp::from_epoch_seconds(base + 3600).unwrap();
     for granularity in [Granularity::Minute, Granularity::Hour, Granularity::Day] {
         for group_by in [None, Some(GroupBy::Format), Some(GroupBy::Outcome)] {
             let request = UsageRequest::new(from, to, granularity, group_by).unwrap();
@@ -459,7 +462,7 @@ async fn tenant_query_matches_clickhouse_and_sees_only_its_tenant() {
 #[tokio::test]
 async fn bad_ranges_are_refused_before_any_query() {
     let parse = |from: &str, to: &str, granularity: &str| {
-        UsageRequest::from_params(&aggregators::query::UsageParams {
+        UsageRequest::from_params(&ingest::api::usage::query::UsageParams {
             from: from.into(),
             to: to.into(),
             granularity: Some(granularity.into()),

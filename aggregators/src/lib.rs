@@ -11,9 +11,7 @@ pub mod config;
 pub mod consumer;
 pub mod metrics;
 pub mod migrations;
-pub mod query;
 pub mod sink;
-pub mod timestamp;
 
 use chassis::clickhouse::ClickHouseConfig;
 use chassis::kafka::{KafkaConfig, KafkaSetupError};
@@ -22,9 +20,6 @@ use schemas::{Codec, RegistryConfig};
 
 pub use config::{AggregatorConfig, GROUP_ID};
 pub use migrations::{MigrationError, MigrationReport, migrate};
-pub use query::{
-    Granularity, GroupBy, UsageBucket, UsageQuery, UsageQueryError, UsageReport, UsageRequest,
-};
 pub use sink::{SinkError, UsageSink};
 
 use crate::consumer::{AggregatorContext, CLICKHOUSE_CHECK, REGISTRY_CHECK, Worker};
@@ -76,9 +71,6 @@ pub async fn run(
 ) -> Result<(), AggregatorError> {
     let mut errors = Vec::new();
     config.validate(&mut errors);
-    if let Err(error) = migrations::check_database_name(&clickhouse.database) {
-        errors.push(error.to_string());
-    }
     if !errors.is_empty() {
         return Err(AggregatorError::Config(errors));
     }

@@ -7,11 +7,9 @@
 //! Every statement here has been run against ClickHouse 18.16 (Debian): no `DateTime64`, no
 //! `LowCardinality`, no TTL there.
 
-use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, ServerVersion};
+use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, DatabaseName, ServerVersion};
 use clickhouse::Client;
 use serde::Deserialize;
-
-use crate::sink::is_retryable_clickhouse;
 
 /// One schema change.
 #[derive(Debug, Clone, Copy)]
@@ -206,9 +204,6 @@ pub enum MigrationError {
     /// ClickHouse did not answer the version probe. Retryable when the server is down.
     #[error(transparent)]
     Connect(#[from] ClickHouseError),
-    /// The configured database name is not a plain identifier. Permanent.
-    #[error(transparent)]
-    Database(#[from] DatabaseNameError),
     /// A statement failed. Retryable when ClickHouse was unreachable or overloaded.
     #[error("migration {version} ({name}): {source}")]
     Statement {
@@ -226,28 +221,8 @@ impl MigrationError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Connect(error) => error.is_retryable(),
-            Self::Database(_) => false,
-            Self::Statement { source, .. } => is_retryable_clickhouse(source),
+            Self::Statement { source, .. } => chassis::clickhouse::is_retryable(source),
         }
-    }
-}
-
-/// The database name is interpolated into SQL as an identifier, so only plain names pass.
-#[derive(Debug, thiserror::Error)]
-#[error("clickhouse.database must match [A-Za-z_][A-Za-z0-9_]*, got {0:?}")]
-pub struct DatabaseNameError(pub String);
-
-/// Checks that `database` is a plain identifier (safe to put into SQL text).
-pub fn check_database_name(database: &str) -> Result<(), DatabaseNameError> {
-    let mut chars = database.chars();
-    let valid = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if valid {
-        Ok(())
-    } else {
-        Err(DatabaseNameError(database.to_owned()))
     }
 }
 
@@ -266,7 +241,6 @@ pub struct MigrationReport {
 
 /// Connects to ClickHouse and brings `clickhouse.database` to the latest schema.
 pub async fn migrate(clickhouse: &ClickHouseConfig) -> Result<MigrationReport, MigrationError> {
-    check_database_name(&clickhouse.database)?;
     let (client, version) = chassis::clickhouse::connect(clickhouse).await?;
     apply(&client, version, &clickhouse.database).await
 }
@@ -280,9 +254,8 @@ struct AppliedRow {
 pub(crate) async fn apply(
     client: &Client,
     server: ServerVersion,
-    database: &str,
+    database: &DatabaseName,
 ) -> Result<MigrationReport, MigrationError> {
-    check_database_name(database)?;
     let bootstrap = |source| MigrationError::Statement {
         version: 0,
         name: "bootstrap schema_migrations",
@@ -336,7 +309,7 @@ ORDER BY version"
         };
         for statement in migration.statements {
             client
-                .query(&statement.replace("{db}", database))
+                .query(&statement.replace("{db}", database.as_str()))
                 .execute()
                 .await
                 .map_err(failed)?;
@@ -353,7 +326,7 @@ ORDER BY version"
         tracing::info!(
             version = migration.version,
             name = migration.name,
-            database,
+            database = database.as_str(),
             "Applied ClickHouse migration"
         );
         report.applied.push((migration.version, migration.name));
@@ -381,16 +354,6 @@ mod tests {
                 // The clickhouse crate treats `?` as a bind placeholder.
                 assert!(!statement.contains('?'), "{}", migration.name);
             }
-        }
-    }
-
-    #[test]
-    fn only_plain_database_names_pass() {
-        for good in ["imgpipe", "t_usage_1a2b_", "_x"] {
-            assert!(check_database_name(good).is_ok(), "{good}");
-        }
-        for bad in ["", "1db", "a.b", "a-b", "x; DROP TABLE y", "db`"] {
-            assert!(check_database_name(bad).is_err(), "{bad}");
         }
     }
 }

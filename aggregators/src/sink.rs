@@ -13,12 +13,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, ServerVersion};
+use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, DatabaseName, ServerVersion};
 use clickhouse::Client;
 use schemas::events::{UsageRecorded, UsageSource};
 use serde::{Deserialize, Serialize};
-
-use crate::migrations::{DatabaseNameError, check_database_name};
 
 /// One row of `usage_raw` (column order and types match the table: RowBinary on old servers has
 /// no names to check against).
@@ -114,9 +112,6 @@ pub enum SinkError {
     /// The version probe failed.
     #[error(transparent)]
     Connect(#[from] ClickHouseError),
-    /// The database name cannot be used. Permanent.
-    #[error(transparent)]
-    Database(#[from] DatabaseNameError),
     /// An INSERT failed; whether it was applied is unknown.
     #[error("inserting {rows} rows of partition {partition} into {table}: {source}")]
     Insert {
@@ -152,38 +147,12 @@ impl SinkError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Connect(error) => error.is_retryable(),
-            Self::Database(_) => false,
             Self::Insert { source, .. } | Self::Query { source, .. } => {
-                is_retryable_clickhouse(source)
+                chassis::clickhouse::is_retryable(source)
             }
             Self::Timeout { .. } => true,
         }
     }
-}
-
-/// ClickHouse error codes that no retry fixes: the schema or the credentials are wrong.
-/// (UNKNOWN_IDENTIFIER, NO_SUCH_COLUMN_IN_TABLE, TYPE_MISMATCH, UNKNOWN_TABLE, SYNTAX_ERROR,
-/// UNKNOWN_DATABASE, UNKNOWN_USER, WRONG_PASSWORD, READONLY, AUTHENTICATION_FAILED, ACCESS_DENIED.)
-const PERMANENT_CODES: &[u32] = &[47, 16, 53, 60, 62, 81, 192, 193, 164, 516, 497];
-
-/// Sorts a `clickhouse` crate error: transport failures and server-side overload are retryable;
-/// schema, syntax and authentication errors, and data the client could not encode, are not.
-pub(crate) fn is_retryable_clickhouse(error: &clickhouse::error::Error) -> bool {
-    use clickhouse::error::Error;
-    match error {
-        Error::Network(_) | Error::TimedOut => true,
-        Error::BadResponse(text) => {
-            error_code(text).is_none_or(|code| !PERMANENT_CODES.contains(&code))
-        }
-        _ => false,
-    }
-}
-
-/// The `Code: N` of a ClickHouse exception text.
-fn error_code(text: &str) -> Option<u32> {
-    let rest = &text[text.find("Code: ")? + "Code: ".len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -204,7 +173,7 @@ pub struct UsageSink {
     server: ServerVersion,
     raw_table: String,
     rejects_table: String,
-    database: String,
+    database: DatabaseName,
     insert_timeout: Duration,
 }
 
@@ -223,16 +192,15 @@ impl UsageSink {
         config: &ClickHouseConfig,
         insert_timeout: Duration,
     ) -> Result<Self, SinkError> {
-        check_database_name(&config.database)?;
         let (client, server) = chassis::clickhouse::connect(config).await?;
         Ok(Self::new(client, server, &config.database, insert_timeout))
     }
 
-    /// A sink over an existing client. `database` must already be checked.
+    /// A sink over an existing client.
     pub(crate) fn new(
         client: Client,
         server: ServerVersion,
-        database: &str,
+        database: &DatabaseName,
         insert_timeout: Duration,
     ) -> Self {
         Self {
@@ -240,7 +208,7 @@ impl UsageSink {
             server,
             raw_table: format!("{database}.usage_raw"),
             rejects_table: format!("{database}.usage_rejects"),
-            database: database.to_owned(),
+            database: database.clone(),
             insert_timeout,
         }
     }
@@ -256,7 +224,7 @@ impl UsageSink {
     }
 
     /// The database.
-    pub fn database(&self) -> &str {
+    pub fn database(&self) -> &DatabaseName {
         &self.database
     }
 
@@ -395,19 +363,6 @@ impl UsageSink {
 #[allow(clippy::expect_used, clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use clickhouse::error::Error;
-
-    #[test]
-    fn schema_and_auth_errors_are_permanent_overload_is_not() {
-        let permanent = Error::BadResponse(
-            "Code: 60, e.displayText() = DB::Exception: Table x.usage_raw doesn't exist".into(),
-        );
-        assert!(!is_retryable_clickhouse(&permanent));
-        let overload = Error::BadResponse("Code: 241, Memory limit exceeded".into());
-        assert!(is_retryable_clickhouse(&overload));
-        assert!(is_retryable_clickhouse(&Error::TimedOut));
-        assert!(!is_retryable_clickhouse(&Error::NotEnoughData));
-    }
 
     #[test]
     fn rows_keep_every_dimension_and_clamp_time() {

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 pub struct ClickHouseConfig {
     /// HTTP endpoint, e.g. `http://127.0.0.1:8123`.
     pub url: String,
-    /// Database holding imgpipe's tables.
-    pub database: String,
+    /// Database holding imgpipe's tables: a plain identifier, checked when the config is read.
+    pub database: DatabaseName,
     /// User name.
     pub user: String,
     /// Password. Never logged, and left out when the config is printed.
@@ -42,7 +42,7 @@ impl Default for ClickHouseConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:8123".to_owned(),
-            database: "imgpipe".to_owned(),
+            database: DatabaseName("imgpipe".to_owned()),
             user: "default".to_owned(),
             password: String::new(),
             connect_timeout: Duration::from_secs(5),
@@ -147,6 +147,87 @@ pub async fn server_version(config: &ClickHouseConfig) -> Result<ServerVersion, 
     }
 }
 
+/// A ClickHouse database name that is a plain identifier (`[A-Za-z_][A-Za-z0-9_]*`). Checked once,
+/// when the config is read, so it can be put into SQL text as it is (`{db}.usage_raw`): database
+/// names cannot be bound as query parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DatabaseName(String);
+
+/// A database name that is not a plain identifier.
+#[derive(Debug, thiserror::Error)]
+#[error("clickhouse.database must match [A-Za-z_][A-Za-z0-9_]*, got {0:?}")]
+pub struct DatabaseNameError(pub String);
+
+impl DatabaseName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for DatabaseName {
+    type Error = DatabaseNameError;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        let mut chars = name.chars();
+        let valid = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if valid {
+            Ok(Self(name))
+        } else {
+            Err(DatabaseNameError(name))
+        }
+    }
+}
+
+impl std::str::FromStr for DatabaseName {
+    type Err = DatabaseNameError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::try_from(name.to_owned())
+    }
+}
+
+impl From<DatabaseName> for String {
+    fn from(name: DatabaseName) -> Self {
+        name.0
+    }
+}
+
+impl std::fmt::Display for DatabaseName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// ClickHouse error codes that no retry fixes: the schema or the credentials are wrong.
+/// (UNKNOWN_IDENTIFIER, NO_SUCH_COLUMN_IN_TABLE, TYPE_MISMATCH, UNKNOWN_TABLE, SYNTAX_ERROR,
+/// UNKNOWN_DATABASE, UNKNOWN_USER, WRONG_PASSWORD, READONLY, AUTHENTICATION_FAILED, ACCESS_DENIED.)
+const PERMANENT_CODES: &[u32] = &[47, 16, 53, 60, 62, 81, 192, 193, 164, 516, 497];
+
+/// Sorts a `clickhouse` crate error: transport failures and server-side overload are retryable;
+/// schema, syntax and authentication errors, and data the client could not encode, are not.
+pub fn is_retryable(error: &clickhouse::error::Error) -> bool {
+    use clickhouse::error::Error;
+    match error {
+        Error::Network(_) | Error::TimedOut => true,
+        Error::BadResponse(text) => {
+            error_code(text).is_none_or(|code| !PERMANENT_CODES.contains(&code))
+        }
+        _ => false,
+    }
+}
+
+/// The `Code: N` of a ClickHouse exception text.
+fn error_code(text: &str) -> Option<u32> {
+    let rest = &text[text.find("Code: ")? + "Code: ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 /// A client tuned to the server's version. The database need not exist yet (migrations create it),
 /// so the client is not bound to it; queries name `database.table` explicitly.
 pub async fn connect(
@@ -173,6 +254,32 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_database_names_pass_and_are_checked_when_read() {
+        for good in ["imgpipe", "t_usage_1a2b_", "_x"] {
+            assert!(good.parse::<DatabaseName>().is_ok(), "{good}");
+        }
+        for bad in ["", "1db", "a.b", "a-b", "x; DROP TABLE y", "db`"] {
+            assert!(bad.parse::<DatabaseName>().is_err(), "{bad}");
+            let read: Result<ClickHouseConfig, _> =
+                serde_json::from_value(serde_json::json!({ "database": bad }));
+            assert!(read.is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn schema_and_auth_errors_are_permanent_overload_is_not() {
+        use clickhouse::error::Error;
+        let permanent = Error::BadResponse(
+            "Code: 60, e.displayText() = DB::Exception: Table x.usage_raw doesn't exist".into(),
+        );
+        assert!(!is_retryable(&permanent));
+        let overload = Error::BadResponse("Code: 241, Memory limit exceeded".into());
+        assert!(is_retryable(&overload));
+        assert!(is_retryable(&Error::TimedOut));
+        assert!(!is_retryable(&Error::NotEnoughData));
+    }
 
     #[test]
     fn parses_old_and_new_version_strings() {

@@ -31,7 +31,9 @@ pub fn test_config(test: &str) -> Config {
     if let Ok(url) = std::env::var("IMGPIPE_TEST_CLICKHOUSE") {
         config.clickhouse.url = url;
     }
-    config.clickhouse.database = format!("t_{}", config.kafka.namespace.replace(['-', '.'], "_"));
+    config.clickhouse.database = format!("t_{}", config.kafka.namespace.replace(['-', '.'], "_"))
+        .parse()
+        .expect("a plain identifier");
     config
 }
 

@@ -18,6 +18,7 @@ pub mod problem;
 pub mod publisher;
 pub mod replies;
 pub mod routes;
+pub mod state;
 pub mod usage;
 
 use std::sync::Arc;
@@ -29,7 +30,8 @@ use schemas::{Codec, RegistryConfig};
 
 pub use config::ApiConfig;
 pub use replies::ReplyRouter;
-pub use routes::{AppState, app};
+pub use routes::app;
+pub use state::AppState;
 
 use crate::auth::{AuthConfig, IdentityView};
 

@@ -25,31 +25,12 @@ use schemas::events::{
 };
 use tower::ServiceBuilder;
 
-use super::config::ApiConfig;
 use super::metrics::ApiMetrics;
 use super::params;
 use super::problem::{self, Problem};
 use super::publisher::{PublishError, RequestPublisher};
-use super::replies::{ReplyRouter, ReserveError};
-use super::usage::UsageApi;
-use crate::auth::{Authenticator, Principal};
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    /// Who is calling.
-    pub auth: Arc<dyn Authenticator>,
-    /// Where requests and api usage records go.
-    pub publisher: Arc<dyn RequestPublisher>,
-    /// Where replies come from.
-    pub replies: Arc<ReplyRouter>,
-    /// Tenant usage queries (absent when ClickHouse is not configured for this api).
-    pub usage: Option<Arc<dyn UsageApi>>,
-    /// Metrics.
-    pub metrics: ApiMetrics,
-    /// Limits and timeouts.
-    pub config: Arc<ApiConfig>,
-}
+use super::replies::ReserveError;
+pub use super::state::AppState;
 
 /// The api router, with the common HTTP face (request ids, problem+json, body read timeout).
 /// Resize requests beyond `max_concurrent_requests` are shed with a fast 503.
@@ -114,15 +95,6 @@ impl Received {
     }
 }
 
-/// Authenticates a request from its `Authorization: Bearer` header (scheme in any case).
-pub fn authenticate(auth: &dyn Authenticator, headers: &HeaderMap) -> Result<Principal, Problem> {
-    let result = match chassis::http::bearer_token(headers) {
-        Some(key) => auth.authenticate(key),
-        None => Err(crate::auth::AuthError::MissingCredentials),
-    };
-    result.map_err(|error| problem::from_auth(&error))
-}
-
 async fn handle_resize(
     state: &AppState,
     request: Request,
@@ -130,7 +102,7 @@ async fn handle_resize(
     received: Received,
 ) -> Result<Response, Problem> {
     let (parts, body) = request.into_parts();
-    let principal = authenticate(state.auth.as_ref(), &parts.headers)?;
+    let principal = state.authenticate(&parts.headers)?;
     // From here on the tenant is known: every answer is also a usage record.
     let usage = UsageDraft {
         request_id: request_id.to_owned(),

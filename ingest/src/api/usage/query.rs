@@ -12,13 +12,11 @@
 
 use std::str::FromStr;
 
-use chassis::clickhouse::{ClickHouseConfig, ClickHouseError};
+use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, DatabaseName};
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 
-use crate::migrations::{DatabaseNameError, check_database_name};
-use crate::sink::is_retryable_clickhouse;
-pub use crate::timestamp::{Timestamp, TimestampError};
+pub use super::timestamp::{Timestamp, TimestampError};
 
 /// Bucket width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -226,9 +224,6 @@ pub enum UsageQueryError {
         /// Why.
         reason: String,
     },
-    /// The configured database name is unusable. Permanent.
-    #[error(transparent)]
-    Database(#[from] DatabaseNameError),
     /// ClickHouse could not be reached. Retryable (503).
     #[error(transparent)]
     Connect(#[from] ClickHouseError),
@@ -246,9 +241,9 @@ impl UsageQueryError {
     /// Whether the same request may succeed later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::BadRange(_) | Self::BadParameter { .. } | Self::Database(_) => false,
+            Self::BadRange(_) | Self::BadParameter { .. } => false,
             Self::Connect(error) => error.is_retryable(),
-            Self::Query(error) => is_retryable_clickhouse(error),
+            Self::Query(error) => chassis::clickhouse::is_retryable(error),
         }
     }
 }
@@ -315,7 +310,7 @@ const MAX_TENANT_ID_LEN: usize = 256;
 #[derive(Clone)]
 pub struct UsageQuery {
     client: Client,
-    database: String,
+    database: DatabaseName,
 }
 
 impl std::fmt::Debug for UsageQuery {
@@ -328,19 +323,17 @@ impl std::fmt::Debug for UsageQuery {
 
 impl UsageQuery {
     /// Over an existing client (from `chassis::clickhouse::connect`, so it suits the server).
-    pub fn new(client: Client, database: &str) -> Result<Self, UsageQueryError> {
-        check_database_name(database)?;
-        Ok(Self {
+    pub fn new(client: Client, database: &DatabaseName) -> Self {
+        Self {
             client,
-            database: database.to_owned(),
-        })
+            database: database.clone(),
+        }
     }
 
     /// Connects with `config` (version probe included).
     pub async fn connect(config: &ClickHouseConfig) -> Result<Self, UsageQueryError> {
-        check_database_name(&config.database)?;
         let (client, _version) = chassis::clickhouse::connect(config).await?;
-        Self::new(client, &config.database)
+        Ok(Self::new(client, &config.database))
     }
 
     /// `tenant_id`'s usage in `request`'s range, exact (each request id counted once).

@@ -2,9 +2,11 @@
 //! taken from the authenticated key, not from the query). ClickHouse being down costs this route
 //! a 503; resizing keeps working.
 
+pub mod query;
+pub mod timestamp;
+
 use std::sync::Arc;
 
-use aggregators::query::{UsageParams, UsageQuery, UsageQueryError, UsageReport, UsageRequest};
 use axum::Json;
 use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
@@ -13,18 +15,10 @@ use chassis::clickhouse::ClickHouseConfig;
 use futures::future::BoxFuture;
 use tokio::sync::OnceCell;
 
-use super::problem;
-use super::routes::{AppState, authenticate};
+use query::{UsageParams, UsageQuery, UsageQueryError, UsageReport, UsageRequest};
 
-/// Answers usage queries. A trait so handler tests run without ClickHouse.
-pub trait UsageApi: Send + Sync + 'static {
-    /// `tenant_id`'s usage for a validated request.
-    fn report<'a>(
-        &'a self,
-        tenant_id: &'a str,
-        request: &'a UsageRequest,
-    ) -> BoxFuture<'a, Result<UsageReport, UsageQueryError>>;
-}
+use super::problem;
+use super::state::{AppState, UsageApi};
 
 /// ClickHouse-backed usage, connected on first use so the api starts without ClickHouse.
 #[derive(Debug)]
@@ -66,7 +60,7 @@ pub async fn usage(State(state): State<AppState>, request: Request) -> Response 
         .get::<chassis::http::RequestId>()
         .map(|id| id.as_str().to_owned())
         .unwrap_or_default();
-    let principal = match authenticate(state.auth.as_ref(), request.headers()) {
+    let principal = match state.authenticate(request.headers()) {
         Ok(principal) => principal,
         Err(problem) => return problem.into_response(),
     };

@@ -1,0 +1,54 @@
+//! What every api handler shares ([`AppState`]), and the seams tests swap behind traits: who is
+//! calling ([`Authenticator`]), where requests go ([`RequestPublisher`]), where usage reports come
+//! from ([`UsageApi`]).
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use futures::future::BoxFuture;
+
+use super::config::ApiConfig;
+use super::metrics::ApiMetrics;
+use super::problem::{self, Problem};
+use super::publisher::RequestPublisher;
+use super::replies::ReplyRouter;
+use super::usage::query::{UsageQueryError, UsageReport, UsageRequest};
+use crate::auth::{Authenticator, Principal};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Who is calling.
+    pub auth: Arc<dyn Authenticator>,
+    /// Where requests and api usage records go.
+    pub publisher: Arc<dyn RequestPublisher>,
+    /// Where replies come from.
+    pub replies: Arc<ReplyRouter>,
+    /// Tenant usage queries (absent when ClickHouse is not configured for this api).
+    pub usage: Option<Arc<dyn UsageApi>>,
+    /// Metrics.
+    pub metrics: ApiMetrics,
+    /// Limits and timeouts.
+    pub config: Arc<ApiConfig>,
+}
+
+impl AppState {
+    /// Authenticates a request from its `Authorization: Bearer` header (scheme in any case).
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Problem> {
+        let result = match chassis::http::bearer_token(headers) {
+            Some(key) => self.auth.authenticate(key),
+            None => Err(crate::auth::AuthError::MissingCredentials),
+        };
+        result.map_err(|error| problem::from_auth(&error))
+    }
+}
+
+/// Answers usage queries. A trait so handler tests run without ClickHouse.
+pub trait UsageApi: Send + Sync + 'static {
+    /// `tenant_id`'s usage for a validated request.
+    fn report<'a>(
+        &'a self,
+        tenant_id: &'a str,
+        request: &'a UsageRequest,
+    ) -> BoxFuture<'a, Result<UsageReport, UsageQueryError>>;
+}
