@@ -79,7 +79,10 @@ async fn records_round_trip_through_kafka_and_the_registry() {
 
     let consumer: StreamConsumer = config
         .kafka
-        .consumer_config("contracts-reader")
+        .group_consumer_config(
+            "contracts-reader",
+            chassis::kafka::ConsumerProfile::AtLeastOnce,
+        )
         .create()
         .expect("consumer");
     consumer.subscribe(&[&topic]).expect("subscribe");

@@ -257,7 +257,15 @@ async fn every_error_is_a_clean_problem_with_a_stable_code() {
         (
             &key,
             "width=10",
+            // Its APP0 segment claims 8,289 bytes: the file ends inside its headers.
             b"\xFF\xD8\xFF\xE0 a JPEG in name only".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "truncated_image",
+        ),
+        (
+            &key,
+            "width=10",
+            b"\xFF\xD8\xFF\xE0\x00\x04ab\xFF\xDA\x00\x02 no frame header".to_vec(),
             StatusCode::UNPROCESSABLE_ENTITY,
             "undecodable_image",
         ),
@@ -404,7 +412,7 @@ async fn an_unwritable_reply_is_dead_lettered_and_the_partition_moves_on() {
     let consumer: StreamConsumer = p
         .config
         .kafka
-        .consumer_config("dlq-reader")
+        .group_consumer_config("dlq-reader", chassis::kafka::ConsumerProfile::AtLeastOnce)
         .create()
         .unwrap();
     consumer.subscribe(&[&dlq_topic]).unwrap();
@@ -434,7 +442,10 @@ async fn an_unwritable_reply_is_dead_lettered_and_the_partition_moves_on() {
     let group: std::sync::Arc<rdkafka::consumer::BaseConsumer> = std::sync::Arc::new(
         p.config
             .kafka
-            .consumer_config(processors::resizer::GROUP)
+            .group_consumer_config(
+                processors::resizer::GROUP,
+                chassis::kafka::ConsumerProfile::AtLeastOnce,
+            )
             .create()
             .unwrap(),
     );
@@ -562,7 +573,7 @@ async fn poison_goes_to_the_dlq_and_the_resizer_moves_on() {
     let consumer: StreamConsumer = p
         .config
         .kafka
-        .consumer_config("dlq-reader")
+        .group_consumer_config("dlq-reader", chassis::kafka::ConsumerProfile::AtLeastOnce)
         .create()
         .unwrap();
     consumer.subscribe(&[&dlq_topic]).unwrap();

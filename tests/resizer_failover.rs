@@ -182,7 +182,10 @@ async fn a_resizer_killed_under_load_loses_and_duplicates_nothing() {
     let codec = Codec::new(&config.registry, &config.kafka.namespace);
     let consumer: StreamConsumer = config
         .kafka
-        .consumer_config("failover-usage-check")
+        .group_consumer_config(
+            "failover-usage-check",
+            chassis::kafka::ConsumerProfile::AtLeastOnce,
+        )
         .create()
         .unwrap();
     consumer

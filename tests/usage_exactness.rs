@@ -212,7 +212,10 @@ async fn wait_for_requests(config: &Config, expected: i64, what: &str) {
 async fn reset_group_to_earliest(config: &Config) {
     let consumer: BaseConsumer = config
         .kafka
-        .consumer_config(aggregators::GROUP_ID)
+        .group_consumer_config(
+            aggregators::GROUP_ID,
+            chassis::kafka::ConsumerProfile::AtLeastOnce,
+        )
         .create()
         .unwrap();
     let topic = config.kafka.name(schemas::topics::USAGE_EVENTS);

@@ -88,7 +88,8 @@ pub async fn run(
     let topic = kafka.name(schemas::topics::USAGE_EVENTS);
     let context = AggregatorContext::new(topic.clone(), metrics.lag.clone());
     let inbox = context.inbox();
-    let mut consumer_config = kafka.consumer_config(GROUP_ID);
+    let mut consumer_config =
+        kafka.group_consumer_config(GROUP_ID, chassis::kafka::ConsumerProfile::AtLeastOnce);
     // Lag per partition comes from librdkafka's statistics (see `AggregatorContext::stats`).
     consumer_config.set("statistics.interval.ms", "5000");
     let consumer = kafka.consumer(&consumer_config, context)?;

@@ -52,6 +52,28 @@ fn default_max_message_bytes() -> usize {
     9 * 1024 * 1024
 }
 
+/// How a producer trades latency for batching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProducerProfile {
+    /// Sends at once (`linger.ms=0`): a client is waiting on every record (the api's requests).
+    LowLatency,
+    /// Waits up to 1 ms to batch (`linger.ms=1`): output of consumers under load.
+    Batched,
+}
+
+/// How a group consumer's offsets move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerProfile {
+    /// Offsets stored by the application once its work is durable, committed in the background;
+    /// a new group starts at the earliest record (the usage aggregator, tests' readers).
+    AtLeastOnce,
+    /// Offsets committed inside the producer's transactions, never by the consumer (resizers).
+    Transactional,
+    /// Nothing committed; a new owner of a partition starts at its end, with minimal fetch wait
+    /// (the api's reply reader: only replies written while it owns a partition matter).
+    LatestNoCommit,
+}
+
 /// Why a Kafka client could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
@@ -94,9 +116,9 @@ impl KafkaConfig {
         config
     }
 
-    /// An idempotent producer: `acks=all`, no duplicates or reordering on retry.
+    /// An idempotent producer ([`ProducerProfile::Batched`]).
     pub fn producer(&self) -> Result<FutureProducer, KafkaSetupError> {
-        self.producer_config()
+        self.producer_config(ProducerProfile::Batched)
             .create()
             .map_err(|source| KafkaSetupError::Create {
                 role: "producer",
@@ -104,7 +126,10 @@ impl KafkaConfig {
             })
     }
 
-    fn producer_config(&self) -> ClientConfig {
+    /// The settings of an idempotent producer: `acks=all`, no duplicates or reordering on retry,
+    /// delivery bounded by `delivery_timeout`, a bounded in-process queue, and the `profile`'s
+    /// linger.
+    pub fn producer_config(&self, profile: ProducerProfile) -> ClientConfig {
         let mut config = self.client_config();
         config
             .set("enable.idempotence", "true")
@@ -113,8 +138,13 @@ impl KafkaConfig {
                 "message.timeout.ms",
                 self.delivery_timeout.as_millis().to_string(),
             )
-            // Requests are latency-sensitive; a 1 ms linger still batches under load.
-            .set("linger.ms", "1")
+            .set(
+                "linger.ms",
+                match profile {
+                    ProducerProfile::LowLatency => "0",
+                    ProducerProfile::Batched => "1",
+                },
+            )
             // Bounded in-process buffer: produce fails fast with QueueFull instead of growing.
             .set("queue.buffering.max.kbytes", "262144")
             .set("queue.buffering.max.messages", "100000");
@@ -129,7 +159,7 @@ impl KafkaConfig {
     ) -> Result<FutureProducer, KafkaSetupError> {
         let transactional_id = self.name(transactional_id);
         let producer: FutureProducer = self
-            .producer_config()
+            .producer_config(ProducerProfile::Batched)
             .set("transactional.id", &transactional_id)
             .set("transaction.timeout.ms", "30000")
             .create()
@@ -150,16 +180,15 @@ impl KafkaConfig {
         Ok(producer)
     }
 
-    /// Consumer settings for at-least-once (or transactional) processing: no automatic offset
-    /// store, read only committed records, fetch sizes that fit the largest record.
-    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+    /// Settings of a member of consumer group `group_id` (namespaced): reads only committed
+    /// records, cooperative-sticky assignment, fetch sizes that fit the largest record, a bounded
+    /// prefetch buffer, and the offset handling of `profile`.
+    pub fn group_consumer_config(&self, group_id: &str, profile: ConsumerProfile) -> ClientConfig {
         let mut config = self.client_config();
         config
             .set("group.id", self.name(group_id))
+            // Offsets are stored by the application after its work is durable, never on receipt.
             .set("enable.auto.offset.store", "false")
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "10000")
@@ -170,6 +199,45 @@ impl KafkaConfig {
             )
             // Bound librdkafka's prefetch buffer: memory stays flat however far behind we are.
             .set("queued.max.messages.kbytes", "65536");
+        match profile {
+            ConsumerProfile::AtLeastOnce => config
+                .set("enable.auto.commit", "true")
+                .set("auto.commit.interval.ms", "1000")
+                .set("auto.offset.reset", "earliest"),
+            ConsumerProfile::Transactional => config
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest"),
+            ConsumerProfile::LatestNoCommit => config
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "latest")
+                // Latency-critical: the broker must not hold fetches to fill them.
+                .set("fetch.wait.max.ms", "10")
+                .set("fetch.min.bytes", "1"),
+        };
+        config
+    }
+
+    /// Settings of an assign-only reader that tails a whole topic from the beginning, as every
+    /// instance's private copy: no group membership, no commits, committed records only, fetches
+    /// that return within `fetch_wait_max`, and a small prefetch (for small records).
+    pub fn reader_config(&self, fetch_wait_max: Duration) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            // librdkafka's assign() wants a group id, but a consumer that only assigns and never
+            // commits never joins or creates the group on the broker: no group coordination, no
+            // committed offsets, and every reader sees the whole topic. Unique per reader anyway.
+            .set(
+                "group.id",
+                self.name(&format!("reader-{}", uuid::Uuid::new_v4().simple())),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", fetch_wait_max.as_millis().to_string())
+            .set("fetch.min.bytes", "1")
+            .set("fetch.error.backoff.ms", "100")
+            .set("queued.max.messages.kbytes", "16384");
         config
     }
 

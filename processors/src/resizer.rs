@@ -18,7 +18,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chassis::kafka::{KafkaConfig, log_rebalance};
+use chassis::kafka::{ConsumerProfile, KafkaConfig, log_rebalance};
 use chassis::{RetryPolicy, ServiceContext};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -249,9 +249,7 @@ pub async fn run(
         .await?;
 
     let context = RebalanceLog::default();
-    let mut consumer_config = kafka.consumer_config(GROUP);
-    // Offsets are committed inside transactions, never by the consumer itself.
-    consumer_config.set("enable.auto.commit", "false");
+    let consumer_config = kafka.group_consumer_config(GROUP, ConsumerProfile::Transactional);
     let consumer: StreamConsumer<RebalanceLog> =
         kafka.consumer(&consumer_config, context.clone())?;
     let requests_topic = kafka.name(IMAGE_REQUESTS);

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use chassis::kafka::KafkaConfig;
 use futures::future::BoxFuture;
+use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, ClientContext};
 use schemas::Codec;
 use schemas::events::{ResizeRequested, UsageRecorded};
 
@@ -100,17 +100,8 @@ impl KafkaPublisher {
         let health = BrokerHealth {
             up: Arc::new(AtomicBool::new(true)),
         };
-        let mut config: ClientConfig = kafka.client_config();
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "0")
-            .set(
-                "message.timeout.ms",
-                kafka.delivery_timeout.as_millis().to_string(),
-            )
-            .set("queue.buffering.max.kbytes", "262144");
-        let producer = config
+        let producer = kafka
+            .producer_config(chassis::kafka::ProducerProfile::LowLatency)
             .create_with_context(health.clone())
             .map_err(|source| chassis::kafka::KafkaSetupError::Create {
                 role: "api producer",

@@ -2,8 +2,10 @@
 //! reply on them to the request waiting for it.
 //!
 //! Ownership comes from consumer group `api-replies` (static membership when `api.instance_id` is
-//! set, so a restart does not move partitions). A partition is offered to new requests only once
-//! its fetch position is known, so no reply can be written before this instance reads from there.
+//! set, so a restart does not move partitions), learnt from the group's rebalance callbacks
+//! ([`ReplyOwnership`]): a revoked partition stops being offered before the consumer gives it up;
+//! an assigned one is offered only once its fetch position is set to its end, so no reply can be
+//! written there before this instance reads from there.
 //! Waiting requests sit in a bounded map keyed by request id; a reply nobody waits for (late, or
 //! meant for a request whose client left) is dropped without being decoded, and counted.
 
@@ -12,13 +14,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use chassis::kafka::{KafkaConfig, RebalanceLogger};
+use chassis::kafka::{KafkaConfig, log_rebalance};
 use chassis::{Readiness, Shutdown};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message, Offset};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::{ClientContext, Message, Offset};
 use schemas::Codec;
 use schemas::events::ResizeResult;
 use schemas::topics::IMAGE_RESULTS;
+use tokio::sync::Notify;
 use tokio::sync::oneshot;
 
 use super::metrics::ApiMetrics;
@@ -184,24 +187,15 @@ pub fn start_reader(
     ctx: &chassis::ServiceContext,
 ) -> Result<(), ReplyReaderError> {
     let (readiness, shutdown) = (ctx.readiness.clone(), ctx.shutdown.clone());
-    let mut config = kafka.consumer_config(GROUP);
-    config
-        // Only replies written after we own a partition matter; older ones answer requests that
-        // are gone. Nothing is committed: a new owner starts at the end.
-        .set("auto.offset.reset", "latest")
-        .set("enable.auto.commit", "false")
-        // Replies are latency-critical: do not let the broker hold fetches to fill them.
-        .set("fetch.wait.max.ms", "10")
-        .set("fetch.min.bytes", "1");
+    // Only replies written after we own a partition matter; older ones answer requests that are
+    // gone. Nothing is committed: a new owner starts at the end.
+    let mut config =
+        kafka.group_consumer_config(GROUP, chassis::kafka::ConsumerProfile::LatestNoCommit);
     if !instance_id.is_empty() {
         config.set("group.instance.id", format!("api-{instance_id}"));
     }
-    let consumer: StreamConsumer<RebalanceLogger> = kafka.consumer(
-        &config,
-        RebalanceLogger {
-            consumer: "api-replies",
-        },
-    )?;
+    let ownership = ReplyOwnership::new(router.clone(), readiness.clone());
+    let consumer: StreamConsumer<ReplyOwnership> = kafka.consumer(&config, ownership)?;
     consumer
         .subscribe(&[router.topic()])
         .map_err(ReplyReaderError::Subscribe)?;
@@ -214,7 +208,7 @@ pub fn start_reader(
 }
 
 async fn read_replies(
-    consumer: StreamConsumer<RebalanceLogger>,
+    consumer: StreamConsumer<ReplyOwnership>,
     router: Arc<ReplyRouter>,
     codec: Arc<Codec>,
     metrics: ApiMetrics,
@@ -222,13 +216,23 @@ async fn read_replies(
     shutdown: Shutdown,
 ) {
     let consumer = Arc::new(consumer);
-    let mut positioned = BTreeSet::new();
-    let mut ownership_tick = tokio::time::interval(Duration::from_millis(50));
+    // Partitions whose positioning failed are tried again after this pause.
+    let mut retry: Option<tokio::time::Instant> = None;
     loop {
+        let assigned = consumer.context().assigned.notified();
+        let retry_due = async {
+            match retry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shutdown.wait() => break,
-            _ = ownership_tick.tick() => {
-                refresh_ownership(&consumer, &router, &readiness, &mut positioned).await;
+            () = assigned => {
+                retry = position_new_partitions(&consumer, router.topic()).await;
+            }
+            () = retry_due => {
+                retry = position_new_partitions(&consumer, router.topic()).await;
             }
             received = consumer.recv() => match received {
                 Ok(message) => {
@@ -256,61 +260,148 @@ async fn read_replies(
     readiness.not_ready(READINESS, "stopped");
 }
 
-/// Offers new requests the assigned partitions that are positioned. A newly assigned partition
-/// is first moved to its current end offset (explicitly, not through `auto.offset.reset`, whose
-/// effect cannot be observed), so any reply written after it is offered is read.
-async fn refresh_ownership(
-    consumer: &Arc<StreamConsumer<RebalanceLogger>>,
-    router: &ReplyRouter,
-    readiness: &Readiness,
-    positioned: &mut BTreeSet<i32>,
-) {
-    let Ok(assignment) = consumer.assignment() else {
-        return;
-    };
-    let assigned: BTreeSet<i32> = assignment
-        .elements()
-        .iter()
-        .map(|e| e.partition())
-        .collect();
-    positioned.retain(|p| assigned.contains(p));
-    let fresh: Vec<i32> = assigned.difference(positioned).copied().collect();
-    if !fresh.is_empty() {
-        let consumer = Arc::clone(consumer);
-        let topic = router.topic().to_owned();
-        // Watermark look-ups and seeks are blocking broker calls: keep them off the runtime.
-        let done = tokio::task::spawn_blocking(move || {
-            fresh
-                .into_iter()
-                .filter(|&partition| {
-                    consumer
-                        .fetch_watermarks(&topic, partition, Duration::from_secs(2))
-                        .and_then(|(_, end)| {
-                            consumer.seek(
-                                &topic,
-                                partition,
-                                Offset::Offset(end),
-                                Duration::from_secs(2),
-                            )
-                        })
-                        .is_ok()
-                })
-                .collect::<Vec<i32>>()
-        })
-        .await
-        .unwrap_or_default();
-        positioned.extend(done);
-    }
-    let owned: Vec<i32> = positioned.iter().copied().collect();
-    if owned != router.owned() {
-        tracing::info!(partitions = ?owned, "Reply partitions owned");
-        if owned.is_empty() {
-            readiness.not_ready(READINESS, "no reply partition assigned");
-        } else {
-            readiness.ready(READINESS);
+/// The reply partitions this instance owns, as the group's rebalance callbacks say (they run on
+/// the consumer's poll, inside `recv`): revoked partitions leave the router at once, before the
+/// consumer gives them up; assigned ones wait in `unpositioned` until the reader has moved them
+/// to their end offset.
+pub struct ReplyOwnership {
+    router: Arc<ReplyRouter>,
+    readiness: Readiness,
+    /// Assigned, positioned and offered to new requests.
+    offered: Mutex<BTreeSet<i32>>,
+    /// Assigned, not yet positioned.
+    unpositioned: Mutex<BTreeSet<i32>>,
+    /// Woken when `unpositioned` gains partitions.
+    assigned: Notify,
+}
+
+impl ReplyOwnership {
+    fn new(router: Arc<ReplyRouter>, readiness: Readiness) -> Self {
+        Self {
+            router,
+            readiness,
+            offered: Mutex::new(BTreeSet::new()),
+            unpositioned: Mutex::new(BTreeSet::new()),
+            assigned: Notify::new(),
         }
-        router.set_owned(owned);
     }
+
+    /// Offers `partitions` (now positioned) to new requests, if they are still assigned.
+    fn offer(&self, partitions: &[i32]) {
+        let mut unpositioned = self
+            .unpositioned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut offered = self.offered.lock().unwrap_or_else(PoisonError::into_inner);
+        for partition in partitions {
+            if unpositioned.remove(partition) {
+                offered.insert(*partition);
+            }
+        }
+        drop(unpositioned);
+        self.publish(&offered);
+    }
+
+    fn revoke(&self, partitions: &[i32]) {
+        let mut offered = self.offered.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut unpositioned = self
+            .unpositioned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for partition in partitions {
+            offered.remove(partition);
+            unpositioned.remove(partition);
+        }
+        drop(unpositioned);
+        self.publish(&offered);
+    }
+
+    fn publish(&self, offered: &BTreeSet<i32>) {
+        let owned: Vec<i32> = offered.iter().copied().collect();
+        if owned != self.router.owned() {
+            tracing::info!(partitions = ?owned, "Reply partitions owned");
+            if owned.is_empty() {
+                self.readiness
+                    .not_ready(READINESS, "no reply partition assigned");
+            } else {
+                self.readiness.ready(READINESS);
+            }
+            self.router.set_owned(owned);
+        }
+    }
+
+    fn unpositioned(&self) -> Vec<i32> {
+        let unpositioned = self
+            .unpositioned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        unpositioned.iter().copied().collect()
+    }
+}
+
+impl ClientContext for ReplyOwnership {}
+
+impl ConsumerContext for ReplyOwnership {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        log_rebalance(GROUP, "Rebalance starting", rebalance);
+        if let Rebalance::Revoke(list) = rebalance {
+            let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            self.revoke(&partitions);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        log_rebalance(GROUP, "Rebalance done", rebalance);
+        if let Rebalance::Assign(list) = rebalance {
+            let mut unpositioned = self
+                .unpositioned
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            unpositioned.extend(list.elements().iter().map(|e| e.partition()));
+            drop(unpositioned);
+            self.assigned.notify_one();
+        }
+    }
+}
+
+/// Moves each newly assigned partition to its current end offset (explicitly, not through
+/// `auto.offset.reset`, whose effect cannot be observed) and then offers it. A partition whose
+/// broker calls fail stays unpositioned; the returned instant says when to try again.
+async fn position_new_partitions(
+    consumer: &Arc<StreamConsumer<ReplyOwnership>>,
+    topic: &str,
+) -> Option<tokio::time::Instant> {
+    let fresh = consumer.context().unpositioned();
+    if fresh.is_empty() {
+        return None;
+    }
+    let positioner = Arc::clone(consumer);
+    let topic = topic.to_owned();
+    // Watermark look-ups and seeks are blocking broker calls: keep them off the runtime.
+    let done = tokio::task::spawn_blocking(move || {
+        fresh
+            .into_iter()
+            .filter(|&partition| {
+                positioner
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(2))
+                    .and_then(|(_, end)| {
+                        positioner.seek(
+                            &topic,
+                            partition,
+                            Offset::Offset(end),
+                            Duration::from_secs(2),
+                        )
+                    })
+                    .is_ok()
+            })
+            .collect::<Vec<i32>>()
+    })
+    .await
+    .unwrap_or_default();
+    let context = consumer.context();
+    context.offer(&done);
+    (!context.unpositioned().is_empty())
+        .then(|| tokio::time::Instant::now() + Duration::from_millis(200))
 }
 
 /// The reply topic of a deployment.
@@ -366,6 +457,27 @@ mod tests {
             !router.deliver(result("a")),
             "the departed client's reply is dropped"
         );
+    }
+
+    #[test]
+    fn only_assigned_and_positioned_partitions_are_offered_and_revocation_is_immediate() {
+        let router = ReplyRouter::new("replies".into(), 10);
+        let ownership = ReplyOwnership::new(router.clone(), Readiness::default());
+        ownership.unpositioned.lock().unwrap().extend([1, 2]);
+        assert!(
+            router.owned().is_empty(),
+            "nothing offered before positioning"
+        );
+        ownership.offer(&[1, 7]);
+        assert_eq!(router.owned(), vec![1], "7 was never assigned");
+        ownership.revoke(&[1, 2]);
+        assert!(router.owned().is_empty());
+        ownership.offer(&[2]);
+        assert!(
+            router.owned().is_empty(),
+            "2 was revoked before it was positioned"
+        );
+        assert!(ownership.unpositioned().is_empty());
     }
 
     #[test]

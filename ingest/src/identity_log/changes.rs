@@ -10,7 +10,7 @@ use std::time::Duration;
 use chassis::kafka::KafkaConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use schemas::events::IdentityChange;
 use schemas::{Codec, CodecError, topics};
 
@@ -132,29 +132,11 @@ impl ChangesReader {
         shutdown: &chassis::Shutdown,
     ) -> Result<Self, ChangesError> {
         let topic = kafka.name(topics::IDENTITY_CHANGES);
-        let mut config: ClientConfig = kafka.client_config();
-        config
-            // librdkafka's assign() wants a group id, but a consumer that only assigns and never
-            // commits never joins or creates the group on the broker: no group coordination, no
-            // committed offsets, and every reader sees the whole topic. Unique per reader anyway.
-            .set(
-                "group.id",
-                kafka.name(&format!(
-                    "identity-reader-{}",
-                    uuid::Uuid::new_v4().simple()
-                )),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            // Aborted writes of a fenced identity instance are never applied.
-            .set("isolation.level", "read_committed")
-            .set("fetch.wait.max.ms", fetch_wait_max.as_millis().to_string())
-            .set("fetch.min.bytes", "1")
-            .set("fetch.error.backoff.ms", "100")
-            // Identity records are small; a small prefetch keeps each instance's memory flat.
-            .set("queued.max.messages.kbytes", "16384");
-        let consumer: StreamConsumer = config.create().map_err(ChangesError::Consumer)?;
+        // Committed records only: aborted writes of a fenced identity instance are never applied.
+        let consumer: StreamConsumer = kafka
+            .reader_config(fetch_wait_max)
+            .create()
+            .map_err(ChangesError::Consumer)?;
         let consumer = Arc::new(consumer);
         // A topic created moments ago may not have leaders yet: wait a bounded time for them.
         let mut backoff = METADATA_WAIT.backoff();
