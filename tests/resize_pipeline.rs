@@ -604,3 +604,70 @@ async fn poison_goes_to_the_dlq_and_the_resizer_moves_on() {
     assert_eq!(seen, ["poison-0", "poison-1", "poison-2"]);
     p.hosted.stop().await;
 }
+
+/// A client's W3C trace travels with its request: the api continues it on the request record,
+/// the resizer on the reply; every hop keeps the trace id and adds its own span id.
+#[tokio::test]
+async fn a_clients_trace_travels_through_kafka_and_back() {
+    let p = pipeline("pipeline_trace", ALL, |_| {}).await;
+    let client = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let reader = |group: &str, topic: &str| {
+        let consumer: StreamConsumer = p
+            .config
+            .kafka
+            .group_consumer_config(group, chassis::kafka::ConsumerProfile::AtLeastOnce)
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&p.config.kafka.name(topic)]).unwrap();
+        consumer
+    };
+    let requests = reader("trace-requests", schemas::topics::IMAGE_REQUESTS);
+    let replies = reader("trace-replies", schemas::topics::IMAGE_RESULTS);
+    let response = p
+        .http
+        .post(format!("http://{}/v1/resize?width=8", p.api))
+        .bearer_auth(&p.key.api_key)
+        .header("traceparent", client)
+        .body(images::jpeg(64, 48))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // The traceparent of the record with this request id (the key of both topics).
+    let traceparent_of = |consumer: StreamConsumer| {
+        let request_id = request_id.clone();
+        async move {
+            loop {
+                let message = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+                    .await
+                    .expect("the record arrives")
+                    .unwrap();
+                if message.key() != Some(request_id.as_bytes()) {
+                    continue;
+                }
+                let headers = message.headers().expect("headers");
+                let value = headers
+                    .iter()
+                    .find(|h| h.key == "traceparent")
+                    .and_then(|h| h.value)
+                    .expect("a traceparent header");
+                return String::from_utf8(value.to_vec()).unwrap();
+            }
+        }
+    };
+    let on_request = traceparent_of(requests).await;
+    let on_reply = traceparent_of(replies).await;
+    for (hop, value) in [("request", &on_request), ("reply", &on_reply)] {
+        let fields: Vec<&str> = value.split('-').collect();
+        assert_eq!(fields.len(), 4, "{hop}: {value}");
+        assert_eq!(fields[1], trace_id, "{hop}: the client's trace continues");
+        assert_ne!(value, client, "{hop}: a span of its own");
+    }
+    assert_ne!(on_request, on_reply, "the resizer is a hop of its own");
+    p.hosted.stop().await;
+}

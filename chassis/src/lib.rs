@@ -14,6 +14,7 @@ pub mod shutdown;
 pub mod stall;
 pub mod tasks;
 pub mod telemetry;
+pub mod trace;
 
 pub use config::{ConfigError, Validate, load_config};
 pub use context::ServiceContext;

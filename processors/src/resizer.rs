@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chassis::kafka::{ConsumerProfile, KafkaConfig, log_rebalance};
+use chassis::trace::{TRACEPARENT, TraceContext};
 use chassis::{RetryPolicy, ServiceContext};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -34,6 +35,7 @@ use schemas::events::{
 use schemas::topics::{IMAGE_REQUESTS, IMAGE_REQUESTS_DLQ};
 use schemas::{Codec, CodecError};
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use crate::config::ResizerConfig;
 use crate::kernel::{self, KernelError, Limits, Resized};
@@ -42,8 +44,6 @@ use crate::offsets::{OffsetTracker, TakenRange};
 
 /// Consumer group of all resizers.
 pub const GROUP: &str = "resizers";
-/// Header carrying the W3C trace context from the api through to the reply.
-pub const TRACEPARENT: &str = "traceparent";
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the resizer stopped.
@@ -191,7 +191,8 @@ struct Pending {
     request: ResizeRequested,
     bytes_in: usize,
     queue: Duration,
-    traceparent: Option<Vec<u8>>,
+    /// This resizer's hop of the request's trace (continued from the record's `traceparent`).
+    trace: TraceContext,
 }
 
 /// Rebalances seen by the consumer, drained by the loop after every poll.
@@ -342,7 +343,10 @@ impl Worker {
                         Err(error) => tracing::warn!(%error, "Consumer error; retrying"),
                     }
                 }
-                Some((pending, done)) = self.jobs.next() => self.finish(pending, done).await?,
+                Some((pending, done)) = self.jobs.next() => {
+                    let span = pending.trace.span(&pending.request.request_id);
+                    self.finish(pending, done).instrument(span).await?;
+                }
                 _ = flush_tick.tick() => self.flush().await?,
                 _ = lag_tick.tick() => self.update_lag(),
             }
@@ -362,7 +366,10 @@ impl Worker {
         let deadline = tokio::time::Instant::now() + chassis::shutdown::DRAIN_DEADLINE;
         while !self.jobs.is_empty() {
             match tokio::time::timeout_at(deadline, self.jobs.next()).await {
-                Ok(Some((pending, done))) => self.finish(pending, done).await?,
+                Ok(Some((pending, done))) => {
+                    let span = pending.trace.span(&pending.request.request_id);
+                    self.finish(pending, done).instrument(span).await?;
+                }
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(abandoned = self.jobs.len(), "Drain deadline passed");
@@ -436,15 +443,17 @@ impl Worker {
             headers
                 .iter()
                 .find(|h| h.key == TRACEPARENT)
-                .and_then(|h| h.value.map(<[u8]>::to_vec))
+                .and_then(|h| h.value)
+                .and_then(|value| std::str::from_utf8(value).ok())
         });
+        let trace = TraceContext::continue_or_start(traceparent);
         self.submit(Pending {
             partition,
             offset,
             bytes_in: request.image.len(),
             request,
             queue,
-            traceparent,
+            trace,
         });
     }
 
@@ -455,7 +464,10 @@ impl Worker {
         let params = pending.request.params.clone();
         let deadline_ms = pending.request.deadline_at_ms;
         let limits = self.limits;
+        let span = pending.trace.span(&pending.request.request_id);
         self.pool.spawn(move || {
+            // The kernel's own log lines carry the request's trace id.
+            let _entered = span.enter();
             let cpu = cpu_time::ThreadTime::now();
             let result = if now_ms() > deadline_ms {
                 Err(JobError::DeadlineExceeded)
@@ -584,13 +596,11 @@ impl Worker {
         let Some(usage_payload) = self.encode_retrying(&usage).await? else {
             return Ok(());
         };
-        let mut headers = OwnedHeaders::new();
-        if let Some(traceparent) = &pending.traceparent {
-            headers = headers.insert(Header {
-                key: TRACEPARENT,
-                value: Some(traceparent),
-            });
-        }
+        let traceparent = pending.trace.header();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: TRACEPARENT,
+            value: Some(&traceparent),
+        });
         let source = (pending.partition, pending.offset);
         let outputs = vec![
             OutRecord {

@@ -16,14 +16,16 @@ use axum::Router;
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chassis::http::RequestId;
+use chassis::trace::{TRACEPARENT, TraceContext};
 use schemas::events::{
     ImageFormat, ResizeRequested, ResizeResult, UsageRecorded, UsageSource, outcomes,
 };
 use tower::ServiceBuilder;
+use tracing::Instrument as _;
 
 use super::metrics::ApiMetrics;
 use super::params;
@@ -59,14 +61,23 @@ async fn resize(State(state): State<AppState>, request: Request) -> Response {
         .get::<RequestId>()
         .cloned()
         .unwrap_or_else(RequestId::generate);
-    let (response, outcome) =
-        match handle_resize(&state, request, request_id.as_str(), received).await {
-            Ok(response) => (response, outcomes::OK.to_owned()),
-            Err(problem) => {
-                let code = problem.code.to_string();
-                (problem.into_response(), code)
-            }
-        };
+    // The client's trace continued (or a new one): sent on with the request, and on every log
+    // line of it.
+    let trace = TraceContext::continue_or_start(
+        request
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let span = trace.span(request_id.as_str());
+    let handled = handle_resize(&state, request, request_id.as_str(), received, &trace);
+    let (response, outcome) = match handled.instrument(span).await {
+        Ok(response) => (response, outcomes::OK.to_owned()),
+        Err(problem) => {
+            let code = problem.code.to_string();
+            (problem.into_response(), code)
+        }
+    };
     state
         .metrics
         .request_seconds
@@ -100,6 +111,7 @@ async fn handle_resize(
     request: Request,
     request_id: &str,
     received: Received,
+    trace: &TraceContext,
 ) -> Result<Response, Problem> {
     let (parts, body) = request.into_parts();
     let principal = state.authenticate(&parts.headers)?;
@@ -205,7 +217,7 @@ async fn handle_resize(
         reply_topic: state.replies.topic().to_owned(),
         reply_partition: slot.partition,
     };
-    let traceparent = traceparent(&parts.headers);
+    let traceparent = trace.header();
     let produce_started = Instant::now();
     let remaining = timeout.saturating_sub(received.at.elapsed());
     let produced = tokio::time::timeout(remaining, state.publisher.publish(&event, &traceparent));
@@ -472,26 +484,6 @@ impl axum::body::HttpBody for DeliveredBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// The W3C trace context to send on: the client's trace id (a new span), or a new trace.
-fn traceparent(headers: &HeaderMap) -> String {
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    let incoming = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let parts: Vec<&str> = v.split('-').collect();
-            match parts.as_slice() {
-                ["00", trace, _, flags]
-                    if trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) =>
-                {
-                    Some(format!("00-{trace}-{span}-{flags}"))
-                }
-                _ => None,
-            }
-        });
-    incoming.unwrap_or_else(|| format!("00-{}-{span}-01", uuid::Uuid::new_v4().simple()))
 }
 
 /// Counts a request as in flight for as long as it lives.
