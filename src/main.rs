@@ -77,6 +77,8 @@ fn main() -> ExitCode {
 }
 
 fn start(cli: Cli) -> anyhow::Result<()> {
+    // Fault points named in FAILPOINTS take effect (only in `failpoints` builds, for tests).
+    let _faults = fail::FailScenario::setup();
     let config: Config = chassis::load_config(cli.config.as_deref())?;
     chassis::telemetry::init(&config.telemetry);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -433,6 +433,8 @@ async fn tail(
             () = shutdown.wait() => return,
             message = reader.consumer().recv() => message,
         };
+        // A fault point for the supervision test: a panic here must stop the whole process.
+        fail::fail_point!("identity-tail-record");
         let message = match message {
             Ok(message) => message,
             Err(error) => {
