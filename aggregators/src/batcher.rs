@@ -1,4 +1,7 @@
-//! Per-partition batches bounded by size and age, and the ownership state of each partition.
+//! Per-partition batches bounded by size and age, the ownership state of each partition, and
+//! the protocol of writing a batch ([`Batcher::next_write`], [`Batcher::sent`],
+//! [`Batcher::rechecked`]): after a failed INSERT, whose effect is unknown, the next step is
+//! always a recheck of what ClickHouse holds, never a blind re-send.
 //!
 //! Invariant: a partition is `Active` only after its next offset was read from ClickHouse, and
 //! records are taken only at or after that offset, in order. So a record whose offset ClickHouse
@@ -14,16 +17,40 @@ use crate::sink::{RejectRow, UsageRow};
 #[derive(Debug, Default)]
 pub(crate) struct PartitionBatch {
     /// Decoded records, in offset order.
-    pub(crate) rows: Vec<UsageRow>,
+    rows: Vec<UsageRow>,
     /// Undecodable records, in offset order.
-    pub(crate) rejects: Vec<RejectRow>,
+    rejects: Vec<RejectRow>,
     /// When the oldest pending record arrived.
     opened_at: Option<Instant>,
     /// Set after a failed write: what was applied is unknown, so the next attempt first asks
     /// ClickHouse which offsets it holds.
-    pub(crate) needs_recheck: bool,
+    needs_recheck: bool,
     /// The `query_id` of the last INSERT sent for this batch.
-    pub(crate) last_query_id: Option<String>,
+    last_query_id: Option<String>,
+}
+
+/// The next step of writing one partition's batch.
+#[derive(Debug, PartialEq)]
+pub(crate) enum NextWrite<'a> {
+    /// A previous INSERT failed and may have been applied: wait until the server no longer runs
+    /// `query_id` (when known), read the partition's stored offset and report it with
+    /// [`Batcher::rechecked`].
+    Recheck { query_id: Option<String> },
+    /// INSERT these usage rows (the oldest first), then report with [`Batcher::sent`].
+    Rows(&'a [UsageRow]),
+    /// INSERT these reject rows, then report with [`Batcher::sent`].
+    Rejects(&'a [RejectRow]),
+    /// Nothing left to write.
+    Done,
+}
+
+/// Which kind of rows an INSERT carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowKind {
+    /// `usage_raw`.
+    Usage,
+    /// `usage_rejects`.
+    Rejects,
 }
 
 impl PartitionBatch {
@@ -43,7 +70,7 @@ impl PartitionBatch {
     }
 
     /// Drops records at or below `stored` (ClickHouse already holds them); returns how many.
-    pub(crate) fn drop_through(&mut self, stored: i64) -> usize {
+    fn drop_through(&mut self, stored: i64) -> usize {
         let before = self.len();
         self.rows.retain(|r| r.kafka_offset > stored);
         self.rejects.retain(|r| r.kafka_offset > stored);
@@ -215,16 +242,85 @@ impl Batcher {
             .collect()
     }
 
-    /// The batch of an active partition, to write from.
-    pub(crate) fn batch_mut(&mut self, partition: i32) -> Option<&mut PartitionBatch> {
+    fn batch(&self, partition: i32) -> Option<&PartitionBatch> {
+        match self.partitions.get(&partition) {
+            Some(PartitionState::Active { batch, .. }) => Some(batch),
+            _ => None,
+        }
+    }
+
+    fn batch_mut(&mut self, partition: i32) -> Option<&mut PartitionBatch> {
         match self.partitions.get_mut(&partition) {
             Some(PartitionState::Active { batch, .. }) => Some(batch),
             _ => None,
         }
     }
 
+    /// The highest offset pending in `partition`'s batch.
+    pub(crate) fn last_offset(&self, partition: i32) -> Option<i64> {
+        self.batch(partition)?.last_offset()
+    }
+
+    /// What writing `partition` needs next: a recheck after a failure, else up to `max` usage
+    /// rows, then up to `max` reject rows. A revoked partition has nothing to write.
+    pub(crate) fn next_write(&self, partition: i32, max: usize) -> NextWrite<'_> {
+        let Some(batch) = self.batch(partition) else {
+            return NextWrite::Done;
+        };
+        if batch.needs_recheck {
+            NextWrite::Recheck {
+                query_id: batch.last_query_id.clone(),
+            }
+        } else if !batch.rows.is_empty() {
+            NextWrite::Rows(&batch.rows[..batch.rows.len().min(max)])
+        } else if !batch.rejects.is_empty() {
+            NextWrite::Rejects(&batch.rejects[..batch.rejects.len().min(max)])
+        } else {
+            NextWrite::Done
+        }
+    }
+
+    /// Reports an INSERT of the first `count` rows of `kind` sent as `query_id`: on success they
+    /// leave the batch; on failure the batch needs a recheck before anything is sent again.
+    pub(crate) fn sent(
+        &mut self,
+        partition: i32,
+        kind: RowKind,
+        count: usize,
+        query_id: &str,
+        succeeded: bool,
+    ) {
+        let Some(batch) = self.batch_mut(partition) else {
+            return;
+        };
+        batch.last_query_id = Some(query_id.to_owned());
+        if !succeeded {
+            batch.needs_recheck = true;
+            return;
+        }
+        match kind {
+            RowKind::Usage => drop(batch.rows.drain(..count)),
+            RowKind::Rejects => drop(batch.rejects.drain(..count)),
+        }
+        self.written(partition, count);
+    }
+
+    /// Reports the recheck asked for by [`NextWrite::Recheck`]: `stored` is the partition's
+    /// highest offset in ClickHouse. Drops what is already stored; returns how many records.
+    pub(crate) fn rechecked(&mut self, partition: i32, stored: Option<i64>) -> usize {
+        let Some(batch) = self.batch_mut(partition) else {
+            return 0;
+        };
+        batch.needs_recheck = false;
+        let dropped = stored.map_or(0, |stored| batch.drop_through(stored));
+        if dropped > 0 {
+            self.written(partition, dropped);
+        }
+        dropped
+    }
+
     /// Accounts for `count` records of `partition` written (or found already stored).
-    pub(crate) fn written(&mut self, partition: i32, count: usize) {
+    fn written(&mut self, partition: i32, count: usize) {
         self.pending -= count;
         if let Some(batch) = self.batch_mut(partition) {
             batch.mark_written();
@@ -334,11 +430,30 @@ mod tests {
             error: "x".into(),
             payload_size: 1,
         });
-        let batch = b.batch_mut(0).expect("active");
-        assert_eq!(batch.last_offset(), Some(5));
-        assert_eq!(batch.drop_through(2), 3);
-        assert_eq!(batch.rows.first().map(|r| r.kafka_offset), Some(3));
-        b.written(0, 3);
+        assert_eq!(b.last_offset(0), Some(5));
+        // An INSERT of the first rows fails: whatever comes next is a recheck, not a re-send.
+        let NextWrite::Rows(rows) = b.next_write(0, 4) else {
+            panic!("rows first");
+        };
+        assert_eq!(rows.len(), 4);
+        b.sent(0, RowKind::Usage, 4, "q1", false);
+        assert_eq!(
+            b.next_write(0, 4),
+            NextWrite::Recheck {
+                query_id: Some("q1".into())
+            }
+        );
+        // ClickHouse holds offsets 0..=2: those leave the batch, the rest is sent again.
+        assert_eq!(b.rechecked(0, Some(2)), 3);
         assert_eq!(b.pending(), 3);
+        let NextWrite::Rows(rows) = b.next_write(0, 10) else {
+            panic!("the rest of the rows");
+        };
+        assert_eq!(rows.first().map(|r| r.kafka_offset), Some(3));
+        b.sent(0, RowKind::Usage, 2, "q2", true);
+        assert!(matches!(b.next_write(0, 10), NextWrite::Rejects(r) if r.len() == 1));
+        b.sent(0, RowKind::Rejects, 1, "q3", true);
+        assert_eq!(b.next_write(0, 10), NextWrite::Done);
+        assert_eq!(b.pending(), 0);
     }
 }

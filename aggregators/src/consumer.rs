@@ -28,7 +28,7 @@ use schemas::Codec;
 use schemas::events::UsageRecorded;
 
 use crate::AggregatorError;
-use crate::batcher::{Admission, Batcher};
+use crate::batcher::{Admission, Batcher, NextWrite, RowKind};
 use chassis::Backoff;
 
 use crate::config::AggregatorConfig;
@@ -393,81 +393,58 @@ impl Worker {
         consumer: &StreamConsumer<AggregatorContext>,
         partition: i32,
     ) -> Result<(), SinkError> {
-        let Some(batch) = self.batcher.batch_mut(partition) else {
+        let Some(last_offset) = self.batcher.last_offset(partition) else {
             return Ok(());
         };
-        let Some(last_offset) = batch.last_offset() else {
-            return Ok(());
-        };
-        if batch.needs_recheck {
-            // The previous attempt may have been applied without us hearing so: wait until the
-            // server no longer runs it, then re-send only what ClickHouse does not hold.
-            if let Some(query_id) = batch.last_query_id.clone() {
-                self.sink.wait_until_finished(&query_id).await?;
-            }
-            let stored = self.sink.stored_offsets(&[partition]).await?;
-            let Some(batch) = self.batcher.batch_mut(partition) else {
-                return Ok(());
-            };
-            batch.needs_recheck = false;
-            if let Some(stored) = stored.get(&partition) {
-                let dropped = batch.drop_through(*stored);
-                if dropped > 0 {
-                    tracing::info!(
-                        partition,
-                        dropped,
-                        "A retried INSERT had been applied; not sending it again"
-                    );
-                    self.metrics.skipped.inc_by(dropped as u64);
-                    self.batcher.written(partition, dropped);
-                }
-            }
-        }
         loop {
             let query_id = self.next_query_id();
-            let Some(batch) = self.batcher.batch_mut(partition) else {
-                return Ok(());
-            };
-            let (count, result) = if !batch.rows.is_empty() {
-                let count = batch.rows.len().min(self.config.batch_max_records);
-                batch.last_query_id = Some(query_id.clone());
-                let started = Instant::now();
-                let result = self
-                    .sink
-                    .insert_rows(partition, &batch.rows[..count], &query_id)
-                    .await;
-                if result.is_ok() {
-                    batch.rows.drain(..count);
-                    self.metrics.inserted.inc_by(count as u64);
-                    self.metrics
-                        .insert_duration
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics.batch_size.observe(count as f64);
-                }
-                (count, result)
-            } else if !batch.rejects.is_empty() {
-                let count = batch.rejects.len().min(self.config.batch_max_records);
-                batch.last_query_id = Some(query_id.clone());
-                let result = self
-                    .sink
-                    .insert_rejects(partition, &batch.rejects[..count], &query_id)
-                    .await;
-                if result.is_ok() {
-                    batch.rejects.drain(..count);
-                }
-                (count, result)
-            } else {
-                break;
-            };
-            match result {
-                Ok(()) => self.batcher.written(partition, count),
-                Err(error) => {
-                    if let Some(batch) = self.batcher.batch_mut(partition) {
-                        batch.needs_recheck = true;
+            let max = self.config.batch_max_records;
+            let (kind, count, result) = match self.batcher.next_write(partition, max) {
+                NextWrite::Done => break,
+                NextWrite::Recheck { query_id } => {
+                    // The previous attempt may have been applied without us hearing so: wait
+                    // until the server no longer runs it, then re-send only what ClickHouse does
+                    // not hold.
+                    if let Some(query_id) = query_id {
+                        self.sink.wait_until_finished(&query_id).await?;
                     }
-                    return Err(error);
+                    let stored = self.sink.stored_offsets(&[partition]).await?;
+                    let dropped = self
+                        .batcher
+                        .rechecked(partition, stored.get(&partition).copied());
+                    if dropped > 0 {
+                        tracing::info!(
+                            partition,
+                            dropped,
+                            "A retried INSERT had been applied; not sending it again"
+                        );
+                        self.metrics.skipped.inc_by(dropped as u64);
+                    }
+                    continue;
                 }
-            }
+                NextWrite::Rows(rows) => {
+                    let started = Instant::now();
+                    let result = self.sink.insert_rows(partition, rows, &query_id).await;
+                    if result.is_ok() {
+                        self.metrics.inserted.inc_by(rows.len() as u64);
+                        self.metrics
+                            .insert_duration
+                            .observe(started.elapsed().as_secs_f64());
+                        self.metrics.batch_size.observe(rows.len() as f64);
+                    }
+                    (RowKind::Usage, rows.len(), result)
+                }
+                NextWrite::Rejects(rejects) => {
+                    let result = self
+                        .sink
+                        .insert_rejects(partition, rejects, &query_id)
+                        .await;
+                    (RowKind::Rejects, rejects.len(), result)
+                }
+            };
+            self.batcher
+                .sent(partition, kind, count, &query_id, result.is_ok());
+            result?;
         }
         if let Err(error) = consumer.store_offset(&self.topic, partition, last_offset + 1) {
             // Revoked meanwhile: harmless, commits only feed lag metrics.
