@@ -26,6 +26,9 @@ use super::metrics::ApiMetrics;
 /// Why a request could not be handed to the resizers.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The cluster refused this record for good (see `chassis::kafka::is_permanent_record_error`).
+    #[error("Kafka refused the request record: {0}")]
+    Rejected(String),
     /// No broker is reachable, or the produce failed/timed out. Retryable (503).
     #[error("Kafka unavailable: {0}")]
     Unavailable(String),
@@ -163,6 +166,12 @@ impl RequestPublisher for KafkaPublisher {
                 Ok(_) => Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     Err(PublishError::Overloaded)
+                }
+                // One classification decides everywhere: a record the cluster will never take
+                // (no such partition, too large, invalid) is this request's failure, not an
+                // outage to retry.
+                Err((error, _)) if chassis::kafka::is_permanent_record_error(&error) => {
+                    Err(PublishError::Rejected(error.to_string()))
                 }
                 Err((error, _)) => Err(PublishError::Unavailable(error.to_string())),
             }

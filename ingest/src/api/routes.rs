@@ -235,6 +235,12 @@ async fn handle_resize(
             tracing::warn!(%request_id, %error, "Producing a resize request failed");
             let problem = match error {
                 PublishError::Overloaded => problem::overloaded(),
+                // A bug or a misconfiguration the config checks did not catch: not retryable.
+                PublishError::Rejected(_) => Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "The request could not be accepted.",
+                ),
                 PublishError::Unavailable(_) | PublishError::Encode(_) => Problem::unavailable(
                     "kafka_unavailable",
                     "The service cannot accept requests right now; retry shortly.",

@@ -49,6 +49,7 @@ enum Answer {
     Error,
     Silence,
     KafkaDown,
+    Refused,
 }
 
 struct FakePublisher {
@@ -97,6 +98,7 @@ impl RequestPublisher for FakePublisher {
                 }
                 Answer::Silence => return Ok(()),
                 Answer::KafkaDown => return Err(PublishError::Unavailable("down".into())),
+                Answer::Refused => return Err(PublishError::Rejected("no such partition".into())),
             }
             let router = self.router.clone();
             tokio::spawn(async move {
@@ -351,6 +353,21 @@ async fn a_streamed_body_over_the_limit_is_413() {
     assert_eq!(
         (status, json["code"].as_str().unwrap()),
         (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+}
+
+#[tokio::test]
+async fn a_record_kafka_refuses_for_good_is_a_500_not_a_retry() {
+    let h = harness(Answer::Refused, vec![0]);
+    let (status, json, headers) =
+        problem_of(&h, resize_request("width=10", Some("good"), JPEG.to_vec())).await;
+    assert_eq!(
+        (status, json["code"].as_str().unwrap()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+    );
+    assert!(
+        !headers.contains_key(header::RETRY_AFTER),
+        "not worth retrying"
     );
 }
 
