@@ -1,7 +1,8 @@
-//! Animated GIF and WebP, resized frame by frame into an animated GIF or WebP. The decoder
-//! composes each frame onto the full canvas; every composed frame is resampled with the one plan
-//! made for the canvas, so the output frames line up exactly, and is handed to the encoder before
-//! the next frame is decoded. Frame delays and the loop count are kept.
+//! Animated GIF and WebP, resized frame by frame into an animated GIF or WebP. Each frame is
+//! composed onto the full canvas (GIF by `image`, WebP by [`webp_anim`]); every composed frame is
+//! resampled with the one plan made for the canvas, so the output frames line up exactly, and is
+//! handed to the encoder before the next frame is decoded. Frame delays and the loop count are
+//! kept.
 //!
 //! Memory: the GIF path holds one input canvas, one output frame and the output file. The WebP
 //! path also holds every output frame until libwebp's animation encoder assembles them (the `webp`
@@ -14,12 +15,13 @@ use std::time::Instant;
 use image::codecs::gif::GifDecoder;
 use image::codecs::webp::WebPDecoder;
 use image::metadata::Orientation;
-use image::{AnimationDecoder, DynamicImage, ImageDecoder};
+use image::{AnimationDecoder, DynamicImage, ImageDecoder, RgbaImage};
 use schemas::events::{ImageFormat, StageTimings};
 
 use super::encode::{GifStream, Settings};
 use super::geometry::PixelRect;
 use super::probe::Header;
+use super::webp_anim::WebpAnimation;
 use super::{
     BoxError, KernelError, Limits, Request, Resized, check_encoded, check_output, geometry, micros,
     resample,
@@ -52,13 +54,20 @@ pub fn resize(
         ImageFormat::Gif => {
             let mut decoder = GifDecoder::new(Cursor::new(input)).map_err(undecodable)?;
             decoder.set_limits(decoder_limits).map_err(undecodable)?;
-            (decoder.into_frames(), Orientation::NoTransforms)
+            (
+                InputFrames::Gif(decoder.into_frames()),
+                Orientation::NoTransforms,
+            )
         }
         ImageFormat::Webp => {
+            // Read for its metadata only; the frames are composed by `webp_anim`.
             let mut decoder = WebPDecoder::new(Cursor::new(input)).map_err(undecodable)?;
-            decoder.set_limits(decoder_limits).map_err(undecodable)?;
+            decoder
+                .set_limits(decoder_limits.clone())
+                .map_err(undecodable)?;
             let orientation = decoder.orientation().map_err(undecodable)?;
-            (decoder.into_frames(), orientation)
+            let frames = WebpAnimation::new(input, header.width, header.height, decoder_limits);
+            (InputFrames::Webp(frames), orientation)
         }
         other => {
             return Err(KernelError::undecodable(other, "not an animation format"));
@@ -103,7 +112,7 @@ pub fn resize(
     let mut at = Instant::now();
     decode_us += micros(at - started);
     for frame in frames {
-        let frame = frame.map_err(undecodable)?;
+        let (canvas, delay_ms) = frame?;
         count += 1;
         if count > limits.max_frames {
             return Err(KernelError::TooManyFrames {
@@ -112,9 +121,7 @@ pub fn resize(
                 limit: limits.max_frames,
             });
         }
-        let (numer, denom) = frame.delay().numer_denom_ms();
-        let delay_ms = numer.checked_div(denom).unwrap_or(0);
-        let canvas = DynamicImage::ImageRgba8(frame.into_buffer());
+        let canvas = DynamicImage::ImageRgba8(canvas);
         let decoded_at = Instant::now();
 
         // The decoder composes onto the stored canvas; the crop is in its pixels, snapped and
@@ -160,6 +167,32 @@ pub fn resize(
             encode_us,
         },
     })
+}
+
+/// Where composed frames come from.
+enum InputFrames<'a> {
+    Gif(image::Frames<'a>),
+    Webp(WebpAnimation<'a>),
+}
+
+impl Iterator for InputFrames<'_> {
+    /// The whole canvas and its display time in milliseconds.
+    type Item = Result<(RgbaImage, u32), KernelError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Gif(frames) => Some(
+                frames
+                    .next()?
+                    .map(|frame| {
+                        let (numer, denom) = frame.delay().numer_denom_ms();
+                        (frame.into_buffer(), numer.checked_div(denom).unwrap_or(0))
+                    })
+                    .map_err(|e| KernelError::undecodable(ImageFormat::Gif, e)),
+            ),
+            Self::Webp(frames) => Some(frames.next()?.map(|f| (f.canvas, f.duration_ms))),
+        }
+    }
 }
 
 /// Where resized frames go.
