@@ -1,7 +1,7 @@
-//! Kernel tests for the output formats and animation: lossy and lossless WebP, AVIF, GIF,
-//! animated GIF and WebP in and out (frame count, order, delays, loop count, size, WebP disposal
-//! and blending), the frame and pixel limits refused from crafted headers before decoding, and the
-//! formats refused by name.
+//! Kernel tests for the output formats and animation: lossy and lossless WebP, AVIF, GIF (and
+//! its alpha threshold), animated GIF and WebP in and out (frame count, order, delays, loop count,
+//! size, WebP disposal and blending), the frame and pixel limits refused from crafted headers
+//! before decoding, and the formats refused by name.
 
 // Test set-up failing is a test failure; panicking with the reason is the point.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -643,6 +643,62 @@ fn animated_webp_frames_are_composed_as_libwebp_composes_them() {
                 );
             }
         }
+    }
+}
+
+/// 256×2 of `colour` with alpha rising from 0 at the left to 255 at the right, one step a column.
+fn alpha_ramp(colour: [u8; 3]) -> RgbaImage {
+    RgbaImage::from_fn(256, 2, |x, _| {
+        let [r, g, b] = colour;
+        image::Rgba([r, g, b, x as u8])
+    })
+}
+
+fn assert_thresholded(frame: &RgbaImage, colour: [u8; 3], name: &str) {
+    for (x, _, p) in frame.enumerate_pixels() {
+        if x < 128 {
+            assert_eq!(p.0[3], 0, "{name}: alpha {x} becomes transparent");
+        } else {
+            assert_eq!(p.0[3], 255, "{name}: alpha {x} becomes opaque");
+            assert!(
+                near(p.0, colour, 0),
+                "{name}: alpha {x} keeps its colour: {p:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gif_output_makes_alpha_under_128_transparent_and_the_rest_opaque() {
+    const COLOUR: [u8; 3] = [40, 160, 220];
+    let ramp = alpha_ramp(COLOUR);
+    let still = run(
+        &png(&DynamicImage::ImageRgba8(ramp.clone())),
+        &params(256, Some(ImageFormat::Gif)),
+    );
+    let decoded = image::load_from_memory(&still.bytes)
+        .expect("gif decodes")
+        .to_rgba8();
+    assert_thresholded(&decoded, COLOUR, "still");
+
+    let frame = |duration_ms| Anmf {
+        x: 0,
+        y: 0,
+        pixels: ramp.clone(),
+        duration_ms,
+        dispose: true,
+        blend: false,
+    };
+    let animation = webp_anmf(256, 2, &[frame(100), frame(200)], None);
+    let r = run(&animation, &params(256, Some(ImageFormat::Gif)));
+    let frames = GifDecoder::new(Cursor::new(&r.bytes))
+        .expect("gif")
+        .into_frames()
+        .collect_frames()
+        .expect("gif frames");
+    assert_eq!(frames.len(), 2);
+    for (i, f) in frames.iter().enumerate() {
+        assert_thresholded(f.buffer(), COLOUR, &format!("animated frame {i}"));
     }
 }
 
