@@ -1,7 +1,7 @@
 //! Kernel tests for the output formats and animation: lossy and lossless WebP, AVIF, GIF (and
 //! its alpha threshold), animated GIF and WebP in and out (frame count, order, delays, loop count,
-//! size, WebP disposal and blending), the frame and pixel limits refused from crafted headers
-//! before decoding, and the formats refused by name.
+//! size, WebP disposal and blending, embedded ICC profiles), the frame and pixel limits refused
+//! from crafted headers before decoding, and the formats refused by name.
 
 // Test set-up failing is a test failure; panicking with the reason is the point.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -55,12 +55,30 @@ fn frame_rgba(w: u32, h: u32, colour: [u8; 3]) -> Vec<u8> {
 
 /// An animated GIF with one frame per colour, shown for `delays_cs`.
 fn animated_gif(w: u16, h: u16, delays_cs: &[u16], repeat: gif::Repeat) -> Vec<u8> {
+    let frames: Vec<RgbaImage> = COLOURS
+        .iter()
+        .map(|c| {
+            RgbaImage::from_raw(
+                u32::from(w),
+                u32::from(h),
+                frame_rgba(u32::from(w), u32::from(h), *c),
+            )
+            .unwrap()
+        })
+        .collect();
+    animated_gif_of(&frames, delays_cs, repeat)
+}
+
+/// An animated GIF of `frames` (all the same size), shown for `delays_cs`.
+fn animated_gif_of(frames: &[RgbaImage], delays_cs: &[u16], repeat: gif::Repeat) -> Vec<u8> {
+    let (w, h) = frames[0].dimensions();
+    let (w, h) = (u16::try_from(w).unwrap(), u16::try_from(h).unwrap());
     let mut out = Vec::new();
     {
         let mut encoder = gif::Encoder::new(&mut out, w, h, &[]).expect("gif encoder");
         encoder.set_repeat(repeat).expect("repeat");
-        for (colour, &delay) in COLOURS.iter().zip(delays_cs) {
-            let mut px = frame_rgba(u32::from(w), u32::from(h), *colour);
+        for (pixels, &delay) in frames.iter().zip(delays_cs) {
+            let mut px = pixels.as_raw().clone();
             let mut frame = gif::Frame::from_rgba_speed(w, h, &mut px, 10);
             frame.delay = delay;
             encoder.write_frame(&frame).expect("frame");
@@ -640,6 +658,91 @@ fn animated_webp_frames_are_composed_as_libwebp_composes_them() {
                 assert!(
                     same,
                     "lossless={lossless} frame {i} at {x},{y}: {p:?} vs {q:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The colours the animation tests for ICC profiles use: far enough inside Adobe RGB and
+/// Display P3 that converting them moves every one by more than 10 steps.
+const ICC_COLOURS: [[u8; 3]; 3] = [[20, 200, 60], [200, 60, 20], [30, 60, 230]];
+
+/// Frame `i` of the ICC tests: its colour on the left, a gradient on the right.
+fn icc_frame(w: u32, h: u32, colour: [u8; 3]) -> RgbaImage {
+    RgbaImage::from_fn(w, h, |x, y| {
+        let [r, g, b] = if x < w / 2 {
+            colour
+        } else {
+            [(x * 255 / w) as u8, (y * 255 / h) as u8, 128]
+        };
+        image::Rgba([r, g, b, 255])
+    })
+}
+
+#[test]
+fn animation_frames_are_converted_from_their_icc_profile_like_a_still() {
+    use super::tests::icc;
+    let (w, h) = (64, 48);
+    let frames: Vec<RgbaImage> = ICC_COLOURS.iter().map(|c| icc_frame(w, h, *c)).collect();
+    let resized = ResizeParams {
+        lossless: true,
+        ..params(32, Some(ImageFormat::Webp))
+    };
+    for (name, profile) in [("adobe", icc::adobe_rgb()), ("p3", icc::display_p3())] {
+        let anmf: Vec<Anmf> = frames
+            .iter()
+            .map(|f| Anmf {
+                x: 0,
+                y: 0,
+                pixels: f.clone(),
+                duration_ms: 100,
+                dispose: false,
+                blend: false,
+            })
+            .collect();
+        let webp = webp_anmf(w, h, &anmf, Some(&profile));
+        let gif = icc::gif_with_icc(
+            &animated_gif_of(&frames, &[10, 10, 10], gif::Repeat::Infinite),
+            &profile,
+        );
+        for (format, input) in [("webp", webp), ("gif", gif)] {
+            // What the input stores (the GIF's frames are quantised), frame by frame.
+            let stored: Vec<RgbaImage> = if format == "gif" {
+                GifDecoder::new(Cursor::new(&input))
+                    .expect("gif")
+                    .into_frames()
+                    .map(|f| f.expect("gif frame").into_buffer())
+                    .collect()
+            } else {
+                libwebp_frames(&input)
+            };
+            let out = libwebp_frames(&run(&input, &resized).bytes);
+            assert_eq!(out.len(), frames.len(), "{name} {format}");
+            for (i, (got, frame)) in out.iter().zip(&stored).enumerate() {
+                // The still path on the same frame with the same profile.
+                let still = icc::png_with_icc(&DynamicImage::ImageRgba8(frame.clone()), &profile);
+                let want = image::load_from_memory(&run(&still, &resized).bytes)
+                    .expect("still decodes")
+                    .to_rgba8();
+                for (x, y, p) in got.enumerate_pixels() {
+                    let q = want.get_pixel(x, y).0;
+                    assert!(
+                        near(p.0, [q[0], q[1], q[2]], 2),
+                        "{name} {format} frame {i} at {x},{y}: {:?}, the still gives {q:?}",
+                        p.0
+                    );
+                }
+                let [r, g, b, _] = got.get_pixel(w / 8, h / 4).0;
+                let moved = [r, g, b]
+                    .iter()
+                    .zip(ICC_COLOURS[i])
+                    .map(|(a, b)| a.abs_diff(b))
+                    .max();
+                assert!(
+                    moved > Some(10),
+                    "{name} {format} frame {i}: {:?}",
+                    [r, g, b]
                 );
             }
         }
