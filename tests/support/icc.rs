@@ -1,5 +1,5 @@
 //! ICC profiles made on the fly (Adobe RGB (1998), Display P3, a gray gamma 2.2) and the ways
-//! images carry them: JPEG APP2 `ICC_PROFILE` chunks, PNG `iCCP`, WebP `ICCP`. Built with
+//! images carry them: JPEG APP2 `ICC_PROFILE` chunks, PNG `iCCP`, WebP `ICCP`, GIF `ICCRGBG1`. Built with
 //! LittleCMS from primaries, white point and tone curves, so no profile file is committed.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -106,5 +106,27 @@ pub fn webp_with_icc(img: &DynamicImage, profile: &[u8]) -> Vec<u8> {
         .set_icc_profile(profile.to_vec())
         .expect("WebP carries ICC");
     img.write_with_encoder(encoder).expect("WebP encodes");
+    out
+}
+
+/// Inserts `profile` as an `ICCRGBG1` application extension (in data sub-blocks of at most 255
+/// bytes) right after the header and global colour table, where decoders read it.
+pub fn gif_with_icc(gif: &[u8], profile: &[u8]) -> Vec<u8> {
+    let flags = gif[10];
+    let colour_table = if flags & 0x80 != 0 {
+        3usize << ((flags & 7) + 1)
+    } else {
+        0
+    };
+    let at = 13 + colour_table;
+    let mut out = gif[..at].to_vec();
+    out.extend_from_slice(&[0x21, 0xFF, 0x0B]);
+    out.extend_from_slice(b"ICCRGBG1012");
+    for block in profile.chunks(255) {
+        out.push(u8::try_from(block.len()).unwrap());
+        out.extend_from_slice(block);
+    }
+    out.push(0);
+    out.extend_from_slice(&gif[at..]);
     out
 }

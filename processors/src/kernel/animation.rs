@@ -1,7 +1,9 @@
-//! Animated GIF and WebP, resized frame by frame into an animated GIF or WebP. The decoder
-//! composes each frame onto the full canvas; every composed frame is resampled with the one plan
-//! made for the canvas, so the output frames line up exactly, and is handed to the encoder before
-//! the next frame is decoded. Frame delays and the loop count are kept.
+//! Animated GIF and WebP, resized frame by frame into an animated GIF or WebP. Each frame is
+//! composed onto the full canvas (GIF by `image`, WebP by [`webp_anim`]); every composed frame is
+//! resampled with the one plan made for the canvas, so the output frames line up exactly,
+//! converted from the input's embedded ICC profile to sRGB as a still is (after the resample, with
+//! one transform looked up for the whole animation), and handed to the encoder before the next
+//! frame is decoded. Frame delays and the loop count are kept.
 //!
 //! Memory: the GIF path holds one input canvas, one output frame and the output file. The WebP
 //! path also holds every output frame until libwebp's animation encoder assembles them (the `webp`
@@ -14,12 +16,14 @@ use std::time::Instant;
 use image::codecs::gif::GifDecoder;
 use image::codecs::webp::WebPDecoder;
 use image::metadata::Orientation;
-use image::{AnimationDecoder, DynamicImage, ImageDecoder};
+use image::{AnimationDecoder, DynamicImage, ImageDecoder, RgbaImage};
 use schemas::events::{ImageFormat, StageTimings};
 
+use super::colour::ToSrgb;
 use super::encode::{GifStream, Settings};
 use super::geometry::PixelRect;
 use super::probe::Header;
+use super::webp_anim::WebpAnimation;
 use super::{
     BoxError, KernelError, Limits, Request, Resized, check_encode_cost, check_encoded,
     check_output, geometry, micros, resample,
@@ -48,22 +52,40 @@ pub fn resize(
     let undecodable = |e: image::ImageError| KernelError::undecodable(header.format, e);
     let mut decoder_limits = image::Limits::default();
     decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(CANVAS_BYTES_PER_PIXEL * 2));
-    let (frames, orientation) = match header.format {
+    // A profile that cannot be read is no reason to refuse the pixels, as for a still.
+    let readable = |profile: image::ImageResult<Option<Vec<u8>>>| {
+        profile.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "Ignoring an unreadable ICC profile");
+            None
+        })
+    };
+    let (frames, orientation, profile) = match header.format {
         ImageFormat::Gif => {
             let mut decoder = GifDecoder::new(Cursor::new(input)).map_err(undecodable)?;
             decoder.set_limits(decoder_limits).map_err(undecodable)?;
-            (decoder.into_frames(), Orientation::NoTransforms)
+            let profile = readable(decoder.icc_profile());
+            (
+                InputFrames::Gif(decoder.into_frames()),
+                Orientation::NoTransforms,
+                profile,
+            )
         }
         ImageFormat::Webp => {
+            // Read for its metadata only; the frames are composed by `webp_anim`.
             let mut decoder = WebPDecoder::new(Cursor::new(input)).map_err(undecodable)?;
-            decoder.set_limits(decoder_limits).map_err(undecodable)?;
+            decoder
+                .set_limits(decoder_limits.clone())
+                .map_err(undecodable)?;
             let orientation = decoder.orientation().map_err(undecodable)?;
-            (decoder.into_frames(), orientation)
+            let profile = readable(decoder.icc_profile());
+            let frames = WebpAnimation::new(input, header.width, header.height, decoder_limits);
+            (InputFrames::Webp(frames), orientation, profile)
         }
         other => {
             return Err(KernelError::undecodable(other, "not an animation format"));
         }
     };
+    let to_srgb = ToSrgb::rgba8(profile.as_deref());
 
     let stored = (header.width, header.height);
     let upright = geometry::upright_size(stored, orientation);
@@ -104,7 +126,7 @@ pub fn resize(
     let mut at = Instant::now();
     decode_us += micros(at - started);
     for frame in frames {
-        let frame = frame.map_err(undecodable)?;
+        let (canvas, delay_ms) = frame?;
         count += 1;
         if count > limits.max_frames {
             return Err(KernelError::TooManyFrames {
@@ -113,9 +135,7 @@ pub fn resize(
                 limit: limits.max_frames,
             });
         }
-        let (numer, denom) = frame.delay().numer_denom_ms();
-        let delay_ms = numer.checked_div(denom).unwrap_or(0);
-        let canvas = DynamicImage::ImageRgba8(frame.into_buffer());
+        let canvas = DynamicImage::ImageRgba8(canvas);
         let decoded_at = Instant::now();
 
         // The decoder composes onto the stored canvas; the crop is in its pixels, snapped and
@@ -126,7 +146,9 @@ pub fn resize(
             f64::from(bounds.1) / f64::from(stored.1),
         );
         let frame_crop = PixelRect::within(crop, scale, bounds);
-        let image = resample::resample(canvas, frame_crop, size)?;
+        let mut image = resample::resample(canvas, frame_crop, size)?;
+        // Colour: as for a still, on the resampled pixels and before padding.
+        to_srgb.apply(&mut image);
         let image = resample::orient(image, orientation);
         let image = resample::pad(image, plan.canvas, plan.offset, true);
         let resized_at = Instant::now();
@@ -161,6 +183,32 @@ pub fn resize(
             encode_us,
         },
     })
+}
+
+/// Where composed frames come from.
+enum InputFrames<'a> {
+    Gif(image::Frames<'a>),
+    Webp(WebpAnimation<'a>),
+}
+
+impl Iterator for InputFrames<'_> {
+    /// The whole canvas and its display time in milliseconds.
+    type Item = Result<(RgbaImage, u32), KernelError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Gif(frames) => Some(
+                frames
+                    .next()?
+                    .map(|frame| {
+                        let (numer, denom) = frame.delay().numer_denom_ms();
+                        (frame.into_buffer(), numer.checked_div(denom).unwrap_or(0))
+                    })
+                    .map_err(|e| KernelError::undecodable(ImageFormat::Gif, e)),
+            ),
+            Self::Webp(frames) => Some(frames.next()?.map(|f| (f.canvas, f.duration_ms))),
+        }
+    }
 }
 
 /// Where resized frames go.

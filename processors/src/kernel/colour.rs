@@ -139,31 +139,61 @@ static CONVERSIONS: LazyLock<Cache<Key, Arc<Conversion>>> =
 /// converted to gray with the sRGB tone curve, as libvips does. No profile, an sRGB profile or an
 /// unusable one leave the pixels as they are. Never fails.
 pub fn to_srgb(image: &mut DynamicImage, profile: Option<&[u8]>) {
-    let (Some(profile), Some(layout)) = (profile, Layout::of(image)) else {
-        return;
-    };
-    let conversion = conversion(profile, layout);
-    let Conversion::Convert(transform) = conversion.as_ref() else {
-        return;
-    };
-    match image {
-        DynamicImage::ImageLuma8(b) => transform.transform_in_place(b),
-        DynamicImage::ImageLumaA8(b) => transform.transform_in_place(b),
-        DynamicImage::ImageRgb8(b) => transform.transform_in_place(b),
-        DynamicImage::ImageRgba8(b) => transform.transform_in_place(b),
-        DynamicImage::ImageLuma16(b) => {
-            transform.transform_in_place(bytemuck::cast_slice_mut::<u16, u8>(b))
+    if let Some(layout) = Layout::of(image) {
+        ToSrgb::new(profile, layout).apply(image);
+    }
+}
+
+/// The conversion of one embedded profile to sRGB for one pixel layout, looked up (and, on first
+/// use, built) once, then applied to any number of images: every frame of an animation, with
+/// one lookup for the whole animation rather than a hash of the profile per frame.
+pub struct ToSrgb {
+    layout: Layout,
+    /// `None` when there is nothing to do: no profile, an sRGB one or an unusable one.
+    transform: Option<Arc<Conversion>>,
+}
+
+impl ToSrgb {
+    /// For 8-bit RGBA images (composed animation frames) in `profile`.
+    pub fn rgba8(profile: Option<&[u8]>) -> Self {
+        Self::new(profile, Layout::Rgba8)
+    }
+
+    fn new(profile: Option<&[u8]>, layout: Layout) -> Self {
+        let transform = profile
+            .map(|p| conversion(p, layout))
+            .filter(|c| matches!(c.as_ref(), Conversion::Convert(_)));
+        Self { layout, transform }
+    }
+
+    /// Converts `image` in place, as [`to_srgb`] does. An image of another layout than this
+    /// conversion was made for is left as it is.
+    pub fn apply(&self, image: &mut DynamicImage) {
+        let Some(Conversion::Convert(transform)) = self.transform.as_deref() else {
+            return;
+        };
+        if Layout::of(image) != Some(self.layout) {
+            return;
         }
-        DynamicImage::ImageLumaA16(b) => {
-            transform.transform_in_place(bytemuck::cast_slice_mut::<u16, u8>(b))
+        match image {
+            DynamicImage::ImageLuma8(b) => transform.transform_in_place(b),
+            DynamicImage::ImageLumaA8(b) => transform.transform_in_place(b),
+            DynamicImage::ImageRgb8(b) => transform.transform_in_place(b),
+            DynamicImage::ImageRgba8(b) => transform.transform_in_place(b),
+            DynamicImage::ImageLuma16(b) => {
+                transform.transform_in_place(bytemuck::cast_slice_mut::<u16, u8>(b))
+            }
+            DynamicImage::ImageLumaA16(b) => {
+                transform.transform_in_place(bytemuck::cast_slice_mut::<u16, u8>(b))
+            }
+            DynamicImage::ImageRgb16(b) => {
+                transform.transform_in_place(bytemuck::cast_slice_mut::<u16, u8>(b))
+            }
+            DynamicImage::ImageRgba16(b) => {
+                transform.transform_in_place(bytemuck::cast_slice_mut::<u16, u8>(b))
+            }
+            _ => {}
         }
-        DynamicImage::ImageRgb16(b) => {
-            transform.transform_in_place(bytemuck::cast_slice_mut::<u16, u8>(b))
-        }
-        DynamicImage::ImageRgba16(b) => {
-            transform.transform_in_place(bytemuck::cast_slice_mut::<u16, u8>(b))
-        }
-        _ => {}
     }
 }
 

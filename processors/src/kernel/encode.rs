@@ -2,8 +2,9 @@
 //! every mainstream thumbnailer); PNG through `image` with its fast deflate setting, since
 //! thumbnails are re-fetched far less often than they are made; lossy WebP through libwebp (the
 //! `webp` crate), lossless WebP through `image` as before; AVIF through rav1e (`ravif`, 8-bit
-//! 4:4:4); GIF through the `gif` crate's NeuQuant quantiser. Every encoder runs on the calling
-//! thread: libwebp's `thread_level` stays 0 and ravif is built without its threading feature.
+//! 4:4:4); GIF through the `gif` crate's NeuQuant quantiser, with alpha thresholded at half.
+//! Every encoder runs on the calling thread: libwebp's `thread_level` stays 0 and ravif is built
+//! without its threading feature.
 //! Nothing from the input's metadata is carried over: the outputs are built from pixels alone.
 
 use std::io::Cursor;
@@ -31,6 +32,9 @@ const WEBP_MAX_METHOD: u8 = 6;
 /// NeuQuant sampling for GIF palettes, 1 (best) – 30 (fastest). 10 is the `gif` crate's own
 /// choice for a balance: a 512-px frame quantises in a few milliseconds.
 const GIF_QUANTISER_SPEED: i32 = 10;
+
+/// The least alpha a pixel needs to stay visible in GIF output: libvips' threshold, half-way.
+const GIF_ALPHA_THRESHOLD: u8 = 128;
 
 /// How to encode, after validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,10 +221,22 @@ impl GifStream {
     /// Quantises and writes one full-canvas RGBA frame shown for `delay_cs` centiseconds.
     /// Every frame covers the whole canvas and is cleared after display, so transparency in one
     /// frame never shows the previous frame through it.
+    ///
+    /// GIF has one transparent palette entry and no partial alpha: alpha below
+    /// [`GIF_ALPHA_THRESHOLD`] becomes transparent, the rest opaque with its colour kept, as
+    /// libvips writes GIF. (The `gif` crate alone would make every pixel with any alpha opaque,
+    /// turning soft shadows and anti-aliased edges into solid fringes.)
     pub fn push(&mut self, mut rgba: Vec<u8>, delay_cs: u16) -> Result<(), BoxError> {
         let expected = usize::from(self.width) * usize::from(self.height) * 4;
         if rgba.len() != expected {
             return Err(format!("frame is {} bytes, expected {expected}", rgba.len()).into());
+        }
+        for pixel in rgba.chunks_exact_mut(4) {
+            pixel[3] = if pixel[3] < GIF_ALPHA_THRESHOLD {
+                0
+            } else {
+                u8::MAX
+            };
         }
         let mut frame =
             gif::Frame::from_rgba_speed(self.width, self.height, &mut rgba, GIF_QUANTISER_SPEED);

@@ -1,6 +1,7 @@
-//! Kernel tests for the output formats and animation: lossy and lossless WebP, AVIF, GIF,
-//! animated GIF and WebP in and out (frame count, order, delays, loop count, size), the frame
-//! and pixel limits refused from crafted headers before decoding, and the formats refused by name.
+//! Kernel tests for the output formats and animation: lossy and lossless WebP, AVIF, GIF (and
+//! its alpha threshold), animated GIF and WebP in and out (frame count, order, delays, loop count,
+//! size, WebP disposal and blending, embedded ICC profiles), the frame and pixel limits refused
+//! from crafted headers before decoding, and the formats refused by name.
 
 // Test set-up failing is a test failure; panicking with the reason is the point.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -54,18 +55,100 @@ fn frame_rgba(w: u32, h: u32, colour: [u8; 3]) -> Vec<u8> {
 
 /// An animated GIF with one frame per colour, shown for `delays_cs`.
 fn animated_gif(w: u16, h: u16, delays_cs: &[u16], repeat: gif::Repeat) -> Vec<u8> {
+    let frames: Vec<RgbaImage> = COLOURS
+        .iter()
+        .map(|c| {
+            RgbaImage::from_raw(
+                u32::from(w),
+                u32::from(h),
+                frame_rgba(u32::from(w), u32::from(h), *c),
+            )
+            .unwrap()
+        })
+        .collect();
+    animated_gif_of(&frames, delays_cs, repeat)
+}
+
+/// An animated GIF of `frames` (all the same size), shown for `delays_cs`.
+fn animated_gif_of(frames: &[RgbaImage], delays_cs: &[u16], repeat: gif::Repeat) -> Vec<u8> {
+    let (w, h) = frames[0].dimensions();
+    let (w, h) = (u16::try_from(w).unwrap(), u16::try_from(h).unwrap());
     let mut out = Vec::new();
     {
         let mut encoder = gif::Encoder::new(&mut out, w, h, &[]).expect("gif encoder");
         encoder.set_repeat(repeat).expect("repeat");
-        for (colour, &delay) in COLOURS.iter().zip(delays_cs) {
-            let mut px = frame_rgba(u32::from(w), u32::from(h), *colour);
+        for (pixels, &delay) in frames.iter().zip(delays_cs) {
+            let mut px = pixels.as_raw().clone();
             let mut frame = gif::Frame::from_rgba_speed(w, h, &mut px, 10);
             frame.delay = delay;
             encoder.write_frame(&frame).expect("frame");
         }
     }
     out
+}
+
+/// One frame of [`webp_anmf`]: its pixels at `(x, y)` (even) on the canvas, shown for
+/// `duration_ms`, then cleared to transparent if `dispose`; drawn over the canvas if `blend`,
+/// else replacing it.
+struct Anmf {
+    x: u32,
+    y: u32,
+    pixels: RgbaImage,
+    duration_ms: u32,
+    dispose: bool,
+    blend: bool,
+}
+
+/// An animated WebP assembled chunk by chunk (VP8X, optional ICCP, ANIM, one ANMF per frame with
+/// a lossless bitstream from libwebp), so each frame's rectangle, disposal and blending are
+/// exactly as given; libwebp's own animation encoder chooses them itself.
+fn webp_anmf(w: u32, h: u32, frames: &[Anmf], icc: Option<&[u8]>) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, fourcc: &[u8; 4], payload: &[u8]) {
+        out.extend_from_slice(fourcc);
+        out.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
+        out.extend_from_slice(payload);
+        if payload.len() % 2 == 1 {
+            out.push(0);
+        }
+    }
+    let u24 = |v: u32| v.to_le_bytes()[..3].to_vec();
+    let mut body = b"WEBP".to_vec();
+    // Flags: ICC (0x20), alpha (0x10), animation (0x02).
+    let flags = 0x12 | if icc.is_some() { 0x20 } else { 0 };
+    chunk(
+        &mut body,
+        b"VP8X",
+        &[vec![flags, 0, 0, 0], u24(w - 1), u24(h - 1)].concat(),
+    );
+    if let Some(profile) = icc {
+        chunk(&mut body, b"ICCP", profile);
+    }
+    chunk(&mut body, b"ANIM", &[0, 0, 0, 0, 0, 0]); // transparent background, loop forever
+    for f in frames {
+        let (fw, fh) = f.pixels.dimensions();
+        let still = webp::Encoder::from_rgba(f.pixels.as_raw(), fw, fh).encode_lossless();
+        assert_eq!(&still[12..16], b"VP8L", "a simple lossless WebP");
+        let flags = u8::from(!f.blend) << 1 | u8::from(f.dispose);
+        let mut payload = [u24(f.x / 2), u24(f.y / 2), u24(fw - 1), u24(fh - 1)].concat();
+        payload.extend_from_slice(&u24(f.duration_ms));
+        payload.push(flags);
+        payload.extend_from_slice(&still[12..]);
+        chunk(&mut body, b"ANMF", &payload);
+    }
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Every frame of an animated WebP as libwebp's `WebPAnimDecoder` composes it: the reference.
+fn libwebp_frames(webp: &[u8]) -> Vec<RgbaImage> {
+    let anim = webp::AnimDecoder::new(webp)
+        .decode()
+        .expect("libwebp decodes");
+    anim.into_iter()
+        .map(|f| RgbaImage::from_raw(f.width(), f.height(), f.get_image().to_vec()).unwrap())
+        .collect()
 }
 
 /// An animated lossless WebP with one frame per colour, shown for `delays_ms`, looping `loops`.
@@ -430,6 +513,296 @@ fn an_enlarged_animation_is_bounded_on_the_output_side_too() {
     let e = fail(&input, &p, &limits);
     assert_eq!(e.code(), "bad_parameters");
     assert!(e.to_string().contains("frames=first"), "{e}");
+}
+
+const SQUARE: [u8; 4] = [230, 30, 40, 255];
+const CLEAR: [u8; 4] = [0, 0, 0, 0];
+
+/// `w`×`h` of one colour.
+fn solid(w: u32, h: u32, colour: [u8; 4]) -> RgbaImage {
+    RgbaImage::from_pixel(w, h, image::Rgba(colour))
+}
+
+/// Only the columns `xs` of rows 8–15 are the square; everything else is transparent.
+fn assert_only_square(frame: &RgbaImage, xs: std::ops::Range<u32>, name: &str) {
+    for (x, y, p) in frame.enumerate_pixels() {
+        let want = if xs.contains(&x) && (8..16).contains(&y) {
+            SQUARE
+        } else {
+            CLEAR
+        };
+        let got = if p.0[3] == 0 { CLEAR } else { p.0 };
+        assert_eq!(got, want, "{name}: pixel {x},{y}");
+    }
+}
+
+#[test]
+fn animated_webp_frames_are_disposed_to_background_and_replaced_without_blending() {
+    // An 8×8 square moving right on a transparent 32×24 canvas, each frame drawn only where it
+    // changes, as img2webp and libwebp's animation encoder write them.
+    let frames = [
+        // Disposed after display: cleared before frame 1.
+        Anmf {
+            x: 0,
+            y: 8,
+            pixels: solid(8, 8, SQUARE),
+            duration_ms: 50,
+            dispose: true,
+            blend: false,
+        },
+        // Kept after display.
+        Anmf {
+            x: 8,
+            y: 8,
+            pixels: solid(8, 8, SQUARE),
+            duration_ms: 50,
+            dispose: false,
+            blend: true,
+        },
+        // Not blended: its transparent left half erases the square under it.
+        Anmf {
+            x: 8,
+            y: 8,
+            pixels: RgbaImage::from_fn(16, 8, |x, _| {
+                image::Rgba(if x < 8 { CLEAR } else { SQUARE })
+            }),
+            duration_ms: 50,
+            dispose: true,
+            blend: false,
+        },
+        Anmf {
+            x: 24,
+            y: 8,
+            pixels: solid(8, 8, SQUARE),
+            duration_ms: 50,
+            dispose: false,
+            blend: true,
+        },
+    ];
+    let input = webp_anmf(32, 24, &frames, None);
+    let squares = [0..8, 8..16, 16..24, 24..32];
+    for (i, (frame, xs)) in libwebp_frames(&input)
+        .iter()
+        .zip(squares.clone())
+        .enumerate()
+    {
+        assert_only_square(frame, xs, &format!("libwebp's reading of input frame {i}"));
+    }
+
+    let lossless = ResizeParams {
+        lossless: true,
+        ..params(32, Some(ImageFormat::Webp))
+    };
+    let r = run(&input, &lossless);
+    let out = libwebp_frames(&r.bytes);
+    assert_eq!(out.len(), 4);
+    for (i, (frame, xs)) in out.iter().zip(squares.clone()).enumerate() {
+        assert_only_square(frame, xs, &format!("webp frame {i}"));
+    }
+
+    let r = run(&input, &params(32, Some(ImageFormat::Gif)));
+    let out = GifDecoder::new(Cursor::new(&r.bytes))
+        .expect("gif")
+        .into_frames()
+        .collect_frames()
+        .expect("gif frames");
+    assert_eq!(out.len(), 4);
+    for (i, (frame, xs)) in out.iter().zip(squares).enumerate() {
+        assert_only_square(frame.buffer(), xs, &format!("gif frame {i}"));
+    }
+}
+
+#[test]
+fn animated_webp_frames_are_composed_as_libwebp_composes_them() {
+    // Two squares crossing on a transparent canvas, one half-transparent: libwebp's animation
+    // encoder picks each frame's rectangle, disposal and blending itself.
+    let (w, h) = (48, 32);
+    let frames: Vec<RgbaImage> = (0..6)
+        .map(|i| {
+            RgbaImage::from_fn(w, h, |x, y| {
+                if (i * 6..i * 6 + 10).contains(&x) && (4..14).contains(&y) {
+                    image::Rgba(SQUARE)
+                } else if (38 - i * 6..48 - i * 6).contains(&x) && (16..28).contains(&y) {
+                    image::Rgba([20, 90, 200, 150])
+                } else {
+                    image::Rgba(CLEAR)
+                }
+            })
+        })
+        .collect();
+    for lossless in [true, false] {
+        let mut config = webp::WebPConfig::new().expect("config");
+        config.lossless = i32::from(lossless);
+        config.quality = 90.0;
+        let mut encoder = webp::AnimEncoder::new(w, h, &config);
+        for (i, f) in frames.iter().enumerate() {
+            let start = i32::try_from(i * 80).unwrap();
+            encoder.add_frame(webp::AnimFrame::from_rgba(f.as_raw(), w, h, start));
+        }
+        let input = encoder.try_encode().expect("webp animation").to_vec();
+        let want = libwebp_frames(&input);
+        let p = ResizeParams {
+            lossless: true,
+            ..params(i32::try_from(w).unwrap(), Some(ImageFormat::Webp))
+        };
+        let got = libwebp_frames(&run(&input, &p).bytes);
+        assert_eq!(got.len(), want.len());
+        for (i, (g, want)) in got.iter().zip(&want).enumerate() {
+            for (x, y, p) in g.enumerate_pixels() {
+                let q = want.get_pixel(x, y).0;
+                let same = if q[3] == 0 {
+                    p.0[3] == 0
+                } else {
+                    near(p.0, [q[0], q[1], q[2]], 1) && p.0[3].abs_diff(q[3]) <= 1
+                };
+                assert!(
+                    same,
+                    "lossless={lossless} frame {i} at {x},{y}: {p:?} vs {q:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The colours the animation tests for ICC profiles use: far enough inside Adobe RGB and
+/// Display P3 that converting them moves every one by more than 10 steps.
+const ICC_COLOURS: [[u8; 3]; 3] = [[20, 200, 60], [200, 60, 20], [30, 60, 230]];
+
+/// Frame `i` of the ICC tests: its colour on the left, a gradient on the right.
+fn icc_frame(w: u32, h: u32, colour: [u8; 3]) -> RgbaImage {
+    RgbaImage::from_fn(w, h, |x, y| {
+        let [r, g, b] = if x < w / 2 {
+            colour
+        } else {
+            [(x * 255 / w) as u8, (y * 255 / h) as u8, 128]
+        };
+        image::Rgba([r, g, b, 255])
+    })
+}
+
+#[test]
+fn animation_frames_are_converted_from_their_icc_profile_like_a_still() {
+    use super::tests::icc;
+    let (w, h) = (64, 48);
+    let frames: Vec<RgbaImage> = ICC_COLOURS.iter().map(|c| icc_frame(w, h, *c)).collect();
+    let resized = ResizeParams {
+        lossless: true,
+        ..params(32, Some(ImageFormat::Webp))
+    };
+    for (name, profile) in [("adobe", icc::adobe_rgb()), ("p3", icc::display_p3())] {
+        let anmf: Vec<Anmf> = frames
+            .iter()
+            .map(|f| Anmf {
+                x: 0,
+                y: 0,
+                pixels: f.clone(),
+                duration_ms: 100,
+                dispose: false,
+                blend: false,
+            })
+            .collect();
+        let webp = webp_anmf(w, h, &anmf, Some(&profile));
+        let gif = icc::gif_with_icc(
+            &animated_gif_of(&frames, &[10, 10, 10], gif::Repeat::Infinite),
+            &profile,
+        );
+        for (format, input) in [("webp", webp), ("gif", gif)] {
+            // What the input stores (the GIF's frames are quantised), frame by frame.
+            let stored: Vec<RgbaImage> = if format == "gif" {
+                GifDecoder::new(Cursor::new(&input))
+                    .expect("gif")
+                    .into_frames()
+                    .map(|f| f.expect("gif frame").into_buffer())
+                    .collect()
+            } else {
+                libwebp_frames(&input)
+            };
+            let out = libwebp_frames(&run(&input, &resized).bytes);
+            assert_eq!(out.len(), frames.len(), "{name} {format}");
+            for (i, (got, frame)) in out.iter().zip(&stored).enumerate() {
+                // The still path on the same frame with the same profile.
+                let still = icc::png_with_icc(&DynamicImage::ImageRgba8(frame.clone()), &profile);
+                let want = image::load_from_memory(&run(&still, &resized).bytes)
+                    .expect("still decodes")
+                    .to_rgba8();
+                for (x, y, p) in got.enumerate_pixels() {
+                    let q = want.get_pixel(x, y).0;
+                    assert!(
+                        near(p.0, [q[0], q[1], q[2]], 2),
+                        "{name} {format} frame {i} at {x},{y}: {:?}, the still gives {q:?}",
+                        p.0
+                    );
+                }
+                let [r, g, b, _] = got.get_pixel(w / 8, h / 4).0;
+                let moved = [r, g, b]
+                    .iter()
+                    .zip(ICC_COLOURS[i])
+                    .map(|(a, b)| a.abs_diff(b))
+                    .max();
+                assert!(
+                    moved > Some(10),
+                    "{name} {format} frame {i}: {:?}",
+                    [r, g, b]
+                );
+            }
+        }
+    }
+}
+
+/// 256×2 of `colour` with alpha rising from 0 at the left to 255 at the right, one step a column.
+fn alpha_ramp(colour: [u8; 3]) -> RgbaImage {
+    RgbaImage::from_fn(256, 2, |x, _| {
+        let [r, g, b] = colour;
+        image::Rgba([r, g, b, x as u8])
+    })
+}
+
+fn assert_thresholded(frame: &RgbaImage, colour: [u8; 3], name: &str) {
+    for (x, _, p) in frame.enumerate_pixels() {
+        if x < 128 {
+            assert_eq!(p.0[3], 0, "{name}: alpha {x} becomes transparent");
+        } else {
+            assert_eq!(p.0[3], 255, "{name}: alpha {x} becomes opaque");
+            assert!(
+                near(p.0, colour, 0),
+                "{name}: alpha {x} keeps its colour: {p:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gif_output_makes_alpha_under_128_transparent_and_the_rest_opaque() {
+    const COLOUR: [u8; 3] = [40, 160, 220];
+    let ramp = alpha_ramp(COLOUR);
+    let still = run(
+        &png(&DynamicImage::ImageRgba8(ramp.clone())),
+        &params(256, Some(ImageFormat::Gif)),
+    );
+    let decoded = image::load_from_memory(&still.bytes)
+        .expect("gif decodes")
+        .to_rgba8();
+    assert_thresholded(&decoded, COLOUR, "still");
+
+    let frame = |duration_ms| Anmf {
+        x: 0,
+        y: 0,
+        pixels: ramp.clone(),
+        duration_ms,
+        dispose: true,
+        blend: false,
+    };
+    let animation = webp_anmf(256, 2, &[frame(100), frame(200)], None);
+    let r = run(&animation, &params(256, Some(ImageFormat::Gif)));
+    let frames = GifDecoder::new(Cursor::new(&r.bytes))
+        .expect("gif")
+        .into_frames()
+        .collect_frames()
+        .expect("gif frames");
+    assert_eq!(frames.len(), 2);
+    for (i, f) in frames.iter().enumerate() {
+        assert_thresholded(f.buffer(), COLOUR, &format!("animated frame {i}"));
+    }
 }
 
 // ---------- refusals ----------

@@ -14,7 +14,8 @@
 //!    input metadata survives.
 //!
 //! Animated GIF and WebP inputs take the same steps frame by frame in [`animation`], with one plan
-//! for every frame, when the request keeps every frame and the output can be animated.
+//! for every frame, when the request keeps every frame and the output can be animated; animated
+//! WebP frames are composed per the WebP container specification in [`webp_anim`].
 //!
 //! Every failure is permanent: the same input and parameters fail the same way on any machine,
 //! so the caller answers it (and dead-letters it) rather than retrying.
@@ -26,6 +27,7 @@ mod encode;
 mod geometry;
 mod probe;
 mod resample;
+mod webp_anim;
 
 #[cfg(test)]
 mod format_tests;

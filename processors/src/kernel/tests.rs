@@ -12,7 +12,7 @@ use turbojpeg::{Compressor, PixelFormat, Subsamp};
 use super::*;
 
 #[path = "../../../tests/support/icc.rs"]
-mod icc;
+pub(super) mod icc;
 
 // ---------- inputs ----------
 
