@@ -8,6 +8,7 @@ pub mod context;
 pub mod health;
 pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod ops;
 pub mod retry;
 pub mod shutdown;

@@ -11,12 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use prometheus::{IntGaugeVec, Opts};
-
 use crate::ServiceContext;
-
-/// The gauge every detector of a process shares, labelled by consumer.
-pub const STALLED_METRIC: &str = "imgpipe_consumer_stalled";
+use crate::metrics::{self, consumer};
 
 /// One consumer's detector. Clones share it.
 #[derive(Debug, Clone)]
@@ -41,14 +37,7 @@ impl StallDetector {
         bound: Duration,
         ctx: &ServiceContext,
     ) -> Result<Self, prometheus::Error> {
-        let gauge = IntGaugeVec::new(
-            Opts::new(
-                STALLED_METRIC,
-                "1 while the consumer has work pending and has made no progress for longer than its bound.",
-            ),
-            &["consumer"],
-        )?;
-        ctx.metrics.register(Box::new(gauge.clone()))?;
+        let gauge = metrics::gauge_vec(&ctx.metrics, consumer::STALLED, &["consumer"])?;
         let gauge = gauge.with_label_values(&[consumer]);
         gauge.set(0);
         let check = format!("{consumer}_progress");
