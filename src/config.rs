@@ -85,6 +85,7 @@ impl Validate for Config {
                 .push("kafka.namespace may only contain letters, digits, '.', '_' and '-'".into());
         }
         self.http.validate(errors);
+        self.telemetry.validate(errors);
     }
 }
 

@@ -82,7 +82,9 @@ fn start(cli: Cli) -> anyhow::Result<()> {
     let config: Config = chassis::load_config(cli.config.as_deref())?;
     chassis::telemetry::init(&config.telemetry);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(dispatch(cli.command, config))
+    let result = runtime.block_on(dispatch(cli.command, config));
+    chassis::telemetry::shutdown();
+    result
 }
 
 async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {

@@ -5,11 +5,13 @@
 /// The header name, on HTTP requests and Kafka records alike.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// One position in a trace: the trace, this hop's span, and whether the caller samples it.
+/// One position in a trace: the trace, this hop's span, the caller's span it continues (if any),
+/// and whether the caller samples it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
     trace_id: u128,
     span_id: u64,
+    parent_span_id: Option<u64>,
     flags: u8,
 }
 
@@ -37,6 +39,7 @@ impl TraceContext {
         let context = Self {
             trace_id: u128::from_str_radix(trace, 16).ok()?,
             span_id: u64::from_str_radix(span, 16).ok()?,
+            parent_span_id: None,
             flags: u8::from_str_radix(flags, 16).ok()?,
         };
         (context.trace_id != 0 && context.span_id != 0).then_some(context)
@@ -47,6 +50,7 @@ impl TraceContext {
         Self {
             trace_id: nonzero_u128(),
             span_id: nonzero_u64(),
+            parent_span_id: None,
             flags: 0x01,
         }
     }
@@ -56,6 +60,7 @@ impl TraceContext {
     pub fn child(&self) -> Self {
         Self {
             span_id: nonzero_u64(),
+            parent_span_id: Some(self.span_id),
             ..*self
         }
     }
@@ -81,10 +86,40 @@ impl TraceContext {
         )
     }
 
-    /// The `request` span of one request in one service: every log line written inside it
-    /// carries its `trace_id` and `request_id` (JSON lines under `span`).
-    pub fn span(&self, request_id: &str) -> tracing::Span {
-        tracing::info_span!("request", trace_id = %self.trace_id(), request_id)
+    /// The `request` span of this hop: every log line written inside it carries its `trace_id`
+    /// and `request_id` (JSON lines under `span`). When spans are exported over OTLP, the
+    /// exported span continues the caller's span in this trace, and this hop adopts its span id,
+    /// so the `traceparent` sent on names a span the collector has.
+    pub fn span(&mut self, request_id: &str) -> tracing::Span {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+        };
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let span = tracing::info_span!("request", trace_id = tracing::field::Empty, request_id);
+        // The exported span continues the caller's; a trace started here is a new root.
+        let parent = match self.parent_span_id {
+            Some(caller) => {
+                opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+                    TraceId::from_bytes(self.trace_id.to_be_bytes()),
+                    SpanId::from_bytes(caller.to_be_bytes()),
+                    TraceFlags::new(self.flags),
+                    true,
+                    TraceState::default(),
+                ))
+            }
+            None => opentelemetry::Context::new(),
+        };
+        // Fails (harmlessly) when no OTLP layer is installed: this hop then keeps its own ids.
+        if span.set_parent(parent).is_ok() {
+            let context = span.context();
+            let exported = context.span().span_context().clone();
+            if exported.is_valid() {
+                self.trace_id = u128::from_be_bytes(exported.trace_id().to_bytes());
+                self.span_id = u64::from_be_bytes(exported.span_id().to_bytes());
+            }
+        }
+        span.record("trace_id", self.trace_id());
+        span
     }
 }
 

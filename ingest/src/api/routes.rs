@@ -63,7 +63,7 @@ async fn resize(State(state): State<AppState>, request: Request) -> Response {
         .unwrap_or_else(RequestId::generate);
     // The client's trace continued (or a new one): sent on with the request, and on every log
     // line of it.
-    let trace = TraceContext::continue_or_start(
+    let mut trace = TraceContext::continue_or_start(
         request
             .headers()
             .get(TRACEPARENT)

@@ -125,6 +125,8 @@ struct Pending {
     queue: Duration,
     /// This resizer's hop of the request's trace (continued from the record's `traceparent`).
     trace: TraceContext,
+    /// The request's span in this resizer, for the pool job and the outputs.
+    span: tracing::Span,
 }
 
 /// Rebalances seen by the consumer, drained by the loop after every poll.
@@ -276,7 +278,7 @@ impl Worker {
                     }
                 }
                 Some((pending, done)) = self.jobs.next() => {
-                    let span = pending.trace.span(&pending.request.request_id);
+                    let span = pending.span.clone();
                     self.finish(pending, done).instrument(span).await?;
                 }
                 _ = flush_tick.tick() => self.flush().await?,
@@ -299,7 +301,7 @@ impl Worker {
         while !self.jobs.is_empty() {
             match tokio::time::timeout_at(deadline, self.jobs.next()).await {
                 Ok(Some((pending, done))) => {
-                    let span = pending.trace.span(&pending.request.request_id);
+                    let span = pending.span.clone();
                     self.finish(pending, done).instrument(span).await?;
                 }
                 Ok(None) => break,
@@ -378,7 +380,8 @@ impl Worker {
                 .and_then(|h| h.value)
                 .and_then(|value| std::str::from_utf8(value).ok())
         });
-        let trace = TraceContext::continue_or_start(traceparent);
+        let mut trace = TraceContext::continue_or_start(traceparent);
+        let span = trace.span(&request.request_id);
         self.submit(Pending {
             partition,
             offset,
@@ -386,6 +389,7 @@ impl Worker {
             request,
             queue,
             trace,
+            span,
         });
     }
 
@@ -396,7 +400,7 @@ impl Worker {
         let params = pending.request.params.clone();
         let deadline_ms = pending.request.deadline_at_ms;
         let limits = self.limits;
-        let span = pending.trace.span(&pending.request.request_id);
+        let span = pending.span.clone();
         self.pool.spawn(move || {
             // The kernel's own log lines carry the request's trace id.
             let _entered = span.enter();
