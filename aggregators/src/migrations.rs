@@ -24,6 +24,39 @@ struct Migration {
     modern_only: bool,
 }
 
+/// `CREATE VIEW` of one time rollup of `usage_by_request`: per tenant, `$bucket` (named by the
+/// ClickHouse function `$start_of`), outcome and output format, every billing dimension summed.
+macro_rules! rollup_view {
+    ($view:literal, $bucket:literal, $start_of:literal) => {
+        concat!(
+            "CREATE VIEW IF NOT EXISTS {db}.",
+            $view,
+            " AS
+SELECT
+    tenant_id,
+    ",
+            $start_of,
+            "(event_time) AS ",
+            $bucket,
+            ",
+    outcome,
+    output_format AS format,
+    count() AS requests,
+    sum(bytes_in) AS bytes_in,
+    sum(bytes_out) AS bytes_out,
+    sum(pixels_in) AS pixels_in,
+    sum(pixels_out) AS pixels_out,
+    sum(cpu_time_us) AS cpu_time_us,
+    sum(latency_us) AS latency_us_sum,
+    max(latency_us) AS latency_us_max
+FROM {db}.usage_by_request
+GROUP BY tenant_id, ",
+            $bucket,
+            ", outcome, format"
+        )
+    };
+}
+
 /// The raw table's sort key is the tenant first, so tenant-scoped and time-ranged reads use the
 /// primary index; duplicates of one delivery collapse in background merges (ReplacingMergeTree),
 /// while exact queries never rely on merges and group by request id.
@@ -99,54 +132,9 @@ GROUP BY tenant_id, request_id"],
         version: 4,
         name: "create usage_minute, usage_hour, usage_day",
         statements: &[
-            "CREATE VIEW IF NOT EXISTS {db}.usage_minute AS
-SELECT
-    tenant_id,
-    toStartOfMinute(event_time) AS minute,
-    outcome,
-    output_format AS format,
-    count() AS requests,
-    sum(bytes_in) AS bytes_in,
-    sum(bytes_out) AS bytes_out,
-    sum(pixels_in) AS pixels_in,
-    sum(pixels_out) AS pixels_out,
-    sum(cpu_time_us) AS cpu_time_us,
-    sum(latency_us) AS latency_us_sum,
-    max(latency_us) AS latency_us_max
-FROM {db}.usage_by_request
-GROUP BY tenant_id, minute, outcome, format",
-            "CREATE VIEW IF NOT EXISTS {db}.usage_hour AS
-SELECT
-    tenant_id,
-    toStartOfHour(event_time) AS hour,
-    outcome,
-    output_format AS format,
-    count() AS requests,
-    sum(bytes_in) AS bytes_in,
-    sum(bytes_out) AS bytes_out,
-    sum(pixels_in) AS pixels_in,
-    sum(pixels_out) AS pixels_out,
-    sum(cpu_time_us) AS cpu_time_us,
-    sum(latency_us) AS latency_us_sum,
-    max(latency_us) AS latency_us_max
-FROM {db}.usage_by_request
-GROUP BY tenant_id, hour, outcome, format",
-            "CREATE VIEW IF NOT EXISTS {db}.usage_day AS
-SELECT
-    tenant_id,
-    toStartOfDay(event_time) AS day,
-    outcome,
-    output_format AS format,
-    count() AS requests,
-    sum(bytes_in) AS bytes_in,
-    sum(bytes_out) AS bytes_out,
-    sum(pixels_in) AS pixels_in,
-    sum(pixels_out) AS pixels_out,
-    sum(cpu_time_us) AS cpu_time_us,
-    sum(latency_us) AS latency_us_sum,
-    max(latency_us) AS latency_us_max
-FROM {db}.usage_by_request
-GROUP BY tenant_id, day, outcome, format",
+            rollup_view!("usage_minute", "minute", "toStartOfMinute"),
+            rollup_view!("usage_hour", "hour", "toStartOfHour"),
+            rollup_view!("usage_day", "day", "toStartOfDay"),
         ],
         modern_only: false,
     },

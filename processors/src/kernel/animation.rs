@@ -11,13 +11,13 @@
 //! frames × canvas as well as the input's.
 
 use std::io::Cursor;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use image::codecs::gif::GifDecoder;
 use image::codecs::webp::WebPDecoder;
 use image::metadata::Orientation;
 use image::{AnimationDecoder, DynamicImage, ImageDecoder, RgbaImage};
-use schemas::events::{ImageFormat, StageTimings};
+use schemas::events::ImageFormat;
 
 use super::colour::ToSrgb;
 use super::encode::{GifStream, Settings};
@@ -25,8 +25,8 @@ use super::geometry::PixelRect;
 use super::probe::Header;
 use super::webp_anim::WebpAnimation;
 use super::{
-    BoxError, KernelError, Limits, Request, Resized, check_encode_cost, check_encoded,
-    check_output, geometry, micros, resample,
+    BoxError, KernelError, Limits, Request, Resized, check_encode_cost, check_output, finished,
+    geometry, resample,
 };
 
 /// Bytes per pixel of the RGBA canvas the animation decoders compose onto, used to turn the pixel
@@ -121,10 +121,11 @@ pub fn resize(
         }),
     };
 
-    let (mut decode_us, mut resize_us, mut encode_us) = (0, 0, 0);
+    // Decode, resize and encode time over all frames.
+    let (mut decode, mut resize, mut encode) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut count = 0u32;
     let mut at = Instant::now();
-    decode_us += micros(at - started);
+    decode += at - started;
     for frame in frames {
         let (canvas, delay_ms) = frame?;
         count += 1;
@@ -156,33 +157,26 @@ pub fn resize(
         sink.push(image.into_rgba8().into_raw(), delay_ms)
             .map_err(encode_failed)?;
         let encoded_at = Instant::now();
-        decode_us += micros(decoded_at - at);
-        resize_us += micros(resized_at - decoded_at);
-        encode_us += micros(encoded_at - resized_at);
+        decode += decoded_at - at;
+        resize += resized_at - decoded_at;
+        encode += encoded_at - resized_at;
         at = Instant::now();
     }
     let finish_started = Instant::now();
     let bytes = sink
         .finish(&request.encoding, header.loops)
         .map_err(encode_failed)?;
-    encode_us += micros(finish_started.elapsed());
-    check_encoded(&bytes, output_format, limits)?;
-
-    Ok(Resized {
-        format: output_format,
-        width: plan.canvas.0,
-        height: plan.canvas.1,
+    encode += finish_started.elapsed();
+    let timings = [decode, resize, encode];
+    finished(
         bytes,
-        input_format: header.format,
-        input_width: upright.0,
-        input_height: upright.1,
-        timings: StageTimings {
-            queue_us: 0,
-            decode_us,
-            resize_us,
-            encode_us,
-        },
-    })
+        output_format,
+        plan.canvas,
+        header,
+        upright,
+        timings,
+        limits,
+    )
 }
 
 /// Where composed frames come from.

@@ -391,21 +391,48 @@ pub fn resize(
     let (width, height) = (image.width(), image.height());
     let bytes = encode::encode(image, output_format, &request.encoding)?;
     let encoded_at = Instant::now();
-    check_encoded(&bytes, output_format, limits)?;
+    let timings = [
+        decoded_at - started,
+        resized_at - decoded_at,
+        encoded_at - resized_at,
+    ];
+    finished(
+        bytes,
+        output_format,
+        (width, height),
+        &header,
+        upright,
+        timings,
+        limits,
+    )
+}
 
+/// The kernel's answer: `bytes` of `format` at `size`, made from the image of `header` (`upright`
+/// once oriented), in the given decode, resize and encode times; refused if it does not fit one
+/// reply record.
+fn finished(
+    bytes: Vec<u8>,
+    format: ImageFormat,
+    size: (u32, u32),
+    header: &probe::Header,
+    upright: (u32, u32),
+    [decode, resize, encode]: [Duration; 3],
+    limits: &Limits,
+) -> Result<Resized, KernelError> {
+    check_encoded(&bytes, format, limits)?;
     Ok(Resized {
-        format: output_format,
-        width,
-        height,
+        format,
+        width: size.0,
+        height: size.1,
         bytes,
         input_format: header.format,
         input_width: upright.0,
         input_height: upright.1,
         timings: StageTimings {
             queue_us: 0,
-            decode_us: micros(decoded_at - started),
-            resize_us: micros(resized_at - decoded_at),
-            encode_us: micros(encoded_at - resized_at),
+            decode_us: micros(decode),
+            resize_us: micros(resize),
+            encode_us: micros(encode),
         },
     })
 }
