@@ -67,7 +67,7 @@ impl<'a> Source<'a> {
             });
         }
         let input = match header.format {
-            ImageFormat::Png => with_png_end(input),
+            ImageFormat::Png => with_trailer(input, &IEND),
             _ => std::borrow::Cow::Borrowed(input),
         };
         let (image, orientation, profile) = decode_with_image(&input, header.format, max_pixels)?;
@@ -126,7 +126,7 @@ fn decode_jpeg(
     profile: Option<&[u8]>,
 ) -> Result<DynamicImage, turbojpeg::Error> {
     let input = probe::jpeg_without_stray_header_bytes(input);
-    let input = with_end_marker(&input);
+    let input = with_trailer(&input, &EOI);
     let input = input.as_ref();
     let mut decompressor = Decompressor::new()?;
     decompressor.set_scan_limit(MAX_JPEG_SCANS)?;
@@ -179,41 +179,28 @@ fn decode_jpeg(
 }
 
 /// The JPEG end-of-image marker.
-const EOI: [u8; 2] = [0xFF, 0xD9];
-
-/// `input`, with an end-of-image marker appended when it does not end with one.
 ///
 /// libjpeg warns "Premature end of JPEG file" both when only the EOI marker is missing (every
 /// scan complete: browsers and libvips show such files) and when the file stops mid-scan (the
-/// rest of the picture is invented grey). With the marker supplied, the first case decodes
-/// without any warning, while a scan cut short still hits the marker while it needs data and
-/// warns "premature end of data segment", which [`jpeg_error`] refuses as truncated. Bytes after
-/// a real EOI (common trailing junk) are never read, so appending is harmless there too.
-fn with_end_marker(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if input.ends_with(&EOI) {
-        std::borrow::Cow::Borrowed(input)
-    } else {
-        let mut repaired = Vec::with_capacity(input.len() + EOI.len());
-        repaired.extend_from_slice(input);
-        repaired.extend_from_slice(&EOI);
-        std::borrow::Cow::Owned(repaired)
-    }
-}
+/// rest of the picture is invented grey). With the marker supplied (see [`with_trailer`]), the
+/// first case decodes without any warning, while a scan cut short still hits the marker while it
+/// needs data and warns "premature end of data segment", which [`jpeg_error`] refuses as
+/// truncated. Bytes after a real EOI (common trailing junk) are never read, so appending is
+/// harmless there too.
+const EOI: [u8; 2] = [0xFF, 0xD9];
 
-/// The PNG end chunk (`IEND`, empty, with its CRC).
+/// The PNG end chunk (`IEND`, empty, with its CRC). The PNG decoder refuses a file whose image
+/// data is complete but whose end chunk is missing (libvips and browsers show it); image data cut
+/// short still fails, as the decoder runs out of it before any `IEND`.
 const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
 
-/// `input`, with an `IEND` chunk appended when it does not end with one. The PNG decoder refuses
-/// a file whose image data is complete but whose end chunk is missing (libvips and browsers show
-/// it); image data cut short still fails, as the decoder runs out of it before any `IEND`.
-fn with_png_end(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if input.ends_with(&IEND) {
+/// `input`, with `trailer` (a format's end marker) appended when it does not end with it; a copy
+/// only then.
+fn with_trailer<'a>(input: &'a [u8], trailer: &[u8]) -> std::borrow::Cow<'a, [u8]> {
+    if input.ends_with(trailer) {
         std::borrow::Cow::Borrowed(input)
     } else {
-        let mut repaired = Vec::with_capacity(input.len() + IEND.len());
-        repaired.extend_from_slice(input);
-        repaired.extend_from_slice(&IEND);
-        std::borrow::Cow::Owned(repaired)
+        std::borrow::Cow::Owned([input, trailer].concat())
     }
 }
 
