@@ -83,26 +83,6 @@ async fn config(test: &str) -> (Config, SocketAddr, SocketAddr) {
     (config, api, identity)
 }
 
-/// Waits until `key` authenticates at the api (the identity change reached its view).
-async fn key_known(api: SocketAddr, key: &str) {
-    let http = reqwest::Client::new();
-    support::eventually(
-        Duration::from_secs(20),
-        "the key to reach the api",
-        || async {
-            let status = http
-                .get(format!("http://{api}/v1/usage?from=0&to=1"))
-                .bearer_auth(key)
-                .send()
-                .await
-                .ok()?
-                .status();
-            (status != reqwest::StatusCode::UNAUTHORIZED).then_some(())
-        },
-    )
-    .await;
-}
-
 fn request_head(api: SocketAddr, key: &str, query: &str, length: usize) -> String {
     format!(
         "POST /v1/resize?{query} HTTP/1.1\r\nhost: {api}\r\nauthorization: Bearer {key}\r\n\
@@ -122,7 +102,7 @@ async fn a_body_slower_than_the_deadline_gets_408_and_is_never_resized() {
     ];
     let hosted = support::host(config.clone(), &services).await;
     let tenant = support::create_tenant_key(identity, "slow", 100, 100).await;
-    key_known(api, &tenant.api_key).await;
+    support::wait_for_key(api, &tenant.api_key).await;
 
     // Every chunk comes well within the body read timeout, but the whole body takes longer than
     // the request's deadline.
@@ -155,7 +135,7 @@ async fn a_client_that_hangs_up_before_its_image_is_not_billed_ok() {
     // No resizer yet: the request waits in Kafka while the client gives up.
     let front = support::host(config.clone(), &[Service::Identity, Service::Api]).await;
     let tenant = support::create_tenant_key(identity, "gone", 100, 100).await;
-    key_known(api, &tenant.api_key).await;
+    support::wait_for_key(api, &tenant.api_key).await;
 
     let image = support::images::jpeg(64, 64);
     let mut stream = tokio::net::TcpStream::connect(api).await.unwrap();
@@ -214,7 +194,7 @@ async fn a_request_whose_api_was_killed_stays_unconfirmed_never_ok() {
     })
     .await;
     assert!(process.0.try_wait().unwrap().is_none(), "api exited");
-    key_known(api, &tenant.api_key).await;
+    support::wait_for_key(api, &tenant.api_key).await;
 
     // The client waits for its image; no resizer runs yet, so the request sits in Kafka.
     let image = support::images::jpeg(64, 64);

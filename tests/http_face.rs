@@ -37,22 +37,7 @@ async fn stack(test: &str, max_concurrent_requests: usize) -> Stack {
     let services = [Service::Identity, Service::Resizer, Service::Api];
     let hosted = support::host(config, &services).await;
     let tenant = support::create_tenant_key(identity, "face", 1000, 1000).await;
-    let http = reqwest::Client::new();
-    support::eventually(
-        Duration::from_secs(20),
-        "the key to reach the api",
-        || async {
-            let status = http
-                .post(format!("http://{api}/v1/resize?width=0"))
-                .bearer_auth(&tenant.api_key)
-                .send()
-                .await
-                .ok()?
-                .status();
-            (status != StatusCode::UNAUTHORIZED).then_some(())
-        },
-    )
-    .await;
+    support::wait_for_key(api, &tenant.api_key).await;
     Stack {
         api,
         identity,

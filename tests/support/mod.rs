@@ -204,6 +204,27 @@ pub async fn create_tenant_key(
     }
 }
 
+/// Waits until `key` authenticates at the api at `api` (the identity change reached its view).
+/// Probes with a usage query, which writes no usage record.
+pub async fn wait_for_key(api: std::net::SocketAddr, key: &str) {
+    let http = reqwest::Client::new();
+    eventually(
+        Duration::from_secs(20),
+        "the key to reach the api",
+        || async {
+            let status = http
+                .get(format!("http://{api}/v1/usage?from=0&to=1"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .ok()?
+                .status();
+            (status != reqwest::StatusCode::UNAUTHORIZED).then_some(())
+        },
+    )
+    .await;
+}
+
 /// Writes usage records to a test namespace's `usage.events`, as resizers and the api do.
 pub struct UsageProducer {
     producer: rdkafka::producer::FutureProducer,
