@@ -15,54 +15,12 @@
 #        IMGPIPE_BIN         an imgpipe binary to use instead of building the release one
 set -euo pipefail
 
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
+bench_name=load
 step_duration="${1:-20s}"
 query="${IMGPIPE_LOAD_QUERY:-width=512&height=512&format=jpeg&quality=80}"
-ns="load-$(date +%s)."
-work="$root/.stack/load/${ns%.}"
-mkdir -p "$work"
-bin="${IMGPIPE_BIN:-$root/target/release/imgpipe}"
-token="load-admin-token-0123456789"
-api="127.0.0.1:18080"
-identity="127.0.0.1:18090"
-
-[ -n "${IMGPIPE_BIN:-}" ] || cargo build --release --locked --bin imgpipe >&2
+# shellcheck source=benches/pipeline_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pipeline_env.sh"
 photos="${IMGPIPE_LOAD_IMAGES:-$(benches/photos.sh)}"
-compose/local/stack up >&2
-
-export IMGPIPE_KAFKA__NAMESPACE="$ns" IMGPIPE_CLICKHOUSE__DATABASE="load_$(date +%s)"
-export IMGPIPE_IDENTITY__ADMIN_TOKEN="$token" IMGPIPE_TELEMETRY__LOG_FORMAT=json RUST_LOG=warn
-export IMGPIPE_API__LISTEN="$api" IMGPIPE_IDENTITY__LISTEN="$identity"
-"$bin" topics ensure >/dev/null
-
-declare -A pids
-start() {
-  local service="$1" port="$2"
-  IMGPIPE_OPS__LISTEN="127.0.0.1:$port" "$bin" "$service" >"$work/$service.log" 2>&1 &
-  pids[$service]=$!
-}
-stop_all() {
-  for service in "${!pids[@]}"; do kill -TERM "${pids[$service]}" 2>/dev/null || true; done
-  for service in "${!pids[@]}"; do wait "${pids[$service]}" 2>/dev/null || true; done
-}
-trap stop_all EXIT
-
-start identity 19102
-start aggregator 19104
-start resizer 19103
-start api 19101
-for port in 19102 19104 19103 19101; do
-  for _ in $(seq 1 300); do curl -sf "127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.2; done
-  curl -sf "127.0.0.1:$port/readyz" >/dev/null || { echo "service on $port not ready" >&2; exit 1; }
-done
-
-tenant="$(curl -sf -X POST $identity/admin/v1/tenants -H "Authorization: Bearer $token" \
-  -H 'Content-Type: application/json' -d '{"name":"load","rate_limit_per_second":100000,"burst":100000}' \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
-key="$(curl -sf -X POST "$identity/admin/v1/tenants/$tenant/keys" -H "Authorization: Bearer $token" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')"
-sleep 1
 
 best_rate=0
 for concurrency in 2 4 8 16; do
@@ -84,7 +42,5 @@ fi
 echo
 echo "max sustained: $best_rate req/s (closed loop); open loop at $target req/s above"
 echo "peak RSS (VmHWM) per service:"
-for service in identity api resizer aggregator; do
-  printf '  %-11s %s\n' "$service" "$(grep VmHWM "/proc/${pids[$service]}/status" | awk '{printf "%.0f MiB", $2/1024}')"
-done
+print_peak_rss
 echo "logs and reports: $work"
