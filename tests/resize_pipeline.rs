@@ -127,10 +127,13 @@ async fn expect_image(response: reqwest::Response, format: ImageFormat, size: (u
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(content_type, format.to_mime_type());
     for stage in [
+        "accept;dur=",
+        "produce;dur=",
         "queue;dur=",
         "decode;dur=",
         "resize;dur=",
         "encode;dur=",
+        "handoff;dur=",
         "total;dur=",
     ] {
         assert!(timing.contains(stage), "{timing}");
@@ -670,4 +673,58 @@ async fn a_clients_trace_travels_through_kafka_and_back() {
     }
     assert_ne!(on_request, on_reply, "the resizer is a hop of its own");
     p.hosted.stop().await;
+}
+
+#[tokio::test]
+async fn replies_do_not_wait_for_the_transaction_and_usage_stays_exactly_once() {
+    // A transaction only every minute: an answer that waited for one could not come in time.
+    let p = pipeline("pipeline_reply_first", ALL, |c| {
+        c.resizer.transaction_max_delay = Duration::from_secs(60);
+        c.resizer.transaction_max_records = 10_000;
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let response = p.resize("width=16&format=png", images::jpeg(64, 48)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        committed_resizer_records(&p.config, &request_id).await,
+        0,
+        "the resizer's usage record is not committed yet, though the client has its image"
+    );
+    // Shutdown drains: the open work is committed, once.
+    p.hosted.stop().await;
+    assert_eq!(committed_resizer_records(&p.config, &request_id).await, 1);
+}
+
+/// How many committed usage records a resizer wrote for `request_id` (read_committed, the whole
+/// topic, until it is quiet for 3 s).
+async fn committed_resizer_records(config: &Config, request_id: &str) -> usize {
+    use schemas::events::{UsageRecorded, UsageSource};
+    let codec = schemas::Codec::new(&config.registry, &config.kafka.namespace);
+    let consumer: StreamConsumer = config
+        .kafka
+        .reader_config(Duration::from_millis(100))
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&codec.topic::<UsageRecorded>()])
+        .unwrap();
+    let mut seen = 0;
+    while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await
+    {
+        let usage: UsageRecorded = codec.decode(message.payload().unwrap()).await.unwrap();
+        if usage.request_id == request_id && usage.source == UsageSource::Resizer {
+            seen += 1;
+        }
+    }
+    seen
 }

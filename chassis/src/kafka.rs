@@ -69,8 +69,10 @@ pub enum ConsumerProfile {
     AtLeastOnce,
     /// Offsets committed inside the producer's transactions, never by the consumer (resizers).
     Transactional,
-    /// Nothing committed; a new owner of a partition starts at its end, with minimal fetch wait
-    /// (the api's reply reader: only replies written while it owns a partition matter).
+    /// Nothing committed; a new owner of a partition starts at its end, with minimal fetch wait,
+    /// and records are read as soon as written (`read_uncommitted`): the api's reply reader.
+    /// Only replies written while it owns a partition matter; replies are written outside
+    /// transactions, and any duplicate of one is dropped by request id.
     LatestNoCommit,
 }
 
@@ -109,6 +111,9 @@ impl KafkaConfig {
             .set("message.max.bytes", self.max_message_bytes.to_string())
             // Fail fast on a broker that is gone instead of hanging on TCP timeouts.
             .set("socket.connection.setup.timeout.ms", "5000")
+            // TCP_NODELAY: with Nagle on, a small request sent while an earlier one is still
+            // unacknowledged on the connection waits for that ACK.
+            .set("socket.nagle.disable", "true")
             .set("reconnect.backoff.max.ms", "2000");
         for (key, value) in &self.properties {
             config.set(key, value);
@@ -181,7 +186,7 @@ impl KafkaConfig {
     }
 
     /// Settings of a member of consumer group `group_id` (namespaced): reads only committed
-    /// records, cooperative-sticky assignment, fetch sizes that fit the largest record, a bounded
+    /// records (except [`ConsumerProfile::LatestNoCommit`]), cooperative-sticky assignment, fetch sizes that fit the largest record, a bounded
     /// prefetch buffer, and the offset handling of `profile`.
     pub fn group_consumer_config(&self, group_id: &str, profile: ConsumerProfile) -> ClientConfig {
         let mut config = self.client_config();
@@ -210,7 +215,10 @@ impl KafkaConfig {
             ConsumerProfile::LatestNoCommit => config
                 .set("enable.auto.commit", "false")
                 .set("auto.offset.reset", "latest")
-                // Latency-critical: the broker must not hold fetches to fill them.
+                // Latency-critical: the broker must not hold fetches to fill them, and a reply
+                // must not wait behind another producer's open transaction on its partition
+                // (read_committed stops at the partition's last stable offset).
+                .set("isolation.level", "read_uncommitted")
                 .set("fetch.wait.max.ms", "10")
                 .set("fetch.min.bytes", "1"),
         };

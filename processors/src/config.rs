@@ -44,9 +44,11 @@ pub struct ResizerConfig {
     /// `api.request_timeout`.
     #[serde(with = "humantime_serde")]
     pub max_encode_time: Duration,
-    /// Results committed in one Kafka transaction at most.
+    /// Finished records committed in one Kafka transaction at most.
     pub transaction_max_records: usize,
-    /// Longest a finished result waits for its transaction (the latency cost of batching).
+    /// Longest a finished record's usage and offset wait for their transaction. Replies do not
+    /// wait (they are sent as soon as ready): this trades how much work a crash makes another
+    /// resizer redo, and how fresh usage is, against the cost of committing.
     #[serde(with = "humantime_serde")]
     pub transaction_max_delay: Duration,
     /// How long the resizer may hold work without committing any before it reports itself
@@ -73,8 +75,8 @@ impl Default for ResizerConfig {
             max_frames: limits.max_frames,
             max_animation_pixels: limits.max_animation_pixels,
             max_encode_time: limits.max_encode_time,
-            transaction_max_records: 64,
-            transaction_max_delay: Duration::from_millis(5),
+            transaction_max_records: 500,
+            transaction_max_delay: Duration::from_millis(100),
             transaction_timeout: Duration::from_secs(5),
             // Well past a transaction's worst case (delivery timeout plus commit), short enough
             // that an operator hears of a wedged partition within a minute.

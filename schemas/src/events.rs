@@ -252,7 +252,8 @@ pub struct ResizeError {
 /// How long each stage took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct StageTimings {
-    /// Produce → work starts.
+    /// The resizer received the record → its work started on the CPU pool (the in-process queue;
+    /// time in Kafka is the api's `handoff`).
     pub queue_us: i64,
     /// Decoding.
     pub decode_us: i64,

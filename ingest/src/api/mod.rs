@@ -99,7 +99,7 @@ pub async fn run(
 
     let state = AppState {
         auth: view,
-        publisher,
+        publisher: publisher.clone(),
         replies: router,
         usage: Some(usage::ClickHouseUsage::new(clickhouse)),
         metrics,
@@ -107,7 +107,12 @@ pub async fn run(
     };
     let listen = state.config.listen;
     let router = app(state, &ctx.http);
-    chassis::http::bind_and_serve("Api", listen, router, &ctx.http, ctx.shutdown.clone()).await?;
+    let served =
+        chassis::http::bind_and_serve("Api", listen, router, &ctx.http, ctx.shutdown.clone()).await;
+    // Usage records of the last answers may still be queued (the usage producer lingers). Bounded:
+    // with Kafka gone, shutdown must not hang.
+    publisher.flush(std::time::Duration::from_secs(5)).await;
+    served?;
     Ok(())
 }
 

@@ -77,7 +77,11 @@ impl ClientContext for BrokerHealth {
 
 /// The production publisher.
 pub struct KafkaPublisher {
+    /// Resize requests: no linger, a client waits on each.
     producer: FutureProducer<BrokerHealth>,
+    /// The api's usage records, on their own connections with a short linger: nobody waits on
+    /// them, and they must not queue in front of the next request's produce.
+    usage_producer: FutureProducer,
     health: BrokerHealth,
     codec: Arc<Codec>,
     requests_topic: String,
@@ -94,7 +98,7 @@ impl std::fmt::Debug for KafkaPublisher {
 }
 
 impl KafkaPublisher {
-    /// An idempotent producer whose health is refreshed twice a second.
+    /// Idempotent producers (requests, usage) whose health is refreshed twice a second.
     pub fn new(
         kafka: &KafkaConfig,
         codec: Arc<Codec>,
@@ -110,14 +114,34 @@ impl KafkaPublisher {
                 role: "api producer",
                 source,
             })?;
+        let usage_producer = kafka
+            .producer_config(chassis::kafka::ProducerProfile::Batched)
+            .create()
+            .map_err(|source| chassis::kafka::KafkaSetupError::Create {
+                role: "api usage producer",
+                source,
+            })?;
         Ok(Self {
             producer,
+            usage_producer,
             health,
             requests_topic: codec.topic::<ResizeRequested>(),
             usage_topic: codec.topic::<UsageRecorded>(),
             codec,
             metrics,
         })
+    }
+
+    /// Waits up to `timeout` for every queued record (requests, usage) to be delivered; at
+    /// shutdown, so no usage record is left in the queue. Logs what could not be delivered.
+    pub async fn flush(&self, timeout: Duration) {
+        let (requests, usage) = (self.producer.clone(), self.usage_producer.clone());
+        let flushed =
+            tokio::task::spawn_blocking(move || requests.flush(timeout).and(usage.flush(timeout)))
+                .await;
+        if let Ok(Err(error)) = flushed {
+            tracing::warn!(%error, "Records still queued at shutdown were not all delivered");
+        }
     }
 
     /// Whether a broker is up.
@@ -195,7 +219,7 @@ impl RequestPublisher for KafkaPublisher {
                 .key(&usage.tenant_id)
                 .payload(&payload);
             // Fire and forget: librdkafka retries delivery; the client is not kept waiting.
-            match self.producer.send_result(record) {
+            match self.usage_producer.send_result(record) {
                 Ok(_delivery) => self
                     .metrics
                     .usage_records

@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use chassis::http::RequestId;
 use chassis::trace::{TRACEPARENT, TraceContext};
 use schemas::events::{
-    ImageFormat, ResizeRequested, ResizeResult, UsageRecorded, UsageSource, outcomes,
+    ImageFormat, ResizeRequested, ResizeResult, StageTimings, UsageRecorded, UsageSource, outcomes,
 };
 use tower::ServiceBuilder;
 use tracing::Instrument as _;
@@ -219,6 +219,7 @@ async fn handle_resize(
     };
     let traceparent = trace.header();
     let produce_started = Instant::now();
+    let accept = produce_started - received.at;
     let remaining = timeout.saturating_sub(received.at.elapsed());
     let produced = tokio::time::timeout(remaining, state.publisher.publish(&event, &traceparent));
     // Whatever happens from here (the client leaving included), the api writes this request's
@@ -250,7 +251,7 @@ async fn handle_resize(
         }
         Err(_) => return Err(delivery.refused(problem::deadline_exceeded())),
     }
-    let produce = produce_started.elapsed();
+    let acknowledged = Instant::now();
     drop(event);
 
     let remaining = timeout.saturating_sub(received.at.elapsed());
@@ -258,7 +259,38 @@ async fn handle_resize(
         Ok(Some(result)) => result,
         Ok(None) | Err(_) => return Err(delivery.refused(problem::deadline_exceeded())),
     };
-    reply_response(state, result, received, produce, delivery)
+    let timings = ApiTimings {
+        accept,
+        produce: acknowledged - produce_started,
+        remote: acknowledged.elapsed(),
+    };
+    reply_response(state, result, received, timings, delivery)
+}
+
+/// Where the api's time of one request went, next to the resizer's [`StageTimings`].
+#[derive(Debug, Clone, Copy)]
+struct ApiTimings {
+    /// Arrival → the request record handed to the producer: body, authentication, validation.
+    accept: Duration,
+    /// Producing the request until the broker acknowledged it (`acks=all`).
+    produce: Duration,
+    /// Acknowledged → the reply handed to this request: the resizer's stages plus every Kafka
+    /// hand-off (the request fetched, the reply produced and fetched, routed to the request).
+    remote: Duration,
+}
+
+impl ApiTimings {
+    /// Every stage in pipeline order with its duration in µs: `accept`, `produce`, the
+    /// resizer's stages, then `handoff` (what `remote` spent outside the resizer's stages).
+    fn stages(&self, resizer: &StageTimings) -> Vec<(&'static str, i64)> {
+        let us = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let resizer = resizer.stages();
+        let in_resizer: i64 = resizer.iter().map(|(_, us)| us).sum();
+        let mut stages = vec![("accept", us(self.accept)), ("produce", us(self.produce))];
+        stages.extend(resizer);
+        stages.push(("handoff", (us(self.remote) - in_resizer).max(0)));
+        stages
+    }
 }
 
 /// The client's answer from a resizer's reply: the image, or the resizer's problem.
@@ -266,22 +298,17 @@ fn reply_response(
     state: &AppState,
     result: ResizeResult,
     received: Received,
-    produce: Duration,
+    timings: ApiTimings,
     delivery: Delivery,
 ) -> Result<Response, Problem> {
-    let stages = result.timings.stages();
-    for (stage, us) in stages {
+    let stages = timings.stages(&result.timings);
+    for &(stage, us) in &stages {
         state
             .metrics
             .stage_seconds
             .with_label_values(&[stage])
             .observe(us as f64 / 1e6);
     }
-    state
-        .metrics
-        .stage_seconds
-        .with_label_values(&["produce"])
-        .observe(produce.as_secs_f64());
     let Some(image) = result.image else {
         let error = result
             .error
@@ -512,4 +539,43 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handoff_is_the_remote_time_outside_the_resizers_stages() {
+        let timings = ApiTimings {
+            accept: Duration::from_micros(150),
+            produce: Duration::from_micros(700),
+            remote: Duration::from_micros(5_000),
+        };
+        let resizer = StageTimings {
+            queue_us: 100,
+            decode_us: 200,
+            resize_us: 300,
+            encode_us: 400,
+        };
+        assert_eq!(
+            timings.stages(&resizer),
+            vec![
+                ("accept", 150),
+                ("produce", 700),
+                ("queue", 100),
+                ("decode", 200),
+                ("resize", 300),
+                ("encode", 400),
+                ("handoff", 4_000),
+            ]
+        );
+        // A resizer reporting more than the api waited (a clock it cannot have) never makes a
+        // negative stage.
+        let slow = StageTimings {
+            decode_us: 9_000,
+            ..resizer
+        };
+        assert_eq!(timings.stages(&slow).last(), Some(&("handoff", 0)));
+    }
 }

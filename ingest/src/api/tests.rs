@@ -201,10 +201,13 @@ async fn a_resized_image_comes_back_with_timing_and_request_id() {
     assert_eq!(body, b"RIFF-fake-webp");
     let timing = headers["server-timing"].to_str().unwrap();
     for stage in [
+        "accept;dur=",
+        "produce;dur=",
         "queue;dur=1.500",
         "decode;dur=2.000",
         "resize;dur=3.000",
         "encode;dur=4.000",
+        "handoff;dur=",
         "total;dur=",
     ] {
         assert!(timing.contains(stage), "{timing}");

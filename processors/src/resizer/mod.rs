@@ -1,11 +1,14 @@
 //! The resizer's consume → resize → produce loop, exactly once.
 //!
-//! One task owns the consumer, the transactional producer and an [`OffsetTracker`]. Records are
-//! decoded here, their image work runs on the bounded CPU pool, and finished results wait in the
-//! tracker until every earlier record of their partition is finished too. A flush (by count or
-//! age) writes the replies, usage records and DLQ records of that contiguous run, plus the input
-//! offsets, in one Kafka transaction. So a crash at any point either commits all of a record's
-//! effects or none: another resizer re-does exactly the uncommitted ones.
+//! One task owns the consumer and an [`OffsetTracker`]. Records are decoded here, their image
+//! work runs on the bounded CPU pool, and each finished request's reply is sent at once by a
+//! plain idempotent producer: the requester never waits for a commit. Its usage record (or a DLQ
+//! record) waits in the tracker until every earlier record of its partition is finished too. A
+//! flush (by count or age) writes the usage and DLQ records of that contiguous run, plus the
+//! input offsets, in one Kafka transaction, which commits in its own task while the loop goes on.
+//! So a crash at any point either commits all of a record's usage and its offset or none:
+//! another resizer redoes exactly the uncommitted ones (a redone reply reaches nobody twice: the
+//! api answers each request once and drops late replies).
 //!
 //! Backpressure: at most `max_in_flight` records are decoded and not yet finished; at that bound
 //! the loop stops taking records until work drains, and librdkafka's prefetch stops at its own
@@ -16,12 +19,13 @@
 //! committed: its new owner redoes it from the committed offset.
 //!
 //! This module is the loop (consume, decode, hand to the pool, drain); [`outputs`] turns a finished
-//! job into the records it produces; [`transaction`] writes a run of them with their offsets.
+//! job into the reply it sends and the records it commits; [`transaction`] writes a run of them
+//! with their offsets.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chassis::kafka::{ConsumerProfile, KafkaConfig, log_rebalance};
+use chassis::kafka::{ConsumerProfile, KafkaConfig, ProducerProfile, log_rebalance};
 use chassis::trace::{TRACEPARENT, TraceContext};
 use chassis::{RetryPolicy, ServiceContext};
 use futures::StreamExt;
@@ -49,7 +53,9 @@ mod outputs;
 mod transaction;
 
 use outputs::with_error;
-use transaction::{OutRecord, Outputs, UnwritableInputs, with_target};
+use transaction::{
+    Committer, InFlightCommit, OutRecord, Outputs, SentReply, UnwritableInputs, with_target,
+};
 
 /// Consumer group of all resizers.
 pub const GROUP: &str = "resizers";
@@ -94,6 +100,8 @@ type JobFuture = std::pin::Pin<Box<dyn Future<Output = (Pending, Option<JobDone>
 struct JobDone {
     result: Result<Resized, JobError>,
     cpu: Duration,
+    /// From the record's receipt by the loop to its work starting on the pool.
+    queue: Duration,
 }
 
 enum JobError {
@@ -122,7 +130,8 @@ struct Pending {
     offset: i64,
     request: ResizeRequested,
     bytes_in: usize,
-    queue: Duration,
+    /// When the loop received the record.
+    received: Instant,
     /// This resizer's hop of the request's trace (continued from the record's `traceparent`).
     trace: TraceContext,
     /// The request's span in this resizer, for the pool job and the outputs.
@@ -182,6 +191,15 @@ pub async fn run(
     let producer = producer_kafka
         .transactional_producer(&format!("resizer-{instance}"))
         .await?;
+    // Replies are sent outside the transactions (see `transaction::SentReply`), as soon as each
+    // is ready: no linger, a client waits on every one.
+    let reply_producer: FutureProducer = kafka
+        .producer_config(ProducerProfile::LowLatency)
+        .create()
+        .map_err(|source| chassis::kafka::KafkaSetupError::Create {
+            role: "reply producer",
+            source,
+        })?;
 
     let context = RebalanceLog::default();
     let consumer_config = kafka.group_consumer_config(GROUP, ConsumerProfile::Transactional);
@@ -208,10 +226,18 @@ pub async fn run(
     );
     ctx.readiness.ready("resizer");
 
+    let consumer = Arc::new(consumer);
     let mut worker = Worker {
         codec: Codec::new(&registry, &kafka.namespace),
-        dlq_topic: kafka.name(IMAGE_REQUESTS_DLQ),
-        requests_topic,
+        committer: Committer {
+            producer,
+            consumer: Arc::clone(&consumer),
+            requests_topic,
+            dlq_topic: kafka.name(IMAGE_REQUESTS_DLQ),
+            metrics: metrics.clone(),
+        },
+        committing: None,
+        reply_producer,
         // An image bigger than one record would fail inside the transaction; the kernel refuses
         // it instead, as a per-request 4xx.
         limits: config.limits(
@@ -220,8 +246,7 @@ pub async fn run(
                 .min(schemas::topics::IMAGE_TOPIC_MAX_MESSAGE_BYTES),
         ),
         max_in_flight: config.effective_max_in_flight(),
-        consumer: Arc::new(consumer),
-        producer,
+        consumer,
         pool,
         lag_probe_busy: Arc::default(),
         rebalances: context,
@@ -240,12 +265,15 @@ pub async fn run(
 
 struct Worker {
     codec: Codec,
-    requests_topic: String,
-    dlq_topic: String,
+    /// Writes transactions (its own task per transaction, one at a time).
+    committer: Committer,
+    /// The transaction committing now, if any.
+    committing: Option<InFlightCommit>,
+    /// Sends replies outside the transactions.
+    reply_producer: FutureProducer,
     limits: Limits,
     max_in_flight: usize,
     consumer: Arc<StreamConsumer<RebalanceLog>>,
-    producer: FutureProducer,
     pool: rayon::ThreadPool,
     lag_probe_busy: Arc<std::sync::atomic::AtomicBool>,
     rebalances: RebalanceLog,
@@ -281,11 +309,13 @@ impl Worker {
                     let span = pending.span.clone();
                     self.finish(pending, done).instrument(span).await?;
                 }
-                _ = flush_tick.tick() => self.flush().await?,
+                (commit, outcome) = Self::commit_finished(&mut self.committing),
+                    if self.committing.is_some() => self.committed(commit, outcome)?,
+                _ = flush_tick.tick() => self.flush(),
                 _ = lag_tick.tick() => self.update_lag(),
             }
             if self.tracker.ready_count() >= self.config.transaction_max_records {
-                self.flush().await?;
+                self.flush();
             }
             if self.tracker.is_empty() && self.jobs.is_empty() {
                 self.stall.idle();
@@ -311,9 +341,7 @@ impl Worker {
                 }
             }
         }
-        while self.tracker.ready_count() > 0 {
-            self.flush().await?;
-        }
+        self.commit_all().await?;
         tracing::info!("Resizer stopped");
         Ok(())
     }
@@ -336,13 +364,15 @@ impl Worker {
 
     /// Decodes one record and puts its work on the pool, or turns it into a DLQ record.
     async fn accept(&mut self, message: &BorrowedMessage<'_>) {
+        let received = Instant::now();
         self.stall.busy();
         let (partition, offset) = (message.partition(), message.offset());
         if let Some(unwritable) = self.unwritable.take((partition, offset)) {
             self.tracker.start(partition, offset);
             let mut dlq = self.dead_letter(message, "unwritable_output", &unwritable.error);
             dlq.headers = with_target(dlq.headers, &unwritable);
-            self.tracker.complete(partition, offset, vec![dlq]);
+            self.tracker
+                .complete(partition, offset, Outputs::committed(dlq));
             return;
         }
         let payload = message.payload().unwrap_or_default();
@@ -361,18 +391,13 @@ impl Worker {
                 Err(error) => {
                     self.tracker.start(partition, offset);
                     let dlq = self.dead_letter(message, "undecodable_request", &error);
-                    self.tracker.complete(partition, offset, vec![dlq]);
+                    self.tracker
+                        .complete(partition, offset, Outputs::committed(dlq));
                     return;
                 }
             }
         };
         self.tracker.start(partition, offset);
-        let queue = message
-            .timestamp()
-            .to_millis()
-            .map_or(Duration::ZERO, |sent| {
-                Duration::from_millis(now_ms().saturating_sub(sent).max(0) as u64)
-            });
         let traceparent = message.headers().and_then(|headers| {
             headers
                 .iter()
@@ -387,7 +412,7 @@ impl Worker {
             offset,
             bytes_in: request.image.len(),
             request,
-            queue,
+            received,
             trace,
             span,
         });
@@ -401,7 +426,9 @@ impl Worker {
         let deadline_ms = pending.request.deadline_at_ms;
         let limits = self.limits;
         let span = pending.span.clone();
+        let received = pending.received;
         self.pool.spawn(move || {
+            let queue = received.elapsed();
             // The kernel's own log lines carry the request's trace id.
             let _entered = span.enter();
             let cpu = cpu_time::ThreadTime::now();
@@ -414,6 +441,7 @@ impl Worker {
             let _ = tx.send(JobDone {
                 result,
                 cpu: cpu.elapsed(),
+                queue,
             });
         });
         self.metrics.in_flight.set(self.jobs.len() as i64 + 1);

@@ -1,5 +1,5 @@
-//! What a finished request produces: the reply to its requester and its usage record (or, for a
-//! record that cannot be read, a DLQ record), encoded and waiting for the next transaction.
+//! What a finished request produces: the reply to its requester, sent at once, and its usage
+//! record (or, for a record that cannot be read, a DLQ record), waiting for the next transaction.
 
 use super::*;
 
@@ -14,7 +14,7 @@ impl Worker {
         let Some(done) = done else { return Ok(()) };
         let request = &pending.request;
         let mut timings = StageTimings {
-            queue_us: micros(pending.queue),
+            queue_us: micros(done.queue),
             ..StageTimings::default()
         };
         let (image, error, input, outcome) = match done.result {
@@ -121,24 +121,31 @@ impl Worker {
             value: Some(&traceparent),
         });
         let source = (pending.partition, pending.offset);
-        let outputs = vec![
-            OutRecord {
-                source,
-                topic: request.reply_topic.clone(),
-                partition: Some(request.reply_partition),
-                key: request.request_id.clone(),
-                payload: reply,
-                headers: headers.clone(),
-            },
-            OutRecord {
-                source,
-                topic: self.codec.topic::<UsageRecorded>(),
-                partition: None,
-                key: request.tenant_id.clone(),
-                payload: usage_payload,
-                headers,
-            },
-        ];
+        let reply = OutRecord {
+            source,
+            topic: request.reply_topic.clone(),
+            partition: Some(request.reply_partition),
+            key: request.request_id.clone(),
+            payload: reply,
+            headers: headers.clone(),
+        };
+        let mut outputs = Outputs::committed(OutRecord {
+            source,
+            topic: self.codec.topic::<UsageRecorded>(),
+            partition: None,
+            key: request.tenant_id.clone(),
+            payload: usage_payload,
+            headers,
+        });
+        match transaction::send(&self.reply_producer, &reply) {
+            Ok(delivery) => outputs.reply = Some(SentReply { source, delivery }),
+            // Refused before it was queued (a partition that does not exist, a full queue): it
+            // goes into the transaction instead, which dead-letters or retries it as any output.
+            Err(error) => {
+                tracing::debug!(%error, "Reply not sent on its own; it goes in the transaction");
+                outputs.records.insert(0, reply);
+            }
+        }
         self.tracker
             .complete(pending.partition, pending.offset, outputs);
         Ok(())
@@ -207,7 +214,7 @@ impl Worker {
         );
         OutRecord {
             source,
-            topic: self.dlq_topic.clone(),
+            topic: self.committer.dlq_topic.clone(),
             partition: None,
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
             payload: message.payload().unwrap_or_default().to_vec(),

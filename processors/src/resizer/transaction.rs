@@ -1,8 +1,11 @@
-//! The resizer's Kafka transaction: the outputs of a contiguous run of finished records (replies,
-//! usage records, DLQ records) and their input offsets are written and committed together, or
-//! aborted and re-read together. An output that can never be written (its partition does not
-//! exist, it is too large) is classified permanent once ([`chassis::kafka::is_permanent_record_error`]):
-//! its input is dead-lettered on the retry, so the partition moves on.
+//! The resizer's Kafka transaction: the outputs of a contiguous run of finished records (usage
+//! records, DLQ records) and their input offsets are written and committed together, or aborted
+//! and re-read together; replies go out before it, on their own ([`SentReply`]). An output that
+//! can never be written (its partition does not exist, it is too large) is classified permanent
+//! once ([`chassis::kafka::is_permanent_record_error`]): its input is dead-lettered on the retry,
+//! so the partition moves on.
+
+use rdkafka::producer::DeliveryFuture;
 
 use super::*;
 
@@ -16,6 +19,20 @@ pub(super) struct OutRecord {
     pub(super) key: String,
     pub(super) payload: Vec<u8>,
     pub(super) headers: OwnedHeaders,
+}
+
+impl OutRecord {
+    /// A record librdkafka handed back with its delivery failure.
+    fn returned(source: (i32, i64), message: &rdkafka::message::OwnedMessage) -> Self {
+        Self {
+            source,
+            topic: message.topic().to_owned(),
+            partition: Some(message.partition()),
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers: message.headers().cloned().unwrap_or_default(),
+        }
+    }
 }
 
 /// Input records one of whose outputs failed permanently inside a transaction that then had to
@@ -80,37 +97,135 @@ impl From<KafkaError> for CommitFailure {
     }
 }
 
-/// What a finished request produces: its reply and usage record, or a DLQ record.
-pub(super) type Outputs = Vec<OutRecord>;
+/// What a finished request produces.
+#[derive(Default)]
+pub(super) struct Outputs {
+    /// Written inside the transaction: the usage record, or a DLQ record (and the reply when it
+    /// could not be sent on its own, see [`SentReply`]).
+    pub(super) records: Vec<OutRecord>,
+    /// The reply, already sent outside the transaction.
+    pub(super) reply: Option<SentReply>,
+}
+
+impl Outputs {
+    /// Outputs that are all written in the transaction.
+    pub(super) fn committed(record: OutRecord) -> Self {
+        Self {
+            records: vec![record],
+            reply: None,
+        }
+    }
+}
+
+/// A reply sent the moment its work finished, by the plain idempotent reply producer, so the
+/// requester never waits for a transaction to commit. Its input's offset is committed only once
+/// its delivery is confirmed: a reply that failed for good is dead-lettered in the transaction,
+/// one that failed for now aborts it, and the input is redone. A crash before the commit redoes
+/// the input too, so a reply can be written twice; the api answers the first and drops the
+/// second (nobody waits for it any more). Usage stays exactly once: it is in the transaction.
+/// Nothing of the reply is kept here: librdkafka holds its bytes until delivered and hands them
+/// back with a failure.
+pub(super) struct SentReply {
+    /// The input record it answers.
+    pub(super) source: (i32, i64),
+    pub(super) delivery: DeliveryFuture,
+}
+
+/// How a transaction ended.
+pub(super) enum Committed {
+    /// Outputs written and input offsets committed.
+    Ok,
+    /// Aborted (and the abort completed): its inputs must be read again.
+    Aborted(CommitFailure),
+    /// The producer is fenced or broken: the resizer must stop.
+    Fatal(KafkaError),
+}
+
+/// A transaction run in its own task, so the loop goes on taking records and sending replies
+/// while it commits. One at a time: a transactional producer has one open transaction.
+pub(super) struct InFlightCommit {
+    handle: tokio::task::JoinHandle<Committed>,
+    ranges: Vec<TakenRange>,
+    records: usize,
+    started: Instant,
+}
+
+/// What a transaction needs, cloned out of the loop.
+#[derive(Clone)]
+pub(super) struct Committer {
+    pub(super) producer: FutureProducer,
+    pub(super) consumer: Arc<StreamConsumer<RebalanceLog>>,
+    pub(super) requests_topic: String,
+    pub(super) dlq_topic: String,
+    pub(super) metrics: ResizerMetrics,
+}
 
 impl Worker {
-    /// Writes every ready output and its input offsets in one transaction.
-    pub(super) async fn flush(&mut self) -> Result<(), ResizerError> {
+    /// Starts a transaction with the ready outputs (at most `transaction_max_records`), unless
+    /// one is still committing: the next flush after it takes what became ready meanwhile.
+    pub(super) fn flush(&mut self) {
+        if self.committing.is_some() {
+            return;
+        }
         let (outputs, ranges) = self.tracker.take_ready(self.config.transaction_max_records);
         if outputs.is_empty() {
-            return Ok(());
+            return;
         }
-        let started = Instant::now();
-        let count = outputs.len();
-        let outputs: Outputs = outputs.into_iter().flatten().collect();
-        match self.commit(outputs, &ranges).await {
-            Ok(()) => {
+        let records = outputs.len();
+        let committer = self.committer.clone();
+        let commit_ranges = ranges.clone();
+        self.committing = Some(InFlightCommit {
+            handle: tokio::spawn(async move { committer.run(outputs, commit_ranges).await }),
+            ranges,
+            records,
+            started: Instant::now(),
+        });
+    }
+
+    /// Waits for the transaction in flight (pending forever when there is none).
+    pub(super) async fn commit_finished(
+        committing: &mut Option<InFlightCommit>,
+    ) -> (InFlightCommit, Committed) {
+        let Some(commit) = committing.as_mut() else {
+            return std::future::pending().await;
+        };
+        let outcome = (&mut commit.handle)
+            .await
+            .unwrap_or_else(|_| Committed::Fatal(KafkaError::Canceled));
+        match committing.take() {
+            Some(commit) => (commit, outcome),
+            // Unreachable: `committing` was `Some` above and nothing else holds it meanwhile.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Acts on a finished transaction: counts it, or forgets and re-reads an aborted one's
+    /// inputs, or stops on a fatal error.
+    pub(super) fn committed(
+        &mut self,
+        commit: InFlightCommit,
+        outcome: Committed,
+    ) -> Result<(), ResizerError> {
+        match outcome {
+            Committed::Ok => {
                 self.metrics
                     .transactions
                     .with_label_values(&["committed"])
                     .inc();
                 self.metrics
                     .transaction_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.metrics.transaction_records.observe(count as f64);
+                    .observe(commit.started.elapsed().as_secs_f64());
+                self.metrics
+                    .transaction_records
+                    .observe(commit.records as f64);
                 self.stall.progressed(!self.tracker.is_empty());
                 Ok(())
             }
-            Err(CommitFailure { error, .. }) if is_fatal(&error) => {
+            Committed::Fatal(error) => {
                 tracing::error!(%error, "Transactional producer fenced or failed fatally; stopping");
                 Err(ResizerError::Fatal(error))
             }
-            Err(CommitFailure { error, unwritable }) => {
+            Committed::Aborted(CommitFailure { error, unwritable }) => {
                 if let Some((source, reason)) = unwritable {
                     // Re-read, this input is dead-lettered instead of failing the same way again.
                     self.unwritable.insert(source, reason);
@@ -119,40 +234,104 @@ impl Worker {
                     .transactions
                     .with_label_values(&["aborted"])
                     .inc();
-                tracing::warn!(%error, "Transaction failed; aborting and re-reading its records");
+                tracing::warn!(%error, "Transaction aborted; re-reading its records");
+                self.rewind(&commit.ranges);
+                Ok(())
+            }
+        }
+    }
+
+    /// Shutdown: waits for the transaction in flight, then commits what is ready.
+    pub(super) async fn commit_all(&mut self) -> Result<(), ResizerError> {
+        loop {
+            if self.committing.is_some() {
+                let (commit, outcome) = Self::commit_finished(&mut self.committing).await;
+                self.committed(commit, outcome)?;
+            }
+            if self.tracker.ready_count() == 0 {
+                return Ok(());
+            }
+            self.flush();
+        }
+    }
+
+    /// After an abort: forget the partitions' tracked work and read them again from the first
+    /// record of the aborted transaction (its outputs were never committed).
+    pub(super) fn rewind(&mut self, ranges: &[TakenRange]) {
+        for range in ranges {
+            self.tracker.forget(range.partition);
+            if let Err(error) = self.consumer.seek(
+                &self.committer.requests_topic,
+                range.partition,
+                Offset::Offset(range.first),
+                KAFKA_CALL_TIMEOUT,
+            ) {
+                // The partition was probably revoked; its new owner starts from the commit.
+                tracing::warn!(partition = range.partition, %error, "Rewind failed");
+            }
+        }
+    }
+}
+
+impl Committer {
+    /// One transaction, aborted on failure.
+    async fn run(self, outputs: Vec<Outputs>, ranges: Vec<TakenRange>) -> Committed {
+        match self.commit(outputs, &ranges).await {
+            Ok(()) => Committed::Ok,
+            Err(CommitFailure { error, .. }) if is_fatal(&error) => Committed::Fatal(error),
+            Err(failure) => {
                 let producer = self.producer.clone();
                 let aborted = tokio::task::spawn_blocking(move || {
                     producer.abort_transaction(KAFKA_CALL_TIMEOUT)
                 })
                 .await
                 .unwrap_or(Err(KafkaError::Canceled));
-                if let Err(error) = aborted {
-                    tracing::error!(%error, "Aborting the transaction failed; stopping");
-                    return Err(ResizerError::Fatal(error));
+                match aborted {
+                    Ok(()) => Committed::Aborted(failure),
+                    Err(error) => {
+                        tracing::error!(%error, "Aborting the transaction failed");
+                        Committed::Fatal(error)
+                    }
                 }
-                self.rewind(&ranges);
-                Ok(())
             }
         }
     }
 
-    /// One transaction: every output, then the input offsets. An output refused at once for a
-    /// permanent reason (say, a reply partition that does not exist) is replaced by a DLQ
-    /// record in the same transaction; one that fails permanently on delivery aborts the
-    /// transaction, and the failure names its input so that input is dead-lettered when re-read.
-    pub(super) async fn commit(
+    /// Every reply's delivery confirmed, then one transaction: every other output, then the
+    /// input offsets. An output refused at once for a permanent reason (say, a reply partition
+    /// that does not exist) is replaced by a DLQ record in the same transaction; one that fails
+    /// permanently on delivery aborts the transaction, and the failure names its input so that
+    /// input is dead-lettered when re-read.
+    async fn commit(
         &self,
-        outputs: Outputs,
+        outputs: Vec<Outputs>,
         ranges: &[TakenRange],
     ) -> Result<(), CommitFailure> {
+        let mut records = Vec::with_capacity(outputs.len() * 2);
+        for output in outputs {
+            if let Some(reply) = output.reply {
+                match reply.delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((error, message)))
+                        if chassis::kafka::is_permanent_record_error(&error) =>
+                    {
+                        let record = OutRecord::returned(reply.source, &message);
+                        records.push(self.dead_letter_output(record, &error));
+                    }
+                    Ok(Err((error, _))) => return Err(error.into()),
+                    Err(_) => return Err(KafkaError::Canceled.into()),
+                }
+            }
+            records.extend(output.records);
+        }
         self.producer.begin_transaction()?;
-        let mut deliveries = Vec::with_capacity(outputs.len());
-        for out in outputs {
-            let delivery = match self.send(&out) {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for out in records {
+            let delivery = match send(&self.producer, &out) {
                 Ok(delivery) => delivery,
                 Err(error) if chassis::kafka::is_permanent_record_error(&error) => {
                     let dlq = self.dead_letter_output(out, &error);
-                    let delivery = self.send(&dlq).map_err(|error| CommitFailure {
+                    let delivery = send(&self.producer, &dlq).map_err(|error| CommitFailure {
                         unwritable: Some((dlq.source, Unwritable::of(&dlq, &error))),
                         error,
                     })?;
@@ -205,23 +384,6 @@ impl Worker {
         .map_err(CommitFailure::from)
     }
 
-    /// Hands one record to the transactional producer.
-    pub(super) fn send(
-        &self,
-        out: &OutRecord,
-    ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
-        let mut record = FutureRecord::to(&out.topic)
-            .key(&out.key)
-            .payload(&out.payload)
-            .headers(out.headers.clone());
-        if let Some(partition) = out.partition {
-            record = record.partition(partition);
-        }
-        self.producer
-            .send_result(record)
-            .map_err(|(error, _)| error)
-    }
-
     /// An output that can never be written, as a DLQ record: its bytes, with where it was going
     /// and why it could not get there in headers.
     pub(super) fn dead_letter_output(&self, out: OutRecord, error: &KafkaError) -> OutRecord {
@@ -255,23 +417,21 @@ impl Worker {
             headers: with_target(headers, &unwritable),
         }
     }
+}
 
-    /// After an abort: forget the partitions' tracked work and read them again from the first
-    /// record of the aborted transaction (its results were never visible).
-    pub(super) fn rewind(&mut self, ranges: &[TakenRange]) {
-        for range in ranges {
-            self.tracker.forget(range.partition);
-            if let Err(error) = self.consumer.seek(
-                &self.requests_topic,
-                range.partition,
-                Offset::Offset(range.first),
-                KAFKA_CALL_TIMEOUT,
-            ) {
-                // The partition was probably revoked; its new owner starts from the commit.
-                tracing::warn!(partition = range.partition, %error, "Rewind failed");
-            }
-        }
+/// Hands one record to a producer (transactional or not).
+pub(super) fn send(
+    producer: &FutureProducer,
+    out: &OutRecord,
+) -> Result<DeliveryFuture, KafkaError> {
+    let mut record = FutureRecord::to(&out.topic)
+        .key(&out.key)
+        .payload(&out.payload)
+        .headers(out.headers.clone());
+    if let Some(partition) = out.partition {
+        record = record.partition(partition);
     }
+    producer.send_result(record).map_err(|(error, _)| error)
 }
 
 /// `headers` plus where an unwritable output was going (`target.topic`, `target.partition`).
