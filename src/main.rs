@@ -40,7 +40,8 @@ enum Command {
     /// Applies ClickHouse migrations (versioned, idempotent) to `clickhouse.database`.
     Migrate,
     /// Drives the api with images at a fixed rate or concurrency and reports latency and errors.
-    Loadgen(imgpipe::loadgen::LoadgenArgs),
+    // Boxed: its many options would make every other variant as large.
+    Loadgen(Box<imgpipe::loadgen::LoadgenArgs>),
     /// Topic and schema management.
     Topics {
         #[command(subcommand)]
@@ -124,7 +125,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Loadgen(args) => {
-            imgpipe::loadgen::run(args).await?;
+            imgpipe::loadgen::run(*args).await?;
             return Ok(());
         }
         Command::Config => {
