@@ -71,6 +71,31 @@ async fn the_one_request(config: &Config, tenant: &str, sources: i64) -> (String
     .await
 }
 
+/// How many records the namespaced `topic` holds (the sum of its partitions' high watermarks).
+async fn records_in(config: &Config, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let kafka = config.kafka.clone();
+    let topic = kafka.name(topic);
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = kafka.client_config().create().unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .unwrap();
+        metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, p.id(), Duration::from_secs(5))
+                    .unwrap();
+                high - low
+            })
+            .sum()
+    })
+    .await
+    .unwrap()
+}
+
 /// A test config with the api and identity on free ports and a quick aggregator.
 async fn config(test: &str) -> (Config, SocketAddr, SocketAddr) {
     let mut config = support::provisioned(test).await;
@@ -202,7 +227,11 @@ async fn a_request_whose_api_was_killed_stays_unconfirmed_never_ok() {
     let head = request_head(api, &tenant.api_key, "width=32", image.len());
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&image).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Kill the api only once its request is in Kafka: a fixed pause raced a slow first produce.
+    support::eventually(Duration::from_secs(30), "the request in Kafka", || async {
+        (records_in(&config, schemas::topics::IMAGE_REQUESTS).await == 1).then_some(())
+    })
+    .await;
     process.0.kill().expect("SIGKILL");
     process.0.wait().unwrap();
 
