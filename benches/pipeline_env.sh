@@ -57,3 +57,34 @@ print_peak_rss() {
     printf '  %-11s %s\n' "$service" "$(grep VmHWM "/proc/${pids[$service]}/status" | awk '{printf "%.0f MiB", $2/1024}')"
   done
 }
+
+# CPU seconds (user + system) used so far by a process: a service name, or a PID.
+cpu_seconds() {
+  local pid="${pids[$1]:-$1}"
+  awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$pid/stat"
+}
+
+# Marks the start of a measured step: remembers every service's (and the stack's) CPU so far.
+declare -A cpu_mark
+mark_cpu() {
+  for service in "${!pids[@]}"; do cpu_mark[$service]="$(cpu_seconds "$service")"; done
+  for server in kafka registry clickhouse; do
+    [ -f ".stack/$server.pid" ] && cpu_mark[$server]="$(cpu_seconds "$(cat ".stack/$server.pid")")"
+  done
+  cpu_mark_at="$(date +%s.%N)"
+}
+
+# CPU per answered request since mark_cpu, per process: the inputs of the capacity model.
+print_cpu_per_request() {
+  local requests="$1" elapsed
+  elapsed="$(python3 -c "import time; print(time.time() - $cpu_mark_at)")"
+  printf '  %-11s %14s %12s\n' process "CPU µs/request" "cores busy"
+  for name in api resizer aggregator identity kafka registry clickhouse; do
+    [ -n "${cpu_mark[$name]:-}" ] || continue
+    local now
+    if [ -n "${pids[$name]:-}" ]; then now="$(cpu_seconds "$name")"; else now="$(cpu_seconds "$(cat ".stack/$name.pid")")"; fi
+    python3 -c "
+used = $now - ${cpu_mark[$name]}
+print(f'  {\"$name\":<11} {used / $requests * 1e6:14.0f} {used / $elapsed:12.2f}')"
+  done
+}

@@ -60,9 +60,21 @@ PY
 
 if $capacity; then
   echo "== closed loop, concurrency 64 (the ceiling)" >&2
+  mark_cpu
   "$bin" loadgen --url "http://$api" --key "$key" --images "$tiny" --query "$query" --concurrency 64 \
     --duration "$step_duration" | tee "$work/concurrency-64.txt"
-  echo "peak RSS (VmHWM) per service:"
+  ceiling="$(sed -n 's/.*ok = \([0-9]*\)[0-9.]* ok\/s).*/\1/p' "$work/concurrency-64.txt")"
+  echo "CPU per answered request at the ceiling (the load generator's own share not included):"
+  print_cpu_per_request "$(sed -n 's/.*(\([0-9]*\) ok = .*/\1/p' "$work/concurrency-64.txt")"
+  echo "peak RSS (VmHWM) per service, at the ceiling:"
   print_peak_rss
+  # Open loop from a fifth of the ceiling up, 15% a step, until p99 > 50 ms or errors: the
+  # capacity point is the last step that held.
+  start=$(( ceiling / 5 ))
+  echo "== open-loop sweep from $start req/s to the tipping point" >&2
+  "$bin" loadgen --url "http://$api" --key "$key" --images "$tiny" --query "$query" --concurrency 256 \
+    --rate "$start" --sweep --sweep-factor 1.15 --p99-limit 50ms --duration "$step_duration" \
+    --report "$work/report" | tee "$work/sweep.txt"
+  echo "report: $work/report/index.html"
 fi
 echo "logs and reports: $work"

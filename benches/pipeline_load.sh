@@ -3,7 +3,9 @@
 # process (release build) against the local stack:
 #   1. closed loop at rising concurrency → the highest sustained throughput (max req/s);
 #   2. open loop at 80% of that rate → end-to-end p50/p99 and the pipeline's own overhead;
-#   3. each service's peak RSS (VmHWM) over the whole run.
+#   3. each service's peak RSS (VmHWM) over the whole run;
+#   4. the kernel alone on the same cores first (one process per core): the pipeline's ceiling,
+#      and the share of it the pipeline delivers.
 # Uses its own namespace, so it neither sees nor disturbs other data on the stack. Stops every
 # process it started (by PID) when done.
 #
@@ -21,6 +23,21 @@ query="${IMGPIPE_LOAD_QUERY:-width=512&height=512&format=jpeg&quality=80}"
 # shellcheck source=benches/pipeline_env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/pipeline_env.sh"
 photos="${IMGPIPE_LOAD_IMAGES:-$(benches/photos.sh)}"
+
+# The fleet's ceiling: the kernel alone on the same cores, one process per core, no pipeline.
+cores="$(nproc)"
+cargo build --release --locked -p processors --example kernel_files >&2
+mapfile -t files < <(find "$photos" -maxdepth 1 -type f | sort)
+echo "== kernel only: $cores processes x ${#files[@]} images x 3 runs" >&2
+started="$(date +%s.%N)"
+kernels=()
+for _ in $(seq 1 "$cores"); do
+  target/release/examples/kernel_files --runs 3 "$query" "${files[@]}" >/dev/null &
+  kernels+=($!)
+done
+wait "${kernels[@]}"
+kernel_rate="$(python3 -c "import time; print(int($cores * ${#files[@]} * 3 / (time.time() - $started)))")"
+echo "kernel only: $kernel_rate images/s on $cores cores"
 
 best_rate=0
 for concurrency in 2 4 8 16; do
@@ -41,6 +58,7 @@ fi
 
 echo
 echo "max sustained: $best_rate req/s (closed loop); open loop at $target req/s above"
+python3 -c "print(f'pipeline / kernel only: {$best_rate / $kernel_rate:.0%} of the fleet ceiling ($kernel_rate images/s)')"
 echo "peak RSS (VmHWM) per service:"
 print_peak_rss
 echo "logs and reports: $work"

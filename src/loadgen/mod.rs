@@ -579,7 +579,7 @@ fn summarize(totals: &Totals, elapsed: Duration) -> Summary {
 
 /// A value in ms with one decimal, or `-` when there is none.
 fn cell(value: Option<f64>) -> String {
-    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
 }
 
 /// Prints the summary to stdout. `benches/pipeline_load.sh` reads the first line's
