@@ -14,6 +14,10 @@ use std::time::Instant;
 use processors::kernel::{Limits, resize};
 use schemas::events::{Fit, Frames, ImageFormat, ResizeParams};
 
+/// The allocator of the `imgpipe` binary, so the kernel is timed as the resizer runs it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().map(String::as_str) == Some("--make-gif") {
