@@ -123,12 +123,19 @@ impl KafkaConfig {
 
     /// An idempotent producer ([`ProducerProfile::Batched`]).
     pub fn producer(&self) -> Result<FutureProducer, KafkaSetupError> {
-        self.producer_config(ProducerProfile::Batched)
+        self.producer_for(ProducerProfile::Batched, "producer")
+    }
+
+    /// An idempotent producer with `profile`; `role` names it in the error if it cannot be
+    /// created (e.g. "reply producer").
+    pub fn producer_for(
+        &self,
+        profile: ProducerProfile,
+        role: &'static str,
+    ) -> Result<FutureProducer, KafkaSetupError> {
+        self.producer_config(profile)
             .create()
-            .map_err(|source| KafkaSetupError::Create {
-                role: "producer",
-                source,
-            })
+            .map_err(|source| KafkaSetupError::Create { role, source })
     }
 
     /// The settings of an idempotent producer: `acks=all`, no duplicates or reordering on retry,
@@ -186,8 +193,9 @@ impl KafkaConfig {
     }
 
     /// Settings of a member of consumer group `group_id` (namespaced): reads only committed
-    /// records (except [`ConsumerProfile::LatestNoCommit`]), cooperative-sticky assignment, fetch sizes that fit the largest record, a bounded
-    /// prefetch buffer, and the offset handling of `profile`.
+    /// records (except [`ConsumerProfile::LatestNoCommit`]), cooperative-sticky assignment, fetch
+    /// sizes that fit the largest record, a bounded prefetch buffer, and the offset handling of
+    /// `profile`.
     pub fn group_consumer_config(&self, group_id: &str, profile: ConsumerProfile) -> ClientConfig {
         let mut config = self.client_config();
         config

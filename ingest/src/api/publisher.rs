@@ -114,13 +114,10 @@ impl KafkaPublisher {
                 role: "api producer",
                 source,
             })?;
-        let usage_producer = kafka
-            .producer_config(chassis::kafka::ProducerProfile::Batched)
-            .create()
-            .map_err(|source| chassis::kafka::KafkaSetupError::Create {
-                role: "api usage producer",
-                source,
-            })?;
+        let usage_producer = kafka.producer_for(
+            chassis::kafka::ProducerProfile::Batched,
+            "api usage producer",
+        )?;
         Ok(Self {
             producer,
             usage_producer,

@@ -193,13 +193,7 @@ pub async fn run(
         .await?;
     // Replies are sent outside the transactions (see `transaction::SentReply`), as soon as each
     // is ready: no linger, a client waits on every one.
-    let reply_producer: FutureProducer = kafka
-        .producer_config(ProducerProfile::LowLatency)
-        .create()
-        .map_err(|source| chassis::kafka::KafkaSetupError::Create {
-            role: "reply producer",
-            source,
-        })?;
+    let reply_producer = kafka.producer_for(ProducerProfile::LowLatency, "reply producer")?;
 
     let context = RebalanceLog::default();
     let consumer_config = kafka.group_consumer_config(GROUP, ConsumerProfile::Transactional);
@@ -309,8 +303,8 @@ impl Worker {
                     let span = pending.span.clone();
                     self.finish(pending, done).instrument(span).await?;
                 }
-                (commit, outcome) = Self::commit_finished(&mut self.committing),
-                    if self.committing.is_some() => self.committed(commit, outcome)?,
+                commit = Self::commit_finished(&mut self.committing),
+                    if self.committing.is_some() => self.committed(commit)?,
                 _ = flush_tick.tick() => self.flush(),
                 _ = lag_tick.tick() => self.update_lag(),
             }

@@ -141,14 +141,17 @@ pub(super) enum Committed {
     Fatal(KafkaError),
 }
 
-/// A transaction run in its own task, so the loop goes on taking records and sending replies
-/// while it commits. One at a time: a transactional producer has one open transaction.
-pub(super) struct InFlightCommit {
-    handle: tokio::task::JoinHandle<Committed>,
+/// A finished transaction, with what the loop needs to act on it.
+pub(super) struct CommitDone {
+    outcome: Committed,
     ranges: Vec<TakenRange>,
     records: usize,
     started: Instant,
 }
+
+/// A transaction runs in its own task, so the loop goes on taking records and sending replies
+/// while it commits. One at a time: a transactional producer has one open transaction.
+pub(super) type InFlightCommit = tokio::task::JoinHandle<CommitDone>;
 
 /// What a transaction needs, cloned out of the loop.
 #[derive(Clone)]
@@ -171,42 +174,39 @@ impl Worker {
         if outputs.is_empty() {
             return;
         }
-        let records = outputs.len();
         let committer = self.committer.clone();
-        let commit_ranges = ranges.clone();
-        self.committing = Some(InFlightCommit {
-            handle: tokio::spawn(async move { committer.run(outputs, commit_ranges).await }),
-            ranges,
-            records,
-            started: Instant::now(),
-        });
+        self.committing = Some(tokio::spawn(async move {
+            let (records, started) = (outputs.len(), Instant::now());
+            let outcome = committer.run(outputs, &ranges).await;
+            CommitDone {
+                outcome,
+                ranges,
+                records,
+                started,
+            }
+        }));
     }
 
-    /// Waits for the transaction in flight (pending forever when there is none).
-    pub(super) async fn commit_finished(
-        committing: &mut Option<InFlightCommit>,
-    ) -> (InFlightCommit, Committed) {
-        let Some(commit) = committing.as_mut() else {
+    /// Waits for the transaction in flight (pending forever when there is none). A commit task
+    /// that panicked counts as a fatal failure.
+    pub(super) async fn commit_finished(committing: &mut Option<InFlightCommit>) -> CommitDone {
+        let Some(handle) = committing.as_mut() else {
             return std::future::pending().await;
         };
-        let outcome = (&mut commit.handle)
-            .await
-            .unwrap_or_else(|_| Committed::Fatal(KafkaError::Canceled));
-        match committing.take() {
-            Some(commit) => (commit, outcome),
-            // Unreachable: `committing` was `Some` above and nothing else holds it meanwhile.
-            None => std::future::pending().await,
-        }
+        let done = handle.await.unwrap_or_else(|_| CommitDone {
+            outcome: Committed::Fatal(KafkaError::Canceled),
+            ranges: Vec::new(),
+            records: 0,
+            started: Instant::now(),
+        });
+        *committing = None;
+        done
     }
 
     /// Acts on a finished transaction: counts it, or forgets and re-reads an aborted one's
     /// inputs, or stops on a fatal error.
-    pub(super) fn committed(
-        &mut self,
-        commit: InFlightCommit,
-        outcome: Committed,
-    ) -> Result<(), ResizerError> {
-        match outcome {
+    pub(super) fn committed(&mut self, commit: CommitDone) -> Result<(), ResizerError> {
+        match commit.outcome {
             Committed::Ok => {
                 self.metrics
                     .transactions
@@ -245,8 +245,8 @@ impl Worker {
     pub(super) async fn commit_all(&mut self) -> Result<(), ResizerError> {
         loop {
             if self.committing.is_some() {
-                let (commit, outcome) = Self::commit_finished(&mut self.committing).await;
-                self.committed(commit, outcome)?;
+                let commit = Self::commit_finished(&mut self.committing).await;
+                self.committed(commit)?;
             }
             if self.tracker.ready_count() == 0 {
                 return Ok(());
@@ -275,8 +275,8 @@ impl Worker {
 
 impl Committer {
     /// One transaction, aborted on failure.
-    async fn run(self, outputs: Vec<Outputs>, ranges: Vec<TakenRange>) -> Committed {
-        match self.commit(outputs, &ranges).await {
+    async fn run(self, outputs: Vec<Outputs>, ranges: &[TakenRange]) -> Committed {
+        match self.commit(outputs, ranges).await {
             Ok(()) => Committed::Ok,
             Err(CommitFailure { error, .. }) if is_fatal(&error) => Committed::Fatal(error),
             Err(failure) => {
