@@ -776,11 +776,10 @@ fn html(
 fn sweep_headline(sweep: &SweepResults) -> String {
     let last = sweep.steps.last();
     let ending = match last {
+        // `tipped` means the last step did not hold: its verdict reads "tipped over: ...".
         Some(last) if sweep.tipped => format!(
-            "step {} at {:.1} req/s tipped over: {}",
-            last.step,
-            last.offered_per_s,
-            last.verdict.reasons.join("; ")
+            "step {} at {:.1} req/s {}",
+            last.step, last.offered_per_s, last.verdict
         ),
         _ => format!(
             "no step tipped over within {} steps, so the capacity is at least this",
@@ -814,14 +813,10 @@ fn sweep_table(h: &mut String, sweep: &SweepResults) -> std::fmt::Result {
         } else {
             ""
         };
-        let verdict = if step.verdict.held {
-            if Some(step.step) == sweep.capacity_step {
-                "held (capacity point)".to_owned()
-            } else {
-                "held".to_owned()
-            }
+        let verdict = if Some(step.step) == sweep.capacity_step {
+            format!("{} (capacity point)", step.verdict)
         } else {
-            format!("tipped over: {}", step.verdict.reasons.join("; "))
+            step.verdict.to_string()
         };
         writeln!(
             h,

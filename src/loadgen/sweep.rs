@@ -77,6 +77,17 @@ pub struct Verdict {
     pub reasons: Vec<String>,
 }
 
+impl std::fmt::Display for Verdict {
+    /// `held`, or `tipped over: ` and the crossed limits joined by `; `.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.held {
+            f.write_str("held")
+        } else {
+            write!(f, "tipped over: {}", self.reasons.join("; "))
+        }
+    }
+}
+
 /// The tipping-point rule: a step tips over when its p99 is above `settings.p99_limit_ms`, OR
 /// its error ratio (errors / answered) is above `settings.error_limit`, OR its ok/s is below
 /// `settings.min_achieved_share` of the offered rate. A step with no answer at all tips over.
@@ -153,11 +164,7 @@ impl StepResult {
         } else {
             self.summary.errors as f64 / self.summary.requests as f64
         };
-        let verdict = if self.verdict.held {
-            "held".to_owned()
-        } else {
-            format!("tipped over: {}", self.verdict.reasons.join("; "))
-        };
+        let verdict = &self.verdict;
         format!(
             "step {:>2} {:>9.1} req/s offered {:>9.1} ok/s  p50 {:>7} ms  p99 {:>7} ms  errors {:>5.2}%  {verdict}",
             self.step,
