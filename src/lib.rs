@@ -4,6 +4,7 @@
 pub mod config;
 pub mod host;
 pub mod loadgen;
+pub mod ops;
 pub mod provision;
 
 pub use config::Config;

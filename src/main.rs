@@ -47,6 +47,9 @@ enum Command {
     /// Drives the api with images at a fixed rate or concurrency and reports latency and errors.
     // Boxed: its many options would make every other variant as large.
     Loadgen(Box<imgpipe::loadgen::LoadgenArgs>),
+    /// Operators' tools: consumer-group offsets, the dead-letter topic, decoded topic tails.
+    /// Commands that change state print their plan and act only with --execute.
+    Ops(imgpipe::ops::OpsArgs),
     /// Topic and schema management.
     Topics {
         #[command(subcommand)]
@@ -127,6 +130,10 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             for (version, name) in &report.skipped {
                 println!("skipped  {version} {name} (needs a newer server)");
             }
+            return Ok(());
+        }
+        Command::Ops(args) => {
+            imgpipe::ops::run(&config, args).await?;
             return Ok(());
         }
         Command::Loadgen(args) => {

@@ -151,6 +151,31 @@ impl Codec {
         self.decode_resolving::<E>(bytes, &reader).await
     }
 
+    /// Decodes a wire-format record of any registered schema into JSON, for people reading a
+    /// topic (`imgpipe ops tail`): records become objects, enums and UUIDs strings, timestamps
+    /// numbers, unions their branch, and `bytes`/`fixed` values `{"bytes": <length>}` so an
+    /// image never floods a terminal. Returns the writer schema's full name with the value.
+    pub async fn decode_json(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(Option<String>, serde_json::Value), CodecError> {
+        if bytes.len() < 5 {
+            return Err(CodecError::NotWireFormat("shorter than the 5-byte header"));
+        }
+        if bytes[0] != 0 {
+            return Err(CodecError::NotWireFormat("magic byte is not 0"));
+        }
+        let decoded = self.decoder.decode(Some(bytes)).await.map_err(|error| {
+            if error.retriable {
+                CodecError::Registry(self.registry.classify("(any topic)", error))
+            } else {
+                CodecError::Undecodable(error.to_string())
+            }
+        })?;
+        let name = decoded.name.map(|name| name.fullname(None));
+        Ok((name, avro_to_json(decoded.value)))
+    }
+
     /// Whether schema `id` is `E`'s own schema (same canonical form), remembered per id.
     fn writer_is_reader<E: Event>(&self, id: u32, writer: &Schema, reader: &Schema) -> bool {
         let key = (E::TOPIC, id);
@@ -212,10 +237,78 @@ impl Codec {
     }
 }
 
+/// An Avro value as JSON for reading, with binary payloads shown as their length.
+fn avro_to_json(value: apache_avro::types::Value) -> serde_json::Value {
+    use apache_avro::types::Value as Avro;
+    use serde_json::Value as Json;
+    match value {
+        Avro::Null => Json::Null,
+        Avro::Boolean(b) => Json::Bool(b),
+        Avro::Int(n) | Avro::Date(n) | Avro::TimeMillis(n) => n.into(),
+        Avro::Long(n)
+        | Avro::TimeMicros(n)
+        | Avro::TimestampMillis(n)
+        | Avro::TimestampMicros(n)
+        | Avro::TimestampNanos(n)
+        | Avro::LocalTimestampMillis(n)
+        | Avro::LocalTimestampMicros(n)
+        | Avro::LocalTimestampNanos(n) => n.into(),
+        Avro::Float(x) => {
+            serde_json::Number::from_f64(f64::from(x)).map_or(Json::Null, Json::Number)
+        }
+        Avro::Double(x) => serde_json::Number::from_f64(x).map_or(Json::Null, Json::Number),
+        Avro::Bytes(b) | Avro::Fixed(_, b) => serde_json::json!({ "bytes": b.len() }),
+        Avro::String(s) | Avro::Enum(_, s) => Json::String(s),
+        Avro::Uuid(u) => Json::String(u.to_string()),
+        Avro::Union(_, inner) => avro_to_json(*inner),
+        Avro::Array(items) => Json::Array(items.into_iter().map(avro_to_json).collect()),
+        Avro::Map(entries) => Json::Object(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k, avro_to_json(v)))
+                .collect(),
+        ),
+        Avro::Record(fields) => Json::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, avro_to_json(v)))
+                .collect(),
+        ),
+        // Decimals, durations and big decimals do not occur in imgpipe's schemas; show their
+        // debug form rather than failing a tail on a schema from elsewhere.
+        other => Json::String(format!("{other:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::events::{ResizeRequested, UsageRecorded};
+
+    #[test]
+    fn json_for_reading_shows_binary_payloads_as_their_length() {
+        use apache_avro::types::Value;
+        let value = Value::Record(vec![
+            ("request_id".into(), Value::String("r-1".into())),
+            ("image".into(), Value::Bytes(vec![7; 1234])),
+            (
+                "format".into(),
+                Value::Union(1, Box::new(Value::Enum(2, "WEBP".into()))),
+            ),
+            ("at".into(), Value::TimestampMillis(1_700_000_000_000)),
+            ("width".into(), Value::Union(0, Box::new(Value::Null))),
+        ]);
+        assert_eq!(
+            avro_to_json(value),
+            serde_json::json!({
+                "request_id": "r-1",
+                "image": {"bytes": 1234},
+                "format": "WEBP",
+                "at": 1_700_000_000_000_i64,
+                "width": null,
+            })
+        );
+    }
 
     #[tokio::test]
     async fn bytes_outside_the_wire_format_are_permanent_errors() {

@@ -1,0 +1,164 @@
+//! `imgpipe ops`: the operators' tools, built on the same config as the services — consumer-group
+//! offsets, the dead-letter topic and decoded topic tails.
+//!
+//! Every command that changes state first computes and prints a plan, and carries it out only
+//! with `--execute`; each refuses what would corrupt state (resetting a group that has members)
+//! and can be re-run after a crash without losing or repeating work.
+
+pub mod dlq;
+pub mod offsets;
+pub mod tail;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Subcommand};
+
+/// Why an ops command could not do its work. Every variant says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// A Kafka call failed (broker down, timed out, refused).
+    #[error("{operation}: {source}")]
+    Kafka {
+        /// What was being done.
+        operation: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// Creating a Kafka client failed.
+    #[error(transparent)]
+    Setup(#[from] chassis::kafka::KafkaSetupError),
+    /// The command would corrupt state and was refused; nothing was changed.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// An argument names something that does not exist or does not parse.
+    #[error("{0}")]
+    BadArgument(String),
+    /// A blocking task panicked or was cancelled.
+    #[error("ops task failed: {0}")]
+    Task(String),
+}
+
+impl OpsError {
+    pub(crate) fn kafka(
+        operation: impl Into<String>,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        let operation = operation.into();
+        move |source| Self::Kafka { operation, source }
+    }
+}
+
+/// The client context of the ops readers: they ask librdkafka to report the end of each
+/// partition (`enable.partition.eof`) to know when a scan is done, and librdkafka also reports
+/// that as a client error, which the default context would log at ERROR. Everything else is
+/// logged as usual.
+pub(crate) struct ScanContext;
+
+impl rdkafka::ClientContext for ScanContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!(%error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ScanContext {}
+
+/// A consumer for a scan to the end, from `config`.
+pub(crate) fn scan_consumer(
+    config: &rdkafka::ClientConfig,
+    role: &'static str,
+) -> Result<rdkafka::consumer::StreamConsumer<ScanContext>, OpsError> {
+    config
+        .create_with_context(ScanContext)
+        .map_err(|source| OpsError::Setup(chassis::kafka::KafkaSetupError::Create { role, source }))
+}
+
+/// How long a single Kafka admin or offset call may take before the command gives up.
+pub(crate) const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `imgpipe ops …`
+#[derive(Debug, Args)]
+pub struct OpsArgs {
+    /// The tool to run.
+    #[command(subcommand)]
+    pub command: OpsCommand,
+}
+
+/// The operators' tools.
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// Consumer-group offsets: show them, or reset them (the group must have no members).
+    Offsets {
+        /// Show or reset.
+        #[command(subcommand)]
+        action: offsets::OffsetsAction,
+    },
+    /// The dead-letter topic image.requests.dlq: list, show, redrive or purge its records.
+    Dlq {
+        /// What to do.
+        #[command(subcommand)]
+        action: dlq::DlqAction,
+    },
+    /// Prints a topic's records as JSON lines, decoded from Avro through the schema registry.
+    Tail(tail::TailArgs),
+}
+
+/// Runs one ops command, printing its plan or result on stdout.
+pub async fn run(config: &crate::Config, args: OpsArgs) -> Result<(), OpsError> {
+    match args.command {
+        OpsCommand::Offsets { action } => {
+            let kafka = config.kafka.clone();
+            tokio::task::spawn_blocking(move || offsets::run(&kafka, action))
+                .await
+                .map_err(|e| OpsError::Task(e.to_string()))?
+        }
+        OpsCommand::Dlq { action } => dlq::run(config, action).await,
+        OpsCommand::Tail(args) => tail::run(config, args).await,
+    }
+}
+
+/// A point in time given on the command line: RFC 3339 (`2026-11-30T17:00:00Z`, or without the
+/// zone as UTC), or a Unix timestamp in milliseconds.
+pub fn parse_datetime(text: &str) -> Result<SystemTime, String> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(UNIX_EPOCH + Duration::from_millis(ms));
+    }
+    humantime::parse_rfc3339_weak(text.trim_end_matches('Z'))
+        .or_else(|_| humantime::parse_rfc3339(text))
+        .map_err(|e| format!("{text:?} is neither RFC 3339 nor Unix milliseconds: {e}"))
+}
+
+/// Milliseconds since the Unix epoch, as Kafka timestamps count.
+pub(crate) fn unix_ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A Kafka timestamp for people: RFC 3339 in UTC, to the millisecond.
+pub(crate) fn format_ms(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// The closing line of a dry run.
+pub(crate) const DRY_RUN_NOTICE: &str = "Dry run: nothing changed. Re-run with --execute to apply.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datetimes_parse_as_rfc3339_utc_or_unix_milliseconds() {
+        let expected = UNIX_EPOCH + Duration::from_secs(1_764_522_000);
+        assert_eq!(parse_datetime("2025-11-30T17:00:00Z"), Ok(expected));
+        assert_eq!(parse_datetime("2025-11-30T17:00:00"), Ok(expected));
+        assert_eq!(parse_datetime("2025-11-30 17:00:00"), Ok(expected));
+        assert_eq!(parse_datetime("1764522000000"), Ok(expected));
+        assert!(parse_datetime("yesterday").is_err());
+        assert_eq!(format_ms(1_764_522_000_123), "2025-11-30T17:00:00.123Z");
+    }
+}

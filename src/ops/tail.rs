@@ -1,0 +1,260 @@
+//! `imgpipe ops tail TOPIC`: a topic's records as JSON lines, values decoded from Avro through
+//! the schema registry (like `kcat -s value=avro`), headers included, images shown as sizes.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use clap::Args;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::Codec;
+
+use super::{KAFKA_CALL_TIMEOUT, OpsError};
+
+/// `imgpipe ops tail` options.
+#[derive(Debug, Clone, Args)]
+pub struct TailArgs {
+    /// Topic, without the namespace (e.g. `usage.events`).
+    pub topic: String,
+    /// Start at the first record at or after this time (RFC 3339 or Unix ms); default: only
+    /// records written from now on.
+    #[arg(long, value_parser = super::parse_datetime, conflicts_with = "from_beginning")]
+    pub from_datetime: Option<SystemTime>,
+    /// Start at the oldest record still in the topic.
+    #[arg(long)]
+    pub from_beginning: bool,
+    /// Only records whose decoded value has this top-level field value, or this `key=…`;
+    /// repeatable, all must hold (e.g. `--filter tenant_id=acme`; `tenant=` means `tenant_id=`).
+    #[arg(long = "filter", value_parser = parse_filter)]
+    pub filters: Vec<(String, String)>,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub max: Option<u64>,
+    /// Stop at the end of the topic as it was when the tail started, instead of following it.
+    #[arg(long)]
+    pub until_end: bool,
+    /// Also show records of open or aborted transactions.
+    #[arg(long)]
+    pub read_uncommitted: bool,
+}
+
+fn parse_filter(text: &str) -> Result<(String, String), String> {
+    let (field, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected FIELD=VALUE"))?;
+    let field = if field == "tenant" {
+        "tenant_id"
+    } else {
+        field
+    };
+    Ok((field.to_owned(), value.to_owned()))
+}
+
+/// Prints records of `args.topic` as JSON lines on stdout until `--max`, `--until-end` or
+/// Ctrl-C.
+pub async fn run(config: &crate::Config, args: TailArgs) -> Result<(), OpsError> {
+    let codec = Codec::new(&config.registry, &config.kafka.namespace);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut written = 0u64;
+    let mut tail = Tail::open(&config.kafka, &args)?;
+    loop {
+        let next = tokio::select! {
+            next = tail.next(&codec) => next?,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(line) = next else { break };
+        if !args
+            .filters
+            .iter()
+            .all(|(field, value)| field_matches(&line, field, value))
+        {
+            continue;
+        }
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        written += 1;
+        if args.max.is_some_and(|max| written >= max) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a printed line's key or decoded value's top-level `field` equals `value`.
+pub fn field_matches(line: &serde_json::Value, field: &str, value: &str) -> bool {
+    let found = if field == "key" {
+        line.get("key")
+    } else {
+        line.get("value").and_then(|v| v.get(field))
+    };
+    match found {
+        Some(serde_json::Value::String(s)) => s == value,
+        Some(serde_json::Value::Number(n)) => n.to_string() == value,
+        Some(serde_json::Value::Bool(b)) => value.parse() == Ok(*b),
+        _ => false,
+    }
+}
+
+/// A reader of every partition of one topic from a start position.
+pub struct Tail {
+    consumer: StreamConsumer<super::ScanContext>,
+    topic: String,
+    /// With `--until-end`: partitions not yet read to their end.
+    until_end: Option<std::collections::BTreeSet<i32>>,
+}
+
+impl Tail {
+    /// Assigns every partition of the topic at the start `args` asks for.
+    pub fn open(kafka: &chassis::kafka::KafkaConfig, args: &TailArgs) -> Result<Self, OpsError> {
+        let topic = kafka.name(&args.topic);
+        let mut config = kafka.reader_config(std::time::Duration::from_millis(100));
+        config.set("enable.partition.eof", "true");
+        config.set(
+            "fetch.message.max.bytes",
+            kafka.max_message_bytes.to_string(),
+        );
+        if args.read_uncommitted {
+            config.set("isolation.level", "read_uncommitted");
+        }
+        let consumer = super::scan_consumer(&config, "tail reader")?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), KAFKA_CALL_TIMEOUT)
+            .map_err(OpsError::kafka(format!("reading metadata of {topic}")))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(OpsError::BadArgument(format!(
+                "topic {topic} does not exist"
+            )));
+        }
+        let mut assignment = TopicPartitionList::new();
+        let mut unfinished = std::collections::BTreeSet::new();
+        for &p in &partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, p, KAFKA_CALL_TIMEOUT)
+                .map_err(OpsError::kafka(format!(
+                    "reading the log bounds of {topic}/{p}"
+                )))?;
+            let start = if args.from_beginning {
+                low
+            } else if let Some(time) = args.from_datetime {
+                let mut query = TopicPartitionList::new();
+                query
+                    .add_partition_offset(&topic, p, Offset::Offset(super::unix_ms(time)))
+                    .map_err(OpsError::kafka("building the time query"))?;
+                let found = consumer
+                    .offsets_for_times(query, KAFKA_CALL_TIMEOUT)
+                    .map_err(OpsError::kafka(format!(
+                        "looking up offsets by time on {topic}"
+                    )))?;
+                match found.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(offset)) => offset.clamp(low, high),
+                    _ => high,
+                }
+            } else {
+                high
+            };
+            if start < high {
+                unfinished.insert(p);
+            }
+            assignment
+                .add_partition_offset(&topic, p, Offset::Offset(start))
+                .map_err(OpsError::kafka("building the assignment"))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(OpsError::kafka(format!("assigning {topic}")))?;
+        Ok(Self {
+            consumer,
+            topic,
+            until_end: args.until_end.then_some(unfinished),
+        })
+    }
+
+    /// The next record as a JSON object, or `None` at the end (with `--until-end`).
+    pub async fn next(&mut self, codec: &Codec) -> Result<Option<serde_json::Value>, OpsError> {
+        loop {
+            if self.until_end.as_ref().is_some_and(|left| left.is_empty()) {
+                return Ok(None);
+            }
+            let message = match self.consumer.recv().await {
+                Ok(message) => message,
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    if let Some(left) = &mut self.until_end {
+                        left.remove(&partition);
+                    }
+                    continue;
+                }
+                Err(source) => {
+                    return Err(OpsError::Kafka {
+                        operation: format!("reading {}", self.topic),
+                        source,
+                    });
+                }
+            };
+            let payload = message.payload().unwrap_or_default();
+            let value = match codec.decode_json(payload).await {
+                Ok((schema, value)) => serde_json::json!({ "schema": schema, "value": value }),
+                Err(error) => serde_json::json!({
+                    "value": { "bytes": payload.len() },
+                    "undecodable": error.to_string(),
+                }),
+            };
+            let headers: serde_json::Map<String, serde_json::Value> = message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                            (h.key.to_owned(), v.into())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut line = serde_json::json!({
+                "topic": message.topic(),
+                "partition": message.partition(),
+                "offset": message.offset(),
+                "timestamp": message.timestamp().to_millis().map(super::format_ms),
+                "key": message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                "headers": headers,
+            });
+            if let (Some(line), serde_json::Value::Object(decoded)) = (line.as_object_mut(), value)
+            {
+                line.extend(decoded);
+            }
+            return Ok(Some(line));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_the_key_or_a_top_level_field_of_the_value() {
+        let line = serde_json::json!({
+            "key": "r-1",
+            "value": {"tenant_id": "acme", "status": 200, "image": {"bytes": 10}},
+        });
+        assert!(field_matches(&line, "key", "r-1"));
+        assert!(field_matches(&line, "tenant_id", "acme"));
+        assert!(field_matches(&line, "status", "200"));
+        assert!(!field_matches(&line, "tenant_id", "other"));
+        assert!(!field_matches(&line, "missing", "x"));
+        assert_eq!(
+            parse_filter("tenant=acme"),
+            Ok(("tenant_id".into(), "acme".into()))
+        );
+        assert!(parse_filter("tenant").is_err());
+    }
+}

@@ -1,0 +1,611 @@
+//! The operators' tools over the real stack: an offset reset by time is refused while the group
+//! has members and exact afterwards; a DLQ redrive that dies half-way neither loses nor doubles a
+//! record and each redriven request is billed once; `tail` decodes every topic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests fail by panicking
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use imgpipe::Config;
+use imgpipe::ops::dlq::{self, ActArgs, DlqFilter};
+use imgpipe::ops::offsets::{self, ResetTarget};
+use imgpipe::ops::tail::{Tail, TailArgs};
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use schemas::topics::{IMAGE_REQUESTS, IMAGE_REQUESTS_DLQ, USAGE_EVENTS};
+
+/// Sends `count` records keyed `{prefix}-{i}` to `topic`, returning each key's (partition, offset).
+async fn produce(
+    config: &Config,
+    topic: &str,
+    prefix: &str,
+    count: usize,
+) -> Vec<(String, i32, i64)> {
+    let producer = config.kafka.producer().unwrap();
+    let topic = config.kafka.name(topic);
+    let mut written = Vec::new();
+    for i in 0..count {
+        let key = format!("{prefix}-{i}");
+        let delivery = producer
+            .send(
+                FutureRecord::to(&topic).key(&key).payload("x"),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        written.push((key, delivery.partition, delivery.offset));
+    }
+    written
+}
+
+/// Reads `topic` from the group's committed offsets until `expected` records or 10 s of silence,
+/// and commits what it read; returns the keys.
+async fn consume_as_group(
+    config: &Config,
+    group: &str,
+    topic: &str,
+    expected: usize,
+) -> Vec<String> {
+    let consumer: StreamConsumer = config
+        .kafka
+        .group_consumer_config(group, chassis::kafka::ConsumerProfile::AtLeastOnce)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&config.kafka.name(topic)]).unwrap();
+    let mut keys = Vec::new();
+    while keys.len() < expected {
+        match tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await {
+            Ok(message) => {
+                let message = message.unwrap();
+                keys.push(String::from_utf8_lossy(message.key().unwrap()).into_owned());
+                consumer.store_offset_from_message(&message).unwrap();
+            }
+            Err(_) => break,
+        }
+    }
+    // A few more seconds: anything beyond `expected` is a replay error the caller must see.
+    while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await
+    {
+        keys.push(String::from_utf8_lossy(message.key().unwrap()).into_owned());
+        consumer.store_offset_from_message(&message).unwrap();
+    }
+    consumer.commit_consumer_state(CommitMode::Sync).unwrap();
+    consumer.unsubscribe();
+    keys
+}
+
+#[tokio::test]
+async fn an_offset_reset_by_time_is_refused_while_the_group_is_active_and_exact_afterwards() {
+    let config = support::provisioned("ops_offsets").await;
+    let group = "replayers";
+    let before = produce(&config, USAGE_EVENTS, "before", 30).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let cut = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = produce(&config, USAGE_EVENTS, "after", 30).await;
+    assert_eq!(
+        consume_as_group(&config, group, USAGE_EVENTS, 60)
+            .await
+            .len(),
+        60
+    );
+
+    // A member holds the group: the plan is shown, the reset refused.
+    let member: StreamConsumer = config
+        .kafka
+        .group_consumer_config(group, chassis::kafka::ConsumerProfile::AtLeastOnce)
+        .create()
+        .unwrap();
+    member
+        .subscribe(&[&config.kafka.name(USAGE_EVENTS)])
+        .unwrap();
+    let kafka = config.kafka.clone();
+    let active = support::eventually(Duration::from_secs(30), "the member to join", || {
+        let kafka = kafka.clone();
+        let member = &member;
+        async move {
+            // Polling keeps the member's join going.
+            let _ = tokio::time::timeout(Duration::from_millis(200), member.recv()).await;
+            let plan = tokio::task::spawn_blocking(move || {
+                offsets::plan_reset(
+                    &kafka,
+                    "replayers",
+                    Some(USAGE_EVENTS),
+                    ResetTarget::Datetime(cut),
+                )
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            (plan.state.members > 0).then_some(plan)
+        }
+    })
+    .await;
+    let refusal = offsets::execute_reset(&config.kafka, &active).unwrap_err();
+    assert!(
+        matches!(refusal, imgpipe::ops::OpsError::Refused(_)),
+        "{refusal}"
+    );
+    assert!(refusal.to_string().contains("member"), "{refusal}");
+    drop(member);
+
+    // Once it left, the plan lands exactly on the first record at or after the cut.
+    let kafka = config.kafka.clone();
+    let plan = support::eventually(Duration::from_secs(30), "the group to empty", || {
+        let kafka = kafka.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let plan =
+                    offsets::plan_reset(&kafka, "replayers", None, ResetTarget::Datetime(cut))
+                        .unwrap();
+                (plan.state.members == 0).then_some(plan)
+            })
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    let mut first_after: BTreeMap<i32, i64> = BTreeMap::new();
+    for (_, partition, offset) in &after {
+        let first = first_after.entry(*partition).or_insert(*offset);
+        *first = (*first).min(*offset);
+    }
+    for p in &plan.partitions {
+        let expected = first_after.get(&p.partition).copied().unwrap_or(p.log_end);
+        assert_eq!(p.target, Some(expected), "partition {}", p.partition);
+        assert_eq!(
+            p.committed,
+            Some(p.log_end),
+            "everything was read before the reset"
+        );
+    }
+    let rendered = offsets::render(&plan, true);
+    assert!(
+        rendered.contains("TARGET") && rendered.contains("LAG-AFTER"),
+        "{rendered}"
+    );
+    offsets::execute_reset(&config.kafka, &plan).unwrap();
+    // Idempotent: the same reset again commits the same offsets.
+    offsets::execute_reset(&config.kafka, &plan).unwrap();
+
+    let replayed = consume_as_group(&config, group, USAGE_EVENTS, after.len()).await;
+    let replayed: BTreeSet<String> = replayed.into_iter().collect();
+    let expected: BTreeSet<String> = after.iter().map(|(k, ..)| k.clone()).collect();
+    assert_eq!(
+        replayed, expected,
+        "exactly the records after the cut, once"
+    );
+    assert!(before.iter().all(|(k, ..)| !replayed.contains(k)));
+}
+
+/// A DLQ record as the resizer writes one: the original bytes and key, why, and where from.
+fn dead_lettered(config: &Config, class: &str, source_offset: i64) -> OwnedHeaders {
+    let source_topic = config.kafka.name(IMAGE_REQUESTS);
+    let offset = source_offset.to_string();
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "traceparent",
+            value: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        })
+        .insert(Header {
+            key: "error.class",
+            value: Some(class),
+        })
+        .insert(Header {
+            key: "error.message",
+            value: Some("schema 42 not found"),
+        })
+        .insert(Header {
+            key: "source.topic",
+            value: Some(&source_topic),
+        })
+        .insert(Header {
+            key: "source.partition",
+            value: Some("0"),
+        })
+        .insert(Header {
+            key: "source.offset",
+            value: Some(&offset),
+        })
+}
+
+#[tokio::test]
+async fn a_dlq_redrive_that_dies_half_way_neither_loses_nor_doubles_and_bills_each_request_once() {
+    let config = support::provisioned("ops_redrive").await;
+    let codec = schemas::Codec::new(&config.registry, &config.kafka.namespace);
+    let producer = config.kafka.producer().unwrap();
+    let dlq_topic = config.kafka.name(IMAGE_REQUESTS_DLQ);
+
+    // Seven requests the resizers could not read at the time (say, the registry had lost their
+    // schema), and three records of another class that must stay where they are.
+    let mut redrivable = BTreeSet::new();
+    for i in 0..7 {
+        let id = uuid::Uuid::now_v7().to_string();
+        let mut request = support::resize_request(&config, &id, "tenant-redrive", 0);
+        request.deadline_at_ms += 600_000;
+        let payload = codec.encode(&request).await.unwrap();
+        producer
+            .send(
+                FutureRecord::to(&dlq_topic)
+                    .key(&id)
+                    .payload(&payload)
+                    .headers(dead_lettered(&config, "undecodable_request", i)),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        redrivable.insert(id);
+    }
+    for i in 0..3 {
+        producer
+            .send(
+                FutureRecord::to(&dlq_topic)
+                    .key(&format!("other-{i}"))
+                    .payload("not avro")
+                    .headers(dead_lettered(&config, "unwritable_output", 100 + i)),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    let filter = DlqFilter {
+        error_class: Some("undecodable_request".into()),
+        ..Default::default()
+    };
+    let listed = dlq::list(&config.kafka, &codec, &filter, false)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 7);
+    assert!(
+        listed
+            .iter()
+            .all(|e| e.tenant.as_deref() == Some("tenant-redrive"))
+    );
+
+    // A dry run changes nothing.
+    let args = ActArgs {
+        filter: filter.clone(),
+        to_topic: None,
+        max_redrives: 3,
+        batch: 3,
+        execute: false,
+    };
+    let dry = dlq::settle(&config, &codec, &args, dlq::Mode::Redrive)
+        .await
+        .unwrap();
+    assert_eq!(dry.redriven.values().sum::<u64>(), 7);
+    assert_eq!(dry.transactions, 0);
+
+    // The real run, as the binary, dies before its second commit (3 of 7 records committed).
+    let (brokers, namespace, registry) = (
+        config.kafka.brokers.clone(),
+        config.kafka.namespace.clone(),
+        config.registry.url.clone(),
+    );
+    let run = move |failpoints: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_imgpipe"))
+            .args([
+                "ops",
+                "dlq",
+                "redrive",
+                "--error-class",
+                "undecodable_request",
+                "--batch",
+                "3",
+                "--execute",
+            ])
+            .env("IMGPIPE_KAFKA__BROKERS", &brokers)
+            .env("IMGPIPE_KAFKA__NAMESPACE", &namespace)
+            .env("IMGPIPE_REGISTRY__URL", &registry)
+            .env("RUST_LOG", "error")
+            .env("FAILPOINTS", failpoints)
+            .output()
+            .expect("the imgpipe binary runs")
+    };
+    let crashed = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run("ops-dlq-before-commit=1*off->panic(injected crash)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        !crashed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&crashed.stderr)
+    );
+    let pending = dlq::list(&config.kafka, &codec, &filter, false)
+        .await
+        .unwrap();
+    let committed = redriven_requests(&config).await;
+    assert!(
+        (1..=3).contains(&committed.len()),
+        "the first transaction committed, the second did not: {committed:?}; the run said: {}",
+        String::from_utf8_lossy(&crashed.stderr)
+    );
+    assert_eq!(
+        pending.len() + committed.len(),
+        7,
+        "what was redriven left the pending set"
+    );
+
+    // The re-run fences the dead one (aborting its open transaction) and does the rest.
+    let rerun = tokio::task::spawn_blocking(move || run("")).await.unwrap();
+    let stdout = String::from_utf8_lossy(&rerun.stdout);
+    assert!(
+        rerun.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("redrive {}, purge 0, keep 3", pending.len())),
+        "{stdout}"
+    );
+
+    // image.requests holds each redriven request exactly once, committed, with its headers.
+    let seen = redriven_requests(&config).await;
+    assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), redrivable);
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+
+    // The other class stays pending (appended again), nothing of the redriven class does.
+    let left = dlq::list(&config.kafka, &codec, &DlqFilter::default(), false)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(left.iter().all(|e| e.error_class() == "unwritable_output"));
+    // A second redrive finds nothing more to do.
+    let again = dlq::settle(
+        &config,
+        &codec,
+        &ActArgs {
+            execute: true,
+            ..args.clone()
+        },
+        dlq::Mode::Redrive,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.redriven.values().sum::<u64>(), 0);
+    // Purging the rest empties the DLQ.
+    let purged = dlq::settle(
+        &config,
+        &codec,
+        &ActArgs {
+            filter: DlqFilter::default(),
+            execute: true,
+            ..args.clone()
+        },
+        dlq::Mode::Purge,
+    )
+    .await
+    .unwrap();
+    assert_eq!(purged.purged, 3);
+    assert!(
+        dlq::list(&config.kafka, &codec, &DlqFilter::default(), false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A resizer now serves them: one final usage outcome per request.
+    let hosted = support::host(config.clone(), &[imgpipe::host::Service::Resizer]).await;
+    let usage_reader: StreamConsumer = config
+        .kafka
+        .reader_config(Duration::from_millis(100))
+        .create()
+        .unwrap();
+    usage_reader
+        .subscribe(&[&config.kafka.name(USAGE_EVENTS)])
+        .unwrap();
+    let mut billed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while billed.len() < redrivable.len() && tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(message)) =
+            tokio::time::timeout(Duration::from_secs(1), usage_reader.recv()).await
+        {
+            let usage: schemas::events::UsageRecorded =
+                codec.decode(message.payload().unwrap()).await.unwrap();
+            billed
+                .entry(usage.request_id)
+                .or_default()
+                .push(usage.outcome);
+        }
+    }
+    hosted.stop().await;
+    while let Ok(Ok(message)) =
+        tokio::time::timeout(Duration::from_secs(3), usage_reader.recv()).await
+    {
+        let usage: schemas::events::UsageRecorded =
+            codec.decode(message.payload().unwrap()).await.unwrap();
+        billed
+            .entry(usage.request_id)
+            .or_default()
+            .push(usage.outcome);
+    }
+    assert_eq!(billed.keys().cloned().collect::<BTreeSet<_>>(), redrivable);
+    for (id, outcomes) in &billed {
+        assert_eq!(outcomes, &vec!["resized".to_owned()], "{id}");
+    }
+}
+
+/// The redriven records on image.requests (committed only), counted by key, after checking each
+/// one's headers.
+async fn redriven_requests(config: &Config) -> BTreeMap<String, usize> {
+    let reader: StreamConsumer = config
+        .kafka
+        .reader_config(Duration::from_millis(100))
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    reader
+        .subscribe(&[&config.kafka.name(IMAGE_REQUESTS)])
+        .unwrap();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut sources = BTreeSet::new();
+    while let Ok(message) = tokio::time::timeout(Duration::from_secs(3), reader.recv()).await {
+        let Ok(message) = message else { continue };
+        let header = |name: &str| {
+            message.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+        };
+        assert_eq!(header("redrive.count").as_deref(), Some("1"));
+        assert_eq!(
+            header("redrive.error.class").as_deref(),
+            Some("undecodable_request")
+        );
+        assert!(
+            header("traceparent").is_some(),
+            "the request's own headers stay"
+        );
+        assert!(header("error.class").is_none(), "the DLQ's headers go");
+        assert!(
+            sources.insert(header("redrive.from").unwrap()),
+            "one DLQ record, one redrive"
+        );
+        *seen
+            .entry(String::from_utf8_lossy(message.key().unwrap()).into_owned())
+            .or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test]
+async fn tail_decodes_every_topic_and_shows_images_as_sizes() {
+    let mut config = support::provisioned("ops_tail").await;
+    let api = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let identity = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    config.api.listen = api;
+    config.identity.listen = identity;
+    config.identity.admin_token = support::ADMIN_TOKEN.into();
+    config.resizer.workers = 1;
+    use imgpipe::host::Service;
+    let hosted = support::host(
+        config.clone(),
+        &[Service::Identity, Service::Resizer, Service::Api],
+    )
+    .await;
+    let key = support::create_tenant_key(identity, "tail", 100, 100).await;
+    support::wait_for_key(api, &key.api_key).await;
+    let response = reqwest::Client::new()
+        .post(format!("http://{api}/v1/resize?width=8"))
+        .bearer_auth(&key.api_key)
+        .body(support::images::jpeg(32, 32))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    hosted.stop().await;
+    // And one record the resizer could not read.
+    config
+        .kafka
+        .producer()
+        .unwrap()
+        .send(
+            FutureRecord::to(&config.kafka.name(IMAGE_REQUESTS_DLQ))
+                .key("poison")
+                .payload("not avro")
+                .headers(dead_lettered(&config, "undecodable_request", 0)),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
+    let codec = schemas::Codec::new(&config.registry, &config.kafka.namespace);
+    for spec in schemas::topics::CATALOGUE {
+        let args = TailArgs {
+            topic: spec.name.to_owned(),
+            from_datetime: None,
+            from_beginning: true,
+            filters: Vec::new(),
+            max: None,
+            until_end: true,
+            read_uncommitted: false,
+        };
+        let mut tail = Tail::open(&config.kafka, &args).unwrap();
+        let mut lines = Vec::new();
+        while let Some(line) = tokio::time::timeout(Duration::from_secs(20), tail.next(&codec))
+            .await
+            .expect("tail reaches the end")
+            .unwrap()
+        {
+            lines.push(line);
+        }
+        assert!(!lines.is_empty(), "{}: no records", spec.name);
+        for line in &lines {
+            assert_eq!(line["topic"], config.kafka.name(spec.name));
+            assert!(line["headers"].is_object(), "{line}");
+            if spec.avro_value {
+                assert!(line.get("undecodable").is_none(), "{}: {line}", spec.name);
+                assert!(
+                    line["schema"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("imgpipe.")),
+                    "{line}"
+                );
+            } else {
+                assert_eq!(line["value"]["bytes"], 8, "{line}");
+                assert_eq!(line["headers"]["error.class"], "undecodable_request");
+            }
+        }
+        match spec.name {
+            IMAGE_REQUESTS => {
+                let value = &lines[0]["value"];
+                assert_eq!(value["tenant_id"], key.tenant_id.as_str());
+                let size = value["image"]["bytes"].as_u64().unwrap();
+                assert!(size > 100, "the image is shown as its size: {value}");
+                assert!(lines[0]["headers"]["traceparent"].is_string());
+            }
+            schemas::topics::IMAGE_RESULTS => {
+                assert!(
+                    lines[0]["value"]["image"]["bytes"]["bytes"]
+                        .as_u64()
+                        .unwrap()
+                        > 0,
+                    "{}",
+                    lines[0]
+                );
+            }
+            USAGE_EVENTS => {
+                assert!(
+                    lines
+                        .iter()
+                        .all(|l| l["value"]["tenant_id"] == key.tenant_id.as_str())
+                );
+            }
+            _ => {}
+        }
+    }
+    // A filter on a field of the value.
+    let args = TailArgs {
+        topic: USAGE_EVENTS.into(),
+        from_datetime: None,
+        from_beginning: true,
+        filters: vec![("tenant_id".into(), "somebody-else".into())],
+        max: None,
+        until_end: true,
+        read_uncommitted: false,
+    };
+    let mut tail = Tail::open(&config.kafka, &args).unwrap();
+    let mut matching = 0;
+    while let Some(line) = tail.next(&codec).await.unwrap() {
+        matching += usize::from(imgpipe::ops::tail::field_matches(
+            &line,
+            "tenant_id",
+            "somebody-else",
+        ));
+    }
+    assert_eq!(matching, 0);
+}
