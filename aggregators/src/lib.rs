@@ -61,13 +61,28 @@ impl AggregatorError {
     }
 }
 
-/// Runs the usage aggregator until shutdown.
+/// Runs the usage aggregator (consumer group [`GROUP_ID`]) until shutdown.
 pub async fn run(
     kafka: KafkaConfig,
     registry: RegistryConfig,
     clickhouse: ClickHouseConfig,
     config: AggregatorConfig,
     ctx: ServiceContext,
+) -> Result<(), AggregatorError> {
+    run_in_group(kafka, registry, clickhouse, config, ctx, GROUP_ID).await
+}
+
+/// Runs the aggregator as a member of consumer group `group` (namespaced) instead of
+/// [`GROUP_ID`]: `imgpipe ops usage rebuild` fills a fresh database this way while the real
+/// group stays as it is. Positions still come from ClickHouse, so the group only shares out
+/// partitions.
+pub async fn run_in_group(
+    kafka: KafkaConfig,
+    registry: RegistryConfig,
+    clickhouse: ClickHouseConfig,
+    config: AggregatorConfig,
+    ctx: ServiceContext,
+    group: &str,
 ) -> Result<(), AggregatorError> {
     let mut errors = Vec::new();
     config.validate(&mut errors);
@@ -89,12 +104,12 @@ pub async fn run(
     let context = AggregatorContext::new(topic.clone(), metrics.lag.clone());
     let inbox = context.inbox();
     let mut consumer_config =
-        kafka.group_consumer_config(GROUP_ID, chassis::kafka::ConsumerProfile::AtLeastOnce);
+        kafka.group_consumer_config(group, chassis::kafka::ConsumerProfile::AtLeastOnce);
     // Lag per partition comes from librdkafka's statistics (see `AggregatorContext::stats`).
     consumer_config.set("statistics.interval.ms", "5000");
     let consumer = kafka.consumer(&consumer_config, context)?;
     let codec = Codec::new(&registry, &kafka.namespace);
-    tracing::info!(%topic, group = %kafka.name(GROUP_ID), "Usage aggregator consuming");
+    tracing::info!(%topic, group = %kafka.name(group), "Usage aggregator consuming");
     Worker::new(topic, inbox, sink, codec, config, metrics, ctx)?
         .run(consumer)
         .await

@@ -8,6 +8,7 @@
 pub mod dlq;
 pub mod offsets;
 pub mod tail;
+pub mod usage;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +34,9 @@ pub enum OpsError {
     /// An argument names something that does not exist or does not parse.
     #[error("{0}")]
     BadArgument(String),
+    /// A dependency (ClickHouse, Kafka) does not answer; nothing was changed by this step.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// A blocking task panicked or was cancelled.
     #[error("ops task failed: {0}")]
     Task(String),
@@ -105,6 +109,12 @@ pub enum OpsCommand {
     },
     /// Prints a topic's records as JSON lines, decoded from Avro through the schema registry.
     Tail(tail::TailArgs),
+    /// ClickHouse's usage tables: rebuild them from usage.events.
+    Usage {
+        /// What to do.
+        #[command(subcommand)]
+        action: usage::UsageAction,
+    },
 }
 
 /// Runs one ops command, printing its plan or result on stdout.
@@ -118,6 +128,7 @@ pub async fn run(config: &crate::Config, args: OpsArgs) -> Result<(), OpsError> 
         }
         OpsCommand::Dlq { action } => dlq::run(config, action).await,
         OpsCommand::Tail(args) => tail::run(config, args).await,
+        OpsCommand::Usage { action } => usage::run(config, action).await,
     }
 }
 
