@@ -300,9 +300,9 @@ impl Prometheus {
         let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             rule_files:\n  - {rules}\n\
+             rule_files:\n  - {rules:?}\n\
              scrape_configs:\n  - job_name: imgpipe\n    static_configs:\n      - targets: [{targets}]\n",
-            rules = repo().join(ALERTS).display(),
+            rules = repo().join(ALERTS),
             targets = targets.join(", "),
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
