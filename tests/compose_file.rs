@@ -193,3 +193,61 @@ fn service_environment_uses_real_config_keys() {
         "compose sets imgpipe config through the environment"
     );
 }
+
+#[test]
+fn monitoring_scrapes_every_service_with_the_tested_rules() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().expect("services map");
+    for name in ["prometheus", "grafana"] {
+        assert!(
+            services.contains_key(name),
+            "service {name} missing from compose"
+        );
+    }
+    let mounts = |service: &str| -> Vec<String> {
+        compose["services"][service]["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(
+        mounts("prometheus")
+            .iter()
+            .any(|m| m.starts_with("./prometheus:")),
+        "prometheus reads compose/prometheus: {:?}",
+        mounts("prometheus")
+    );
+    assert!(
+        mounts("grafana")
+            .iter()
+            .any(|m| m.starts_with("./grafana/dashboards:")),
+        "grafana loads compose/grafana/dashboards: {:?}",
+        mounts("grafana")
+    );
+    // The scrape config names every imgpipe service at the ops port its containers listen on.
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/compose/prometheus/prometheus.yml"
+    ))
+    .expect("compose/prometheus/prometheus.yml exists");
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("valid YAML");
+    let ops = compose["services"]["api"]["environment"]["IMGPIPE_OPS__LISTEN"]
+        .as_str()
+        .expect("ops listen address");
+    let port = ops.rsplit(':').next().expect("a port");
+    let targets: Vec<String> = config["scrape_configs"][0]["static_configs"][0]["targets"]
+        .as_sequence()
+        .expect("targets")
+        .iter()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    for service in ["api", "identity", "resizer", "aggregator"] {
+        assert!(
+            targets.contains(&format!("{service}:{port}")),
+            "{service}:{port} not scraped: {targets:?}"
+        );
+    }
+    assert_eq!(config["rule_files"][0].as_str(), Some("alerts.yml"));
+}

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chassis::ServiceContext;
-use chassis::kafka::log_rebalance;
+use chassis::kafka::{count_rebalance, log_rebalance};
 use prometheus::IntGaugeVec;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
@@ -109,6 +109,7 @@ impl ConsumerContext for AggregatorContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         log_rebalance("usage-aggregator", "Rebalance done", rebalance);
+        count_rebalance("usage-aggregator", rebalance);
         if let Rebalance::Assign(list) = rebalance {
             // Paused until the loop has sought past what ClickHouse holds: nothing is fetched
             // from Kafka's committed offset, which ClickHouse, not Kafka, is the authority on.

@@ -298,6 +298,16 @@ impl ConsumerContext for RebalanceLogger {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         log_rebalance(self.consumer, "Rebalance done", rebalance);
+        count_rebalance(self.consumer, rebalance);
+    }
+}
+
+/// Counts a rebalance in `imgpipe_consumer_rebalances_total{consumer}`; call it from
+/// `post_rebalance`, where each rebalance ends once in an assignment (possibly empty) or an
+/// error, so a revoke-then-assign cycle counts one.
+pub fn count_rebalance(consumer: &str, rebalance: &Rebalance<'_>) {
+    if matches!(rebalance, Rebalance::Assign(_) | Rebalance::Error(_)) {
+        crate::metrics::count_rebalance(consumer);
     }
 }
 
@@ -382,5 +392,31 @@ mod record_error_tests {
             );
         }
         assert!(!is_permanent_record_error(&KafkaError::Canceled));
+    }
+}
+
+#[cfg(test)]
+mod rebalance_count_tests {
+    use rdkafka::TopicPartitionList;
+    use rdkafka::consumer::Rebalance;
+
+    fn count(consumer: &str) -> u64 {
+        crate::metrics::process_registry()
+            .gather()
+            .iter()
+            .filter(|f| f.name() == crate::metrics::consumer::REBALANCES_TOTAL.name)
+            .flat_map(|f| f.get_metric())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == consumer))
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    #[test]
+    fn a_revoke_then_assign_cycle_counts_once() {
+        let list = TopicPartitionList::new();
+        super::count_rebalance("count-test", &Rebalance::Revoke(&list));
+        assert_eq!(count("count-test"), 0);
+        super::count_rebalance("count-test", &Rebalance::Assign(&list));
+        assert_eq!(count("count-test"), 1);
     }
 }

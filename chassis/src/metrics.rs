@@ -268,6 +268,22 @@ pub mod consumer {
         "imgpipe_consumer_stalled",
         "1 while the consumer holds work but made no progress for longer than its bound.",
     );
+    /// `{consumer}`: rebalances that ended in an assignment (or failed); a storm is many of them.
+    pub const REBALANCES_TOTAL: Metric = metric(
+        "imgpipe_consumer_rebalances_total",
+        "Consumer group rebalances completed (or failed), by consumer.",
+    );
+}
+
+/// The ops endpoint of every process.
+pub mod ops {
+    use super::{Metric, metric};
+    /// `{check}`: each `/readyz` check as 1 (ready) or 0, so alerts can name the dependency that
+    /// is gone (`aggregator.clickhouse`, `aggregator.registry`, `kafka-producer`, …).
+    pub const READINESS_CHECK_UP: Metric = metric(
+        "imgpipe_readiness_check_up",
+        "1 while the named readiness check passes, 0 while it fails.",
+    );
 }
 
 /// Every metric of the catalogue.
@@ -315,7 +331,40 @@ pub const ALL: &[Metric] = &[
     aggregator::CLICKHOUSE_UP,
     aggregator::PENDING_RECORDS,
     consumer::STALLED,
+    consumer::REBALANCES_TOTAL,
+    ops::READINESS_CHECK_UP,
 ];
+
+/// Metrics of the whole process rather than of one service: they are counted where no service
+/// context reaches (say, inside a Kafka client's rebalance callback), and every ops endpoint of
+/// the process exports them.
+struct ProcessMetrics {
+    registry: Registry,
+    rebalances: Option<IntCounterVec>,
+}
+
+static PROCESS: std::sync::LazyLock<ProcessMetrics> = std::sync::LazyLock::new(|| {
+    let registry = Registry::new();
+    let rebalances = counter_vec(&registry, consumer::REBALANCES_TOTAL, &["consumer"])
+        .inspect_err(|error| tracing::error!(%error, "Registering the rebalance counter failed"))
+        .ok();
+    ProcessMetrics {
+        registry,
+        rebalances,
+    }
+});
+
+/// The registry of process-wide metrics, gathered by the ops endpoint.
+pub fn process_registry() -> &'static Registry {
+    &PROCESS.registry
+}
+
+/// Counts one finished rebalance of `consumer`.
+pub fn count_rebalance(consumer: &str) {
+    if let Some(rebalances) = &PROCESS.rebalances {
+        rebalances.with_label_values(&[consumer]).inc();
+    }
+}
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,

@@ -66,13 +66,25 @@ async fn metrics(State(state): State<OpsState>) -> Response {
     // with their own label values): merge by name, since the text format allows one block each.
     let mut merged: std::collections::BTreeMap<String, prometheus::proto::MetricFamily> =
         std::collections::BTreeMap::new();
-    for mut family in state.registries.iter().flat_map(Registry::gather) {
+    let process = crate::metrics::process_registry();
+    for mut family in state
+        .registries
+        .iter()
+        .chain(std::iter::once(process))
+        .flat_map(Registry::gather)
+    {
         match merged.get_mut(family.name()) {
             Some(existing) => existing.mut_metric().extend(family.take_metric()),
             None => {
                 merged.insert(family.name().to_owned(), family);
             }
         }
+    }
+    match readiness_family(&state.readiness) {
+        Ok(family) => {
+            merged.insert(family.name().to_owned(), family);
+        }
+        Err(error) => tracing::error!(%error, "Building the readiness metric failed"),
     }
     let families: Vec<_> = merged.into_values().collect();
     let mut body = Vec::new();
@@ -83,6 +95,26 @@ async fn metrics(State(state): State<OpsState>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// The readiness checks as a gauge family, built at scrape time from the same snapshot `/readyz`
+/// serves, so an alert and the endpoint can never disagree about a dependency.
+fn readiness_family(readiness: &Readiness) -> prometheus::Result<prometheus::proto::MetricFamily> {
+    let registry = Registry::new();
+    let gauge = crate::metrics::gauge_vec(
+        &registry,
+        crate::metrics::ops::READINESS_CHECK_UP,
+        &["check"],
+    )?;
+    for (name, check) in readiness.snapshot().1 {
+        gauge
+            .with_label_values(&[name.as_str()])
+            .set(i64::from(check.ready));
+    }
+    registry
+        .gather()
+        .pop()
+        .ok_or_else(|| prometheus::Error::Msg("no readiness family".into()))
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {
@@ -97,4 +129,35 @@ async fn readyz(State(state): State<OpsState>) -> Response {
         axum::Json(serde_json::json!({ "ready": ready, "checks": checks })),
     )
         .into_response()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn metrics_carry_each_readiness_check_as_a_gauge() {
+        let readiness = Readiness::default();
+        readiness.ready("kafka-producer");
+        readiness.not_ready("aggregator.clickhouse", "ClickHouse unavailable");
+        let app = router(vec![Registry::new()], readiness, &HttpConfig::default());
+        let request = axum::http::Request::get("/metrics")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            text.contains("imgpipe_readiness_check_up{check=\"kafka-producer\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imgpipe_readiness_check_up{check=\"aggregator.clickhouse\"} 0"),
+            "{text}"
+        );
+    }
 }

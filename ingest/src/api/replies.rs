@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use chassis::kafka::{KafkaConfig, log_rebalance};
+use chassis::kafka::{KafkaConfig, count_rebalance, log_rebalance};
 use chassis::{Readiness, Shutdown};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::{ClientContext, Message, Offset};
@@ -352,6 +352,7 @@ impl ConsumerContext for ReplyOwnership {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         log_rebalance(GROUP, "Rebalance done", rebalance);
+        count_rebalance(GROUP, rebalance);
         if let Rebalance::Assign(list) = rebalance {
             let mut unpositioned = self
                 .unpositioned

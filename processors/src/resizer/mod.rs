@@ -25,7 +25,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chassis::kafka::{ConsumerProfile, KafkaConfig, ProducerProfile, log_rebalance};
+use chassis::kafka::{
+    ConsumerProfile, KafkaConfig, ProducerProfile, count_rebalance, log_rebalance,
+};
 use chassis::trace::{TRACEPARENT, TraceContext};
 use chassis::{RetryPolicy, ServiceContext};
 use futures::StreamExt;
@@ -159,6 +161,7 @@ impl ConsumerContext for RebalanceLog {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         log_rebalance("resizer", "Rebalance done", rebalance);
+        count_rebalance("resizer", rebalance);
     }
 }
 
