@@ -609,3 +609,183 @@ async fn tail_decodes_every_topic_and_shows_images_as_sizes() {
     }
     assert_eq!(matching, 0);
 }
+
+async fn clickhouse(config: &Config, sql: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(&config.clickhouse.url)
+        .body(sql.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert!(status.is_success(), "{sql}: {body}");
+    body
+}
+
+/// Per tenant: requests and bytes in, as analysts read them (the exact per-minute view).
+async fn analyst_totals(config: &Config) -> BTreeMap<String, (i64, i64)> {
+    let db = &config.clickhouse.database;
+    clickhouse(
+        config,
+        &format!(
+            "SELECT tenant_id, sum(requests), sum(bytes_in) FROM {db}.usage_minute \
+             GROUP BY tenant_id ORDER BY tenant_id FORMAT TSV"
+        ),
+    )
+    .await
+    .lines()
+    .map(|line| {
+        let f: Vec<&str> = line.split('\t').collect();
+        (
+            f[0].to_owned(),
+            (f[1].parse().unwrap(), f[2].parse().unwrap()),
+        )
+    })
+    .collect()
+}
+
+fn usage_event(i: usize, source: schemas::events::UsageSource) -> schemas::events::UsageRecorded {
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    schemas::events::UsageRecorded {
+        request_id: uuid::Uuid::from_u128(0xfeed_0000 + i as u128).to_string(),
+        tenant_id: format!("tenant-{}", i % 3),
+        key_id: "key-1".into(),
+        event_time_ms: now - (i % 120) as i64 * 1000,
+        outcome: "ok".into(),
+        status: 200,
+        bytes_in: 1000 + i as i64,
+        bytes_out: 100,
+        pixels_in: 10_000,
+        pixels_out: 500,
+        cpu_time_us: 3000,
+        input_format: Some("jpeg".into()),
+        output_format: Some("webp".into()),
+        latency_us: 5000,
+        source,
+    }
+}
+
+#[tokio::test]
+async fn a_usage_rebuild_restores_exact_totals_from_kafka_and_is_refused_while_aggregators_run() {
+    use schemas::events::UsageSource;
+    let config = support::provisioned("ops_rebuild").await;
+    let db = config.clickhouse.database.clone();
+    // 60 requests, each recorded by the api and by a resizer (counted once by the views), and a
+    // poison record that lands in usage_rejects.
+    let mut events = Vec::new();
+    for i in 0..60 {
+        events.push(usage_event(i, UsageSource::Resizer));
+        events.push(usage_event(i, UsageSource::Api));
+    }
+    let usage = support::UsageProducer::new(&config);
+    usage.send(&events).await;
+    usage
+        .send_raw(&[("tenant-0".into(), b"poison".to_vec())])
+        .await;
+    let mut expected: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for event in events.iter().filter(|e| e.source == UsageSource::Resizer) {
+        let t = expected.entry(event.tenant_id.clone()).or_default();
+        t.0 += 1;
+        t.1 += event.bytes_in;
+    }
+
+    let aggregator = support::host(config.clone(), &[imgpipe::host::Service::Aggregator]).await;
+    support::eventually(
+        Duration::from_secs(60),
+        "the aggregator to store everything",
+        || async { (analyst_totals(&config).await == expected).then_some(()) },
+    )
+    .await;
+    let args = imgpipe::ops::usage::RebuildArgs {
+        execute: true,
+        allow_loss_before_retention: false,
+        timeout: Duration::from_secs(120),
+    };
+    let refusal = imgpipe::ops::usage::rebuild(&config, &args)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refusal, imgpipe::ops::OpsError::Refused(_)),
+        "{refusal}"
+    );
+    aggregator.stop().await;
+
+    // Damage: a third of the rows gone, as after a bad manual DELETE.
+    clickhouse(
+        &config,
+        &format!("ALTER TABLE {db}.usage_raw DELETE WHERE bytes_in % 3 = 0"),
+    )
+    .await;
+    support::eventually(Duration::from_secs(30), "the delete to finish", || async {
+        let left = clickhouse(
+            &config,
+            &format!(
+                "SELECT count() FROM system.mutations WHERE database = '{db}' AND is_done = 0"
+            ),
+        )
+        .await;
+        (left.trim() == "0").then_some(())
+    })
+    .await;
+    assert_ne!(analyst_totals(&config).await, expected);
+
+    // The group may take its session timeout to empty after the stop; the rebuild says so.
+    let report = support::eventually(Duration::from_secs(30), "the rebuild to run", || async {
+        match imgpipe::ops::usage::rebuild(&config, &args).await {
+            Ok(report) => Some(report),
+            Err(imgpipe::ops::OpsError::Refused(why)) if why.contains("member") => None,
+            Err(other) => panic!("{other}"),
+        }
+    })
+    .await;
+    assert!(report.swapped);
+    let read: u64 = report.verified.values().map(|(records, _)| records).sum();
+    assert_eq!(read, 121, "every usage record, the poison one included");
+    assert_eq!(
+        analyst_totals(&config).await,
+        expected,
+        "exact after the rebuild"
+    );
+    let rejects = clickhouse(&config, &format!("SELECT count() FROM {db}.usage_rejects")).await;
+    assert_eq!(rejects.trim(), "1");
+    // The damaged tables are kept aside, and no rebuild database is left over.
+    let backup_rows = clickhouse(
+        &config,
+        &format!("SELECT count() FROM {}.usage_raw", report.backup),
+    )
+    .await;
+    assert!(backup_rows.trim().parse::<i64>().unwrap() < 120);
+    let leftovers = clickhouse(
+        &config,
+        &format!(
+            "SELECT count() FROM system.databases WHERE name = '{}'",
+            report.fresh
+        ),
+    )
+    .await;
+    assert_eq!(leftovers.trim(), "0");
+
+    // An aggregator started afterwards goes on from where the rebuild stopped: no re-insert.
+    let more = vec![usage_event(1000, UsageSource::Resizer)];
+    usage.send(&more).await;
+    let aggregator = support::host(config.clone(), &[imgpipe::host::Service::Aggregator]).await;
+    let t = expected.entry(more[0].tenant_id.clone()).or_default();
+    t.0 += 1;
+    t.1 += more[0].bytes_in;
+    support::eventually(
+        Duration::from_secs(60),
+        "the new record to be counted once",
+        || async { (analyst_totals(&config).await == expected).then_some(()) },
+    )
+    .await;
+    aggregator.stop().await;
+    clickhouse(
+        &config,
+        &format!("DROP DATABASE IF EXISTS {}", report.backup),
+    )
+    .await;
+}

@@ -109,7 +109,10 @@ pub async fn run(config: &crate::Config, action: UsageAction) -> Result<(), OpsE
 }
 
 /// Plans a rebuild and, with `args.execute`, does it.
-pub async fn rebuild(config: &crate::Config, args: &RebuildArgs) -> Result<RebuildReport, OpsError> {
+pub async fn rebuild(
+    config: &crate::Config,
+    args: &RebuildArgs,
+) -> Result<RebuildReport, OpsError> {
     let started = Instant::now();
     let kafka = &config.kafka;
     let (client, _) = chassis::clickhouse::connect(&config.clickhouse)
@@ -156,7 +159,11 @@ pub async fn rebuild(config: &crate::Config, args: &RebuildArgs) -> Result<Rebui
         .fetch_all::<String>()
         .await
         .map_err(|source| ch("listing leftover rebuild databases", source))?;
-    let lost: u64 = report.partitions.iter().map(|p| p.rows_before_horizon).sum();
+    let lost: u64 = report
+        .partitions
+        .iter()
+        .map(|p| p.rows_before_horizon)
+        .sum();
     if lost > 0 && !args.allow_loss_before_retention {
         print!("{}", render(&report));
         return Err(OpsError::Refused(format!(
@@ -169,7 +176,12 @@ pub async fn rebuild(config: &crate::Config, args: &RebuildArgs) -> Result<Rebui
     }
 
     for leftover in &report.leftovers {
-        exec(&client, &format!("DROP DATABASE IF EXISTS {leftover}"), "dropping a leftover rebuild").await?;
+        exec(
+            &client,
+            &format!("DROP DATABASE IF EXISTS {leftover}"),
+            "dropping a leftover rebuild",
+        )
+        .await?;
     }
     // Kafka's side of the check: committed records per partition up to the plan's ends.
     let expected = count_records(kafka, &topic, &bounds).await?;
@@ -201,13 +213,20 @@ pub async fn rebuild(config: &crate::Config, args: &RebuildArgs) -> Result<Rebui
     );
     let caught_up = loop {
         if aggregator.is_finished() {
-            break Err(OpsError::Task("the rebuild's aggregator stopped early".into()));
+            break Err(OpsError::Task(
+                "the rebuild's aggregator stopped early".into(),
+            ));
         }
         // Until migrations ran the fresh tables do not exist; that is "nothing yet".
-        let rows = stored_rows(&client, &report.fresh, Some(&bounds)).await.unwrap_or_default();
+        let rows = stored_rows(&client, &report.fresh, Some(&bounds))
+            .await
+            .unwrap_or_default();
         progress.set_position(rows.values().map(|s| s.rows).sum());
         if expected.iter().all(|(p, (count, last))| {
-            *count == 0 || rows.get(p).is_some_and(|s| s.rows >= *count && s.max_offset >= *last)
+            *count == 0
+                || rows
+                    .get(p)
+                    .is_some_and(|s| s.rows >= *count && s.max_offset >= *last)
         }) {
             break Ok(rows);
         }
@@ -224,7 +243,9 @@ pub async fn rebuild(config: &crate::Config, args: &RebuildArgs) -> Result<Rebui
     progress.finish_and_clear();
     let rows = caught_up?;
     if let Ok(Ok(Err(error))) = stopped {
-        return Err(OpsError::Task(format!("the rebuild's aggregator failed: {error}")));
+        return Err(OpsError::Task(format!(
+            "the rebuild's aggregator failed: {error}"
+        )));
     }
 
     // Every record once: as many rows as records, one per offset, no more.
@@ -245,7 +266,12 @@ pub async fn rebuild(config: &crate::Config, args: &RebuildArgs) -> Result<Rebui
     }
 
     // The swap: one statement, live tables out to the backup, rebuilt ones in.
-    exec(&client, &format!("CREATE DATABASE IF NOT EXISTS {}", report.backup), "creating the backup database").await?;
+    exec(
+        &client,
+        &format!("CREATE DATABASE IF NOT EXISTS {}", report.backup),
+        "creating the backup database",
+    )
+    .await?;
     let renames: Vec<String> = DATA_TABLES
         .iter()
         .flat_map(|table| {
@@ -255,9 +281,19 @@ pub async fn rebuild(config: &crate::Config, args: &RebuildArgs) -> Result<Rebui
             ]
         })
         .collect();
-    exec(&client, &format!("RENAME TABLE {}", renames.join(", ")), "swapping the rebuilt tables in").await?;
+    exec(
+        &client,
+        &format!("RENAME TABLE {}", renames.join(", ")),
+        "swapping the rebuilt tables in",
+    )
+    .await?;
     report.swapped = true;
-    exec(&client, &format!("DROP DATABASE IF EXISTS {}", report.fresh), "dropping the emptied rebuild database").await?;
+    exec(
+        &client,
+        &format!("DROP DATABASE IF EXISTS {}", report.fresh),
+        "dropping the emptied rebuild database",
+    )
+    .await?;
     Ok(report)
 }
 
@@ -266,7 +302,11 @@ fn ch(what: &str, source: clickhouse::error::Error) -> OpsError {
 }
 
 async fn exec(client: &clickhouse::Client, sql: &str, what: &str) -> Result<(), OpsError> {
-    client.query(sql).execute().await.map_err(|source| ch(what, source))
+    client
+        .query(sql)
+        .execute()
+        .await
+        .map_err(|source| ch(what, source))
 }
 
 /// Rows stored for one partition.
@@ -289,6 +329,8 @@ struct StoredRow {
 }
 
 /// Rows per partition in `database`'s usage tables (below each partition's plan end if given).
+/// Not `FINAL`: the tables replace by request (an api's and a resizer's record of one request
+/// share a sort key), and this counts Kafka records, one row per offset.
 async fn stored_rows(
     client: &clickhouse::Client,
     database: &str,
@@ -299,14 +341,21 @@ async fn stored_rows(
             .iter()
             .map(|(p, (_, end))| format!("(kafka_partition = {p} AND kafka_offset < {end})"))
             .collect();
-        format!("WHERE {}", if cases.is_empty() { "0".into() } else { cases.join(" OR ") })
+        format!(
+            "WHERE {}",
+            if cases.is_empty() {
+                "0".into()
+            } else {
+                cases.join(" OR ")
+            }
+        )
     });
     let sql = format!(
         "SELECT kafka_partition, count() AS rows, uniqExact(kafka_offset) AS offsets,
                 max(kafka_offset) AS max_offset
-         FROM (SELECT kafka_partition, kafka_offset FROM {database}.usage_raw FINAL {filter}
+         FROM (SELECT kafka_partition, kafka_offset FROM {database}.usage_raw {filter}
                UNION ALL
-               SELECT kafka_partition, kafka_offset FROM {database}.usage_rejects FINAL {filter})
+               SELECT kafka_partition, kafka_offset FROM {database}.usage_rejects {filter})
          GROUP BY kafka_partition"
     );
     let rows = client
@@ -354,10 +403,13 @@ fn log_bounds(
     kafka: &chassis::kafka::KafkaConfig,
     topic: &str,
 ) -> Result<BTreeMap<i32, (i64, i64)>, OpsError> {
-    let consumer: rdkafka::consumer::BaseConsumer = kafka
-        .client_config()
-        .create()
-        .map_err(|source| OpsError::Setup(chassis::kafka::KafkaSetupError::Create { role: "ops metadata client", source }))?;
+    let consumer: rdkafka::consumer::BaseConsumer =
+        kafka.client_config().create().map_err(|source| {
+            OpsError::Setup(chassis::kafka::KafkaSetupError::Create {
+                role: "ops metadata client",
+                source,
+            })
+        })?;
     let metadata = consumer
         .fetch_metadata(Some(topic), KAFKA_CALL_TIMEOUT)
         .map_err(OpsError::kafka(format!("reading metadata of {topic}")))?;
@@ -368,7 +420,9 @@ fn log_bounds(
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if partitions.is_empty() {
-        return Err(OpsError::BadArgument(format!("topic {topic} does not exist")));
+        return Err(OpsError::BadArgument(format!(
+            "topic {topic} does not exist"
+        )));
     }
     partitions
         .into_iter()
@@ -376,7 +430,9 @@ fn log_bounds(
             consumer
                 .fetch_watermarks(topic, p, KAFKA_CALL_TIMEOUT)
                 .map(|bounds| (p, bounds))
-                .map_err(OpsError::kafka(format!("reading the log bounds of {topic}/{p}")))
+                .map_err(OpsError::kafka(format!(
+                    "reading the log bounds of {topic}/{p}"
+                )))
         })
         .collect()
 }
@@ -390,7 +446,8 @@ async fn count_records(
 ) -> Result<BTreeMap<i32, (u64, i64)>, OpsError> {
     let mut config = kafka.reader_config(Duration::from_millis(100));
     config.set("enable.partition.eof", "true");
-    let consumer: StreamConsumer<super::ScanContext> = super::scan_consumer(&config, "usage counter")?;
+    let consumer: StreamConsumer<super::ScanContext> =
+        super::scan_consumer(&config, "usage counter")?;
     let mut assignment = TopicPartitionList::new();
     let mut counts = BTreeMap::new();
     let mut pending = std::collections::BTreeSet::new();
@@ -403,12 +460,21 @@ async fn count_records(
             .add_partition_offset(topic, p, Offset::Offset(start))
             .map_err(OpsError::kafka("building the assignment"))?;
     }
-    consumer.assign(&assignment).map_err(OpsError::kafka(format!("assigning {topic}")))?;
-    let progress = indicatif::ProgressBar::new(bounds.values().map(|(s, e)| u64::try_from(e - s).unwrap_or(0)).sum())
-        .with_style(
-            indicatif::ProgressStyle::with_template("counting usage.events {bar:40} {pos}/{len} ({eta})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
+    consumer
+        .assign(&assignment)
+        .map_err(OpsError::kafka(format!("assigning {topic}")))?;
+    let progress = indicatif::ProgressBar::new(
+        bounds
+            .values()
+            .map(|(s, e)| u64::try_from(e - s).unwrap_or(0))
+            .sum(),
+    )
+    .with_style(
+        indicatif::ProgressStyle::with_template(
+            "counting usage.events {bar:40} {pos}/{len} ({eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     while !pending.is_empty() {
         let message = tokio::time::timeout(KAFKA_CALL_TIMEOUT, consumer.recv())
             .await
@@ -446,7 +512,15 @@ async fn count_records(
 pub fn render(report: &RebuildReport) -> String {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::NOTHING);
-    table.set_header(["PARTITION", "LOG-START", "LOG-END", "ROWS-STORED", "ROWS-BEFORE-HORIZON", "RECORDS-READ", "ROWS-REBUILT"]);
+    table.set_header([
+        "PARTITION",
+        "LOG-START",
+        "LOG-END",
+        "ROWS-STORED",
+        "ROWS-BEFORE-HORIZON",
+        "RECORDS-READ",
+        "ROWS-REBUILT",
+    ]);
     for p in &report.partitions {
         let verified = report.verified.get(&p.partition);
         table.add_row([
@@ -468,7 +542,9 @@ pub fn render(report: &RebuildReport) -> String {
         backup = report.backup,
     );
     for leftover in &report.leftovers {
-        text.push_str(&format!("leftover of a rebuild that died: {leftover} (dropped on --execute)\n"));
+        text.push_str(&format!(
+            "leftover of a rebuild that died: {leftover} (dropped on --execute)\n"
+        ));
     }
     if report.swapped {
         text.push_str(&format!(
