@@ -103,12 +103,15 @@ pub async fn ensure_schemas(
     namespace: &str,
     report: &mut ProvisionReport,
 ) -> Result<(), ProvisionError> {
-    use schemas::events::{Event, IdentityChange, ResizeRequested, ResizeResult, UsageRecorded};
+    use schemas::events::{
+        AdminAudited, Event, IdentityChange, ResizeRequested, ResizeResult, UsageRecorded,
+    };
     let schemas = [
         (ResizeRequested::TOPIC, ResizeRequested::SCHEMA),
         (ResizeResult::TOPIC, ResizeResult::SCHEMA),
         (UsageRecorded::TOPIC, UsageRecorded::SCHEMA),
         (IdentityChange::TOPIC, IdentityChange::SCHEMA),
+        (AdminAudited::TOPIC, AdminAudited::SCHEMA),
     ];
     for (topic, schema) in schemas {
         let subject = value_subject(&format!("{namespace}{topic}"));

@@ -789,3 +789,125 @@ async fn a_usage_rebuild_restores_exact_totals_from_kafka_and_is_refused_while_a
     )
     .await;
 }
+
+#[tokio::test]
+async fn every_admin_call_is_in_the_audit_trail_without_secrets() {
+    let mut config = support::provisioned("ops_audit").await;
+    let identity = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    config.identity.listen = identity;
+    config.identity.admin_token = support::ADMIN_TOKEN.into();
+    let hosted = support::host(config.clone(), &[imgpipe::host::Service::Identity]).await;
+    let key = support::create_tenant_key(identity, "audited", 10, 10).await;
+    let http = reqwest::Client::new();
+    let keys: serde_json::Value = http
+        .get(format!(
+            "http://{identity}/admin/v1/tenants/{}/keys",
+            key.tenant_id
+        ))
+        .bearer_auth(support::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key_id = keys["keys"][0]["key_id"].as_str().unwrap().to_owned();
+    let revoked = http
+        .delete(format!("http://{identity}/admin/v1/keys/{key_id}"))
+        .bearer_auth(support::ADMIN_TOKEN)
+        .header("x-request-id", "revoke-call-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    // Someone trying a token on the tenant.
+    let refused = http
+        .get(format!(
+            "http://{identity}/admin/v1/tenants/{}",
+            key.tenant_id
+        ))
+        .bearer_auth("guessed-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    hosted.stop().await;
+
+    let args = imgpipe::ops::audit::AuditArgs {
+        tenant: Some(key.tenant_id.clone()),
+        since: Some(SystemTime::now() - Duration::from_secs(600)),
+        refused: false,
+        json: true,
+    };
+    let trail = imgpipe::ops::audit::read(&config, &args).await.unwrap();
+    let actions: Vec<(String, i64)> = trail
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_owned(),
+                r["status"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("POST /admin/v1/tenants".to_owned(), 201),
+            ("POST /admin/v1/tenants/{tenant_id}/keys".to_owned(), 201),
+            ("GET /admin/v1/tenants/{tenant_id}/keys".to_owned(), 200),
+            ("DELETE /admin/v1/keys/{key_id}".to_owned(), 204),
+            ("GET /admin/v1/tenants/{tenant_id}".to_owned(), 401),
+        ]
+    );
+    let admin = imgpipe_actor(support::ADMIN_TOKEN);
+    for record in &trail[..4] {
+        assert_eq!(record["actor"], admin.as_str());
+        assert_eq!(record["authenticated"], true);
+        assert!(
+            record["remote_addr"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:")
+        );
+    }
+    assert_eq!(
+        trail[1]["key_id"],
+        key_id.as_str(),
+        "a new key's id comes from the answer"
+    );
+    assert_eq!(trail[3]["key_id"], key_id.as_str());
+    assert_eq!(trail[3]["request_id"], "revoke-call-1");
+    assert_eq!(trail[4]["authenticated"], false);
+    assert_ne!(trail[4]["actor"], admin.as_str());
+    // No secret anywhere: not the admin token, not the issued key.
+    let text = serde_json::to_string(&trail).unwrap();
+    assert!(!text.contains(support::ADMIN_TOKEN) && !text.contains(&key.api_key));
+    assert!(!text.contains("guessed-token"));
+
+    // Only the refused call.
+    let refused_only = imgpipe::ops::audit::read(
+        &config,
+        &imgpipe::ops::audit::AuditArgs {
+            refused: true,
+            ..args.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused_only.len(), 1);
+    // Another tenant's calls are not in this tenant's trail.
+    let other = imgpipe::ops::audit::read(
+        &config,
+        &imgpipe::ops::audit::AuditArgs {
+            tenant: Some("no-such-tenant".into()),
+            ..args
+        },
+    )
+    .await
+    .unwrap();
+    assert!(other.is_empty());
+}
+
+fn imgpipe_actor(token: &str) -> String {
+    ingest::identity::audit::actor(Some(token))
+}

@@ -425,10 +425,10 @@ pub async fn serve(
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = shutdown.wait() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors and the like: wait instead of spinning.
                     tracing::warn!(%error, "Accepting a connection failed");
@@ -439,9 +439,17 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(
+            // The peer's address as `ConnectInfo`, as axum's own `serve` provides it: the
+            // identity service's audit trail records where each admin call came from.
             router
                 .clone()
-                .map_request(|request: Request<hyper::body::Incoming>| request.map(Body::new)),
+                .map_request(move |request: Request<hyper::body::Incoming>| {
+                    let mut request = request.map(Body::new);
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    request
+                }),
         );
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

@@ -154,6 +154,11 @@ pub mod identity {
         "imgpipe_identity_rebuild_records_total",
         "identity.changes records read while rebuilding state.",
     );
+    /// Admin calls whose audit record Kafka did not take (the call was answered anyway).
+    pub const AUDIT_FAILURES_TOTAL: Metric = metric(
+        "imgpipe_identity_audit_failures_total",
+        "Admin calls whose identity.audit record could not be written.",
+    );
     /// Undecodable records skipped while rebuilding.
     pub const REBUILD_POISON_RECORDS_TOTAL: Metric = metric(
         "imgpipe_identity_rebuild_poison_records_total",

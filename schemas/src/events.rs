@@ -434,6 +434,36 @@ impl Event for IdentityChange {
     const SCHEMA: &'static str = include_str!("../avro/identity_change.avsc");
 }
 
+/// One admin API call, on `identity.audit` (key = tenant id, or empty when none is known).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminAudited {
+    /// Unique id (UUIDv7).
+    pub audit_id: String,
+    /// When the call arrived (ms since the epoch).
+    pub at_ms: i64,
+    /// `admin:<token fingerprint>` or `anonymous`.
+    pub actor: String,
+    /// Whether the token was the admin token.
+    pub authenticated: bool,
+    /// Method and route template.
+    pub action: String,
+    /// The tenant acted on.
+    pub tenant_id: Option<String>,
+    /// The API key acted on (public id).
+    pub key_id: Option<String>,
+    /// HTTP status of the answer.
+    pub status: i32,
+    /// The peer's address.
+    pub remote_addr: String,
+    /// The call's request id.
+    pub request_id: String,
+}
+
+impl Event for AdminAudited {
+    const TOPIC: &'static str = crate::topics::IDENTITY_AUDIT;
+    const SCHEMA: &'static str = include_str!("../avro/admin_audited.avsc");
+}
+
 #[cfg(test)]
 pub(crate) mod samples {
     //! One populated value per event, shared by the schema round-trip tests.
@@ -608,6 +638,18 @@ mod tests {
         round_trip(samples::request());
         round_trip(samples::result());
         round_trip(samples::usage());
+        round_trip(AdminAudited {
+            audit_id: "01a2".into(),
+            at_ms: 1,
+            actor: "admin:0123456789ab".into(),
+            authenticated: true,
+            action: "DELETE /admin/v1/keys/{key_id}".into(),
+            tenant_id: Some("t-1".into()),
+            key_id: None,
+            status: 204,
+            remote_addr: "127.0.0.1:5000".into(),
+            request_id: "r-1".into(),
+        });
         round_trip(samples::identity());
         let failed = ResizeResult {
             image: None,

@@ -14,6 +14,9 @@ pub const IMAGE_REQUESTS_DLQ: &str = "image.requests.dlq";
 pub const USAGE_EVENTS: &str = "usage.events";
 /// Identity state, compacted. Key: entity id.
 pub const IDENTITY_CHANGES: &str = "identity.changes";
+/// Every admin API call (who, what, when, from where), never compacted: the history that
+/// `identity.changes` forgets. Key: tenant id.
+pub const IDENTITY_AUDIT: &str = "identity.audit";
 
 /// Inline images are capped at 8 MiB by default; topics that carry them allow the image plus the
 /// rest of the record.
@@ -96,6 +99,15 @@ pub const CATALOGUE: &[TopicSpec] = &[
         cleanup: CleanupPolicy::Delete,
         // Long enough for an operator to rebuild ClickHouse after an incident.
         retention: Some(DAY.saturating_mul(7)),
+        max_message_bytes: 1024 * 1024,
+        avro_value: true,
+    },
+    TopicSpec {
+        name: IDENTITY_AUDIT,
+        partitions: 3,
+        cleanup: CleanupPolicy::Delete,
+        // An audit trail outlives incidents and their investigations.
+        retention: Some(DAY.saturating_mul(365)),
         max_message_bytes: 1024 * 1024,
         avro_value: true,
     },

@@ -1,10 +1,11 @@
 //! `imgpipe ops`: the operators' tools, built on the same config as the services — consumer-group
-//! offsets, the dead-letter topic and decoded topic tails.
+//! offsets, the dead-letter topic, usage rebuilds, decoded topic tails and the admin audit trail.
 //!
 //! Every command that changes state first computes and prints a plan, and carries it out only
 //! with `--execute`; each refuses what would corrupt state (resetting a group that has members)
 //! and can be re-run after a crash without losing or repeating work.
 
+pub mod audit;
 pub mod dlq;
 pub mod offsets;
 pub mod tail;
@@ -109,6 +110,8 @@ pub enum OpsCommand {
     },
     /// Prints a topic's records as JSON lines, decoded from Avro through the schema registry.
     Tail(tail::TailArgs),
+    /// The admin audit trail (identity.audit): who did what to a tenant, from where.
+    Audit(audit::AuditArgs),
     /// ClickHouse's usage tables: rebuild them from usage.events.
     Usage {
         /// What to do.
@@ -129,6 +132,7 @@ pub async fn run(config: &crate::Config, args: OpsArgs) -> Result<(), OpsError> 
         OpsCommand::Dlq { action } => dlq::run(config, action).await,
         OpsCommand::Tail(args) => tail::run(config, args).await,
         OpsCommand::Usage { action } => usage::run(config, action).await,
+        OpsCommand::Audit(args) => audit::run(config, args).await,
     }
 }
 

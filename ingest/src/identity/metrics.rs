@@ -16,6 +16,7 @@ pub struct IdentityMetrics {
     pub(crate) keys: IntGauge,
     pub(crate) rebuild_records: IntCounter,
     pub(crate) rebuild_poison: IntCounter,
+    pub(crate) audit_failures: IntCounter,
 }
 
 impl IdentityMetrics {
@@ -42,6 +43,7 @@ impl IdentityMetrics {
             keys: entities.with_label_values(&["key"]),
             rebuild_records: metrics::counter(r, m::REBUILD_RECORDS_TOTAL)?,
             rebuild_poison: metrics::counter(r, m::REBUILD_POISON_RECORDS_TOTAL)?,
+            audit_failures: metrics::counter(r, m::AUDIT_FAILURES_TOTAL)?,
         })
     }
 }

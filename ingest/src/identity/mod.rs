@@ -5,8 +5,10 @@
 //! - [`config`]: the `[identity]` section.
 //! - [`store`]: state rebuilt from the topic, and the fenced transactional write path.
 //! - [`routes`]: the admin API (`app(state) -> Router`).
+//! - [`audit`]: every admin call recorded on `identity.audit`.
 //! - [`metrics`]: every metric name of this service.
 
+pub mod audit;
 pub mod config;
 pub mod metrics;
 pub mod routes;
@@ -93,6 +95,8 @@ pub async fn open(
         .await
         .map_err(IdentityError::Rebuild)?;
     drop(reader);
+    let audit = audit::AuditWriter::new(kafka, Codec::new(registry, &kafka.namespace))
+        .map_err(IdentityError::Producer)?;
     let sink = KafkaSink::new(producer, codec, config.commit_timeout);
     let store = IdentityStore::new(
         state,
@@ -101,7 +105,7 @@ pub async fn open(
         metrics.clone(),
     );
     ctx.readiness.ready(READINESS_CHECK);
-    Ok(AppState::new(Arc::new(store), config, metrics))
+    Ok(AppState::new(Arc::new(store), config, metrics).with_audit(audit))
 }
 
 /// Runs the identity service until shutdown: [`open`], then serves the admin API on

@@ -49,6 +49,8 @@ pub struct AppState {
     max_body_bytes: usize,
     concurrency_limit: usize,
     metrics: IdentityMetrics,
+    /// Where every admin call is recorded; `None` in handler tests.
+    audit: Option<Arc<super::audit::AuditWriter>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -73,7 +75,29 @@ impl AppState {
             max_body_bytes: config.max_body_bytes,
             concurrency_limit: config.concurrency_limit,
             metrics,
+            audit: None,
         }
+    }
+
+    /// The same state, recording every admin call with `writer`.
+    #[must_use]
+    pub fn with_audit(mut self, writer: super::audit::AuditWriter) -> Self {
+        self.audit = Some(Arc::new(writer));
+        self
+    }
+
+    pub(crate) fn audit(&self) -> Option<&Arc<super::audit::AuditWriter>> {
+        self.audit.as_ref()
+    }
+
+    pub(crate) fn metrics(&self) -> &IdentityMetrics {
+        &self.metrics
+    }
+
+    /// Whether `token` is the admin token (compared as SHA-256 digests, in constant time).
+    pub(crate) fn is_admin_token(&self, token: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        bool::from(digest.ct_eq(&self.admin_token_digest))
     }
 
     /// The store behind the routes.
@@ -108,6 +132,11 @@ pub fn app(state: AppState, http: &chassis::http::HttpConfig) -> Router {
         .route("/admin/v1/keys/{key_id}", delete(revoke_key))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        // Outside the admin check, so refused calls are recorded too.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::audit::record,
+        ))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -226,8 +255,7 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
         )
         .into_response(),
         Some(token) => {
-            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            if bool::from(digest.ct_eq(&state.admin_token_digest)) {
+            if state.is_admin_token(token) {
                 next.run(request).await
             } else {
                 Problem::new(

@@ -201,6 +201,11 @@ impl IdentityStore {
             .ok_or(StoreError::TenantNotFound)
     }
 
+    /// The tenant that owns key `key_id` (revoked keys included).
+    pub fn key_owner(&self, key_id: &str) -> Option<String> {
+        self.read().keys.get(key_id).map(|k| k.tenant_id.clone())
+    }
+
     /// A tenant's keys (revoked ones too), oldest first.
     pub fn keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
         let state = self.read();
