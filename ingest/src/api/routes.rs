@@ -114,7 +114,13 @@ async fn handle_resize(
     trace: &TraceContext,
 ) -> Result<Response, Problem> {
     let (parts, body) = request.into_parts();
-    let principal = state.authenticate(&parts.headers)?;
+    let principal = match state.authenticate(&parts.headers) {
+        Ok(principal) => principal,
+        Err(problem) => {
+            refused_at_authentication(state, &parts.headers, &problem, request_id, received).await;
+            return Err(problem);
+        }
+    };
     // From here on the tenant is known: every answer is also a usage record.
     let usage = UsageDraft {
         request_id: request_id.to_owned(),
@@ -341,6 +347,38 @@ fn reply_response(
         headers.insert("server-timing", value);
     }
     Ok(response)
+}
+
+/// A request refused at authentication (bad secret, suspended tenant, over the rate limit) is
+/// recorded against the key it named, when that key exists: a usage record with the refusal's
+/// code, never billed as work, so abuse of a key and a leaked key show up per key and tenant.
+/// Keys nobody owns are only counted (`imgpipe_auth_decisions_total`): there is no tenant to
+/// record them for.
+async fn refused_at_authentication(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    problem: &Problem,
+    request_id: &str,
+    received: Received,
+) {
+    if problem.status == StatusCode::SERVICE_UNAVAILABLE {
+        return;
+    }
+    let Some(claimed) =
+        chassis::http::bearer_token(headers).and_then(|key| state.auth.claimed(key))
+    else {
+        return;
+    };
+    let usage = UsageDraft {
+        request_id: request_id.to_owned(),
+        tenant_id: claimed.tenant_id.to_string(),
+        key_id: claimed.key_id.to_string(),
+        received,
+    };
+    state
+        .publisher
+        .record_usage(&usage.answered(problem, 0, None))
+        .await;
 }
 
 /// What the api knows of a request for its usage record, once the tenant is authenticated.

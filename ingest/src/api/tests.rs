@@ -40,6 +40,14 @@ impl Authenticator for FakeAuth {
             _ => Err(AuthError::InvalidKey),
         }
     }
+
+    /// Every key but "wrong" and "stale" names an existing key of its own tenant.
+    fn claimed(&self, api_key: &str) -> Option<Principal> {
+        (!matches!(api_key, "wrong" | "stale")).then(|| Principal {
+            tenant_id: format!("tenant-of-{api_key}").into(),
+            key_id: format!("key-{api_key}").into(),
+        })
+    }
 }
 
 /// How the fake resizer answers a published request.
@@ -273,6 +281,68 @@ async fn authentication_failures_map_to_401_403_429_503() {
         }
     }
     assert!(h.publisher.published.lock().unwrap().is_empty());
+    // Refusals of keys that exist are recorded against them (a guessed secret, a suspended
+    // tenant, a flood over the limit); unknown keys and an unavailable view are not.
+    let recorded: Vec<(String, String, String, i32, i64)> = h
+        .publisher
+        .usage
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u.tenant_id.clone(),
+                u.key_id.clone(),
+                u.outcome.clone(),
+                u.status,
+                u.bytes_in,
+            )
+        })
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![
+            (
+                "tenant-of-suspended".into(),
+                "key-suspended".into(),
+                "forbidden".into(),
+                403,
+                0
+            ),
+            (
+                "tenant-of-limited".into(),
+                "key-limited".into(),
+                "rate_limited".into(),
+                429,
+                0
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_secret_for_an_existing_key_is_recorded_against_that_key() {
+    let h = harness(Answer::Image, vec![0]);
+    let (status, json, _) = problem_of(
+        &h,
+        resize_request("width=10", Some("guessed"), JPEG.to_vec()),
+    )
+    .await;
+    assert_eq!(
+        (status, json["code"].as_str().unwrap()),
+        (StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
+    let usage = h.publisher.usage.lock().unwrap().clone();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(
+        (usage[0].tenant_id.as_str(), usage[0].key_id.as_str()),
+        ("tenant-of-guessed", "key-guessed")
+    );
+    assert_eq!(
+        (usage[0].outcome.as_str(), usage[0].status),
+        ("unauthenticated", 401)
+    );
+    assert_eq!(usage[0].request_id, json["request_id"].as_str().unwrap());
 }
 
 #[tokio::test]

@@ -57,6 +57,13 @@ pub enum AuthError {
 pub trait Authenticator: Send + Sync + 'static {
     /// Who `api_key` belongs to, or why the request is refused (including rate limits).
     fn authenticate(&self, api_key: &str) -> Result<Principal, AuthError>;
+
+    /// Whose key `api_key` claims to be — the tenant and key its key id names — without checking
+    /// its secret: only for recording a refused request against the key under attack or over
+    /// its limit, never for granting anything. `None` for a key id nobody owns.
+    fn claimed(&self, _api_key: &str) -> Option<Principal> {
+        None
+    }
 }
 
 /// Settings of the api's identity view and auth cache (the `[auth]` section).

@@ -398,6 +398,16 @@ impl IdentityView {
 }
 
 impl Authenticator for IdentityView {
+    fn claimed(&self, api_key: &str) -> Option<Principal> {
+        let parsed = keys::parse(api_key)?;
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let key = state.keys.get(parsed.key_id)?;
+        Some(Principal {
+            tenant_id: key.tenant_id.clone(),
+            key_id: key.key_id.clone(),
+        })
+    }
+
     fn authenticate(&self, api_key: &str) -> Result<Principal, AuthError> {
         let decision = self.decide(api_key);
         let counter = match &decision {
