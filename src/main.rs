@@ -47,8 +47,9 @@ enum Command {
     /// Drives the api with images at a fixed rate or concurrency and reports latency and errors.
     // Boxed: its many options would make every other variant as large.
     Loadgen(Box<imgpipe::loadgen::LoadgenArgs>),
-    /// Operators' tools: consumer-group offsets, the dead-letter topic, decoded topic tails.
-    /// Commands that change state print their plan and act only with --execute.
+    /// Operators' tools: consumer-group offsets, the dead-letter topic, usage rebuilds, decoded
+    /// topic tails, the admin audit trail. Commands that change state print their plan and act
+    /// only with --execute.
     Ops(imgpipe::ops::OpsArgs),
     /// Topic and schema management.
     Topics {

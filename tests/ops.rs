@@ -796,7 +796,14 @@ async fn every_admin_call_is_in_the_audit_trail_without_secrets() {
     let identity = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
     config.identity.listen = identity;
     config.identity.admin_token = support::ADMIN_TOKEN.into();
-    let hosted = support::host(config.clone(), &[imgpipe::host::Service::Identity]).await;
+    let hosted = support::host(
+        config.clone(),
+        &[
+            imgpipe::host::Service::Identity,
+            imgpipe::host::Service::Aggregator,
+        ],
+    )
+    .await;
     let key = support::create_tenant_key(identity, "audited", 10, 10).await;
     let http = reqwest::Client::new();
     let keys: serde_json::Value = http
@@ -831,6 +838,30 @@ async fn every_admin_call_is_in_the_audit_trail_without_secrets() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
+    // The aggregator copies the trail into ClickHouse for SQL.
+    let db = config.clickhouse.database.clone();
+    let tenant = key.tenant_id.clone();
+    let in_clickhouse = support::eventually(
+        Duration::from_secs(30),
+        "the trail in ClickHouse",
+        || async {
+            let rows = clickhouse(
+                &config,
+                &format!(
+                    "SELECT action, status, actor, remote_addr FROM {db}.admin_audit FINAL \
+                 WHERE tenant_id = '{tenant}' ORDER BY at_ms FORMAT TSV"
+                ),
+            )
+            .await;
+            (rows.lines().count() == 5).then_some(rows)
+        },
+    )
+    .await;
+    assert!(
+        in_clickhouse.contains("DELETE /admin/v1/keys/{key_id}\t204"),
+        "{in_clickhouse}"
+    );
+    assert!(!in_clickhouse.contains(support::ADMIN_TOKEN) && !in_clickhouse.contains(&key.api_key));
     hosted.stop().await;
 
     let args = imgpipe::ops::audit::AuditArgs {

@@ -4,8 +4,10 @@
 //!
 //! The modules read like the data path: [`config`] → [`consumer`] (rebalances, the loop) →
 //! [`batcher`] (per-partition batches, ownership) → [`sink`] (`UsageSink`, offsets in
-//! ClickHouse) → [`migrations`] (the tables and views) → [`query`] (tenant reports).
+//! ClickHouse) → [`migrations`] (the tables and views) → [`query`] (tenant reports); beside it,
+//! [`audit`] copies the admin audit trail into ClickHouse.
 
+pub mod audit;
 pub mod batcher;
 pub mod config;
 pub mod consumer;
@@ -61,7 +63,8 @@ impl AggregatorError {
     }
 }
 
-/// Runs the usage aggregator (consumer group [`GROUP_ID`]) until shutdown.
+/// Runs the usage aggregator (consumer group [`GROUP_ID`]) until shutdown, and beside it the
+/// copy of the admin audit trail into ClickHouse ([`audit`]).
 pub async fn run(
     kafka: KafkaConfig,
     registry: RegistryConfig,
@@ -69,6 +72,15 @@ pub async fn run(
     config: AggregatorConfig,
     ctx: ServiceContext,
 ) -> Result<(), AggregatorError> {
+    ctx.tasks.spawn(
+        "audit-trail",
+        audit::run(
+            kafka.clone(),
+            Codec::new(&registry, &kafka.namespace),
+            clickhouse.clone(),
+            ctx.clone(),
+        ),
+    );
     run_in_group(kafka, registry, clickhouse, config, ctx, GROUP_ID).await
 }
 

@@ -184,6 +184,29 @@ GROUP BY tenant_id, request_id",
         ],
         modern_only: false,
     },
+    Migration {
+        // Numbered apart from the usage migrations: the audit trail evolves on its own.
+        version: 50,
+        name: "create admin_audit",
+        // One row per admin call (`identity.audit`); written again after a crash with the same
+        // audit_id, which the sort key ends in, so merges keep one.
+        statements: &["CREATE TABLE IF NOT EXISTS {db}.admin_audit (
+    tenant_id String,
+    at DateTime('UTC'),
+    at_ms Int64,
+    audit_id String,
+    actor String,
+    authenticated UInt8,
+    action String,
+    key_id String,
+    status Int32,
+    remote_addr String,
+    request_id String
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(at)
+ORDER BY (tenant_id, at, audit_id)"],
+        modern_only: false,
+    },
 ];
 
 /// Why migrations could not be applied.
