@@ -215,6 +215,8 @@ fn dead_lettered(config: &Config, class: &str, source_offset: i64) -> OwnedHeade
         })
 }
 
+// The crash is a fault point compiled into the binary only in `failpoints` builds.
+#[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn a_dlq_redrive_that_dies_half_way_neither_loses_nor_doubles_and_bills_each_request_once() {
     let config = support::provisioned("ops_redrive").await;
@@ -908,6 +910,12 @@ async fn every_admin_call_is_in_the_audit_trail_without_secrets() {
     );
     assert_eq!(trail[3]["key_id"], key_id.as_str());
     assert_eq!(trail[3]["request_id"], "revoke-call-1");
+    assert!(
+        trail
+            .iter()
+            .all(|r| r["request_id"].as_str().is_some_and(|id| !id.is_empty())),
+        "every call has its request id, given or generated"
+    );
     assert_eq!(trail[4]["authenticated"], false);
     assert_ne!(trail[4]["actor"], admin.as_str());
     // No secret anywhere: not the admin token, not the issued key.
@@ -941,4 +949,71 @@ async fn every_admin_call_is_in_the_audit_trail_without_secrets() {
 
 fn imgpipe_actor(token: &str) -> String {
     ingest::identity::audit::actor(Some(token))
+}
+
+#[tokio::test]
+async fn a_record_poison_again_after_a_redrive_keeps_its_count_and_stops_at_the_limit() {
+    let config = support::provisioned("ops_redrive_limit").await;
+    let codec = schemas::Codec::new(&config.registry, &config.kafka.namespace);
+    config
+        .kafka
+        .producer()
+        .unwrap()
+        .send(
+            FutureRecord::to(&config.kafka.name(IMAGE_REQUESTS))
+                .key("poison-1")
+                .payload("not a request"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let hosted = support::host(config.clone(), &[imgpipe::host::Service::Resizer]).await;
+    let only = DlqFilter {
+        key: Some("poison-1".into()),
+        ..Default::default()
+    };
+    let pending_with = |count: u32| {
+        let (config, codec, only) = (&config, &codec, &only);
+        async move {
+            let pending = dlq::list(&config.kafka, codec, only, false).await.unwrap();
+            (pending.len() == 1 && pending[0].redrive_count() == count).then_some(())
+        }
+    };
+    support::eventually(Duration::from_secs(30), "the poison in the DLQ", || {
+        pending_with(0)
+    })
+    .await;
+    let args = ActArgs {
+        filter: only.clone(),
+        to_topic: None,
+        max_redrives: 1,
+        batch: 10,
+        execute: true,
+    };
+    let first = dlq::settle(&config, &codec, &args, dlq::Mode::Redrive)
+        .await
+        .unwrap();
+    assert_eq!(first.redriven.values().sum::<u64>(), 1);
+    // Poison again: the resizer dead-letters it with its redrive count kept.
+    support::eventually(
+        Duration::from_secs(30),
+        "the poison back in the DLQ, counted",
+        || pending_with(1),
+    )
+    .await;
+    let second = dlq::settle(&config, &codec, &args, dlq::Mode::Redrive)
+        .await
+        .unwrap();
+    assert_eq!(second.redriven.values().sum::<u64>(), 0, "the limit holds");
+    assert_eq!(second.kept, 1);
+    hosted.stop().await;
+    let left = dlq::list(&config.kafka, &codec, &only, false)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "kept, not lost");
+    assert!(
+        left[0].header(dlq::KEPT_FROM).is_some(),
+        "the copy says where it was kept from"
+    );
 }

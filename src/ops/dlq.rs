@@ -43,6 +43,8 @@ const DLQ_HEADERS: &[&str] = &[
 pub const REDRIVE_COUNT: &str = "redrive.count";
 /// Where a redriven record came from: `<dlq topic>/<partition>/<offset>`.
 pub const REDRIVE_FROM: &str = "redrive.from";
+/// On a record appended again to the DLQ by a run that did not select it: its previous place.
+pub const KEPT_FROM: &str = "dlq.kept.from";
 /// The error class the record had in the DLQ.
 pub const REDRIVE_ERROR_CLASS: &str = "redrive.error.class";
 
@@ -64,7 +66,7 @@ pub enum DlqAction {
     /// their original key, bytes and headers plus redrive.count/redrive.from.
     Redrive(ActArgs),
     /// Drops selected pending records for good (moves the cursor past them).
-    Purge(ActArgs),
+    Purge(PurgeArgs),
 }
 
 /// Which records a command applies to; all given conditions must hold.
@@ -108,6 +110,22 @@ pub struct ActArgs {
     /// Records redriven this often already stay in the DLQ (a poison record must not loop).
     #[arg(long, default_value_t = 3)]
     pub max_redrives: u32,
+    /// Records per transaction.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Carry out the plan; without it nothing changes.
+    #[arg(long)]
+    pub execute: bool,
+}
+
+/// `purge` options.
+#[derive(Debug, Clone, Args)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    pub filter: DlqFilter,
+    /// Purge every pending record (required when no filter is given).
+    #[arg(long)]
+    pub all: bool,
     /// Records per transaction.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
@@ -176,6 +194,25 @@ impl DlqEntry {
 }
 
 impl DlqFilter {
+    /// Whether no condition is given (every record is selected).
+    pub fn is_empty(&self) -> bool {
+        self.error_class.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+            && self.tenant.is_none()
+            && self.key.is_none()
+    }
+
+    /// Refuses a time range that selects nothing by construction.
+    pub fn check(&self) -> Result<(), OpsError> {
+        match (self.since, self.until) {
+            (Some(since), Some(until)) if since >= until => Err(OpsError::BadArgument(
+                "--since must be before --until".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether `entry` is selected.
     pub fn matches(&self, entry: &DlqEntry) -> bool {
         let at = |t: SystemTime| super::unix_ms(t);
@@ -219,6 +256,8 @@ pub struct Outcome {
     pub kept: u64,
     /// Transactions committed.
     pub transactions: u64,
+    /// Stopped by Ctrl-C after a committed transaction; the rest stays pending.
+    pub interrupted: bool,
 }
 
 /// Runs one `dlq` command and prints its result.
@@ -268,7 +307,19 @@ pub async fn run(config: &crate::Config, action: DlqAction) -> Result<(), OpsErr
             print!("{}", render_outcome(&outcome, args.execute));
             Ok(())
         }
-        DlqAction::Purge(args) => {
+        DlqAction::Purge(purge) => {
+            if purge.filter.is_empty() && !purge.all {
+                return Err(OpsError::BadArgument(
+                    "purge needs a filter (--error-class, --since, --until, --tenant, --key) or --all".into(),
+                ));
+            }
+            let args = ActArgs {
+                filter: purge.filter,
+                to_topic: None,
+                max_redrives: 0,
+                batch: purge.batch,
+                execute: purge.execute,
+            };
             let outcome = settle(config, &codec, &args, Mode::Purge).await?;
             print!("{}", render_outcome(&outcome, args.execute));
             Ok(())
@@ -283,6 +334,7 @@ pub async fn list(
     filter: &DlqFilter,
     all: bool,
 ) -> Result<Vec<DlqEntry>, OpsError> {
+    filter.check()?;
     let mut scan = DlqScan::open(kafka, if all { Start::Earliest } else { Start::Cursor })?;
     let mut selected = Vec::new();
     while let Some(mut entry) = scan.next(codec).await? {
@@ -314,8 +366,27 @@ pub async fn settle(
     mode: Mode,
 ) -> Result<Outcome, OpsError> {
     let kafka = &config.kafka;
+    args.filter.check()?;
     let dlq_topic = kafka.name(IMAGE_REQUESTS_DLQ);
     let to_topic = args.to_topic.as_deref().map(|t| kafka.name(t));
+    let mut destinations = Destinations::new(kafka)?;
+    if let Some(topic) = &to_topic
+        && !destinations.exists(topic)?
+    {
+        return Err(OpsError::BadArgument(format!(
+            "--to-topic: topic {topic} does not exist"
+        )));
+    }
+    // Ctrl-C stops the run after the transaction in flight: what is done stays done.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = tokio::spawn({
+        let interrupted = interrupted.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
     // First, so that a run that died half-way is fenced and its open transaction aborted
     // before the cursor is read.
     let producer = if args.execute {
@@ -330,7 +401,12 @@ pub async fn settle(
         let entry = scan.next(codec).await?;
         let done = entry.is_none();
         if let Some(entry) = entry {
-            let disposition = decide(&entry, args, mode, to_topic.as_deref());
+            let mut disposition = decide(&entry, args, mode, to_topic.as_deref());
+            if let Disposition::Redrive(topic) = &disposition
+                && !destinations.exists(topic)?
+            {
+                disposition = Disposition::Keep("its origin topic does not exist");
+            }
             count(&mut outcome, &entry, &disposition);
             batch.push((entry, disposition));
         }
@@ -344,9 +420,51 @@ pub async fn settle(
         if done {
             break;
         }
+        if batch.is_empty() && interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            outcome.interrupted = true;
+            break;
+        }
     }
+    listener.abort();
     scan.progress.finish_and_clear();
     Ok(outcome)
+}
+
+/// Which destination topics exist, asked once each.
+struct Destinations {
+    client: rdkafka::consumer::BaseConsumer,
+    known: BTreeMap<String, bool>,
+}
+
+impl Destinations {
+    fn new(kafka: &KafkaConfig) -> Result<Self, OpsError> {
+        let client = kafka.client_config().create().map_err(|source| {
+            OpsError::Setup(chassis::kafka::KafkaSetupError::Create {
+                role: "ops metadata client",
+                source,
+            })
+        })?;
+        Ok(Self {
+            client,
+            known: BTreeMap::new(),
+        })
+    }
+
+    fn exists(&mut self, topic: &str) -> Result<bool, OpsError> {
+        if let Some(known) = self.known.get(topic) {
+            return Ok(*known);
+        }
+        let metadata = self
+            .client
+            .fetch_metadata(Some(topic), KAFKA_CALL_TIMEOUT)
+            .map_err(OpsError::kafka(format!("reading metadata of {topic}")))?;
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        self.known.insert(topic.to_owned(), exists);
+        Ok(exists)
+    }
 }
 
 fn decide(entry: &DlqEntry, args: &ActArgs, mode: Mode, to_topic: Option<&str>) -> Disposition {
@@ -404,7 +522,11 @@ async fn commit_batch(
                 (topic.as_str(), redriven_headers(entry, dlq_topic), None)
             }
             // Kept records keep everything, their dead-letter time included.
-            Disposition::Keep(_) => (dlq_topic, all_headers(entry), Some(entry.timestamp_ms)),
+            Disposition::Keep(_) => (
+                dlq_topic,
+                kept_headers(entry, dlq_topic),
+                Some(entry.timestamp_ms),
+            ),
         };
         let mut record = FutureRecord::to(topic)
             .payload(&entry.payload)
@@ -459,15 +581,23 @@ async fn blocking(
         .map_err(OpsError::kafka(operation))
 }
 
-fn all_headers(entry: &DlqEntry) -> OwnedHeaders {
+/// A kept record's headers, plus where this copy was kept from (`dlq.kept.from`), so a listing
+/// of the whole topic tells the pending copy from the settled original.
+fn kept_headers(entry: &DlqEntry, dlq_topic: &str) -> OwnedHeaders {
+    let from = format!("{dlq_topic}/{}/{}", entry.partition, entry.offset);
     entry
         .headers
         .iter()
+        .filter(|(key, _)| key != KEPT_FROM)
         .fold(OwnedHeaders::new(), |headers, (key, value)| {
             headers.insert(Header {
                 key,
                 value: value.as_deref(),
             })
+        })
+        .insert(Header {
+            key: KEPT_FROM,
+            value: Some(&from),
         })
 }
 
@@ -483,6 +613,7 @@ fn redriven_headers(entry: &DlqEntry, dlq_topic: &str) -> OwnedHeaders {
                 && key != REDRIVE_COUNT
                 && key != REDRIVE_FROM
                 && key != REDRIVE_ERROR_CLASS
+                && key != KEPT_FROM
         })
         .fold(OwnedHeaders::new(), |headers, (key, value)| {
             headers.insert(Header {
@@ -682,6 +813,12 @@ async fn read_one(
 ) -> Result<DlqEntry, OpsError> {
     let mut scan = DlqScan::open(kafka, Start::Earliest)?;
     let topic = kafka.name(IMAGE_REQUESTS_DLQ);
+    if !scan.ends.contains_key(&partition) {
+        return Err(OpsError::BadArgument(format!(
+            "{topic} has no partition {partition} (it has {})",
+            scan.ends.len()
+        )));
+    }
     let mut only = TopicPartitionList::new();
     only.add_partition_offset(&topic, partition, Offset::Offset(offset))
         .map_err(OpsError::kafka("building the assignment"))?;
@@ -752,7 +889,12 @@ pub fn render_outcome(outcome: &Outcome, executed: bool) -> String {
         "{table}\nredrive {redriven}, purge {}, keep {} (appended again to the DLQ)\n",
         outcome.purged, outcome.kept
     );
-    if executed {
+    if outcome.interrupted {
+        text.push_str(&format!(
+            "Interrupted after {} transaction(s): what they hold is done; the rest is still pending (run again to continue).\n",
+            outcome.transactions
+        ));
+    } else if executed {
         text.push_str(&format!(
             "Done in {} transaction(s); the cursor is past every record read.\n",
             outcome.transactions

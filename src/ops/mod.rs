@@ -136,14 +136,20 @@ pub async fn run(config: &crate::Config, args: OpsArgs) -> Result<(), OpsError> 
     }
 }
 
-/// A point in time given on the command line: RFC 3339 (`2026-11-30T17:00:00Z`, or without the
-/// zone as UTC), or a Unix timestamp in milliseconds.
+/// A point in time given on the command line: RFC 3339 with any offset
+/// (`2026-11-30T17:00:00Z`, `…+02:00`), a date and time without an offset (taken as UTC), or a
+/// Unix timestamp in milliseconds.
 pub fn parse_datetime(text: &str) -> Result<SystemTime, String> {
     if let Ok(ms) = text.parse::<u64>() {
         return Ok(UNIX_EPOCH + Duration::from_millis(ms));
     }
-    humantime::parse_rfc3339_weak(text.trim_end_matches('Z'))
-        .or_else(|_| humantime::parse_rfc3339(text))
+    let timestamp = text.parse::<jiff::Timestamp>().or_else(|_| {
+        text.parse::<jiff::civil::DateTime>()
+            .and_then(|civil| civil.to_zoned(jiff::tz::TimeZone::UTC))
+            .map(|zoned| zoned.timestamp())
+    });
+    timestamp
+        .map(SystemTime::from)
         .map_err(|e| format!("{text:?} is neither RFC 3339 nor Unix milliseconds: {e}"))
 }
 
@@ -173,6 +179,8 @@ mod tests {
         assert_eq!(parse_datetime("2025-11-30T17:00:00"), Ok(expected));
         assert_eq!(parse_datetime("2025-11-30 17:00:00"), Ok(expected));
         assert_eq!(parse_datetime("1764522000000"), Ok(expected));
+        assert_eq!(parse_datetime("2025-11-30T19:00:00+02:00"), Ok(expected));
+        assert_eq!(parse_datetime("2025-11-30t17:00:00z"), Ok(expected));
         assert!(parse_datetime("yesterday").is_err());
         assert_eq!(format_ms(1_764_522_000_123), "2025-11-30T17:00:00.123Z");
     }

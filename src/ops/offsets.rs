@@ -120,7 +120,8 @@ pub struct PartitionOffsets {
 impl PartitionOffsets {
     /// Records between the committed offset and the log end (from the log start if none).
     pub fn lag(&self) -> i64 {
-        self.log_end - self.committed.unwrap_or(self.log_start).max(self.log_start)
+        // A commit can run ahead of the end the broker reported a moment earlier: never below 0.
+        (self.log_end - self.committed.unwrap_or(self.log_start).max(self.log_start)).max(0)
     }
 
     /// The lag once the reset is done.
@@ -156,6 +157,9 @@ pub fn run(kafka: &KafkaConfig, action: OffsetsAction) -> Result<(), OpsError> {
                 args.target(),
             )?;
             print!("{}", render(&plan, true));
+            if let Some(note) = note_for(kafka, &plan.group) {
+                println!("{note}");
+            }
             if args.execute {
                 execute_reset(kafka, &plan)?;
                 println!(
@@ -164,7 +168,9 @@ pub fn run(kafka: &KafkaConfig, action: OffsetsAction) -> Result<(), OpsError> {
                     plan.group
                 );
             } else {
-                if let Err(refusal) = refuse_if_active(&plan.group, &plan.state) {
+                if let Err(refusal) = refuse_if_owned_by_a_tool(kafka, &plan.group)
+                    .and_then(|()| refuse_if_active(&plan.group, &plan.state))
+                {
                     println!("Note: --execute would be {refusal}");
                 }
                 println!("{}", super::DRY_RUN_NOTICE);
@@ -206,6 +212,12 @@ pub fn show(
         return Err(OpsError::BadArgument(format!(
             "topic {} does not exist",
             kafka.name(topic)
+        )));
+    }
+    if state.state == "Dead" && partitions.iter().all(|p| p.committed.is_none()) {
+        return Err(OpsError::BadArgument(format!(
+            "group {group} does not exist (no members, no committed offsets){}",
+            namespaced_hint(kafka, &group)
         )));
     }
     for partition in &mut partitions {
@@ -279,6 +291,7 @@ pub fn execute_reset(kafka: &KafkaConfig, plan: &OffsetsReport) -> Result<(), Op
         .group
         .strip_prefix(&kafka.namespace)
         .unwrap_or(&plan.group);
+    refuse_if_owned_by_a_tool(kafka, &plan.group)?;
     let consumer = group_client(kafka, base)?;
     // The state in the plan may be old: a consumer may have joined since.
     refuse_if_active(&plan.group, &group_state(&consumer, &plan.group)?)?;
@@ -298,6 +311,39 @@ pub fn execute_reset(kafka: &KafkaConfig, plan: &OffsetsReport) -> Result<(), Op
             "committing offsets for {}",
             plan.group
         )))
+}
+
+/// Refuses groups whose offsets are another tool's state, not a consumer's position.
+pub fn refuse_if_owned_by_a_tool(kafka: &KafkaConfig, group: &str) -> Result<(), OpsError> {
+    let base = group.strip_prefix(&kafka.namespace).unwrap_or(group);
+    if base == super::dlq::CURSOR_GROUP {
+        return Err(OpsError::Refused(format!(
+            "{group} is the DLQ's cursor, moved only by `imgpipe ops dlq redrive|purge` in the \
+             same transaction as what they write: moving it back would make settled records \
+             pending again and redrive them twice"
+        )));
+    }
+    Ok(())
+}
+
+/// What a reset of `group` does not do, for the plan's reader.
+fn note_for(kafka: &KafkaConfig, group: &str) -> Option<&'static str> {
+    let base = group.strip_prefix(&kafka.namespace).unwrap_or(group);
+    (base == aggregators::GROUP_ID).then_some(
+        "Note: usage-aggregator positions itself from ClickHouse, not from these offsets: a reset \
+         changes only the lag it reports and re-inserts nothing. To rewrite usage from Kafka, use \
+         `imgpipe ops usage rebuild`.",
+    )
+}
+
+/// A hint when a name looks namespaced twice.
+fn namespaced_hint(kafka: &KafkaConfig, group: &str) -> String {
+    let base = group.strip_prefix(&kafka.namespace).unwrap_or(group);
+    if !kafka.namespace.is_empty() && base.starts_with(&kafka.namespace) {
+        format!("; give names without the namespace {:?}", kafka.namespace)
+    } else {
+        String::new()
+    }
 }
 
 /// Refuses to touch a group that has members.
@@ -325,6 +371,12 @@ fn group_client(kafka: &KafkaConfig, group: &str) -> Result<BaseConsumer, OpsErr
             source,
         })
     })
+}
+
+/// The state of `group` (base name) as its coordinator sees it (blocking).
+pub fn state_of(kafka: &KafkaConfig, group: &str) -> Result<GroupState, OpsError> {
+    let consumer = group_client(kafka, group)?;
+    group_state(&consumer, &kafka.name(group))
 }
 
 fn group_state(consumer: &BaseConsumer, group: &str) -> Result<GroupState, OpsError> {

@@ -23,6 +23,8 @@ use super::{KAFKA_CALL_TIMEOUT, OpsError};
 
 /// The group the rebuild's aggregator runs in (namespaced).
 pub const REBUILD_GROUP: &str = "ops-usage-rebuild";
+/// A rebuild database younger than this may belong to a run still starting.
+const LEFTOVER_AGE: Duration = Duration::from_secs(600);
 /// Tables a rebuild swaps, in this order: the usage data. Views (and the migrations'
 /// bookkeeping) stay: they name the tables, so they read the swapped-in ones.
 pub const DATA_TABLES: &[&str] = &["usage_raw", "usage_rejects"];
@@ -122,8 +124,10 @@ pub async fn rebuild(
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace(['-', ':', 'T', 'Z'], "");
+    // A random tail: two runs in the same second must not share a database.
+    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..6];
     let mut report = RebuildReport {
-        fresh: format!("{database}_rebuild_{stamp}"),
+        fresh: format!("{database}_rebuild_{stamp}_{run_id}"),
         backup: format!("{database}_backup_{stamp}"),
         database: database.clone(),
         ..Default::default()
@@ -132,12 +136,24 @@ pub async fn rebuild(
     // The live aggregators must be stopped.
     let group_kafka = kafka.clone();
     let state = tokio::task::spawn_blocking(move || {
-        super::offsets::show(&group_kafka, aggregators::GROUP_ID, None)
+        super::offsets::state_of(&group_kafka, aggregators::GROUP_ID)
     })
     .await
-    .map_err(|e| OpsError::Task(e.to_string()))??
-    .state;
+    .map_err(|e| OpsError::Task(e.to_string()))??;
     super::offsets::refuse_if_active(&kafka.name(aggregators::GROUP_ID), &state)?;
+    // One rebuild at a time: a running one is a member of the rebuild group.
+    let group_kafka = kafka.clone();
+    let rebuilding =
+        tokio::task::spawn_blocking(move || super::offsets::state_of(&group_kafka, REBUILD_GROUP))
+            .await
+            .map_err(|e| OpsError::Task(e.to_string()))??;
+    if rebuilding.members > 0 {
+        return Err(OpsError::Refused(format!(
+            "another rebuild is running (group {} has {} member(s)); wait for it to finish",
+            kafka.name(REBUILD_GROUP),
+            rebuilding.members
+        )));
+    }
 
     // What Kafka holds, and what would be lost.
     let topic = kafka.name(schemas::topics::USAGE_EVENTS);
@@ -153,12 +169,24 @@ pub async fn rebuild(
             rows_stored: stored.get(&partition).map_or(0, |s| s.rows),
         });
     }
+    // Leftovers of runs that died; a run younger than LEFTOVER_AGE may still be starting (its
+    // aggregator not yet in the group), so it is left for a later run.
+    let oldest_live =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() - LEFTOVER_AGE)
+            .to_string()
+            .replace(['-', ':', 'T', 'Z'], "");
     report.leftovers = client
         .query("SELECT name FROM system.databases WHERE startsWith(name, ?)")
         .bind(format!("{database}_rebuild_"))
         .fetch_all::<String>()
         .await
-        .map_err(|source| ch("listing leftover rebuild databases", source))?;
+        .map_err(|source| ch("listing leftover rebuild databases", source))?
+        .into_iter()
+        .filter(|name| {
+            let stamp = name.trim_start_matches(&format!("{database}_rebuild_"));
+            stamp.get(..14).is_some_and(|s| s < oldest_live.as_str())
+        })
+        .collect();
     let lost: u64 = report
         .partitions
         .iter()
@@ -236,7 +264,16 @@ pub async fn rebuild(
                 humantime::format_duration(args.timeout)
             )));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::signal::ctrl_c() => {
+                break Err(OpsError::Refused(format!(
+                    "interrupted: nothing was swapped; {} is left for inspection (dropped by the next run after {} minutes)",
+                    report.fresh,
+                    LEFTOVER_AGE.as_secs() / 60
+                )));
+            }
+        }
     };
     shutdown.trigger();
     let stopped = tokio::time::timeout(Duration::from_secs(30), aggregator).await;
@@ -263,6 +300,27 @@ pub async fn rebuild(
             )));
         }
         report.verified.insert(*partition, (*count, stored.rows));
+    }
+
+    // An aggregator started meanwhile would have written rows the rebuild lacks.
+    let group_kafka = kafka.clone();
+    let state = tokio::task::spawn_blocking(move || {
+        super::offsets::state_of(&group_kafka, aggregators::GROUP_ID)
+    })
+    .await
+    .map_err(|e| OpsError::Task(e.to_string()))??;
+    if let Err(refusal) =
+        super::offsets::refuse_if_active(&kafka.name(aggregators::GROUP_ID), &state)
+    {
+        exec(
+            &client,
+            &format!("DROP DATABASE IF EXISTS {}", report.fresh),
+            "dropping the unused rebuild",
+        )
+        .await?;
+        return Err(OpsError::Refused(format!(
+            "an aggregator started during the rebuild, nothing was swapped: {refusal}"
+        )));
     }
 
     // The swap: one statement, live tables out to the backup, rebuilt ones in.

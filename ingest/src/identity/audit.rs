@@ -117,12 +117,19 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
+    // The id the HTTP face gave this call (the caller's X-Request-Id, or a new one).
     let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+        .extensions()
+        .get::<chassis::http::RequestId>()
+        .map(|id| id.0.to_string())
+        .or_else(|| {
+            request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
     let mut key_id = path_param(&route, &path, "key_id");
     // A key's routes name only the key: its owner is looked up, so the trail of a tenant shows
     // its keys' revocations too.

@@ -205,13 +205,24 @@ impl Worker {
             "Record sent to the dead-letter topic"
         );
         let source = (message.partition(), message.offset());
-        let headers = with_error(
-            OwnedHeaders::new(),
-            class,
-            &error.to_string(),
-            message.topic(),
-            source,
-        );
+        // The record's own headers stay (its trace context, and `redrive.count`: a record that
+        // is poison again after a redrive keeps its count, so the operator's redrive limit
+        // holds); the DLQ's own headers are set afresh below.
+        let own = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .filter(|h| !DLQ_HEADERS.contains(&h.key))
+                    .fold(OwnedHeaders::new(), |kept, h| {
+                        kept.insert(Header {
+                            key: h.key,
+                            value: h.value,
+                        })
+                    })
+            })
+            .unwrap_or_default();
+        let headers = with_error(own, class, &error.to_string(), message.topic(), source);
         OutRecord {
             source,
             topic: self.committer.dlq_topic.clone(),
@@ -222,6 +233,18 @@ impl Worker {
         }
     }
 }
+
+/// The headers a dead letter gets from the resizer (an input carrying them from an earlier
+/// dead-lettering has them replaced, not repeated).
+const DLQ_HEADERS: &[&str] = &[
+    "error.class",
+    "error.message",
+    "source.topic",
+    "source.partition",
+    "source.offset",
+    "target.topic",
+    "target.partition",
+];
 
 /// `headers` plus why a record is dead-lettered (`error.class`, `error.message`) and which input
 /// it comes from (`source.topic`, `source.partition`, `source.offset`).
