@@ -438,6 +438,7 @@ async fn a_dlq_redrive_that_dies_half_way_neither_loses_nor_doubles_and_bills_ea
     }
 }
 
+#[cfg(feature = "failpoints")]
 /// The redriven records on image.requests (committed only), counted by key, after checking each
 /// one's headers.
 async fn redriven_requests(config: &Config) -> BTreeMap<String, usize> {
