@@ -14,7 +14,7 @@ use imgpipe::ops::offsets::{self, ResetTarget};
 use imgpipe::ops::tail::{Tail, TailArgs};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use schemas::topics::{IMAGE_REQUESTS, IMAGE_REQUESTS_DLQ, USAGE_EVENTS};
 
@@ -442,6 +442,7 @@ async fn a_dlq_redrive_that_dies_half_way_neither_loses_nor_doubles_and_bills_ea
 /// The redriven records on image.requests (committed only), counted by key, after checking each
 /// one's headers.
 async fn redriven_requests(config: &Config) -> BTreeMap<String, usize> {
+    use rdkafka::message::Headers;
     let reader: StreamConsumer = config
         .kafka
         .reader_config(Duration::from_millis(100))
