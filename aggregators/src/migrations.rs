@@ -117,7 +117,9 @@ SELECT
     max(request_latency_us) AS latency_us_max
 FROM (",
             crate::rollup::per_request!(
-                "event_time >= (SELECT max(bucket) + 1 - 60 FROM {db}.usage_rollup WHERE granularity = 0)",
+                // The mark less 59 s, computed unsigned-safe: with no mark yet (0) DateTime
+                // arithmetic would wrap to 2106 and hide every row.
+                "event_time >= toDateTime(greatest(toUInt32((SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0)), 59) - 59, 'UTC')",
                 "request_time >= (SELECT max(bucket) + 1 FROM {db}.usage_rollup WHERE granularity = 0)"
             ),
             ")
