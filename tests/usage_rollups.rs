@@ -26,6 +26,9 @@ use schemas::events::{UsageRecorded, UsageSource};
 
 const TENANTS: usize = 7;
 
+/// A report bucket's sums: requests, bytes in/out, pixels in/out, CPU time.
+type Sums = (u64, i64, i64, i64, i64, i64);
+
 fn now_s() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -69,11 +72,11 @@ fn records(i: usize, t: i64) -> Vec<UsageRecorded> {
         source: UsageSource::Api,
         ..base.clone()
     };
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         vec![api("bad_parameters", 400, 0, false)]
-    } else if i % 37 == 0 {
+    } else if i.is_multiple_of(37) {
         vec![base]
-    } else if i % 13 == 0 {
+    } else if i.is_multiple_of(13) {
         vec![
             base.clone(),
             api("client_closed_request", 499, (i % 9) as i64, false),
@@ -377,7 +380,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
             for group_by in [None, Some(GroupBy::Format), Some(GroupBy::Outcome)] {
                 let request = UsageRequest::new(from, to, granularity, group_by).unwrap();
                 let report = query.buckets(tenant, &request).await.unwrap();
-                let got: BTreeMap<(String, String), (u64, i64, i64, i64, i64, i64)> = report
+                let got: BTreeMap<(String, String), Sums> = report
                     .buckets
                     .iter()
                     .map(|b| {
@@ -405,7 +408,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
                     Some(GroupBy::Format) => "f",
                     Some(GroupBy::Outcome) => "o",
                 };
-                let expected: BTreeMap<(String, String), (u64, i64, i64, i64, i64, i64)> =
+                let expected: BTreeMap<(String, String), Sums> =
                     clickhouse(
                         &config,
                         &format!(

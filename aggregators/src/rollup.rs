@@ -159,7 +159,7 @@ pub fn next_window(
     } else {
         oldest - oldest % 60
     };
-    let limit = progress.checked_sub(lateness + LOOKAROUND_SECONDS)?;
+    let limit = progress.checked_sub(lateness.saturating_add(LOOKAROUND_SECONDS))?;
     let limit = limit - limit % 60;
     let max_window = (max_window - max_window % 60).max(60);
     let hi = (lo + max_window).min(lo - lo % DAY + DAY).min(limit);
