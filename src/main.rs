@@ -43,7 +43,19 @@ enum Command {
     /// Every service in one process (development and the demo).
     All,
     /// Applies ClickHouse migrations (versioned, idempotent) to `clickhouse.database`.
-    Migrate,
+    Migrate {
+        /// Print every statement (for `clickhouse.database`, `;`-terminated) instead of applying.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Settles every due usage window into `usage_rollup` now and exits (the aggregator does
+    /// this in the background; for backfills, rebuilds and benchmarks). Uses
+    /// `aggregator.rollup_lateness` and `aggregator.rollup_max_window`.
+    Rollup {
+        /// Print the statement settling the window [LO, HI) (epoch seconds) instead of settling.
+        #[arg(long, num_args = 2, value_names = ["LO", "HI"])]
+        print: Option<Vec<u32>>,
+    },
     /// Drives the api with images at a fixed rate or concurrency and reports latency and errors.
     // Boxed: its many options would make every other variant as large.
     Loadgen(Box<imgpipe::loadgen::LoadgenArgs>),
@@ -119,7 +131,20 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Command::Migrate => {
+        Command::Migrate { print: true } => {
+            for (version, modern_only, statement) in
+                aggregators::migrations::statements(&config.clickhouse.database)
+            {
+                let only = if modern_only {
+                    " (current servers only)"
+                } else {
+                    ""
+                };
+                println!("-- migration {version}{only}\n{statement};\n");
+            }
+            return Ok(());
+        }
+        Command::Migrate { print: false } => {
             let report = aggregators::migrate(&config.clickhouse).await?;
             println!("server   ClickHouse {}", report.server_version);
             for (version, name) in &report.applied {
@@ -135,6 +160,37 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Ops(args) => {
             imgpipe::ops::run(&config, args).await?;
+            return Ok(());
+        }
+        Command::Rollup { print } => {
+            let (client, _server) = chassis::clickhouse::connect(&config.clickhouse).await?;
+            let rollup = aggregators::rollup::Rollup::new(
+                client,
+                &config.clickhouse.database,
+                aggregators::usage_partitions(),
+                config.aggregator.rollup_lateness,
+                config.aggregator.rollup_max_window,
+            );
+            if let Some(&[lo, hi]) = print.as_deref() {
+                let window = aggregators::rollup::Window { lo, hi };
+                println!("{};", rollup.settle_sql(window));
+                return Ok(());
+            }
+            let started = std::time::Instant::now();
+            let mut windows = 0_u32;
+            while let Some(window) = rollup.step().await? {
+                windows += 1;
+                println!(
+                    "settled  [{}, {}) after {:.1} s",
+                    window.lo,
+                    window.hi,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            println!(
+                "settled  {windows} windows in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             return Ok(());
         }
         Command::Loadgen(args) => {

@@ -4,8 +4,8 @@
 //!
 //! The modules read like the data path: [`config`] → [`consumer`] (rebalances, the loop) →
 //! [`batcher`] (per-partition batches, ownership) → [`sink`] (`UsageSink`, offsets in
-//! ClickHouse) → [`migrations`] (the tables and views) → [`query`] (tenant reports); beside it,
-//! [`audit`] copies the admin audit trail into ClickHouse.
+//! ClickHouse) → [`migrations`] (the tables and views) → [`rollup`] (settled usage windows);
+//! beside it, [`audit`] copies the admin audit trail into ClickHouse.
 
 pub mod audit;
 pub mod batcher;
@@ -13,6 +13,7 @@ pub mod config;
 pub mod consumer;
 pub mod metrics;
 pub mod migrations;
+pub mod rollup;
 pub mod sink;
 
 use chassis::clickhouse::ClickHouseConfig;
@@ -111,6 +112,17 @@ pub async fn run_in_group(
     };
     metrics.clickhouse_up.set(1);
     ctx.readiness.ready(CLICKHOUSE_CHECK);
+    let rollup = rollup::Rollup::new(
+        sink.client().clone(),
+        sink.database(),
+        usage_partitions(),
+        config.rollup_lateness,
+        config.rollup_max_window,
+    );
+    ctx.tasks.spawn_until_shutdown(
+        "usage-rollup",
+        rollup.run(ctx.shutdown.clone(), config.rollup_interval),
+    );
 
     let topic = kafka.name(schemas::topics::USAGE_EVENTS);
     let context = AggregatorContext::new(topic.clone(), metrics.lag.clone());
@@ -125,6 +137,13 @@ pub async fn run_in_group(
     Worker::new(topic, inbox, sink, codec, config, metrics, ctx)?
         .run(consumer)
         .await
+}
+
+/// How many partitions `usage.events` is created with (the rollup job waits for each).
+pub fn usage_partitions() -> u32 {
+    schemas::topics::spec(schemas::topics::USAGE_EVENTS)
+        .and_then(|spec| u32::try_from(spec.partitions).ok())
+        .unwrap_or(1)
 }
 
 /// Connects to ClickHouse and applies migrations, retrying while it is unavailable. `None`:

@@ -5,7 +5,16 @@
 //! not recorded, so it is applied once the server is upgraded.
 //!
 //! Every statement here has been run against ClickHouse 18.16 (Debian): no `DateTime64`, no
-//! `LowCardinality`, no TTL there.
+//! `LowCardinality` (experimental there, behind a setting), no TTL there.
+//!
+//! Exact usage at scale (versions 7 and 8): `usage_raw` keeps every delivery for audits; a
+//! materialized view copies each inserted block into `usage_recent` (time-ordered, the columns
+//! rollups need), which in turn feeds `usage_offsets` (per-partition high-water marks, read in
+//! O(partitions) when a partition is assigned). Because `usage_offsets` is fed last, a failure
+//! part-way through an INSERT leaves the high-water mark behind the rows, never ahead: the batch
+//! is sent again and the only effect is a duplicate delivery, which every exact reader removes
+//! by request id. `usage_rollup` is written by [`crate::rollup`] only, one settled time window at
+//! a time, deduplicated by request id, together with the window's settle mark in the same part.
 
 use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, DatabaseName, ServerVersion};
 use clickhouse::Client;
@@ -50,6 +59,70 @@ SELECT
     sum(latency_us) AS latency_us_sum,
     max(latency_us) AS latency_us_max
 FROM {db}.usage_by_request
+GROUP BY tenant_id, ",
+            $bucket,
+            ", outcome, format"
+        )
+    };
+}
+
+/// `CREATE VIEW` of one time rollup as analysts see it: the settled rows of `usage_rollup` at
+/// granularity `$g`, plus the live tail (requests after the settle mark, deduplicated by request
+/// id from `usage_recent` exactly as the rollup job does). Rows are partial: one bucket may have
+/// several (settled part, live tail, not yet merged parts), so readers aggregate (`sum`, `max`).
+/// No outer `GROUP BY`, so that with `enable_optimize_predicate_expression = 1` a filter on the
+/// bucket or tenant reaches the rollup's primary key on 18.16.
+macro_rules! live_rollup_view {
+    ($view:literal, $bucket:literal, $start_of:literal, $g:literal) => {
+        concat!(
+            "CREATE VIEW IF NOT EXISTS {db}.",
+            $view,
+            " AS
+SELECT
+    tenant_id,
+    bucket AS ",
+            $bucket,
+            ",
+    outcome,
+    format,
+    finalizeAggregation(requests) AS requests,
+    finalizeAggregation(bytes_in) AS bytes_in,
+    finalizeAggregation(bytes_out) AS bytes_out,
+    finalizeAggregation(pixels_in) AS pixels_in,
+    finalizeAggregation(pixels_out) AS pixels_out,
+    finalizeAggregation(cpu_time_us) AS cpu_time_us,
+    finalizeAggregation(latency_us_sum) AS latency_us_sum,
+    finalizeAggregation(latency_us_max) AS latency_us_max
+FROM {db}.usage_rollup
+WHERE granularity = ",
+            $g,
+            "
+UNION ALL
+SELECT
+    tenant_id,
+    ",
+            $start_of,
+            "(request_time) AS ",
+            $bucket,
+            ",
+    request_outcome AS outcome,
+    request_format AS format,
+    count() AS requests,
+    sum(request_bytes_in) AS bytes_in,
+    sum(request_bytes_out) AS bytes_out,
+    sum(request_pixels_in) AS pixels_in,
+    sum(request_pixels_out) AS pixels_out,
+    sum(request_cpu_time_us) AS cpu_time_us,
+    sum(request_latency_us) AS latency_us_sum,
+    max(request_latency_us) AS latency_us_max
+FROM (",
+            crate::rollup::per_request!(
+                // The mark less 59 s, computed unsigned-safe: with no mark yet (0) DateTime
+                // arithmetic would wrap to 2106 and hide every row.
+                "event_time >= toDateTime(greatest(toUInt32((SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0)), 59) - 59, 'UTC')",
+                "request_time >= (SELECT max(bucket) + 1 FROM {db}.usage_rollup WHERE granularity = 0)"
+            ),
+            ")
 GROUP BY tenant_id, ",
             $bucket,
             ", outcome, format"
@@ -185,6 +258,126 @@ GROUP BY tenant_id, request_id",
         modern_only: false,
     },
     Migration {
+        version: 7,
+        name: "usage_recent and usage_offsets (O(partitions) resume point)",
+        // The views are created before the backfills, so a row inserted meanwhile may be copied
+        // twice: harmless, `usage_recent` is read deduplicated by request id, and a high-water
+        // mark is a max.
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS {db}.usage_recent (
+    tenant_id String,
+    request_id String,
+    event_time DateTime('UTC'),
+    outcome String,
+    output_format String,
+    bytes_in Int64,
+    bytes_out Int64,
+    pixels_in Int64,
+    pixels_out Int64,
+    cpu_time_us Int64,
+    latency_us Int64,
+    from_api UInt8,
+    kafka_partition Int32,
+    kafka_offset Int64
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMMDD(event_time)
+ORDER BY (event_time, tenant_id, request_id)",
+            "CREATE TABLE IF NOT EXISTS {db}.usage_offsets (
+    kafka_partition Int32,
+    max_offset AggregateFunction(max, Int64),
+    max_event_time AggregateFunction(max, DateTime('UTC'))
+) ENGINE = AggregatingMergeTree()
+ORDER BY kafka_partition",
+            // A reject moves the partition's offset but not its time (it has no event time).
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_offsets_from_rejects
+TO {db}.usage_offsets AS
+SELECT kafka_partition, maxState(kafka_offset) AS max_offset,
+       maxState(toDateTime(0, 'UTC')) AS max_event_time
+FROM {db}.usage_rejects
+GROUP BY kafka_partition",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_recent_from_raw
+TO {db}.usage_recent AS
+SELECT tenant_id, request_id, event_time, outcome, output_format, bytes_in, bytes_out, pixels_in,
+       pixels_out, cpu_time_us, latency_us, source = 'API' AS from_api, kafka_partition,
+       kafka_offset
+FROM {db}.usage_raw",
+            // 18.16 cascades materialized views only through the view's own name (a view on
+            // the target table does not fire); current servers only through the target table,
+            // which migration 9 switches to once the server is one.
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_offsets_from_recent
+TO {db}.usage_offsets AS
+SELECT kafka_partition, maxState(kafka_offset) AS max_offset, maxState(event_time) AS max_event_time
+FROM {db}.usage_recent_from_raw
+GROUP BY kafka_partition",
+            "INSERT INTO {db}.usage_recent
+SELECT tenant_id, request_id, event_time, outcome, output_format, bytes_in, bytes_out, pixels_in,
+       pixels_out, cpu_time_us, latency_us, source = 'API' AS from_api, kafka_partition,
+       kafka_offset
+FROM {db}.usage_raw",
+            "INSERT INTO {db}.usage_offsets
+SELECT kafka_partition, maxState(kafka_offset) AS max_offset,
+       maxState(toDateTime(0, 'UTC')) AS max_event_time
+FROM {db}.usage_rejects
+GROUP BY kafka_partition",
+            "INSERT INTO {db}.usage_offsets
+SELECT kafka_partition, maxState(kafka_offset) AS max_offset, maxState(event_time) AS max_event_time
+FROM {db}.usage_raw
+GROUP BY kafka_partition",
+        ],
+        modern_only: false,
+    },
+    Migration {
+        version: 8,
+        name: "usage_rollup; usage_minute, usage_hour, usage_day read it",
+        // The rollup starts empty: the rollup job settles existing data window by window from
+        // the oldest row of `usage_recent`, and until then the views' live tail covers it.
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS {db}.usage_rollup (
+    granularity UInt8,
+    tenant_id String,
+    bucket DateTime('UTC'),
+    outcome String,
+    format String,
+    requests AggregateFunction(sum, UInt64),
+    bytes_in AggregateFunction(sum, Int64),
+    bytes_out AggregateFunction(sum, Int64),
+    pixels_in AggregateFunction(sum, Int64),
+    pixels_out AggregateFunction(sum, Int64),
+    cpu_time_us AggregateFunction(sum, Int64),
+    latency_us_sum AggregateFunction(sum, Int64),
+    latency_us_max AggregateFunction(max, Int64)
+) ENGINE = AggregatingMergeTree()
+PARTITION BY toYYYYMM(bucket)
+ORDER BY (granularity, tenant_id, bucket, outcome, format)",
+            "DROP TABLE IF EXISTS {db}.usage_minute",
+            "DROP TABLE IF EXISTS {db}.usage_hour",
+            "DROP TABLE IF EXISTS {db}.usage_day",
+            live_rollup_view!("usage_minute", "minute", "toStartOfMinute", "1"),
+            live_rollup_view!("usage_hour", "hour", "toStartOfHour", "2"),
+            live_rollup_view!("usage_day", "day", "toStartOfDay", "3"),
+        ],
+        modern_only: false,
+    },
+    Migration {
+        version: 9,
+        name: "usage_offsets_from_recent reads usage_recent (current servers cascade that way)",
+        // Applied once the server is current (before it, on 18.16, version 7's form is the one
+        // that fires). The backfill covers INSERTs between the upgrade and this migration.
+        statements: &[
+            "DROP TABLE IF EXISTS {db}.usage_offsets_from_recent",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_offsets_from_recent
+TO {db}.usage_offsets AS
+SELECT kafka_partition, maxState(kafka_offset) AS max_offset, maxState(event_time) AS max_event_time
+FROM {db}.usage_recent
+GROUP BY kafka_partition",
+            "INSERT INTO {db}.usage_offsets
+SELECT kafka_partition, maxState(kafka_offset) AS max_offset, maxState(event_time) AS max_event_time
+FROM {db}.usage_recent
+GROUP BY kafka_partition",
+        ],
+        modern_only: true,
+    },
+    Migration {
         // Numbered apart from the usage migrations: the audit trail evolves on its own.
         version: 50,
         name: "create admin_audit",
@@ -254,6 +447,23 @@ pub struct MigrationReport {
 pub async fn migrate(clickhouse: &ClickHouseConfig) -> Result<MigrationReport, MigrationError> {
     let (client, version) = chassis::clickhouse::connect(clickhouse).await?;
     apply(&client, version, &clickhouse.database).await
+}
+
+/// Every migration's statements for `database`, in order: `(version, modern_only, statement)`.
+/// For review, rebuild scripts and checks against other servers (`imgpipe migrate --print`).
+pub fn statements(database: &DatabaseName) -> Vec<(u32, bool, String)> {
+    MIGRATIONS
+        .iter()
+        .flat_map(|m| {
+            m.statements.iter().map(move |s| {
+                (
+                    m.version,
+                    m.modern_only,
+                    s.replace("{db}", database.as_str()),
+                )
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]

@@ -3,7 +3,10 @@
 //! Offsets live in ClickHouse, next to the rows they produced: every row of `usage_raw` carries its
 //! `kafka_partition` and `kafka_offset`, every poison record a row of `usage_rejects`. The highest
 //! offset across both tables is where consumption of a partition resumes; that is what makes a
-//! restart, a rebalance or an operator's offset reset neither lose nor double count.
+//! restart, a rebalance or an operator's offset reset neither lose nor double count. It is read
+//! from `usage_offsets`, which materialized views fill from the same INSERTs (a few rows per
+//! partition once merged, whatever the raw table holds), and which is written after the rows it
+//! covers: if an INSERT fails half-way, the mark stays behind and the batch is sent again.
 //!
 //! One batch of one partition is one INSERT (ClickHouse applies a block of up to
 //! `max_insert_block_size` rows atomically). Each INSERT carries its own `query_id`, so after a
@@ -173,6 +176,7 @@ pub struct UsageSink {
     server: ServerVersion,
     raw_table: String,
     rejects_table: String,
+    offsets_table: String,
     database: DatabaseName,
     insert_timeout: Duration,
 }
@@ -208,6 +212,7 @@ impl UsageSink {
             server,
             raw_table: format!("{database}.usage_raw"),
             rejects_table: format!("{database}.usage_rejects"),
+            offsets_table: format!("{database}.usage_offsets"),
             database: database.clone(),
             insert_timeout,
         }
@@ -228,8 +233,8 @@ impl UsageSink {
         &self.database
     }
 
-    /// The highest offset stored per partition, across `usage_raw` and `usage_rejects`.
-    /// Partitions with nothing stored are absent.
+    /// The highest offset stored per partition, across `usage_raw` and `usage_rejects` (as
+    /// recorded in `usage_offsets`). Partitions with nothing stored are absent.
     pub async fn stored_offsets(&self, partitions: &[i32]) -> Result<HashMap<i32, i64>, SinkError> {
         if partitions.is_empty() {
             return Ok(HashMap::new());
@@ -241,13 +246,9 @@ impl UsageSink {
             .collect::<Vec<_>>()
             .join(",");
         let sql = format!(
-            "SELECT kafka_partition, max(kafka_offset) AS max_offset FROM (
-    SELECT kafka_partition, kafka_offset FROM {raw} WHERE kafka_partition IN ({list})
-    UNION ALL
-    SELECT kafka_partition, kafka_offset FROM {rejects} WHERE kafka_partition IN ({list})
-) GROUP BY kafka_partition",
-            raw = self.raw_table,
-            rejects = self.rejects_table,
+            "SELECT kafka_partition, maxMerge(max_offset) AS max_offset FROM {offsets}
+WHERE kafka_partition IN ({list}) GROUP BY kafka_partition",
+            offsets = self.offsets_table,
         );
         let what = "looking up stored offsets";
         let rows = tokio::time::timeout(

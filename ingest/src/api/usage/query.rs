@@ -1,15 +1,22 @@
 //! Tenant usage reports for the api: buckets of one tenant's usage by minute, hour or day,
 //! optionally split by output format or outcome.
 //!
-//! Exact: each request counts once, however many times it was delivered (the query groups by
-//! request id before summing, as `usage_minute` does). Scoped: the tenant id and the range are
-//! bound parameters (`clickhouse` crate `.bind()`, escaped by the client), and the tenant filter
-//! sits inside the dedup subquery, so it uses `usage_raw`'s primary key (tenant first) and no
-//! other tenant's rows are read at all.
+//! Exact: each request counts once, however many times it was delivered. Whole minutes, hours
+//! and days that the rollup job has settled are read from `usage_rollup` (a few rows per bucket,
+//! at the coarsest granularity that fits the range and the requested buckets); the rest (the
+//! partial minutes at the range's ends, and everything after the settle mark) is recounted from
+//! `usage_recent` (every delivered record, time-ordered), grouped by request id with the same
+//! rules. Not from `usage_raw`: its ReplacingMergeTree key has no `source`, so a merge keeps only
+//! one of a request's two records when both fall in the same second. The settle mark is read in the same
+//! scan as the rollup rows, and live rows before it are dropped here, so a window settled while
+//! the query runs is never counted twice. Scoped: the tenant id is a bound parameter
+//! (`clickhouse` crate `.bind()`, escaped by the client) and filters both tables; the rollup is
+//! read by its primary key (tenant first), `usage_recent` by time (minutes of rows).
 //!
 //! Ranges are half-open `[from, to)`; `from`/`to` are epoch seconds or RFC 3339 (see
 //! [`Timestamp`]). A request may span at most [`Granularity::max_buckets`] buckets.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, DatabaseName};
@@ -49,14 +56,6 @@ impl Granularity {
             Self::Day => 366,
         }
     }
-
-    fn start_of(self) -> &'static str {
-        match self {
-            Self::Minute => "toStartOfMinute",
-            Self::Hour => "toStartOfHour",
-            Self::Day => "toStartOfDay",
-        }
-    }
 }
 
 impl FromStr for Granularity {
@@ -91,8 +90,16 @@ impl GroupBy {
     /// the api's record decides the outcome; the format is whichever record names one.
     fn per_request(self) -> &'static str {
         match self {
-            Self::Format => "max(output_format)",
-            Self::Outcome => "argMax(outcome, source = 'API')",
+            Self::Format => "request_format",
+            Self::Outcome => "request_outcome",
+        }
+    }
+
+    /// The same key in `usage_rollup`.
+    fn rolled_up(self) -> &'static str {
+        match self {
+            Self::Format => "format",
+            Self::Outcome => "outcome",
         }
     }
 }
@@ -210,6 +217,50 @@ impl UsageRequest {
     }
 }
 
+/// How a range splits between the rollup's granularities: whole minutes `[m1, h1)` and
+/// `[h2, m2)`, whole hours `[h1, d1)` and `[d2, h2)`, whole days `[d1, d2)`; the partial minutes
+/// `[from, m1)` and `[m2, to)` come from raw rows. A granularity is used only if it is not finer
+/// than the requested buckets' (hour rows cannot be split into minutes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pieces {
+    m1: i64,
+    m2: i64,
+    h1: i64,
+    h2: i64,
+    d1: i64,
+    d2: i64,
+}
+
+impl Pieces {
+    fn new(request: &UsageRequest) -> Self {
+        let (from, to) = (request.from.epoch_seconds(), request.to.epoch_seconds());
+        let ceil = |t: i64, step: i64| (t + step - 1).div_euclid(step) * step;
+        let floor = |t: i64, step: i64| t.div_euclid(step) * step;
+        let (mut m1, mut m2) = (ceil(from, 60), floor(to, 60));
+        if m1 >= m2 {
+            (m1, m2) = (to, to);
+        }
+        let coarser = |a: i64, b: i64, step: i64, allowed: bool| {
+            if allowed {
+                let c = ceil(a, step).min(b);
+                (c, floor(b, step).max(c))
+            } else {
+                (b, b)
+            }
+        };
+        let (h1, h2) = coarser(m1, m2, 3600, request.granularity != Granularity::Minute);
+        let (d1, d2) = coarser(h1, h2, 86_400, request.granularity == Granularity::Day);
+        Self {
+            m1,
+            m2,
+            h1,
+            h2,
+            d1,
+            d2,
+        }
+    }
+}
+
 /// Why a usage report could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum UsageQueryError {
@@ -291,8 +342,15 @@ pub struct UsageBucket {
     pub outcome: Option<String>,
 }
 
+/// Where a row of the report query comes from.
+const KIND_MARK: u8 = 0;
+const KIND_ROLLUP: u8 = 1;
+const KIND_LIVE: u8 = 2;
+const KIND_EDGE: u8 = 3;
+
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct BucketRow {
+    kind: u8,
     start: u32,
     group_key: String,
     requests: u64,
@@ -348,51 +406,147 @@ impl UsageQuery {
                 reason: format!("must be 1 to {MAX_TENANT_ID_LEN} bytes"),
             });
         }
-        let group_key = request.group_by.map_or("''", GroupBy::per_request);
-        // Only expressions chosen above and the checked database name are formatted in; every
-        // value (tenant, range) is bound. The inner GROUP BY makes each request count once, with
-        // the same rules as the `usage_by_request` view (the api's record decides time and
-        // outcome; the work dimensions are the largest of the request's records).
+        let (rollup_key, request_key) = request
+            .group_by
+            .map_or(("''", "''"), |g| (g.rolled_up(), g.per_request()));
+        let pieces = Pieces::new(request);
+        let Pieces {
+            m1,
+            m2,
+            h1,
+            h2,
+            d1,
+            d2,
+        } = pieces;
+        let (from, to) = (request.from.epoch_seconds(), request.to.epoch_seconds());
+        let at = |t: i64| format!("toDateTime({t}, 'UTC')");
+        let (from_t, to_t, m1_t, m2_t) = (at(from), at(to), at(m1), at(m2));
+        let mark = format!(
+            "(SELECT max(bucket) FROM {}.usage_rollup WHERE granularity = 0)",
+            self.database
+        );
+        let live_from = format!("greatest({m1_t}, {mark} + 1)");
+        // Only integers computed here, expressions chosen above and the checked database name
+        // are formatted in; the tenant id is bound (twice).
         let sql = format!(
             "SELECT
-    toUInt32(bucket) AS start,
+    kind,
+    toUInt32(t) AS start,
     group_key,
-    count() AS requests,
-    sum(request_bytes_in) AS bytes_in,
-    sum(request_bytes_out) AS bytes_out,
-    sum(request_pixels_in) AS pixels_in,
-    sum(request_pixels_out) AS pixels_out,
-    sum(request_cpu_time_us) AS cpu_time_us
+    toUInt64(sum(n)) AS requests,
+    sum(b_in) AS bytes_in,
+    sum(b_out) AS bytes_out,
+    sum(p_in) AS pixels_in,
+    sum(p_out) AS pixels_out,
+    sum(cpu) AS cpu_time_us
 FROM (
     SELECT
-        request_id,
-        {start_of}(argMax(event_time, source = 'API')) AS bucket,
-        {group_key} AS group_key,
-        max(bytes_in) AS request_bytes_in,
-        max(bytes_out) AS request_bytes_out,
-        max(pixels_in) AS request_pixels_in,
-        max(pixels_out) AS request_pixels_out,
-        max(cpu_time_us) AS request_cpu_time_us
-    FROM {db}.usage_raw
-    WHERE tenant_id = ? AND event_time >= toDateTime(?) AND event_time < toDateTime(?)
-    GROUP BY request_id
+        toUInt8(if(granularity = 0, {KIND_MARK}, {KIND_ROLLUP})) AS kind,
+        bucket AS t,
+        {rollup_key} AS group_key,
+        finalizeAggregation(requests) AS n,
+        finalizeAggregation(bytes_in) AS b_in,
+        finalizeAggregation(bytes_out) AS b_out,
+        finalizeAggregation(pixels_in) AS p_in,
+        finalizeAggregation(pixels_out) AS p_out,
+        finalizeAggregation(cpu_time_us) AS cpu
+    FROM {db}.usage_rollup
+    WHERE (granularity = 0 AND bucket >= {mark})
+       OR (tenant_id = ? AND (
+              (granularity = 1 AND ((bucket >= {m1_t} AND bucket < {h1_t}) OR (bucket >= {h2_t} AND bucket < {m2_t})))
+           OR (granularity = 2 AND ((bucket >= {h1_t} AND bucket < {d1_t}) OR (bucket >= {d2_t} AND bucket < {h2_t})))
+           OR (granularity = 3 AND bucket >= {d1_t} AND bucket < {d2_t})))
+    UNION ALL
+    SELECT
+        toUInt8(if(request_time >= {m1_t} AND request_time < {m2_t}, {KIND_LIVE}, {KIND_EDGE})) AS kind,
+        toStartOfMinute(request_time) AS t,
+        {request_key} AS group_key,
+        toUInt64(1) AS n,
+        request_bytes_in AS b_in,
+        request_bytes_out AS b_out,
+        request_pixels_in AS p_in,
+        request_pixels_out AS p_out,
+        request_cpu_time_us AS cpu
+    FROM (
+        SELECT
+            request_id,
+            argMax(event_time, from_api) AS request_time,
+            argMax(outcome, from_api) AS request_outcome,
+            max(output_format) AS request_format,
+            max(bytes_in) AS request_bytes_in,
+            max(bytes_out) AS request_bytes_out,
+            max(pixels_in) AS request_pixels_in,
+            max(pixels_out) AS request_pixels_out,
+            max(cpu_time_us) AS request_cpu_time_us
+        FROM {db}.usage_recent
+        WHERE tenant_id = ? AND (
+               (event_time >= {from_t} - 60 AND event_time < {m1_t} + 60)
+            OR (event_time >= {m2_t} - 60 AND event_time < {to_t} + 60)
+            OR (event_time >= {live_from} - 60 AND event_time < {m2_t} + 60))
+        GROUP BY request_id
+        HAVING (request_time >= {from_t} AND request_time < {m1_t})
+            OR (request_time >= {m2_t} AND request_time < {to_t})
+            OR (request_time >= {live_from} AND request_time < {m2_t})
+    )
 )
-GROUP BY start, group_key
-ORDER BY start, group_key",
-            start_of = request.granularity.start_of(),
+GROUP BY kind, start, group_key",
+            h1_t = at(h1),
+            h2_t = at(h2),
+            d1_t = at(d1),
+            d2_t = at(d2),
             db = self.database,
         );
         let rows = self
             .client
             .query(&sql)
             .bind(tenant_id)
-            .bind(request.from.epoch_seconds())
-            .bind(request.to.epoch_seconds())
+            .bind(tenant_id)
             .fetch_all::<BucketRow>()
             .await
             .map_err(UsageQueryError::Query)?;
-        let buckets = rows
-            .into_iter()
+        // The mark as of the rollup rows read: live rows before it were settled meanwhile and
+        // are already among the rollup rows.
+        let settled_until = rows
+            .iter()
+            .filter(|row| row.kind == KIND_MARK)
+            .map(|row| i64::from(row.start) + 1)
+            .max()
+            .unwrap_or(0);
+        let step = request.granularity.seconds();
+        let mut sums: BTreeMap<(i64, String), BucketRow> = BTreeMap::new();
+        for row in rows {
+            let keep = match row.kind {
+                KIND_ROLLUP | KIND_EDGE => true,
+                KIND_LIVE => i64::from(row.start) >= settled_until,
+                _ => false,
+            };
+            if !keep {
+                continue;
+            }
+            let start = i64::from(row.start).div_euclid(step) * step;
+            let sum = sums
+                .entry((start, row.group_key.clone()))
+                .or_insert_with(|| BucketRow {
+                    kind: row.kind,
+                    start: u32::try_from(start).unwrap_or(0),
+                    group_key: row.group_key.clone(),
+                    requests: 0,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    pixels_in: 0,
+                    pixels_out: 0,
+                    cpu_time_us: 0,
+                });
+            sum.requests += row.requests;
+            sum.bytes_in += row.bytes_in;
+            sum.bytes_out += row.bytes_out;
+            sum.pixels_in += row.pixels_in;
+            sum.pixels_out += row.pixels_out;
+            sum.cpu_time_us += row.cpu_time_us;
+        }
+        let buckets = sums
+            .into_values()
+            .filter(|row| row.requests > 0)
             .map(|row| {
                 let key = Some(row.group_key);
                 UsageBucket {
@@ -441,6 +595,32 @@ mod tests {
         assert!(matches!(reversed, Err(UsageQueryError::BadRange(_))));
         assert!(UsageRequest::new(ts(0), ts(31 * day), Granularity::Hour, None).is_ok());
         assert!(UsageRequest::new(ts(0), ts(400 * day), Granularity::Day, None).is_err());
+    }
+
+    #[test]
+    fn ranges_split_into_whole_buckets_no_finer_than_asked() {
+        let day = 86_400;
+        let hour = |g| UsageRequest::new(ts(day - 90), ts(3 * day + 3630), g, None).unwrap();
+        let p = Pieces::new(&hour(Granularity::Day));
+        assert_eq!((p.m1, p.h1, p.d1), (day - 60, day, day));
+        assert_eq!(
+            (p.d2, p.h2, p.m2),
+            (3 * day, 3 * day + 3600, 3 * day + 3600)
+        );
+        let p = Pieces::new(&hour(Granularity::Hour));
+        assert_eq!((p.h1, p.h2), (day, 3 * day + 3600));
+        assert_eq!((p.d1, p.d2), (p.h2, p.h2), "hour buckets use no day rows");
+        let minutes = UsageRequest::new(ts(3500), ts(7300), Granularity::Minute, None).unwrap();
+        let p = Pieces::new(&minutes);
+        assert_eq!((p.m1, p.m2), (3540, 7260));
+        assert_eq!(
+            (p.h1, p.h2, p.d1, p.d2),
+            (7260, 7260, 7260, 7260),
+            "minute rows only"
+        );
+        let inside = UsageRequest::new(ts(70), ts(100), Granularity::Minute, None).unwrap();
+        let p = Pieces::new(&inside);
+        assert_eq!((p.m1, p.m2), (100, 100), "all from raw rows");
     }
 
     #[test]

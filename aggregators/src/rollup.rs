@@ -1,0 +1,343 @@
+//! The rollup job: settles usage into `usage_rollup` one time window at a time, so analysts and
+//! the tenant api read small pre-aggregated rows instead of deduplicating every raw row.
+//!
+//! Why settled windows and not materialized views summing each INSERT: a request can have two
+//! records (the resizer's and the api's), often in different batches and minutes, and the
+//! api's decides the outcome and the bucket (see `usage_by_request`). A per-block sum cannot
+//! merge them, nor drop a duplicate delivery. So a window `[lo, hi)` is rolled up only once
+//! every record of its requests is stored, with the same per-request rules, by one
+//! `INSERT … SELECT` that also writes the window's settle mark (`granularity = 0`,
+//! `bucket = hi - 1`):
+//! - **complete**: every partition of `usage.events` has stored records, and its newest stored
+//!   event is at least `hi + LOOKAROUND + lateness` (records of one request lie within
+//!   [`LOOKAROUND_SECONDS`] of each other; a record is stored at most `lateness` behind newer
+//!   ones of its partition). A partition that never had traffic therefore holds settling back:
+//!   the views stay exact through their live tail, only slower;
+//! - **atomic**: windows are whole minutes within one UTC day, so the rows of every granularity
+//!   and the mark fall in one monthly partition and one block: one part, committed at once;
+//! - **once**: the statement only writes if the newest mark is before `lo` (checked when it
+//!   starts), and it runs under a `query_id` derived from `lo`, which ClickHouse refuses to run
+//!   twice at the same time: two settlers (two aggregators, a restart racing a slow INSERT)
+//!   cannot both write a window.
+//!
+//! Until a window is settled, the views and the tenant api read it from `usage_recent`
+//! (deduplicated at query time, a few minutes of rows), so answers are exact at every moment.
+
+use std::time::Duration;
+
+use chassis::Shutdown;
+use chassis::clickhouse::DatabaseName;
+use clickhouse::Client;
+use serde::Deserialize;
+
+/// Records of one request (the resizer's, the api's) are at most this far apart in event time.
+/// Both are written within the api's request deadline (10 s by default) plus a Kafka delivery
+/// timeout; a minute leaves room. The views' live tail uses the same margin (as a literal).
+pub const LOOKAROUND_SECONDS: u32 = 60;
+
+/// The `SELECT` of one row per request from `{db}.usage_recent`, filtered by `$where` before
+/// grouping and `$having` after, with the rules of `usage_by_request`: the api's record decides
+/// time, outcome and latency; the work dimensions and format are the largest of the records.
+macro_rules! per_request {
+    ($where:literal, $having:literal) => {
+        concat!(
+            "
+    SELECT
+        tenant_id,
+        request_id,
+        argMax(event_time, from_api) AS request_time,
+        argMax(outcome, from_api) AS request_outcome,
+        max(output_format) AS request_format,
+        max(bytes_in) AS request_bytes_in,
+        max(bytes_out) AS request_bytes_out,
+        max(pixels_in) AS request_pixels_in,
+        max(pixels_out) AS request_pixels_out,
+        max(cpu_time_us) AS request_cpu_time_us,
+        argMax(latency_us, from_api) AS request_latency_us
+    FROM {db}.usage_recent
+    WHERE ",
+            $where,
+            "
+    GROUP BY tenant_id, request_id
+    HAVING ",
+            $having,
+            "
+"
+        )
+    };
+}
+pub(crate) use per_request;
+
+/// Settles `[{lo}, {hi})` (epoch seconds) into every granularity, with its mark, if not yet
+/// settled. Granularity 1 = minute, 2 = hour, 3 = day; 0 = the settle mark.
+const SETTLE_SQL: &str = concat!(
+    "INSERT INTO {db}.usage_rollup
+SELECT
+    granularity,
+    tenant_id,
+    multiIf(granularity = 1, toStartOfMinute(request_time),
+            granularity = 2, toStartOfHour(request_time),
+            toStartOfDay(request_time)) AS bucket,
+    request_outcome AS outcome,
+    request_format AS format,
+    sumState(toUInt64(1)) AS requests,
+    sumState(request_bytes_in) AS bytes_in,
+    sumState(request_bytes_out) AS bytes_out,
+    sumState(request_pixels_in) AS pixels_in,
+    sumState(request_pixels_out) AS pixels_out,
+    sumState(request_cpu_time_us) AS cpu_time_us,
+    sumState(request_latency_us) AS latency_us_sum,
+    maxState(request_latency_us) AS latency_us_max
+FROM (",
+    per_request!(
+        "event_time >= toDateTime({lo} - 60, 'UTC') AND event_time < toDateTime({hi} + 60, 'UTC')",
+        "request_time >= toDateTime({lo}, 'UTC') AND request_time < toDateTime({hi}, 'UTC')"
+    ),
+    ")
+ARRAY JOIN [1, 2, 3] AS granularity
+WHERE (SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0) < toDateTime({lo}, 'UTC')
+GROUP BY granularity, tenant_id, bucket, outcome, format
+UNION ALL
+SELECT 0, '', toDateTime({hi} - 1, 'UTC'), '', '', sumState(toUInt64(0)), sumState(toInt64(0)),
+       sumState(toInt64(0)), sumState(toInt64(0)), sumState(toInt64(0)), sumState(toInt64(0)),
+       sumState(toInt64(0)), maxState(toInt64(0))
+FROM system.one
+HAVING (SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0) < toDateTime({lo}, 'UTC')"
+);
+
+/// Why a settle step failed (always retried at the next interval: nothing is half-written).
+#[derive(Debug, thiserror::Error)]
+pub enum RollupError {
+    /// Reading the settle mark or the partitions' progress failed.
+    #[error("reading the rollup horizon: {0}")]
+    Horizon(#[source] clickhouse::error::Error),
+    /// The settle INSERT failed (or another settler runs the same window).
+    #[error("settling [{lo}, {hi}): {source}")]
+    Settle {
+        /// Window start, epoch seconds.
+        lo: u32,
+        /// Window end, epoch seconds.
+        hi: u32,
+        /// ClickHouse's answer.
+        source: clickhouse::error::Error,
+    },
+}
+
+/// A settled window, epoch seconds `[lo, hi)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Start (inclusive).
+    pub lo: u32,
+    /// End (exclusive).
+    pub hi: u32,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct HorizonRow {
+    settled: u32,
+    progress: u32,
+    partitions: u64,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct OldestRow {
+    oldest: u32,
+}
+
+/// The next window to settle: from the mark (or the oldest stored minute) up to the horizon,
+/// at most `max_window`, never across a UTC midnight. `None` when nothing is due.
+pub fn next_window(
+    settled: u32,
+    oldest: u32,
+    progress: u32,
+    lateness: u32,
+    max_window: u32,
+) -> Option<Window> {
+    const DAY: u32 = 86_400;
+    let lo = if settled > 0 {
+        settled + 1
+    } else {
+        oldest - oldest % 60
+    };
+    let limit = progress.checked_sub(lateness.saturating_add(LOOKAROUND_SECONDS))?;
+    let limit = limit - limit % 60;
+    let max_window = (max_window - max_window % 60).max(60);
+    let hi = (lo + max_window).min(lo - lo % DAY + DAY).min(limit);
+    (lo > 0 && hi > lo).then_some(Window { lo, hi })
+}
+
+/// Settles usage windows of one database.
+#[derive(Clone)]
+pub struct Rollup {
+    client: Client,
+    database: DatabaseName,
+    partitions: u32,
+    lateness: Duration,
+    max_window: Duration,
+}
+
+impl std::fmt::Debug for Rollup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rollup")
+            .field("database", &self.database)
+            .field("lateness", &self.lateness)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rollup {
+    /// A settler over `client` (from `chassis::clickhouse::connect`). `partitions`: how many
+    /// partitions `usage.events` has (nothing settles until each has stored a record: until
+    /// then a partition could bring records of any age); `lateness`: how far a record may be
+    /// stored behind newer ones of its partition; `max_window`: the longest window one statement
+    /// settles (bounds its memory: it groups that many minutes of requests).
+    pub fn new(
+        client: Client,
+        database: &DatabaseName,
+        partitions: u32,
+        lateness: Duration,
+        max_window: Duration,
+    ) -> Self {
+        Self {
+            client,
+            database: database.clone(),
+            partitions,
+            lateness,
+            max_window,
+        }
+    }
+
+    /// The statement settling `window` (for tests and benchmarks that show it).
+    pub fn settle_sql(&self, window: Window) -> String {
+        SETTLE_SQL
+            .replace("{db}", self.database.as_str())
+            .replace("{lo}", &window.lo.to_string())
+            .replace("{hi}", &window.hi.to_string())
+    }
+
+    /// Settles the next due window, if any, and returns it.
+    pub async fn step(&self) -> Result<Option<Window>, RollupError> {
+        let db = self.database.as_str();
+        // Partitions whose only rows are rejects carry time 0 and hold nothing back.
+        let horizon = self
+            .client
+            .query(&format!(
+                "SELECT
+    (SELECT toUInt32(max(bucket)) FROM {db}.usage_rollup WHERE granularity = 0) AS settled,
+    (SELECT toUInt32(min(max_time)) FROM (
+        SELECT maxMerge(max_event_time) AS max_time FROM {db}.usage_offsets
+        GROUP BY kafka_partition HAVING max_time > toDateTime(0, 'UTC')
+    )) AS progress,
+    (SELECT count() FROM (
+        SELECT maxMerge(max_event_time) AS max_time FROM {db}.usage_offsets
+        GROUP BY kafka_partition HAVING max_time > toDateTime(0, 'UTC')
+    )) AS partitions"
+            ))
+            .fetch_one::<HorizonRow>()
+            .await
+            .map_err(RollupError::Horizon)?;
+        // A partition that has stored nothing yet could still bring records of any age.
+        if horizon.progress == 0 || horizon.partitions < u64::from(self.partitions) {
+            return Ok(None);
+        }
+        let oldest = if horizon.settled == 0 {
+            self.client
+                .query(&format!(
+                    "SELECT toUInt32(min(event_time)) AS oldest FROM {db}.usage_recent"
+                ))
+                .fetch_one::<OldestRow>()
+                .await
+                .map_err(RollupError::Horizon)?
+                .oldest
+        } else {
+            0
+        };
+        let seconds = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let Some(window) = next_window(
+            horizon.settled,
+            oldest,
+            horizon.progress,
+            seconds(self.lateness),
+            seconds(self.max_window),
+        ) else {
+            return Ok(None);
+        };
+        self.client
+            .query(&self.settle_sql(window))
+            .with_setting("query_id", format!("usage-rollup-{db}-{}", window.lo))
+            .execute()
+            .await
+            .map_err(|source| RollupError::Settle {
+                lo: window.lo,
+                hi: window.hi,
+                source,
+            })?;
+        Ok(Some(window))
+    }
+
+    /// Settles every due window, then again each `interval`, until shutdown. Failures are
+    /// logged and retried: a failed step wrote nothing, and the views stay exact meanwhile.
+    pub async fn run(self, shutdown: Shutdown, interval: Duration) {
+        loop {
+            let wait = match self.step().await {
+                Ok(Some(window)) => {
+                    tracing::debug!(lo = window.lo, hi = window.hi, "Settled a usage window");
+                    Duration::ZERO
+                }
+                Ok(None) => interval,
+                Err(error) => {
+                    tracing::warn!(%error, "Settling usage rollups failed; will retry");
+                    interval
+                }
+            };
+            if shutdown.is_triggered() {
+                return;
+            }
+            tokio::select! {
+                () = shutdown.wait() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const T: u32 = 1_735_689_600; // 2025-01-01T00:00:00Z
+
+    #[test]
+    fn windows_start_at_the_mark_or_the_oldest_minute() {
+        let w = next_window(0, T + 75, T + 3600, 0, 600).unwrap();
+        assert_eq!(
+            w,
+            Window {
+                lo: T + 60,
+                hi: T + 660
+            }
+        );
+        let w = next_window(T + 659, 0, T + 3600, 0, 600).unwrap();
+        assert_eq!(w.lo, T + 660);
+    }
+
+    #[test]
+    fn windows_stop_at_the_horizon_and_at_midnight() {
+        // Progress 10:00:30, lateness 60 s, lookaround 60 s: complete up to 09:58.
+        let w = next_window(0, T, T + 36_030, 60, 86_400).unwrap();
+        assert_eq!(w.hi, T + 35_880);
+        assert_eq!(next_window(T + 35_879, 0, T + 36_030, 60, 600), None);
+        let late = T + 86_400 - 120;
+        let w = next_window(late - 1, 0, T + 90_000, 0, 600).unwrap();
+        assert_eq!(w.hi, T + 86_400, "never across midnight");
+        assert_eq!(next_window(0, 0, 0, 0, 600), None);
+    }
+
+    #[test]
+    fn the_statement_writes_only_unsettled_windows() {
+        let sql = SETTLE_SQL;
+        assert_eq!(sql.matches("< toDateTime({lo}, 'UTC')").count(), 2);
+        assert!(!sql.contains('?'), "the client treats ? as a bind mark");
+    }
+}

@@ -1,0 +1,469 @@
+//! The rollups equal a deduplicated recount of the raw rows. Usage records (requests with a
+//! resizer and an api record, often in different minutes; api-only refusals; resizer-only
+//! requests whose api died; a record delivered twice) go through Kafka and the real
+//! `imgpipe aggregator` process, which settles windows into `usage_rollup` in the background.
+//! Then a batch is inserted a second time through the aggregator's own sink, as a retried
+//! INSERT that ClickHouse had applied would be: on 18.16 the materialized views fire again for
+//! it (no block deduplication on a non-replicated table), which this test shows, and the totals
+//! must not move. Compared, key by key and for every dimension: the settled rollup rows of each
+//! granularity, the analysts' views (rollup + live tail), and the tenant api's reports, each
+//! against the same recount of the delivered records (`usage_recent`) grouped by request id;
+//! and the resume point read from `usage_offsets` against the highest stored offsets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aggregators::UsageSink;
+use aggregators::sink::UsageRow;
+use imgpipe::Config;
+use ingest::api::usage::query::{Granularity, GroupBy, Timestamp, UsageQuery, UsageRequest};
+use schemas::events::{UsageRecorded, UsageSource};
+
+const TENANTS: usize = 7;
+
+/// A report bucket's sums: requests, bytes in/out, pixels in/out, CPU time.
+type Sums = (u64, i64, i64, i64, i64, i64);
+
+fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Request `i`'s records, at `t` seconds: most have the resizer's then the api's (up to 8 s
+/// later, so some cross a minute or an hour), every 10th only the api's (a refusal), every
+/// 37th only the resizer's (its api died).
+fn records(i: usize, t: i64) -> Vec<UsageRecorded> {
+    let tenant = format!("tenant-{}", (i * i) % TENANTS);
+    let format = ["webp", "png", "jpeg"][i % 3];
+    let base = UsageRecorded {
+        request_id: format!("req-{i}"),
+        tenant_id: tenant,
+        key_id: "k".into(),
+        event_time_ms: t * 1000,
+        outcome: "resized".into(),
+        status: 200,
+        bytes_in: 1000 + (i % 977) as i64,
+        bytes_out: 100 + (i % 89) as i64,
+        pixels_in: 10_000 + (i % 1234) as i64,
+        pixels_out: 500 + (i % 77) as i64,
+        cpu_time_us: 3000 + (i % 501) as i64,
+        input_format: Some("jpeg".into()),
+        output_format: Some(format.into()),
+        latency_us: 5000 + (i % 999) as i64,
+        source: UsageSource::Resizer,
+    };
+    let api = |outcome: &str, status: i32, delay: i64, delivered: bool| UsageRecorded {
+        event_time_ms: (t + delay) * 1000 + 7,
+        outcome: outcome.into(),
+        status,
+        bytes_out: if delivered { base.bytes_out } else { 0 },
+        pixels_in: 0,
+        pixels_out: 0,
+        cpu_time_us: 0,
+        output_format: delivered.then(|| format.to_owned()),
+        latency_us: base.latency_us + 1000,
+        source: UsageSource::Api,
+        ..base.clone()
+    };
+    if i.is_multiple_of(10) {
+        vec![api("bad_parameters", 400, 0, false)]
+    } else if i.is_multiple_of(37) {
+        vec![base]
+    } else if i.is_multiple_of(13) {
+        vec![
+            base.clone(),
+            api("client_closed_request", 499, (i % 9) as i64, false),
+        ]
+    } else {
+        vec![base.clone(), api("ok", 200, (i % 9) as i64, true)]
+    }
+}
+
+async fn clickhouse(config: &Config, sql: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(&config.clickhouse.url)
+        .body(sql.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert!(status.is_success(), "{sql}: {body}");
+    body
+}
+
+/// `(granularity, tenant, bucket, outcome, format) → sums` as TSV lines, sorted.
+async fn keyed(config: &Config, sql: &str) -> BTreeMap<String, String> {
+    clickhouse(config, &format!("{sql} FORMAT TSV"))
+        .await
+        .lines()
+        .map(|line| {
+            let (key, values) = line.rsplit_once("\t#\t").expect("a key and values");
+            (key.to_owned(), values.to_owned())
+        })
+        .collect()
+}
+
+/// The recount of every request whose time is before `until`, by the rules of
+/// `usage_by_request`, at granularity `g` (1 minute, 2 hour, 3 day), from `usage_recent`: every
+/// delivered record as inserted. (`usage_raw` is a ReplacingMergeTree without `source` in its
+/// key: a background merge may keep one of a request's two records when both fall in the same
+/// second, so it cannot be the reference.)
+fn recount_sql(db: &str, g: u8, until: i64) -> String {
+    let start_of = ["", "toStartOfMinute", "toStartOfHour", "toStartOfDay"][usize::from(g)];
+    format!(
+        "SELECT tenant_id, toUInt32({start_of}(t)) AS b, o, f, '#', count(), sum(bi), sum(bo),
+                sum(pi), sum(po), sum(c), sum(l), max(l)
+         FROM (
+             SELECT tenant_id, request_id, argMax(event_time, from_api) AS t,
+                    argMax(outcome, from_api) AS o, max(output_format) AS f,
+                    max(bytes_in) AS bi, max(bytes_out) AS bo, max(pixels_in) AS pi,
+                    max(pixels_out) AS po, max(cpu_time_us) AS c,
+                    argMax(latency_us, from_api) AS l
+             FROM {db}.usage_recent GROUP BY tenant_id, request_id
+             HAVING t < toDateTime({until}, 'UTC')
+         )
+         GROUP BY tenant_id, b, o, f ORDER BY tenant_id, b, o, f"
+    )
+}
+
+/// The keys whose values differ, with both sides (empty when the maps are equal).
+fn differences(got: &BTreeMap<String, String>, expected: &BTreeMap<String, String>) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = got.keys().chain(expected.keys()).collect();
+    keys.into_iter()
+        .filter(|k| got.get(*k) != expected.get(*k))
+        .map(|k| format!("{k}: got {:?}, expected {:?}", got.get(k), expected.get(k)))
+        .collect()
+}
+
+struct Aggregator(Child);
+
+impl Aggregator {
+    fn start(config: &Config) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_imgpipe"))
+            .arg("aggregator")
+            .env("IMGPIPE_KAFKA__NAMESPACE", &config.kafka.namespace)
+            .env("IMGPIPE_KAFKA__BROKERS", &config.kafka.brokers)
+            .env("IMGPIPE_REGISTRY__URL", &config.registry.url)
+            .env("IMGPIPE_CLICKHOUSE__URL", &config.clickhouse.url)
+            .env(
+                "IMGPIPE_CLICKHOUSE__DATABASE",
+                config.clickhouse.database.as_str(),
+            )
+            .env("IMGPIPE_OPS__LISTEN", format!("127.0.0.1:{port}"))
+            .env("IMGPIPE_AGGREGATOR__BATCH_MAX_RECORDS", "500")
+            .env("IMGPIPE_AGGREGATOR__BATCH_MAX_AGE", "100ms")
+            .env("IMGPIPE_AGGREGATOR__ROLLUP_INTERVAL", "200ms")
+            .env("IMGPIPE_AGGREGATOR__ROLLUP_LATENESS", "1s")
+            // Small windows: many settle statements, each crossing minutes and hours.
+            .env("IMGPIPE_AGGREGATOR__ROLLUP_MAX_WINDOW", "17m")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
+    let config = support::provisioned("usage_rollups").await;
+    aggregators::migrate(&config.clickhouse).await.unwrap();
+    let db = config.clickhouse.database.as_str().to_owned();
+    let producer = support::UsageProducer::new(&config);
+
+    // Three hours of requests ending five minutes ago, one every 3 s.
+    let now = now_s();
+    let first = now - 3 * 3600 - 300;
+    let mut events: Vec<UsageRecorded> = (0..3600)
+        .flat_map(|i| records(i, first + i as i64 * 3))
+        .collect();
+    // One record delivered twice (at two offsets), as a producer retry would.
+    events.push(events[5].clone());
+    producer.send(&events).await;
+    let data_end = first + 3600 * 3 + 9;
+    let aggregator = Aggregator::start(&config);
+
+    // Traffic goes on: newer records on every partition move the settle horizon past the data
+    // above. These stay in the live tail.
+    let mut next = 10_000;
+    let settled = support::eventually(Duration::from_secs(120), "windows settled", || {
+        let config = &config;
+        let db = &db;
+        let producer = &producer;
+        // Forty tenants: every partition of usage.events gets traffic (settling waits for all).
+        let batch: Vec<UsageRecorded> = (next..next + 40)
+            .flat_map(|i| {
+                let mut r = records(i, now_s());
+                r.iter_mut()
+                    .for_each(|e| e.tenant_id = format!("tenant-{}", i % 40));
+                r
+            })
+            .collect();
+        next += 40;
+        async move {
+            producer.send(&batch).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mark: i64 = clickhouse(
+                config,
+                &format!(
+                    "SELECT toUInt32(max(bucket)) FROM {db}.usage_rollup WHERE granularity = 0"
+                ),
+            )
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+            (mark > data_end + 60).then_some(mark + 1)
+        }
+    })
+    .await;
+
+    // A retried INSERT that had been applied: the same rows (same offsets, same request ids)
+    // written again through the aggregator's sink. The views fire again on 18.16.
+    let sink = UsageSink::connect(&config.clickhouse, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let stored: Vec<(i32, i64, String, String)> = clickhouse(
+        &config,
+        &format!(
+            "SELECT kafka_partition, kafka_offset, request_id, if(from_api, 'API', '') FROM {db}.usage_recent
+             WHERE kafka_partition = (SELECT min(kafka_partition) FROM {db}.usage_recent
+                                      WHERE event_time < toDateTime({data_end}, 'UTC'))
+               AND event_time < toDateTime({data_end}, 'UTC')
+             ORDER BY kafka_offset LIMIT 200 FORMAT TSV"
+        ),
+    )
+    .await
+    .lines()
+    .map(|line| {
+        let f: Vec<&str> = line.split('\t').collect();
+        (
+            f[0].parse().unwrap(),
+            f[1].parse().unwrap(),
+            f[2].to_owned(),
+            f[3].to_owned(),
+        )
+    })
+    .collect();
+    assert!(!stored.is_empty());
+    let rows: Vec<UsageRow> = stored
+        .iter()
+        .map(|(partition, offset, request_id, source)| {
+            let api = source == "API";
+            let event = events
+                .iter()
+                .find(|e| &e.request_id == request_id && (e.source == UsageSource::Api) == api)
+                .unwrap()
+                .clone();
+            UsageRow::new(*partition, *offset, event)
+        })
+        .collect();
+    let partition = rows[0].kafka_partition;
+    sink.insert_rows(partition, &rows, &format!("replay-{db}"))
+        .await
+        .unwrap();
+    let recent_duplicates: i64 = clickhouse(
+        &config,
+        &format!(
+            "SELECT count() - uniqExact(kafka_partition, kafka_offset) FROM {db}.usage_recent"
+        ),
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap();
+    assert!(
+        recent_duplicates >= rows.len() as i64,
+        "the views fire for a duplicate block ({recent_duplicates} duplicates)"
+    );
+    drop(aggregator);
+
+    // Settled rollup rows, granularity by granularity, against the recount before the mark.
+    for g in 1..=3_u8 {
+        let rollup = keyed(
+            &config,
+            &format!(
+                "SELECT tenant_id, toUInt32(bucket), outcome, format, '#', sumMerge(requests),
+                        sumMerge(bytes_in), sumMerge(bytes_out), sumMerge(pixels_in),
+                        sumMerge(pixels_out), sumMerge(cpu_time_us), sumMerge(latency_us_sum),
+                        maxMerge(latency_us_max)
+                 FROM {db}.usage_rollup WHERE granularity = {g}
+                 GROUP BY tenant_id, bucket, outcome, format
+                 ORDER BY tenant_id, bucket, outcome, format"
+            ),
+        )
+        .await;
+        let recount = keyed(&config, &recount_sql(&db, g, settled)).await;
+        assert!(
+            recount.len() > 10,
+            "granularity {g}: {} keys",
+            recount.len()
+        );
+        assert_eq!(
+            differences(&rollup, &recount),
+            Vec::<String>::new(),
+            "granularity {g}: rollup vs recount (settled until {settled})"
+        );
+    }
+    let requests: i64 = clickhouse(
+        &config,
+        &format!("SELECT sum(requests) FROM {db}.usage_day"),
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap();
+    let distinct: i64 = clickhouse(
+        &config,
+        &format!("SELECT uniqExact(tenant_id, request_id) FROM {db}.usage_recent"),
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap();
+    assert_eq!(requests, distinct, "usage_day counts each request once");
+
+    // The views (settled rollup + live tail) against the recount of everything.
+    for (g, view, bucket) in [
+        (1, "usage_minute", "minute"),
+        (2, "usage_hour", "hour"),
+        (3, "usage_day", "day"),
+    ] {
+        let live = keyed(
+            &config,
+            &format!(
+                "SELECT tenant_id, toUInt32({bucket}), outcome, format, '#', sum(requests),
+                        sum(bytes_in), sum(bytes_out), sum(pixels_in), sum(pixels_out),
+                        sum(cpu_time_us), sum(latency_us_sum), max(latency_us_max)
+                 FROM {db}.{view}
+                 GROUP BY tenant_id, {bucket}, outcome, format
+                 ORDER BY tenant_id, {bucket}, outcome, format
+                 SETTINGS enable_optimize_predicate_expression = 1"
+            ),
+        )
+        .await;
+        let recount = keyed(&config, &recount_sql(&db, g, i64::from(u32::MAX))).await;
+        assert_eq!(
+            differences(&live, &recount),
+            Vec::<String>::new(),
+            "{view} vs recount"
+        );
+    }
+
+    // The tenant api, over a range with partial minutes at both ends that spans the mark.
+    let query = UsageQuery::connect(&config.clickhouse).await.unwrap();
+    let from = Timestamp::from_epoch_seconds(first + 3600 + 17).unwrap();
+    let to = Timestamp::from_epoch_seconds(now_s() + 60).unwrap();
+    for tenant in ["tenant-1", "tenant-2"] {
+        for granularity in [Granularity::Minute, Granularity::Hour, Granularity::Day] {
+            for group_by in [None, Some(GroupBy::Format), Some(GroupBy::Outcome)] {
+                let request = UsageRequest::new(from, to, granularity, group_by).unwrap();
+                let report = query.buckets(tenant, &request).await.unwrap();
+                let got: BTreeMap<(String, String), Sums> = report
+                    .buckets
+                    .iter()
+                    .map(|b| {
+                        let key = b.format.clone().or(b.outcome.clone()).unwrap_or_default();
+                        (
+                            (b.start.clone(), key),
+                            (
+                                b.requests,
+                                b.bytes_in,
+                                b.bytes_out,
+                                b.pixels_in,
+                                b.pixels_out,
+                                b.cpu_time_us,
+                            ),
+                        )
+                    })
+                    .collect();
+                let start_of = match granularity {
+                    Granularity::Minute => "toStartOfMinute",
+                    Granularity::Hour => "toStartOfHour",
+                    Granularity::Day => "toStartOfDay",
+                };
+                let key = match group_by {
+                    None => "''",
+                    Some(GroupBy::Format) => "f",
+                    Some(GroupBy::Outcome) => "o",
+                };
+                let expected: BTreeMap<(String, String), Sums> =
+                    clickhouse(
+                        &config,
+                        &format!(
+                            "SELECT toUInt32({start_of}(t)) AS b, {key} AS k, count(), sum(bi), sum(bo),
+                                    sum(pi), sum(po), sum(c)
+                             FROM (
+                                 SELECT request_id, argMax(event_time, from_api) AS t,
+                                        argMax(outcome, from_api) AS o,
+                                        max(output_format) AS f, max(bytes_in) AS bi,
+                                        max(bytes_out) AS bo, max(pixels_in) AS pi,
+                                        max(pixels_out) AS po, max(cpu_time_us) AS c
+                                 FROM {db}.usage_recent WHERE tenant_id = '{tenant}'
+                                 GROUP BY request_id
+                                 HAVING t >= toDateTime({}, 'UTC') AND t < toDateTime({}, 'UTC')
+                             )
+                             GROUP BY b, k ORDER BY b, k FORMAT TSV",
+                            from.epoch_seconds(),
+                            to.epoch_seconds()
+                        ),
+                    )
+                    .await
+                    .lines()
+                    .map(|line| {
+                        let f: Vec<&str> = line.split('\t').collect();
+                        let n = |i: usize| f[i].parse::<i64>().unwrap();
+                        let start = Timestamp::from_epoch_seconds(n(0)).unwrap().to_rfc3339();
+                        (
+                            (start, f[1].to_owned()),
+                            (n(2) as u64, n(3), n(4), n(5), n(6), n(7)),
+                        )
+                    })
+                    .collect();
+                assert!(!expected.is_empty());
+                assert_eq!(got, expected, "{tenant} {granularity:?} {group_by:?}");
+            }
+        }
+    }
+
+    // The resume point: usage_offsets agrees with the raw tables.
+    let partitions: Vec<i32> = (0..6).collect();
+    let offsets = sink.stored_offsets(&partitions).await.unwrap();
+    let raw: BTreeMap<i32, i64> = clickhouse(
+        &config,
+        &format!(
+            "SELECT kafka_partition, max(kafka_offset) FROM {db}.usage_recent
+             GROUP BY kafka_partition FORMAT TSV"
+        ),
+    )
+    .await
+    .lines()
+    .map(|line| {
+        let (p, o) = line.split_once('\t').unwrap();
+        (p.parse().unwrap(), o.parse().unwrap())
+    })
+    .collect();
+    assert_eq!(offsets.into_iter().collect::<BTreeMap<_, _>>(), raw);
+    clickhouse(&config, &format!("DROP DATABASE {db}")).await;
+}
