@@ -719,11 +719,13 @@ async fn a_usage_rebuild_restores_exact_totals_from_kafka_and_is_refused_while_a
     aggregator.stop().await;
 
     // Damage: a third of the rows gone, as after a bad manual DELETE.
-    clickhouse(
-        &config,
-        &format!("ALTER TABLE {db}.usage_raw DELETE WHERE bytes_in % 3 = 0"),
-    )
-    .await;
+    for table in ["usage_raw", "usage_recent"] {
+        clickhouse(
+            &config,
+            &format!("ALTER TABLE {db}.{table} DELETE WHERE bytes_in % 3 = 0"),
+        )
+        .await;
+    }
     support::eventually(Duration::from_secs(30), "the delete to finish", || async {
         let left = clickhouse(
             &config,

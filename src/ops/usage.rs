@@ -25,9 +25,18 @@ use super::{KAFKA_CALL_TIMEOUT, OpsError};
 pub const REBUILD_GROUP: &str = "ops-usage-rebuild";
 /// A rebuild database younger than this may belong to a run still starting.
 const LEFTOVER_AGE: Duration = Duration::from_secs(600);
-/// Tables a rebuild swaps, in this order: the usage data. Views (and the migrations'
-/// bookkeeping) stay: they name the tables, so they read the swapped-in ones.
-pub const DATA_TABLES: &[&str] = &["usage_raw", "usage_rejects"];
+/// Tables a rebuild swaps: everything derived from `usage.events` (the rows, the rejects, and
+/// what the materialized views and the rollup job fill from them). Plain views stay (they name
+/// the tables, so they read the swapped-in ones); materialized views are bound to the tables
+/// they were created on, so they are re-created around the swap; `admin_audit` (from
+/// `identity.audit`) and the migrations' bookkeeping are not usage and stay.
+pub const DATA_TABLES: &[&str] = &[
+    "usage_raw",
+    "usage_rejects",
+    "usage_recent",
+    "usage_offsets",
+    "usage_rollup",
+];
 
 /// `imgpipe ops usage …`
 #[derive(Debug, Subcommand)]
@@ -323,28 +332,7 @@ pub async fn rebuild(
         )));
     }
 
-    // The swap: one statement, live tables out to the backup, rebuilt ones in.
-    exec(
-        &client,
-        &format!("CREATE DATABASE IF NOT EXISTS {}", report.backup),
-        "creating the backup database",
-    )
-    .await?;
-    let renames: Vec<String> = DATA_TABLES
-        .iter()
-        .flat_map(|table| {
-            [
-                format!("{database}.{table} TO {}.{table}", report.backup),
-                format!("{}.{table} TO {database}.{table}", report.fresh),
-            ]
-        })
-        .collect();
-    exec(
-        &client,
-        &format!("RENAME TABLE {}", renames.join(", ")),
-        "swapping the rebuilt tables in",
-    )
-    .await?;
+    swap(&client, &report).await?;
     report.swapped = true;
     exec(
         &client,
@@ -353,6 +341,120 @@ pub async fn rebuild(
     )
     .await?;
     Ok(report)
+}
+
+/// Puts the rebuilt tables in place of the live ones (the aggregators are stopped):
+/// 1. the live database's materialized views are dropped (they are bound to the live tables);
+/// 2. one `RENAME TABLE` moves the live tables to the backup database and the rebuilt ones in;
+/// 3. the materialized views are created again on the live tables, from the rebuilt database's
+///    own definitions (the current migrations'), with its name replaced by the live one.
+async fn swap(client: &clickhouse::Client, report: &RebuildReport) -> Result<(), OpsError> {
+    let (live, fresh, backup) = (&report.database, &report.fresh, &report.backup);
+    let views_of = |database: &str| {
+        client
+            .query(
+                "SELECT name FROM system.tables WHERE database = ? AND engine = 'MaterializedView' \
+                 ORDER BY name",
+            )
+            .bind(database.to_owned())
+            .fetch_all::<String>()
+    };
+    // Nothing is touched unless every table to swap exists on both sides.
+    for database in [live, fresh] {
+        let present = client
+            .query("SELECT name FROM system.tables WHERE database = ?")
+            .bind(database.to_owned())
+            .fetch_all::<String>()
+            .await
+            .map_err(|source| ch("listing tables", source))?;
+        if let Some(missing) = DATA_TABLES
+            .iter()
+            .find(|t| !present.iter().any(|p| p == *t))
+        {
+            return Err(OpsError::Refused(format!(
+                "{database}.{missing} does not exist: run `imgpipe migrate` on {live} first; nothing was swapped"
+            )));
+        }
+    }
+    let fresh_views = views_of(fresh)
+        .await
+        .map_err(|source| ch("listing the rebuilt materialized views", source))?;
+    let mut definitions = Vec::new();
+    for view in &fresh_views {
+        let create = client
+            .query(&format!("SHOW CREATE TABLE {fresh}.{view}"))
+            .fetch_one::<String>()
+            .await
+            .map_err(|source| ch("reading a materialized view's definition", source))?;
+        // The rebuild database's name is unique (time and a random tail): a plain replacement
+        // cannot touch anything else in the statement.
+        definitions.push(
+            create
+                .replace(&format!("`{fresh}`."), &format!("{live}."))
+                .replace(&format!("{fresh}."), &format!("{live}.")),
+        );
+    }
+    exec(
+        client,
+        &format!("CREATE DATABASE IF NOT EXISTS {backup}"),
+        "creating the backup database",
+    )
+    .await?;
+    for view in views_of(live)
+        .await
+        .map_err(|source| ch("listing the live materialized views", source))?
+    {
+        exec(
+            client,
+            &format!("DROP TABLE IF EXISTS {live}.{view}"),
+            "dropping a live materialized view",
+        )
+        .await?;
+    }
+    let renames: Vec<String> = DATA_TABLES
+        .iter()
+        .flat_map(|table| {
+            [
+                format!("{live}.{table} TO {backup}.{table}"),
+                format!("{fresh}.{table} TO {live}.{table}"),
+            ]
+        })
+        .collect();
+    exec(
+        client,
+        &format!("RENAME TABLE {}", renames.join(", ")),
+        "swapping the rebuilt tables in",
+    )
+    .await?;
+    // One view may read from another (18.16 cascades through a view's name), so each pass
+    // creates what it can until all exist.
+    let mut pending = definitions;
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for create in pending {
+            if let Err(source) = client.query(&create).execute().await {
+                last_error = Some(source);
+                failed.push(create);
+            }
+        }
+        pending = failed;
+        if pending.len() == before
+            && let Some(source) = last_error
+        {
+            // No progress: this is not an ordering problem.
+            return Err(ch(
+                &format!(
+                    "re-creating {} materialized view(s) on {live} (the data is swapped in; \
+                     `imgpipe migrate` cannot re-create them, restore from {backup} or create them by hand)",
+                    pending.len()
+                ),
+                source,
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn ch(what: &str, source: clickhouse::error::Error) -> OpsError {
