@@ -121,7 +121,10 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         } => {
             let report = imgpipe::provision::ensure_all(&config.kafka, &config.registry).await?;
             for topic in &report.created {
-                println!("created  {topic}");
+                println!(
+                    "created  {topic} (replication factor {})",
+                    report.replication_factor
+                );
             }
             for topic in &report.existing {
                 println!("exists   {topic}");

@@ -26,9 +26,28 @@ pub enum ProvisionError {
         /// Why.
         source: KafkaError,
     },
+    /// The cluster's brokers could not be listed.
+    #[error("reading cluster metadata: {0}")]
+    Metadata(KafkaError),
     /// A schema could not be registered.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+}
+
+/// How many copies of each partition the cluster can hold: never more than 3 (what the article's
+/// queue tier needs to survive one node lost while another is down for maintenance), never more
+/// than there are brokers (a single development broker still works).
+pub const MAX_REPLICATION_FACTOR: i32 = 3;
+
+/// Replication of new topics on a cluster of `brokers` nodes: `(replication factor,
+/// min.insync.replicas)`. With three copies a write is acknowledged once two hold it, so losing
+/// one broker loses nothing and loses no availability, and losing a second makes writes fail
+/// clearly (NOT_ENOUGH_REPLICAS, which the api answers as 503) instead of landing on one disk.
+pub fn replication_for(brokers: usize) -> (i32, i32) {
+    let factor = i32::try_from(brokers)
+        .unwrap_or(i32::MAX)
+        .clamp(1, MAX_REPLICATION_FACTOR);
+    (factor, if factor >= 3 { 2 } else { 1 })
 }
 
 /// What `ensure` did, for the operator.
@@ -40,6 +59,8 @@ pub struct ProvisionReport {
     pub existing: Vec<String>,
     /// `(subject, schema id)` registered or confirmed.
     pub schemas: Vec<(String, u32)>,
+    /// Replication factor given to topics created now (from the brokers in the cluster).
+    pub replication_factor: i32,
 }
 
 /// Creates every catalogue topic (namespaced) that does not exist yet.
@@ -47,16 +68,26 @@ pub async fn ensure_topics(
     kafka: &KafkaConfig,
     report: &mut ProvisionReport,
 ) -> Result<(), ProvisionError> {
-    let admin = kafka.admin()?;
+    let admin = std::sync::Arc::new(kafka.admin()?);
     let names: Vec<String> = CATALOGUE.iter().map(|t| kafka.name(t.name)).collect();
-    let configs: Vec<Vec<(&str, String)>> = CATALOGUE.iter().map(topic_config).collect();
+    let brokers = broker_count(&admin, &names[0]).await?;
+    let (factor, min_insync) = replication_for(brokers);
+    report.replication_factor = factor;
+    let configs: Vec<Vec<(&str, String)>> = CATALOGUE
+        .iter()
+        .map(|spec| {
+            let mut config = topic_config(spec);
+            config.push(("min.insync.replicas", min_insync.to_string()));
+            config
+        })
+        .collect();
     let new_topics: Vec<NewTopic<'_>> = CATALOGUE
         .iter()
         .zip(&names)
         .zip(&configs)
         .map(|((spec, name), config)| {
             config.iter().fold(
-                NewTopic::new(name, spec.partitions, TopicReplication::Fixed(1)),
+                NewTopic::new(name, spec.partitions, TopicReplication::Fixed(factor)),
                 |topic, (key, value)| topic.set(key, value),
             )
         })
@@ -82,6 +113,25 @@ pub async fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// Brokers in the cluster's metadata. Asks about one topic only (the brokers come with any
+/// answer), so a shared cluster with thousands of topics costs nothing extra; the call blocks,
+/// so it runs off the async runtime.
+async fn broker_count(
+    admin: &std::sync::Arc<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>>,
+    topic: &str,
+) -> Result<usize, ProvisionError> {
+    let (admin, topic) = (admin.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        admin
+            .inner()
+            .fetch_metadata(Some(&topic), Duration::from_secs(30))
+            .map(|metadata| metadata.brokers().len())
+    })
+    .await
+    .map_err(|_| ProvisionError::Metadata(KafkaError::Canceled))?
+    .map_err(ProvisionError::Metadata)
 }
 
 /// Kafka topic settings of one catalogue entry.
@@ -137,6 +187,15 @@ pub async fn ensure_all(
 mod tests {
     use super::*;
     use schemas::topics::spec;
+
+    #[test]
+    fn replication_follows_the_cluster_up_to_three_copies() {
+        assert_eq!(replication_for(0), (1, 1));
+        assert_eq!(replication_for(1), (1, 1));
+        assert_eq!(replication_for(2), (2, 1));
+        assert_eq!(replication_for(3), (3, 2));
+        assert_eq!(replication_for(7), (3, 2));
+    }
 
     #[test]
     fn compacted_topics_keep_records_forever() {

@@ -251,3 +251,86 @@ fn monitoring_scrapes_every_service_with_the_tested_rules() {
     }
     assert_eq!(config["rule_files"][0].as_str(), Some("alerts.yml"));
 }
+
+/// The 3-node override (`-f compose/docker-compose.brokers3.yml`) describes the same cluster as
+/// `compose/local/stack up --brokers 3`: three voters, RF 3 and min ISR 2 for internal topics,
+/// host ports 9092/9094/9096, and every imgpipe service bootstrapping from all three nodes.
+#[test]
+fn three_broker_override_matches_the_local_cluster() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/compose/docker-compose.brokers3.yml"
+    ))
+    .expect("compose/docker-compose.brokers3.yml exists");
+    let mut value: serde_yaml::Value = serde_yaml::from_str(&text).expect("valid YAML");
+    value.apply_merge().expect("merge keys resolve");
+    let base = compose();
+    let number = |v: &serde_yaml::Value| match v {
+        serde_yaml::Value::Number(n) => n.to_string(),
+        serde_yaml::Value::String(s) => s.clone(),
+        other => panic!("odd value {other:?}"),
+    };
+    for (node, (name, host_port)) in [("kafka", 9092), ("kafka-2", 9094), ("kafka-3", 9096)]
+        .into_iter()
+        .enumerate()
+    {
+        let env = &value["services"][name]["environment"];
+        assert_eq!(number(&env["KAFKA_NODE_ID"]), (node + 1).to_string());
+        assert_eq!(
+            env["KAFKA_CONTROLLER_QUORUM_VOTERS"].as_str(),
+            Some("1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093")
+        );
+        for key in [
+            "KAFKA_DEFAULT_REPLICATION_FACTOR",
+            "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+            "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        ] {
+            assert_eq!(number(&env[key]), "3", "{name} {key}");
+        }
+        for key in [
+            "KAFKA_MIN_INSYNC_REPLICAS",
+            "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+        ] {
+            assert_eq!(number(&env[key]), "2", "{name} {key}");
+        }
+        // Every other broker setting is the single broker's.
+        let single = base["services"]["kafka"]["environment"]
+            .as_mapping()
+            .unwrap();
+        for (key, single_value) in single {
+            let key = key.as_str().unwrap();
+            if key.contains("REPLICATION_FACTOR")
+                || key.contains("MIN_ISR")
+                || key.contains("INSYNC")
+                || [
+                    "KAFKA_NODE_ID",
+                    "KAFKA_CONTROLLER_QUORUM_VOTERS",
+                    "KAFKA_ADVERTISED_LISTENERS",
+                    "KAFKA_HEAP_OPTS",
+                ]
+                .contains(&key)
+            {
+                continue;
+            }
+            assert_eq!(number(&env[key]), number(single_value), "{name} {key}");
+        }
+        assert!(
+            env["KAFKA_ADVERTISED_LISTENERS"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("HOST://127.0.0.1:{host_port}")),
+            "{name}"
+        );
+    }
+    for service in ["api", "identity", "resizer", "aggregator"] {
+        assert!(
+            base["services"][service].is_mapping(),
+            "{service} is in the base file"
+        );
+        assert_eq!(
+            value["services"][service]["environment"]["IMGPIPE_KAFKA__BROKERS"].as_str(),
+            Some("kafka:9092,kafka-2:9092,kafka-3:9092"),
+            "{service}"
+        );
+    }
+}

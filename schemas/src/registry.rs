@@ -74,28 +74,37 @@ impl RegistryConfig {
             url: url.clone(),
             detail,
         };
-        let response = reqwest::Client::builder()
+        let client = reqwest::Client::builder()
             .timeout(self.timeout)
             .no_proxy()
             .build()
-            .map_err(|e| unreachable(e.to_string()))?
-            .put(&url)
-            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            .body(serde_json::json!({ "compatibility": level }).to_string())
-            .send()
-            .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        if status.is_success() {
-            Ok(())
-        } else if status.is_server_error() {
-            Err(unreachable(format!("{status}: {body}")))
-        } else {
-            Err(RegistryError::Refused {
+        // Apicurio creates a subject's rule on the first PUT; two services starting at once
+        // can both try to create it, and the loser gets 409 "already exists". The rule exists
+        // then, so the same PUT again updates it.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let response = client
+                .put(&url)
+                .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                .body(serde_json::json!({ "compatibility": level }).to_string())
+                .send()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            if status.is_success() {
+                return Ok(());
+            } else if status == reqwest::StatusCode::CONFLICT && attempts < 3 {
+                continue;
+            } else if status.is_server_error() {
+                return Err(unreachable(format!("{status}: {body}")));
+            }
+            return Err(RegistryError::Refused {
                 subject: subject.to_owned(),
                 detail: format!("{status}: {body}"),
-            })
+            });
         }
     }
 
