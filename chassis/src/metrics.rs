@@ -54,7 +54,8 @@ pub mod api {
         "imgpipe_api_replies_total",
         "Replies read, by what became of them.",
     );
-    /// `{result}`: api-side usage records queued or failed.
+    /// `{result}`: api-side usage records `queued`, then `delivered` or `failed` (not taken by
+    /// librdkafka, or not acknowledged within the usage delivery timeout).
     pub const USAGE_RECORDS_TOTAL: Metric = metric(
         "imgpipe_api_usage_records_total",
         "Usage records the api produced.",

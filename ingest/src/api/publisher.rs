@@ -16,7 +16,10 @@ use futures::future::BoxFuture;
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{
+    BaseRecord, FutureProducer, FutureRecord, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use schemas::Codec;
 use schemas::events::{ResizeRequested, UsageRecorded};
@@ -75,13 +78,53 @@ impl ClientContext for BrokerHealth {
     }
 }
 
+/// How long librdkafka keeps retrying an api usage record. Nobody waits on these records, and
+/// each is the only record of what a client got: they ride out a leader election or a cluster
+/// still starting (its producer-id coordinator loading), bounded by the producer's queue
+/// (`queue.buffering.max.kbytes`), instead of the 10 s that suits records somebody waits for.
+pub const USAGE_DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Counts and logs the fate of every api usage record: fire and forget for the client, but a
+/// record that cannot be delivered is never lost silently.
+#[derive(Clone)]
+pub struct UsageDeliveries {
+    metrics: ApiMetrics,
+}
+
+impl ClientContext for UsageDeliveries {}
+
+impl ProducerContext for UsageDeliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+        match result {
+            Ok(_) => self
+                .metrics
+                .usage_records
+                .with_label_values(&["delivered"])
+                .inc(),
+            Err((error, message)) => {
+                self.metrics
+                    .usage_records
+                    .with_label_values(&["failed"])
+                    .inc();
+                let key = message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default();
+                tracing::error!(%error, tenant_id = %key, "An api usage record could not be delivered");
+            }
+        }
+    }
+}
+
 /// The production publisher.
 pub struct KafkaPublisher {
     /// Resize requests: no linger, a client waits on each.
     producer: FutureProducer<BrokerHealth>,
     /// The api's usage records, on their own connections with a short linger: nobody waits on
     /// them, and they must not queue in front of the next request's produce.
-    usage_producer: FutureProducer,
+    usage_producer: ThreadedProducer<UsageDeliveries>,
     health: BrokerHealth,
     codec: Arc<Codec>,
     requests_topic: String,
@@ -114,10 +157,19 @@ impl KafkaPublisher {
                 role: "api producer",
                 source,
             })?;
-        let usage_producer = kafka.producer_for(
-            chassis::kafka::ProducerProfile::Batched,
-            "api usage producer",
-        )?;
+        let usage_producer = kafka
+            .producer_config(chassis::kafka::ProducerProfile::Batched)
+            .set(
+                "message.timeout.ms",
+                USAGE_DELIVERY_TIMEOUT.as_millis().to_string(),
+            )
+            .create_with_context(UsageDeliveries {
+                metrics: metrics.clone(),
+            })
+            .map_err(|source| chassis::kafka::KafkaSetupError::Create {
+                role: "api usage producer",
+                source,
+            })?;
         Ok(Self {
             producer,
             usage_producer,
@@ -212,12 +264,13 @@ impl RequestPublisher for KafkaPublisher {
                     return;
                 }
             };
-            let record = FutureRecord::to(&self.usage_topic)
+            let record = BaseRecord::to(&self.usage_topic)
                 .key(&usage.tenant_id)
                 .payload(&payload);
-            // Fire and forget: librdkafka retries delivery; the client is not kept waiting.
-            match self.usage_producer.send_result(record) {
-                Ok(_delivery) => self
+            // Fire and forget: librdkafka retries delivery and `UsageDeliveries` accounts for
+            // the outcome; the client is not kept waiting.
+            match self.usage_producer.send(record) {
+                Ok(()) => self
                     .metrics
                     .usage_records
                     .with_label_values(&["queued"])
