@@ -467,3 +467,73 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     assert_eq!(offsets.into_iter().collect::<BTreeMap<_, _>>(), raw);
     clickhouse(&config, &format!("DROP DATABASE {db}")).await;
 }
+
+/// A request's api record and resizer record share tenant, second and request id; they must
+/// both survive ClickHouse's merges (usage_raw's key includes the source), so the exact view
+/// keeps the api's outcome and the resizer's work.
+#[tokio::test]
+async fn a_requests_two_records_survive_merges_of_usage_raw() {
+    let config = support::test_config("usage_raw_merges");
+    aggregators::migrate(&config.clickhouse).await.unwrap();
+    let sink = UsageSink::connect(&config.clickhouse, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let t = now_s() * 1000;
+    let mut offset = 0;
+    for insert in 0..2 {
+        // Two INSERTs: two parts, which OPTIMIZE … FINAL merges.
+        let mut rows = Vec::new();
+        for i in 0..10 {
+            let id = format!("merge-{insert}-{i}");
+            for (source, outcome, pixels) in [
+                (UsageSource::Resizer, "resized", 5000),
+                (UsageSource::Api, "ok", 0),
+            ] {
+                let event = UsageRecorded {
+                    request_id: id.clone(),
+                    tenant_id: "tenant-merge".into(),
+                    key_id: "k".into(),
+                    event_time_ms: t,
+                    outcome: outcome.into(),
+                    status: 200,
+                    bytes_in: 100,
+                    bytes_out: 10,
+                    pixels_in: pixels,
+                    pixels_out: pixels / 10,
+                    cpu_time_us: 7,
+                    input_format: Some("jpeg".into()),
+                    output_format: Some("webp".into()),
+                    latency_us: 1,
+                    source,
+                };
+                rows.push(UsageRow::new(0, offset, event));
+                offset += 1;
+            }
+        }
+        sink.insert_rows(
+            0,
+            &rows,
+            &format!("merge-test-{insert}-{}", config.kafka.namespace),
+        )
+        .await
+        .unwrap();
+    }
+    let db = &config.clickhouse.database;
+    clickhouse(&config, &format!("OPTIMIZE TABLE {db}.usage_raw FINAL")).await;
+    let raw = clickhouse(&config, &format!("SELECT count() FROM {db}.usage_raw")).await;
+    assert_eq!(raw.trim(), "40", "every record survives the merge");
+    let view = clickhouse(
+        &config,
+        &format!(
+            "SELECT countIf(outcome = 'ok'), sum(pixels_in) FROM {db}.usage_by_request \
+             WHERE tenant_id = 'tenant-merge' FORMAT TSV"
+        ),
+    )
+    .await;
+    assert_eq!(
+        view.trim(),
+        "20\t100000",
+        "the api's outcome and the resizer's work, per request"
+    );
+    clickhouse(&config, &format!("DROP DATABASE {db}")).await;
+}

@@ -378,6 +378,63 @@ GROUP BY kafka_partition",
         modern_only: true,
     },
     Migration {
+        version: 10,
+        name: "usage_raw keyed by source too: a request's api and resizer records never collapse",
+        // Version 1's key (tenant, second, request) let a merge keep one of a request's two
+        // records (the api's `ok` or the resizer's `resized`), so exact views lost outcomes or
+        // work dimensions. The source joins the key; a duplicate delivery of one writer's record
+        // still collapses. The table is copied and swapped by name; on 18.16 materialized views
+        // follow the name (`usage_recent_from_raw` keeps firing), current servers re-create it in
+        // version 11. Rows a merge already collapsed come back only from Kafka
+        // (`imgpipe ops usage rebuild`).
+        statements: &[
+            "DROP TABLE IF EXISTS {db}.usage_raw_by_source",
+            "CREATE TABLE {db}.usage_raw_by_source (
+    kafka_partition Int32,
+    kafka_offset Int64,
+    request_id String,
+    tenant_id String,
+    key_id String,
+    event_time DateTime('UTC'),
+    event_time_ms Int64,
+    outcome String,
+    status Int32,
+    bytes_in Int64,
+    bytes_out Int64,
+    pixels_in Int64,
+    pixels_out Int64,
+    cpu_time_us Int64,
+    input_format String,
+    output_format String,
+    latency_us Int64,
+    source String,
+    inserted_at DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (tenant_id, event_time, request_id, source)",
+            "INSERT INTO {db}.usage_raw_by_source SELECT * FROM {db}.usage_raw",
+            "RENAME TABLE {db}.usage_raw TO {db}.usage_raw_collapsing, {db}.usage_raw_by_source TO {db}.usage_raw",
+            "DROP TABLE {db}.usage_raw_collapsing",
+        ],
+        modern_only: false,
+    },
+    Migration {
+        version: 11,
+        name: "usage_recent_from_raw re-created on the re-keyed usage_raw (current servers)",
+        // Current servers bind a materialized view to its source table itself, not its name:
+        // after version 10's swap it must be created again to read the new table.
+        statements: &[
+            "DROP TABLE IF EXISTS {db}.usage_recent_from_raw",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_recent_from_raw
+TO {db}.usage_recent AS
+SELECT tenant_id, request_id, event_time, outcome, output_format, bytes_in, bytes_out, pixels_in,
+       pixels_out, cpu_time_us, latency_us, source = 'API' AS from_api, kafka_partition,
+       kafka_offset
+FROM {db}.usage_raw",
+        ],
+        modern_only: true,
+    },
+    Migration {
         // Numbered apart from the usage migrations: the audit trail evolves on its own.
         version: 50,
         name: "create admin_audit",

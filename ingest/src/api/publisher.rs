@@ -15,8 +15,8 @@ use chassis::kafka::KafkaConfig;
 use futures::future::BoxFuture;
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, FutureProducer, FutureRecord, Producer, ProducerContext, ThreadedProducer,
 };
