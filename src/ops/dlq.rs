@@ -674,20 +674,7 @@ impl DlqScan {
             )
             .set("queued.max.messages.kbytes", "65536");
         let consumer = super::scan_consumer(&config, "DLQ reader")?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), KAFKA_CALL_TIMEOUT)
-            .map_err(OpsError::kafka(format!("reading metadata of {topic}")))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(OpsError::BadArgument(format!(
-                "topic {topic} does not exist"
-            )));
-        }
+        let partitions = super::topic_partitions(&consumer, &topic)?;
         let mut cursor = TopicPartitionList::new();
         for p in &partitions {
             cursor.add_partition(&topic, *p);

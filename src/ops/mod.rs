@@ -82,6 +82,32 @@ pub(crate) fn scan_consumer(
         .map_err(|source| OpsError::Setup(chassis::kafka::KafkaSetupError::Create { role, source }))
 }
 
+/// The partition ids of `topic` (namespaced), from the cluster's metadata; an error naming the
+/// topic if it does not exist.
+pub(crate) fn topic_partitions<
+    C: rdkafka::consumer::Consumer<X>,
+    X: rdkafka::consumer::ConsumerContext,
+>(
+    consumer: &C,
+    topic: &str,
+) -> Result<Vec<i32>, OpsError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), KAFKA_CALL_TIMEOUT)
+        .map_err(OpsError::kafka(format!("reading metadata of {topic}")))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(OpsError::BadArgument(format!(
+            "topic {topic} does not exist"
+        )));
+    }
+    Ok(partitions)
+}
+
 /// How long a single Kafka admin or offset call may take before the command gives up.
 pub(crate) const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -120,20 +120,7 @@ impl Tail {
             config.set("isolation.level", "read_uncommitted");
         }
         let consumer = super::scan_consumer(&config, "tail reader")?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), KAFKA_CALL_TIMEOUT)
-            .map_err(OpsError::kafka(format!("reading metadata of {topic}")))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(OpsError::BadArgument(format!(
-                "topic {topic} does not exist"
-            )));
-        }
+        let partitions = super::topic_partitions(&consumer, &topic)?;
         let mut assignment = TopicPartitionList::new();
         let mut unfinished = std::collections::BTreeSet::new();
         for &p in &partitions {
