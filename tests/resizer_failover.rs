@@ -33,6 +33,15 @@ impl Drop for ResizerProcess {
 }
 
 fn spawn_resizer(config: &imgpipe::Config, instance: &str) -> ResizerProcess {
+    spawn_resizer_logging(config, instance, Stdio::inherit())
+}
+
+/// [`spawn_resizer`] with its log (stderr) going to `stderr`.
+fn spawn_resizer_logging(
+    config: &imgpipe::Config,
+    instance: &str,
+    stderr: impl Into<Stdio>,
+) -> ResizerProcess {
     let ops = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
     let child = Command::new(env!("CARGO_BIN_EXE_imgpipe"))
         .arg("resizer")
@@ -44,6 +53,7 @@ fn spawn_resizer(config: &imgpipe::Config, instance: &str) -> ResizerProcess {
         .env("IMGPIPE_OPS__LISTEN", ops.to_string())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("the imgpipe binary starts");
     ResizerProcess { child, ops }
@@ -346,4 +356,147 @@ async fn a_stalled_resizer_says_so_on_readyz_and_recovers() {
     )
     .await;
     hosted.stop().await;
+}
+
+/// Fences the transactional id `id` (namespaced) the way a coordinator does after a broker
+/// outage or a second process with the same id does: a new producer initialises transactions
+/// with it, which bumps the epoch, so the old producer's next write fails fatally.
+async fn fence(config: &imgpipe::Config, id: &str) {
+    let producer = config
+        .kafka
+        .transactional_producer(id)
+        .await
+        .expect("a producer with the resizer's transactional id");
+    drop(producer);
+}
+
+/// `imgpipe_resizer_transactions_total{result}` of the resizer behind `ops`.
+async fn transactions(ops: SocketAddr, result: &str) -> Option<u64> {
+    let text = reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let series = format!("imgpipe_resizer_transactions_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads committed usage records into `seen` (request id → records by the resizer) until
+/// `done(seen)` or `timeout`.
+async fn read_resizer_usage(
+    consumer: &StreamConsumer,
+    codec: &Codec,
+    seen: &mut HashMap<String, usize>,
+    timeout: Duration,
+    done: impl Fn(&HashMap<String, usize>) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    while !done(seen) && Instant::now() < deadline {
+        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
+        else {
+            continue;
+        };
+        let usage: UsageRecorded = codec.decode(message.payload().unwrap()).await.unwrap();
+        if usage.source == UsageSource::Resizer {
+            *seen.entry(usage.request_id).or_default() += 1;
+        }
+    }
+}
+
+/// A resizer whose transactional producer is fenced from outside does not exit: it replaces the
+/// producer in-process, re-reads what was not committed, and every request is billed exactly
+/// once. Fenced again and again (as by a second process with its `instance_id`), it stops after
+/// three replacements with an error that says so, and another resizer finishes its work.
+#[tokio::test]
+async fn a_fenced_resizer_replaces_its_producer_and_bills_exactly_once() {
+    let config = support::provisioned("resizer_fenced").await;
+    let registry = config.registry.clone();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut resizer = spawn_resizer_logging(&config, "fenced", log.reopen().unwrap());
+    wait_process_ready(&mut resizer).await;
+
+    let codec = Codec::new(&config.registry, &config.kafka.namespace);
+    let consumer: StreamConsumer = config
+        .kafka
+        .group_consumer_config(
+            "fenced-usage-check",
+            chassis::kafka::ConsumerProfile::AtLeastOnce,
+        )
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&codec.topic::<UsageRecorded>()])
+        .unwrap();
+    let mut seen = HashMap::new();
+
+    // Before any fence: one request, billed.
+    produce_request(&config, &registry, "fenced-0").await;
+    read_resizer_usage(&consumer, &codec, &mut seen, Duration::from_secs(30), |s| {
+        s.contains_key("fenced-0")
+    })
+    .await;
+    assert_eq!(seen.get("fenced-0"), Some(&1), "{seen:?}");
+
+    // Three fences: each time the resizer replaces its producer and bills the next request once.
+    for round in 1..=3u64 {
+        fence(&config, "resizer-fenced").await;
+        let id = format!("fenced-{round}");
+        produce_request(&config, &registry, &id).await;
+        read_resizer_usage(&consumer, &codec, &mut seen, Duration::from_secs(60), |s| {
+            s.contains_key(&id)
+        })
+        .await;
+        assert_eq!(seen.get(&id), Some(&1), "round {round}: {seen:?}");
+        assert!(
+            resizer.child.try_wait().unwrap().is_none(),
+            "round {round}: the resizer exited instead of replacing its producer"
+        );
+        assert_eq!(
+            transactions(resizer.ops, "fatal").await,
+            Some(round),
+            "round {round}: one fatal transaction per fence"
+        );
+        support::eventually(Duration::from_secs(10), "readiness back", || async {
+            readiness_check(resizer.ops, "resizer")
+                .await
+                .filter(|(ready, _)| *ready)
+        })
+        .await;
+    }
+
+    // A fourth within the window: something keeps fencing it, so it stops, saying why.
+    fence(&config, "resizer-fenced").await;
+    produce_request(&config, &registry, "fenced-4").await;
+    let status = support::eventually(Duration::from_secs(60), "the resizer to stop", || {
+        let status = resizer.child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(!status.success(), "{status}");
+    let stderr = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        stderr.contains("same instance_id"),
+        "the error names the likely cause: {stderr}"
+    );
+
+    // Its uncommitted request is not lost: another resizer bills it, once.
+    let mut other = spawn_resizer(&config, "fenced-other");
+    wait_process_ready(&mut other).await;
+    read_resizer_usage(&consumer, &codec, &mut seen, Duration::from_secs(60), |s| {
+        s.contains_key("fenced-4")
+    })
+    .await;
+    // Drain what else is committed, so a late duplicate would be seen too.
+    read_resizer_usage(&consumer, &codec, &mut seen, Duration::from_secs(3), |_| {
+        false
+    })
+    .await;
+    let expected: HashMap<String, usize> = (0..=4).map(|i| (format!("fenced-{i}"), 1)).collect();
+    assert_eq!(
+        seen, expected,
+        "every request billed by the resizer exactly once"
+    );
 }

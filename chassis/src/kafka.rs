@@ -170,12 +170,26 @@ impl KafkaConfig {
         transactional_id: &str,
     ) -> Result<FutureProducer, KafkaSetupError> {
         let transactional_id = self.name(transactional_id);
-        let producer: FutureProducer = self
-            .producer_config(ProducerProfile::Batched)
-            .set("transactional.id", &transactional_id)
-            .set("transaction.timeout.ms", "30000")
-            .create()
-            .map_err(|source| KafkaSetupError::Create {
+        let mut config = self.producer_config(ProducerProfile::Batched);
+        config.set("transactional.id", &transactional_id);
+        // A caller's own `transaction.timeout.ms` (the resizer's `transaction_timeout`) wins;
+        // librdkafka refuses a delivery timeout longer than it, so that one follows it down.
+        if config.get("transaction.timeout.ms").is_none() {
+            config.set("transaction.timeout.ms", "30000");
+        }
+        let transaction_ms: u64 = config
+            .get("transaction.timeout.ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30_000);
+        if let Some(delivery_ms) = config
+            .get("message.timeout.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            && delivery_ms > transaction_ms
+        {
+            config.set("message.timeout.ms", transaction_ms.to_string());
+        }
+        let producer: FutureProducer =
+            config.create().map_err(|source| KafkaSetupError::Create {
                 role: "transactional producer",
                 source,
             })?;

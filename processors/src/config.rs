@@ -77,7 +77,7 @@ impl Default for ResizerConfig {
             max_encode_time: limits.max_encode_time,
             transaction_max_records: 500,
             transaction_max_delay: Duration::from_millis(100),
-            transaction_timeout: Duration::from_secs(5),
+            transaction_timeout: Duration::from_secs(30),
             // Well past a transaction's worst case (delivery timeout plus commit), short enough
             // that an operator hears of a wedged partition within a minute.
             stall_after: Duration::from_secs(30),

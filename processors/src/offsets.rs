@@ -101,6 +101,11 @@ impl<T> OffsetTracker<T> {
         self.partitions.remove(&partition);
     }
 
+    /// Forgets every partition (after the transactional producer was replaced).
+    pub fn forget_all(&mut self) {
+        self.partitions.clear();
+    }
+
     /// Records in flight or waiting for commit.
     pub fn len(&self) -> usize {
         self.partitions.values().map(BTreeMap::len).sum()
@@ -118,6 +123,21 @@ impl<T> OffsetTracker<T> {
             .filter(|(_, r)| !r.is_empty())
             .map(|(&p, _)| p)
             .collect()
+    }
+
+    /// Per partition with tracked records: (partition, first tracked offset, whether that
+    /// record is finished, records tracked). What a stalled consumer is waiting for.
+    pub fn heads(&self) -> Vec<(i32, i64, bool, usize)> {
+        let mut heads: Vec<_> = self
+            .partitions
+            .iter()
+            .filter_map(|(&p, records)| {
+                let (&offset, slot) = records.iter().next()?;
+                Some((p, offset, slot.is_some(), records.len()))
+            })
+            .collect();
+        heads.sort_unstable();
+        heads
     }
 
     /// The first tracked (uncommitted) offset of a partition.

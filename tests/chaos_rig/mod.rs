@@ -5,6 +5,7 @@
 //! took to be whole again; at the end it compares what clients were given with what was billed.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod netfault;
 pub mod report;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -41,6 +42,9 @@ pub struct Stack {
     pub clickhouse_port: u16,
     pub brokers: usize,
     pub start_time: Duration,
+    /// A relay in front of each broker's client port, which the broker advertises: the
+    /// network faults act on these.
+    pub relays: Vec<netfault::Relay>,
 }
 
 /// A base port with `count` free ports after it.
@@ -60,15 +64,29 @@ fn rand_u16() -> u16 {
 }
 
 impl Stack {
-    /// Starts `brokers` Kafka nodes, the registry and ClickHouse; waits until all answer.
-    pub fn up(brokers: usize) -> Self {
+    /// Starts `brokers` Kafka nodes behind their relays, the registry and ClickHouse; waits
+    /// until all answer.
+    pub async fn up(brokers: usize) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("imgpipe-chaos-")
             .tempdir()
             .unwrap();
-        // Kafka nodes take 2 ports each, then registry (2) and ClickHouse (2).
-        let base = free_port_run(2 * brokers as u16 + 4);
+        // Kafka nodes take 2 ports each, then registry (2) and ClickHouse (2), then the relays
+        // (at each node's client port plus the offset, so every second port).
+        let offset = 2 * brokers as u16 + 4;
+        let base = free_port_run(offset + 2 * brokers as u16);
         let after_kafka = base + 2 * brokers as u16;
+        let mut relays = Vec::new();
+        for i in 0..brokers as u16 {
+            let port = base + 2 * i;
+            relays.push(
+                netfault::Relay::start(
+                    SocketAddr::from(([127, 0, 0, 1], port + offset)),
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                )
+                .await,
+            );
+        }
         let stack = Self {
             dir,
             kafka_base: base,
@@ -76,11 +94,13 @@ impl Stack {
             clickhouse_port: after_kafka + 2,
             brokers,
             start_time: Duration::ZERO,
+            relays,
         };
         let started = Instant::now();
-        let output = stack
-            .command(&["up", "--brokers", &brokers.to_string()])
+        let mut output = stack.command(&["up", "--brokers", &brokers.to_string()]);
+        output
             .env("IMGPIPE_KAFKA_PORT", base.to_string())
+            .env("IMGPIPE_KAFKA_ADVERTISED_PORT_OFFSET", offset.to_string())
             .env("IMGPIPE_KAFKA_CONTROLLER_PORT", (base + 1).to_string())
             .env("IMGPIPE_REGISTRY_PORT", after_kafka.to_string())
             .env("IMGPIPE_REGISTRY_MGMT_PORT", (after_kafka + 1).to_string())
@@ -89,9 +109,8 @@ impl Stack {
                 (after_kafka + 2).to_string(),
             )
             .env("IMGPIPE_CLICKHOUSE_TCP_PORT", (after_kafka + 3).to_string())
-            .env("IMGPIPE_CLICKHOUSE_MEMORY", "1g")
-            .output()
-            .unwrap();
+            .env("IMGPIPE_CLICKHOUSE_MEMORY", "1g");
+        let output = block(|| output.output().unwrap());
         assert!(
             output.status.success(),
             "stack up failed: {}",
@@ -255,7 +274,7 @@ impl Service {
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        lines[lines.len().saturating_sub(25)..].join("\n")
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -275,6 +294,23 @@ impl Service {
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// What `/readyz` answers now (status and body), or why it could not be asked: the rig prints
+    /// it for every service that is not ready when a recovery times out.
+    pub async fn readiness(&mut self, http: &reqwest::Client) -> String {
+        if let Some(status) = self.exited() {
+            return format!("exited ({status})");
+        }
+        match http
+            .get(format!("http://{}/readyz", self.ops))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => format!("no answer: {e}"),
+        }
     }
 
     /// Whether the process exited by itself (a crash, or giving up on a dependency).
@@ -328,6 +364,11 @@ pub enum Fault {
     StopServer(&'static str, Duration),
     /// Every Kafka node stopped for the duration.
     StopKafka(Duration),
+    /// Kafka node `n`'s traffic (clients' and followers') delayed by `delay` each way.
+    NetDelay(usize, Duration, Duration),
+    /// Kafka node `n` black-holed for the duration: nothing reaches it or comes back, but it
+    /// stays a live member of the KRaft quorum (a partial partition).
+    NetPartition(usize, Duration),
 }
 
 impl Fault {
@@ -344,6 +385,17 @@ impl Fault {
             ),
             Self::StopServer(s, d) => format!("{s} stopped {}s", d.as_secs()),
             Self::StopKafka(d) => format!("all Kafka nodes killed, back after {}s", d.as_secs()),
+            Self::NetDelay(n, delay, d) => format!(
+                "broker {n}'s network delayed {} ms each way for {}s",
+                delay.as_millis(),
+                d.as_secs()
+            ),
+            Self::NetPartition(n, d) => {
+                format!(
+                    "broker {n} cut off the network (not the quorum) for {}s",
+                    d.as_secs()
+                )
+            }
         }
     }
 }
@@ -430,7 +482,7 @@ impl Rig {
             t0,
             &format!("starting a stack of its own ({brokers} Kafka nodes)"),
         );
-        let stack = Stack::up(brokers);
+        let stack = Stack::up(brokers).await;
         progress(
             t0,
             &format!("stack ready in {:.1}s", stack.start_time.as_secs_f64()),
@@ -456,6 +508,10 @@ impl Rig {
                 "chaos-resizer".into(),
             ),
             ("IMGPIPE_RESIZER__WORKERS".into(), "1".into()),
+            // A consumer that holds work without committing says so on /readyz after this; short
+            // here, so a stall a fault leaves behind turns readiness red within the run.
+            ("IMGPIPE_RESIZER__STALL_AFTER".into(), "10s".into()),
+            ("IMGPIPE_AGGREGATOR__STALL_AFTER".into(), "10s".into()),
         ];
         let logs = stack.dir.path().join("services");
         std::fs::create_dir_all(&logs).unwrap();
@@ -707,6 +763,16 @@ impl Rig {
                 tokio::time::sleep(*duration).await;
                 block(|| self.stack.start_all(&nodes));
             }
+            Fault::NetDelay(n, delay, duration) => {
+                self.stack.relays[n - 1].set(netfault::Link::Delay(*delay));
+                tokio::time::sleep(*duration).await;
+                self.stack.relays[n - 1].set(netfault::Link::Up);
+            }
+            Fault::NetPartition(n, duration) => {
+                self.stack.relays[n - 1].set(netfault::Link::Blackhole);
+                tokio::time::sleep(*duration).await;
+                self.stack.relays[n - 1].set(netfault::Link::Up);
+            }
         }
         let end = self.t0.elapsed();
         progress(self.t0, "fault lifted; waiting for recovery");
@@ -742,6 +808,22 @@ impl Rig {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if recovered.is_none() {
+            let http = self.http.clone();
+            for service in &mut self.services {
+                if !service.ready(&http).await {
+                    let readiness = service.readiness(&http).await;
+                    progress(
+                        self.t0,
+                        &format!(
+                            "{} not ready: {readiness}\n--- its log ends:\n{}",
+                            service.name,
+                            service.log_tail()
+                        ),
+                    );
+                }
+            }
         }
         // Let the requests in flight at the recovery finish, so they count in this phase.
         tokio::time::sleep(DEADLINE.min(Duration::from_secs(3))).await;
@@ -782,6 +864,34 @@ impl Rig {
             ),
         );
         result
+    }
+
+    /// Waits (up to `bound`) until every service is ready; false, with each one's `/readyz`
+    /// and log printed, if not. The suite's last check: a fault can leave a stall behind that
+    /// shows only after the service's stall bound.
+    pub async fn settled(&mut self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            if self.all_ready().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let http = self.http.clone();
+        for service in &mut self.services {
+            if !service.ready(&http).await {
+                let readiness = service.readiness(&http).await;
+                progress(
+                    self.t0,
+                    &format!(
+                        "{} not ready at the end: {readiness}\n--- its log ends:\n{}",
+                        service.name,
+                        service.log_tail()
+                    ),
+                );
+            }
+        }
+        false
     }
 
     /// Peak resident memory of each service over the run, MiB.

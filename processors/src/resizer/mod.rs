@@ -80,9 +80,11 @@ pub enum ResizerError {
         /// Why.
         source: KafkaError,
     },
-    /// The transactional producer was fenced by a newer instance with the same id, or hit a
-    /// fatal error: this process must stop so that it cannot write stale results.
-    #[error("transactional producer failed fatally (fenced or broken): {0}")]
+    /// The transactional producer was fenced more often than a replacement can explain (see
+    /// `transaction::ProducerRebuild`), or shutdown came while replacing it: most likely another
+    /// resizer runs with the same `instance_id`, so this one stops rather than fence it back
+    /// forever.
+    #[error("transactional producer fenced again after being replaced: {0}")]
     Fatal(KafkaError),
     /// A result could not be encoded for a permanent reason (see `encode_retrying`).
     #[error("encoding a result: {0}")]
@@ -191,8 +193,9 @@ pub async fn run(
         .properties
         .entry("transaction.timeout.ms".into())
         .or_insert_with(|| config.transaction_timeout.as_millis().to_string());
+    let transactional_id = format!("resizer-{instance}");
     let producer = producer_kafka
-        .transactional_producer(&format!("resizer-{instance}"))
+        .transactional_producer(&transactional_id)
         .await?;
     // Replies are sent outside the transactions (see `transaction::SentReply`), as soon as each
     // is ready: no linger, a client waits on every one.
@@ -232,8 +235,11 @@ pub async fn run(
             requests_topic,
             dlq_topic: kafka.name(IMAGE_REQUESTS_DLQ),
             metrics: metrics.clone(),
+            transaction_timeout: config.transaction_timeout,
         },
         committing: None,
+        rebuild: transaction::ProducerRebuild::new(producer_kafka, transactional_id),
+        readiness: ctx.readiness.clone(),
         reply_producer,
         // An image bigger than one record would fail inside the transaction; the kernel refuses
         // it instead, as a per-request 4xx.
@@ -266,6 +272,9 @@ struct Worker {
     committer: Committer,
     /// The transaction committing now, if any.
     committing: Option<InFlightCommit>,
+    /// How to replace the transactional producer after a fatal error, and how often it was.
+    rebuild: transaction::ProducerRebuild,
+    readiness: chassis::Readiness,
     /// Sends replies outside the transactions.
     reply_producer: FutureProducer,
     limits: Limits,
@@ -289,7 +298,10 @@ impl Worker {
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
         loop {
-            let has_room = self.jobs.len() < self.max_in_flight;
+            // Finished records wait in the tracker for their transaction; while one is slow to
+            // commit (say, a broker failing over) they must not pile up without bound either.
+            let has_room =
+                self.jobs.len() < self.max_in_flight && self.tracker.len() < self.max_uncommitted();
             self.metrics.pool_saturated.set(i64::from(!has_room));
             // A received message borrows the consumer; a local handle keeps `self` free.
             let consumer = Arc::clone(&self.consumer);
@@ -307,9 +319,12 @@ impl Worker {
                     self.finish(pending, done).instrument(span).await?;
                 }
                 commit = Self::commit_finished(&mut self.committing),
-                    if self.committing.is_some() => self.committed(commit)?,
+                    if self.committing.is_some() => self.committed(commit).await?,
                 _ = flush_tick.tick() => self.flush(),
-                _ = lag_tick.tick() => self.update_lag(),
+                _ = lag_tick.tick() => {
+                    self.update_lag();
+                    self.explain_stall();
+                }
             }
             if self.tracker.ready_count() >= self.config.transaction_max_records {
                 self.flush();
@@ -444,6 +459,27 @@ impl Worker {
         self.metrics.in_flight.set(self.jobs.len() as i64 + 1);
         self.jobs
             .push(Box::pin(async move { (pending, rx.await.ok()) }));
+    }
+
+    /// Records received and not yet committed at which the loop stops taking more: two full
+    /// transactions (one committing, one filling) plus what is on the pool.
+    fn max_uncommitted(&self) -> usize {
+        2 * self.config.transaction_max_records + self.max_in_flight
+    }
+
+    /// While the stall detector sees no progress, says what the loop waits for: the head of
+    /// each partition (an unfinished record holds back everything after it), the jobs on the
+    /// pool and whether a transaction is committing.
+    fn explain_stall(&self) {
+        if self.stall.stalled_for(self.config.stall_after).is_none() {
+            return;
+        }
+        tracing::warn!(
+            heads = ?self.tracker.heads(),
+            jobs = self.jobs.len(),
+            committing = self.committing.is_some(),
+            "Stalled: (partition, first uncommitted offset, finished, tracked) per partition"
+        );
     }
 
     /// Refreshes the lag gauge. Watermark look-ups are blocking network calls: they run off the

@@ -5,6 +5,7 @@
 //! once ([`chassis::kafka::is_permanent_record_error`]): its input is dead-lettered on the retry,
 //! so the partition moves on.
 
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::DeliveryFuture;
 
 use super::*;
@@ -86,6 +87,8 @@ pub(super) struct CommitFailure {
     pub(super) error: KafkaError,
     /// The input whose output failed permanently, and how, if that was the cause.
     pub(super) unwritable: Option<((i32, i64), Unwritable)>,
+    /// The commit never returned: the producer must be replaced, not asked to abort.
+    pub(super) stuck: bool,
 }
 
 impl From<KafkaError> for CommitFailure {
@@ -93,6 +96,7 @@ impl From<KafkaError> for CommitFailure {
         Self {
             error,
             unwritable: None,
+            stuck: false,
         }
     }
 }
@@ -137,7 +141,7 @@ pub(super) enum Committed {
     Ok,
     /// Aborted (and the abort completed): its inputs must be read again.
     Aborted(CommitFailure),
-    /// The producer is fenced or broken: the resizer must stop.
+    /// The producer is fenced or broken (or could not abort): it must be replaced.
     Fatal(KafkaError),
 }
 
@@ -161,6 +165,8 @@ pub(super) struct Committer {
     pub(super) requests_topic: String,
     pub(super) dlq_topic: String,
     pub(super) metrics: ResizerMetrics,
+    /// The broker-side timeout of a transaction (`transaction.timeout.ms`).
+    pub(super) transaction_timeout: Duration,
 }
 
 impl Worker {
@@ -204,8 +210,8 @@ impl Worker {
     }
 
     /// Acts on a finished transaction: counts it, or forgets and re-reads an aborted one's
-    /// inputs, or stops on a fatal error.
-    pub(super) fn committed(&mut self, commit: CommitDone) -> Result<(), ResizerError> {
+    /// inputs, or replaces a producer that failed fatally (see [`ProducerRebuild`]).
+    pub(super) async fn committed(&mut self, commit: CommitDone) -> Result<(), ResizerError> {
         match commit.outcome {
             Committed::Ok => {
                 self.metrics
@@ -221,11 +227,10 @@ impl Worker {
                 self.stall.progressed(!self.tracker.is_empty());
                 Ok(())
             }
-            Committed::Fatal(error) => {
-                tracing::error!(%error, "Transactional producer fenced or failed fatally; stopping");
-                Err(ResizerError::Fatal(error))
-            }
-            Committed::Aborted(CommitFailure { error, unwritable }) => {
+            Committed::Fatal(error) => self.replace_producer(error).await,
+            Committed::Aborted(CommitFailure {
+                error, unwritable, ..
+            }) => {
                 if let Some((source, reason)) = unwritable {
                     // Re-read, this input is dead-lettered instead of failing the same way again.
                     self.unwritable.insert(source, reason);
@@ -246,13 +251,89 @@ impl Worker {
         loop {
             if self.committing.is_some() {
                 let commit = Self::commit_finished(&mut self.committing).await;
-                self.committed(commit)?;
+                self.committed(commit).await?;
             }
             if self.tracker.ready_count() == 0 {
                 return Ok(());
             }
             self.flush();
         }
+    }
+
+    /// After a fatal transactional error the producer can never commit again, but the process
+    /// can go on with a new one, as Kafka Streams does. Such errors come from outside this
+    /// process: after a broker outage the coordinator may have aborted the open transaction
+    /// itself (`transaction.timeout.ms`) and bumped the producer's epoch, or an abort may have
+    /// failed while no broker answered. So: the new producer's `init_transactions` (same
+    /// transactional id) finishes whatever the old one left open; every tracked record is
+    /// forgotten, uncommitted; and every assigned partition is read again from the group's
+    /// committed offset, fetched only after that init so it includes a commit that was in doubt.
+    /// Nothing is lost (no uncommitted output is kept) and nothing is billed twice (the
+    /// committed offsets and the committed outputs are one transaction). Readiness is red
+    /// meanwhile. If the producer is fenced more than [`ProducerRebuild::MAX_FENCES`] times in
+    /// [`ProducerRebuild::WINDOW`], something keeps fencing it (most likely another
+    /// resizer with the same `instance_id`), and the resizer stops with [`ResizerError::Fatal`].
+    /// A commit that never returns counts as fatal too (see [`Committer::commit`]).
+    pub(super) async fn replace_producer(&mut self, error: KafkaError) -> Result<(), ResizerError> {
+        self.metrics
+            .transactions
+            .with_label_values(&["fatal"])
+            .inc();
+        if is_fence(&error) && !self.rebuild.allow_fence(Instant::now()) {
+            tracing::error!(
+                %error,
+                fences = ProducerRebuild::MAX_FENCES,
+                window_s = ProducerRebuild::WINDOW.as_secs(),
+                "Transactional producer fenced again after being replaced; stopping (is another \
+                 resizer running with the same instance_id?)"
+            );
+            return Err(ResizerError::Fatal(error));
+        }
+        tracing::warn!(%error, "Transactional producer failed fatally; replacing it and re-reading every uncommitted record");
+        self.readiness.not_ready(
+            "resizer",
+            &format!("replacing the transactional producer after: {error}"),
+        );
+        self.tracker.forget_all();
+        let mut backoff = RetryPolicy::DEPENDENCY.backoff();
+        let producer = loop {
+            match self.rebuild.producer().await {
+                Ok(producer) => break producer,
+                Err(setup) => {
+                    tracing::warn!(error = %setup, attempt = backoff.attempts() + 1, "New transactional producer not ready yet; retrying");
+                    if backoff.wait(&self.shutdown).await.is_err() {
+                        // Shutdown: nothing is tracked, so nothing is left to commit.
+                        return Err(ResizerError::Fatal(error));
+                    }
+                }
+            }
+        };
+        self.committer.producer = producer;
+        loop {
+            let consumer = Arc::clone(&self.consumer);
+            let topic = self.committer.requests_topic.clone();
+            let rewound =
+                tokio::task::spawn_blocking(move || rewind_to_committed(&consumer, &topic))
+                    .await
+                    .unwrap_or(Err(KafkaError::Canceled));
+            match rewound {
+                Ok(partitions) => {
+                    tracing::info!(
+                        partitions,
+                        "New transactional producer ready; re-reading from the committed offsets"
+                    );
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Reading the committed offsets failed; retrying");
+                    if backoff.wait(&self.shutdown).await.is_err() {
+                        return Err(ResizerError::Fatal(error));
+                    }
+                }
+            }
+        }
+        self.readiness.ready("resizer");
+        Ok(())
     }
 
     /// After an abort: forget the partitions' tracked work and read them again from the first
@@ -273,12 +354,84 @@ impl Worker {
     }
 }
 
+/// Seeks every assigned partition of `topic` to the group's committed offset (the earliest one
+/// when the group never committed there: `auto.offset.reset`). Blocking. Returns how many.
+fn rewind_to_committed(
+    consumer: &StreamConsumer<RebalanceLog>,
+    topic: &str,
+) -> Result<usize, KafkaError> {
+    let assignment = consumer.assignment()?;
+    let committed = consumer.committed_offsets(assignment, KAFKA_CALL_TIMEOUT)?;
+    let mut partitions = 0;
+    for element in committed.elements_for_topic(topic) {
+        let offset = match element.offset() {
+            Offset::Offset(offset) => Offset::Offset(offset),
+            _ => Offset::Beginning,
+        };
+        consumer.seek(topic, element.partition(), offset, KAFKA_CALL_TIMEOUT)?;
+        partitions += 1;
+    }
+    Ok(partitions)
+}
+
+/// Builds a replacement for a transactional producer that failed fatally, and bounds how often
+/// a fenced one is replaced (other fatal errors come from broker trouble, and each replacement
+/// waits for the brokers, so they need no bound).
+pub(super) struct ProducerRebuild {
+    kafka: KafkaConfig,
+    transactional_id: String,
+    /// When a fenced producer was last replaced, newest last; none older than [`Self::WINDOW`].
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl ProducerRebuild {
+    /// Fences answered with a replacement within [`Self::WINDOW`]; one more means something
+    /// keeps fencing us.
+    pub(super) const MAX_FENCES: usize = 3;
+    /// See [`Self::MAX_FENCES`].
+    pub(super) const WINDOW: Duration = Duration::from_secs(600);
+
+    pub(super) fn new(kafka: KafkaConfig, transactional_id: String) -> Self {
+        Self {
+            kafka,
+            transactional_id,
+            recent: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Whether a fenced producer may be replaced at `now`; counts it if so.
+    pub(super) fn allow_fence(&mut self, now: Instant) -> bool {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Self::WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= Self::MAX_FENCES {
+            return false;
+        }
+        self.recent.push_back(now);
+        true
+    }
+
+    /// A new producer with the same transactional id, its transactions initialised (which
+    /// fences the old one and completes or aborts what it left open).
+    async fn producer(&self) -> Result<FutureProducer, chassis::kafka::KafkaSetupError> {
+        self.kafka
+            .transactional_producer(&self.transactional_id)
+            .await
+    }
+}
+
 impl Committer {
     /// One transaction, aborted on failure.
     async fn run(self, outputs: Vec<Outputs>, ranges: &[TakenRange]) -> Committed {
         match self.commit(outputs, ranges).await {
             Ok(()) => Committed::Ok,
-            Err(CommitFailure { error, .. }) if is_fatal(&error) => Committed::Fatal(error),
+            Err(CommitFailure { error, stuck, .. }) if stuck || is_fatal(&error) => {
+                Committed::Fatal(error)
+            }
             Err(failure) => {
                 let producer = self.producer.clone();
                 let aborted = tokio::task::spawn_blocking(move || {
@@ -288,8 +441,10 @@ impl Committer {
                 .unwrap_or(Err(KafkaError::Canceled));
                 match aborted {
                     Ok(()) => Committed::Aborted(failure),
+                    // Say, no broker answered: the producer cannot know the transaction's state
+                    // any more, so it is replaced (a new one's init aborts the transaction).
                     Err(error) => {
-                        tracing::error!(%error, "Aborting the transaction failed");
+                        tracing::warn!(%error, "Aborting the transaction failed");
                         Committed::Fatal(error)
                     }
                 }
@@ -310,7 +465,7 @@ impl Committer {
         let mut records = Vec::with_capacity(outputs.len() * 2);
         for output in outputs {
             if let Some(reply) = output.reply {
-                match reply.delivery.await {
+                match watched("a reply's delivery", reply.delivery).await {
                     Ok(Ok(_)) => {}
                     Ok(Err((error, message)))
                         if chassis::kafka::is_permanent_record_error(&error) =>
@@ -334,6 +489,7 @@ impl Committer {
                     let delivery = send(&self.producer, &dlq).map_err(|error| CommitFailure {
                         unwritable: Some((dlq.source, Unwritable::of(&dlq, &error))),
                         error,
+                        stuck: false,
                     })?;
                     deliveries.push((dlq.source, dlq.topic, dlq.partition, delivery));
                     continue;
@@ -348,7 +504,7 @@ impl Committer {
         // still outstanding, every transaction would cost 100 ms. With nothing outstanding the
         // flush returns at once.
         for (source, topic, partition, delivery) in deliveries {
-            match delivery.await {
+            match watched("a transactional record's delivery", delivery).await {
                 Ok(Ok(_)) => {}
                 Ok(Err((error, _))) if chassis::kafka::is_permanent_record_error(&error) => {
                     let unwritable = Unwritable {
@@ -359,6 +515,7 @@ impl Committer {
                     return Err(CommitFailure {
                         unwritable: Some((source, unwritable)),
                         error,
+                        stuck: false,
                     });
                 }
                 Ok(Err((error, _))) => return Err(error.into()),
@@ -375,13 +532,30 @@ impl Committer {
         }
         let group = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
         let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || {
+        let commit = tokio::task::spawn_blocking(move || {
             producer.send_offsets_to_transaction(&offsets, &group, KAFKA_CALL_TIMEOUT)?;
             producer.commit_transaction(KAFKA_CALL_TIMEOUT)
-        })
-        .await
-        .unwrap_or(Err(KafkaError::Canceled))
-        .map_err(CommitFailure::from)
+        });
+        // Both calls are bounded by KAFKA_CALL_TIMEOUT, yet after a broker failover librdkafka
+        // was seen to stay inside them for minutes (the chaos suite). Past this bound the
+        // producer is taken as stuck, and replaced: the new one's init fences it.
+        let bound = self.transaction_timeout + 2 * KAFKA_CALL_TIMEOUT;
+        match tokio::time::timeout(bound, watched("the commit", commit)).await {
+            Ok(result) => result
+                .unwrap_or(Err(KafkaError::Canceled))
+                .map_err(CommitFailure::from),
+            Err(_) => {
+                tracing::warn!(
+                    bound_s = bound.as_secs(),
+                    "The commit did not return; the producer is stuck"
+                );
+                Err(CommitFailure {
+                    error: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+                    unwritable: None,
+                    stuck: true,
+                })
+            }
+        }
     }
 
     /// An output that can never be written, as a DLQ record: its bytes, with where it was going
@@ -419,6 +593,22 @@ impl Committer {
     }
 }
 
+/// Awaits `future`, warning every 10 s while it is pending: each wait of a transaction is
+/// bounded by librdkafka's own timeouts, so one that goes on is a bug worth naming.
+async fn watched<F: Future>(what: &str, future: F) -> F::Output {
+    let started = Instant::now();
+    let mut future = std::pin::pin!(future);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), &mut future).await {
+            Ok(output) => return output,
+            Err(_) => tracing::warn!(
+                waiting_s = started.elapsed().as_secs(),
+                "Transaction still waiting for {what}"
+            ),
+        }
+    }
+}
+
 /// Hands one record to a producer (transactional or not).
 pub(super) fn send(
     producer: &FutureProducer,
@@ -449,6 +639,15 @@ pub(super) fn with_target(headers: OwnedHeaders, unwritable: &Unwritable) -> Own
             key: "target.partition",
             value: Some(&partition),
         })
+}
+
+/// Whether `error` says another producer with our transactional id took over (the broker's
+/// `PRODUCER_FENCED`, or librdkafka's local `_FENCED` once it knows).
+pub(super) fn is_fence(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fenced)
+    )
 }
 
 /// Whether a transaction error means this producer can never commit again.
