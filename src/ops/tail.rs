@@ -60,12 +60,26 @@ pub async fn run(config: &crate::Config, args: TailArgs) -> Result<(), OpsError>
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut written = 0u64;
     let mut tail = Tail::open(&config.kafka, &args)?;
+    // A filter on a field the records do not have (a typo) would match nothing, silently.
+    let mut warned = std::collections::HashSet::new();
     loop {
         let next = tokio::select! {
             next = tail.next(&codec) => next?,
             _ = tokio::signal::ctrl_c() => None,
         };
         let Some(line) = next else { break };
+        for (field, _) in &args.filters {
+            if let Some(fields) = missing_field(&line, field)
+                && warned.insert(field.clone())
+            {
+                eprintln!(
+                    "warning: --filter {field}=…: {} records have no field {field:?} (they have: {}); \
+                     nothing of that kind will match",
+                    args.topic,
+                    fields.join(", ")
+                );
+            }
+        }
         if !args
             .filters
             .iter()
@@ -96,6 +110,20 @@ pub fn field_matches(line: &serde_json::Value, field: &str, value: &str) -> bool
         Some(serde_json::Value::Bool(b)) => value.parse() == Ok(*b),
         _ => false,
     }
+}
+
+/// The decoded value's top-level field names when it is a record without `field` (never for
+/// `key`, which every line has).
+pub fn missing_field(line: &serde_json::Value, field: &str) -> Option<Vec<String>> {
+    if field == "key" {
+        return None;
+    }
+    let value = line.get("value")?.as_object()?;
+    (!value.contains_key(field)).then(|| {
+        let mut fields: Vec<String> = value.keys().cloned().collect();
+        fields.sort_unstable();
+        fields
+    })
 }
 
 /// A reader of every partition of one topic from a start position.
@@ -243,5 +271,18 @@ mod tests {
             Ok(("tenant_id".into(), "acme".into()))
         );
         assert!(parse_filter("tenant").is_err());
+    }
+
+    #[test]
+    fn a_filter_on_a_field_the_records_lack_is_named() {
+        let line = serde_json::json!({"key": "k", "value": {"tenant_id": "acme", "status": 200}});
+        assert_eq!(
+            missing_field(&line, "tenant"),
+            Some(vec!["status".to_owned(), "tenant_id".to_owned()])
+        );
+        assert_eq!(missing_field(&line, "tenant_id"), None);
+        assert_eq!(missing_field(&line, "key"), None);
+        let raw = serde_json::json!({"key": "k", "value": {"bytes": 12}});
+        assert!(missing_field(&raw, "tenant_id").is_some());
     }
 }
