@@ -41,6 +41,12 @@ async fn run(faults: &[Fault]) -> (Rig, Vec<FaultResult>, Vec<String>) {
         problems.push("not every service was ready at the end of the run (see its log)".into());
     }
     println!("{}", report::table(&results));
+    let handoff = rig.handoff_losses.lock().unwrap().clone();
+    if !handoff.is_empty() {
+        println!(
+            "handed over at an api kill, billed `resized` (the one allowed loss): {handoff:?}"
+        );
+    }
     for (name, mib) in rig.peak_rss() {
         println!("peak RSS {name}: {mib} MiB");
     }
@@ -99,7 +105,7 @@ async fn chaos_full() {
         Fault::StopServer("registry", Duration::from_secs(30)),
         Fault::StopKafka(Duration::from_secs(20)),
         Fault::NetDelay(2, Duration::from_millis(200), Duration::from_secs(20)),
-        Fault::NetPartition(2, Duration::from_secs(20)),
+        Fault::NetPartition(Duration::from_secs(20)),
     ])
     .await;
     let dir = std::env::var_os("IMGPIPE_CHAOS_REPORT").map_or_else(
@@ -122,6 +128,7 @@ async fn chaos_full() {
             tenants: TENANTS,
             clients: CLIENTS,
             problems: &problems,
+            handoff_losses: rig.handoff_losses.lock().unwrap().len(),
         },
     );
     progress(rig.t0, &format!("report written to {}", dir.display()));

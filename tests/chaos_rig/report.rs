@@ -27,6 +27,8 @@ pub struct RunSummary<'a> {
     pub tenants: usize,
     pub clients: usize,
     pub problems: &'a [String],
+    /// 200s handed over at an api kill and billed `resized` (the two-generals window).
+    pub handoff_losses: usize,
 }
 
 /// The table rows, also printed by the test.
@@ -44,8 +46,13 @@ pub fn table(results: &[FaultResult]) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let last = if r.last_ready.is_empty() {
+            String::new()
+        } else {
+            format!(" (last ready: {})", r.last_ready.join(", "))
+        };
         let recovered = r.recovered.map_or("not within bound".to_string(), |t| {
-            format!("{:.1} s", (t - r.start).as_secs_f64())
+            format!("{:.1} s{last}", (t - r.start).as_secs_f64())
         });
         let billing = match r.billing_exact {
             Some(true) => format!("yes ({})", r.billing_detail),
@@ -81,17 +88,28 @@ pub fn write(dir: &Path, run: &RunSummary<'_>) {
         total, run.clients, run.tenants, run.photos, ok, run.stack_start_s
     );
     let verdict = if run.problems.is_empty() {
-        "**Every 200 was billed `ok` exactly once, and nothing else was billed `ok`.** No request \
-         hung past its deadline. Services that exited instead of healing in place are named in \
-         the table (the rig restarted them, as a supervisor would)."
-            .to_string()
+        let handoff = if run.handoff_losses == 0 {
+            String::new()
+        } else {
+            format!(
+                " except {} handed to the client at the very instant the api was killed -9: its \
+                 `ok` record died with it, and the request is billed `resized` once (the api \
+                 bills `ok` only after handing the image over, never before)",
+                run.handoff_losses
+            )
+        };
+        format!(
+            "**Every 200 was billed `ok` exactly once{handoff}, and nothing else was billed \
+             `ok`.** No request hung past its deadline. Services that exited instead of healing \
+             in place are named in the table (the rig restarted them, as a supervisor would)."
+        )
     } else {
         format!("**Problems:** {}", run.problems.join("; "))
     };
     let _ = writeln!(md, "{verdict}\n\n{}", table(run.results));
     let _ = writeln!(
         md,
-        "Client errors count requests started between the fault and the recovery. \"Recovered\" \
+        "Client errors count requests in flight between the fault and the recovery. \"Recovered\" \
          is when every service answered `/readyz` 200 and a request made after the fault was \
          lifted got its image.\n\n![answers per second, faults shaded](timeline.svg)\n"
     );

@@ -235,7 +235,6 @@ pub async fn run(
             requests_topic,
             dlq_topic: kafka.name(IMAGE_REQUESTS_DLQ),
             metrics: metrics.clone(),
-            transaction_timeout: config.transaction_timeout,
         },
         committing: None,
         rebuild: transaction::ProducerRebuild::new(producer_kafka, transactional_id),

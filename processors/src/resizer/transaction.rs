@@ -165,8 +165,6 @@ pub(super) struct Committer {
     pub(super) requests_topic: String,
     pub(super) dlq_topic: String,
     pub(super) metrics: ResizerMetrics,
-    /// The broker-side timeout of a transaction (`transaction.timeout.ms`).
-    pub(super) transaction_timeout: Duration,
 }
 
 impl Worker {
@@ -539,7 +537,7 @@ impl Committer {
         // Both calls are bounded by KAFKA_CALL_TIMEOUT, yet after a broker failover librdkafka
         // was seen to stay inside them for minutes (the chaos suite). Past this bound the
         // producer is taken as stuck, and replaced: the new one's init fences it.
-        let bound = self.transaction_timeout + 2 * KAFKA_CALL_TIMEOUT;
+        let bound = 2 * KAFKA_CALL_TIMEOUT + Duration::from_secs(5);
         match tokio::time::timeout(bound, watched("the commit", commit)).await {
             Ok(result) => result
                 .unwrap_or(Err(KafkaError::Canceled))
