@@ -728,3 +728,67 @@ async fn committed_resizer_records(config: &Config, request_id: &str) -> usize {
     }
     seen
 }
+
+/// The api's reply consumer is a static member (`api.instance_id` set). When another member
+/// joins with its `group.instance.id`, the broker fences it: a fatal consumer error, which before
+/// left the api not ready for good (found by the chaos suite after a 45 s partition of the group
+/// coordinator). The api replaces the consumer in-process and answers again by itself.
+#[tokio::test]
+async fn an_api_whose_reply_consumer_is_fenced_replaces_it_and_answers_again() {
+    let p = pipeline("pipeline_reply_fenced", ALL, |c| {
+        c.api.instance_id = "fenced-api".into();
+    })
+    .await;
+    let photo = images::jpeg(64, 48);
+    let response = p.resize("width=32", photo.clone()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // An intruder with the api's static identity takes its place in the group: the broker
+    // fences the api's consumer (fatal). Replacing it, the api fences the intruder in turn,
+    // which is how the test knows the api took its place back (without the fix nothing does).
+    let mut intruder_config = p.config.kafka.group_consumer_config(
+        ingest::api::replies::GROUP,
+        chassis::kafka::ConsumerProfile::LatestNoCommit,
+    );
+    intruder_config.set("group.instance.id", "api-fenced-api");
+    let intruder: StreamConsumer = intruder_config.create().unwrap();
+    intruder
+        .subscribe(&[&p.config.kafka.name(schemas::topics::IMAGE_RESULTS)])
+        .unwrap();
+    let fenced = support::eventually(
+        Duration::from_secs(60),
+        "the api's new reply consumer to fence the intruder",
+        || {
+            let intruder = &intruder;
+            async move {
+                let _ = tokio::time::timeout(Duration::from_millis(200), intruder.recv()).await;
+                intruder.client().fatal_error()
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        fenced.0,
+        rdkafka::types::RDKafkaErrorCode::FencedInstanceId,
+        "{fenced:?}"
+    );
+    drop(intruder);
+
+    // The replacement rejoins with the same identity and the api answers again, by itself.
+    support::eventually(Duration::from_secs(60), "the api to answer again", || {
+        let (http, api, key, photo) = (p.http.clone(), p.api, p.key.api_key.clone(), photo.clone());
+        async move {
+            let response = http
+                .post(format!("http://{api}/v1/resize?width=32"))
+                .bearer_auth(key)
+                .body(photo)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .ok()?;
+            (response.status() == StatusCode::OK).then_some(())
+        }
+    })
+    .await;
+    p.hosted.stop().await;
+}

@@ -194,28 +194,80 @@ pub fn start_reader(
     if !instance_id.is_empty() {
         config.set("group.instance.id", format!("api-{instance_id}"));
     }
-    let ownership = ReplyOwnership::new(router.clone(), readiness.clone());
-    let consumer: StreamConsumer<ReplyOwnership> = kafka.consumer(&config, ownership)?;
-    consumer
-        .subscribe(&[router.topic()])
-        .map_err(ReplyReaderError::Subscribe)?;
+    let factory = ReplyConsumerFactory {
+        kafka: kafka.clone(),
+        config,
+        router: router.clone(),
+        readiness: readiness.clone(),
+    };
+    let consumer = factory.create()?;
     readiness.register(READINESS, "waiting for reply partitions");
     ctx.tasks.spawn_until_shutdown(
         "reply-reader",
-        read_replies(consumer, router, codec, metrics, readiness, shutdown),
+        read_replies(factory, consumer, codec, metrics, shutdown),
     );
     Ok(())
 }
 
-async fn read_replies(
-    consumer: StreamConsumer<ReplyOwnership>,
+/// Makes the reply consumer, at start and again to replace one that failed fatally.
+struct ReplyConsumerFactory {
+    kafka: KafkaConfig,
+    config: rdkafka::ClientConfig,
     router: Arc<ReplyRouter>,
+    readiness: Readiness,
+}
+
+impl ReplyConsumerFactory {
+    fn create(&self) -> Result<Arc<StreamConsumer<ReplyOwnership>>, ReplyReaderError> {
+        let ownership = ReplyOwnership::new(self.router.clone(), self.readiness.clone());
+        let consumer: StreamConsumer<ReplyOwnership> =
+            self.kafka.consumer(&self.config, ownership)?;
+        consumer
+            .subscribe(&[self.router.topic()])
+            .map_err(ReplyReaderError::Subscribe)?;
+        Ok(Arc::new(consumer))
+    }
+}
+
+/// A consumer that failed fatally never reads again (seen in the chaos suite: a static member
+/// whose group coordinator was cut off for 45 s came back `FencedInstanceId`, and the api stayed
+/// not ready for good). The replacement (same `group.instance.id`) rejoins the group and gets
+/// the partitions back; meanwhile nothing is offered, so new requests get 503 `not_ready` and
+/// the ones waiting end at their deadline. The old consumer is closed off the runtime.
+async fn replace_consumer(
+    factory: &ReplyConsumerFactory,
+    old: Arc<StreamConsumer<ReplyOwnership>>,
+    fatal: &(rdkafka::types::RDKafkaErrorCode, String),
+    shutdown: &Shutdown,
+) -> Option<Arc<StreamConsumer<ReplyOwnership>>> {
+    tracing::warn!(code = ?fatal.0, reason = %fatal.1, "Reply consumer failed fatally; replacing it");
+    factory.router.set_owned(Vec::new());
+    factory.readiness.not_ready(
+        READINESS,
+        "replacing the reply consumer after a fatal error",
+    );
+    old.context().detached.store(true, Ordering::Release);
+    drop(tokio::task::spawn_blocking(move || drop(old)));
+    let mut backoff = chassis::RetryPolicy::DEPENDENCY.backoff();
+    loop {
+        match factory.create() {
+            Ok(consumer) => return Some(consumer),
+            Err(error) => {
+                tracing::warn!(%error, "New reply consumer not ready yet; retrying");
+                backoff.wait(shutdown).await.ok()?;
+            }
+        }
+    }
+}
+
+async fn read_replies(
+    factory: ReplyConsumerFactory,
+    mut consumer: Arc<StreamConsumer<ReplyOwnership>>,
     codec: Arc<Codec>,
     metrics: ApiMetrics,
-    readiness: Readiness,
     shutdown: Shutdown,
 ) {
-    let consumer = Arc::new(consumer);
+    let (router, readiness) = (factory.router.clone(), factory.readiness.clone());
     // Partitions whose positioning failed are tried again after this pause.
     let mut retry: Option<tokio::time::Instant> = None;
     loop {
@@ -252,7 +304,19 @@ async fn read_replies(
                         }
                     }
                 }
-                Err(error) => tracing::warn!(%error, "Reply consumer error"),
+                Err(error) => {
+                    tracing::warn!(%error, "Reply consumer error");
+                    if let Some(fatal) = consumer.client().fatal_error() {
+                        let old = Arc::clone(&consumer);
+                        match replace_consumer(&factory, old, &fatal, &shutdown).await {
+                            Some(new) => {
+                                consumer = new;
+                                retry = None;
+                            }
+                            None => break,
+                        }
+                    }
+                }
             },
         }
     }
@@ -273,6 +337,9 @@ pub struct ReplyOwnership {
     unpositioned: Mutex<BTreeSet<i32>>,
     /// Woken when `unpositioned` gains partitions.
     assigned: Notify,
+    /// Set on a consumer being replaced: its last callbacks (the revoke of its close) must not
+    /// touch the router or readiness, which the replacement owns by then.
+    detached: std::sync::atomic::AtomicBool,
 }
 
 impl ReplyOwnership {
@@ -283,6 +350,7 @@ impl ReplyOwnership {
             offered: Mutex::new(BTreeSet::new()),
             unpositioned: Mutex::new(BTreeSet::new()),
             assigned: Notify::new(),
+            detached: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -317,6 +385,9 @@ impl ReplyOwnership {
     }
 
     fn publish(&self, offered: &BTreeSet<i32>) {
+        if self.detached.load(Ordering::Acquire) {
+            return;
+        }
         let owned: Vec<i32> = offered.iter().copied().collect();
         if owned != self.router.owned() {
             tracing::info!(partitions = ?owned, "Reply partitions owned");
