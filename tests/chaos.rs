@@ -53,7 +53,8 @@ async fn run(faults: &[Fault]) -> (Rig, Vec<FaultResult>, Vec<String>) {
     (rig, results, problems)
 }
 
-/// The suite's checks, each of which fails the test.
+/// The suite's checks, each of which fails the test: no hang, ready again by itself (no
+/// service exited and needed the rig to start it), something answered, billing exact.
 fn assert_whole(results: &[FaultResult], problems: &[String]) {
     for r in results {
         assert_eq!(r.hung, 0, "{}: requests hung past their deadline", r.fault);
@@ -67,6 +68,12 @@ fn assert_whole(results: &[FaultResult], problems: &[String]) {
             r.ok > 0,
             "{}: no request succeeded around the fault",
             r.fault
+        );
+        assert!(
+            r.restarted.is_empty(),
+            "{}: {:?} exited instead of healing in place",
+            r.fault,
+            r.restarted
         );
     }
     assert!(problems.is_empty(), "the run is not whole: {problems:?}");

@@ -432,11 +432,16 @@ impl Committer {
             }
             Err(failure) => {
                 let producer = self.producer.clone();
-                let aborted = tokio::task::spawn_blocking(move || {
-                    producer.abort_transaction(KAFKA_CALL_TIMEOUT)
-                })
-                .await
-                .unwrap_or(Err(KafkaError::Canceled));
+                let abort = tokio::task::spawn_blocking(move || {
+                    retrying_transaction_call(|| producer.abort_transaction(KAFKA_CALL_TIMEOUT))
+                });
+                // Bounded like the commit (see `commit`): an abort that never returns is a
+                // stuck producer.
+                let bound = TRANSACTION_CALL_ATTEMPTS * KAFKA_CALL_TIMEOUT + Duration::from_secs(5);
+                let aborted = match tokio::time::timeout(bound, abort).await {
+                    Ok(result) => result.unwrap_or(Err(KafkaError::Canceled)),
+                    Err(_) => Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)),
+                };
                 match aborted {
                     Ok(()) => Committed::Aborted(failure),
                     // Say, no broker answered: the producer cannot know the transaction's state
@@ -531,13 +536,15 @@ impl Committer {
         let group = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
         let producer = self.producer.clone();
         let commit = tokio::task::spawn_blocking(move || {
-            producer.send_offsets_to_transaction(&offsets, &group, KAFKA_CALL_TIMEOUT)?;
-            producer.commit_transaction(KAFKA_CALL_TIMEOUT)
+            retrying_transaction_call(|| {
+                producer.send_offsets_to_transaction(&offsets, &group, KAFKA_CALL_TIMEOUT)
+            })?;
+            retrying_transaction_call(|| producer.commit_transaction(KAFKA_CALL_TIMEOUT))
         });
-        // Both calls are bounded by KAFKA_CALL_TIMEOUT, yet after a broker failover librdkafka
+        // Each attempt is bounded by KAFKA_CALL_TIMEOUT, yet after a broker failover librdkafka
         // was seen to stay inside them for minutes (the chaos suite). Past this bound the
         // producer is taken as stuck, and replaced: the new one's init fences it.
-        let bound = 2 * KAFKA_CALL_TIMEOUT + Duration::from_secs(5);
+        let bound = 2 * TRANSACTION_CALL_ATTEMPTS * KAFKA_CALL_TIMEOUT + Duration::from_secs(5);
         match tokio::time::timeout(bound, watched("the commit", commit)).await {
             Ok(result) => result
                 .unwrap_or(Err(KafkaError::Canceled))
@@ -637,6 +644,30 @@ pub(super) fn with_target(headers: OwnedHeaders, unwritable: &Unwritable) -> Own
             key: "target.partition",
             value: Some(&partition),
         })
+}
+
+/// Attempts of one transactional call that fails with a retriable error (a timeout while the
+/// coordinator moves): librdkafka asks to call it again, which resumes it. A commit that timed
+/// out must be resumed, not aborted (the abort would fail with "conflicting commit in progress").
+const TRANSACTION_CALL_ATTEMPTS: u32 = 2;
+
+/// Runs `call` again while it fails with a retriable transactional error, up to
+/// [`TRANSACTION_CALL_ATTEMPTS`] times. Blocking, like the calls it wraps.
+fn retrying_transaction_call(
+    mut call: impl FnMut() -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
+    let mut attempt = 1;
+    loop {
+        match call() {
+            Err(KafkaError::Transaction(error))
+                if error.is_retriable() && attempt < TRANSACTION_CALL_ATTEMPTS =>
+            {
+                tracing::warn!(%error, attempt, "Transactional call timed out; resuming it");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Whether `error` says another producer with our transactional id took over (the broker's
