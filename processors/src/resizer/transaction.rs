@@ -316,9 +316,13 @@ impl Worker {
                     .unwrap_or(Err(KafkaError::Canceled));
             match rewound {
                 Ok(partitions) => {
-                    tracing::info!(
+                    // librdkafka's own FATAL "fenced by a newer instance" from the old producer
+                    // may follow: that newer instance is this replacement.
+                    tracing::warn!(
                         partitions,
-                        "New transactional producer ready; re-reading from the committed offsets"
+                        "New transactional producer ready; re-reading from the committed \
+                         offsets (the old producer's \"fenced by a newer instance\" is this \
+                         replacement, not another process)"
                     );
                     break;
                 }
