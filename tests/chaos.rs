@@ -97,7 +97,7 @@ async fn chaos_short() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the full suite (about 10 minutes): cargo test --test chaos -- --ignored --nocapture"]
+#[ignore = "the full suite (about 12 minutes): cargo test --test chaos -- --ignored --nocapture"]
 async fn chaos_full() {
     let pause = Duration::from_secs(3);
     let (rig, results, problems) = run(&[
@@ -113,6 +113,7 @@ async fn chaos_full() {
         Fault::StopKafka(Duration::from_secs(20)),
         Fault::NetDelay(2, Duration::from_millis(200), Duration::from_secs(20)),
         Fault::NetPartition(Duration::from_secs(20)),
+        Fault::NetPartitionCoordinator("api-replies", Duration::from_secs(45)),
     ])
     .await;
     let dir = std::env::var_os("IMGPIPE_CHAOS_REPORT").map_or_else(

@@ -203,6 +203,24 @@ impl Stack {
             .expect("the topic has leaders")
     }
 
+    /// The node (1-based) coordinating consumer group `group`.
+    pub fn group_coordinator(&self, group: &str) -> usize {
+        let out = self.run(&[
+            "kafka-consumer-groups",
+            "--describe",
+            "--group",
+            group,
+            "--state",
+        ]);
+        out.lines()
+            .filter(|l| l.starts_with(group))
+            .find_map(|l| {
+                let id = l.split('(').nth(1)?.split(')').next()?;
+                id.trim().parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no coordinator of {group} in: {out}"))
+    }
+
     pub fn bootstrap(&self) -> String {
         (0..self.brokers)
             .map(|i| format!("127.0.0.1:{}", self.kafka_base + 2 * i as u16))
@@ -391,6 +409,9 @@ pub enum Fault {
     /// nothing reaches it or comes back, but it stays a live member of the KRaft quorum (a
     /// partial partition, which Kafka does not fail over by itself).
     NetPartition(Duration),
+    /// The coordinator of consumer group `.0` black-holed the same way: its members' sessions
+    /// time out while they cannot reach it (the api's reply group is a static member).
+    NetPartitionCoordinator(&'static str, Duration),
 }
 
 impl Fault {
@@ -414,6 +435,10 @@ impl Fault {
             ),
             Self::NetPartition(d) => format!(
                 "busiest leader cut off the network (not the quorum) for {}s",
+                d.as_secs()
+            ),
+            Self::NetPartitionCoordinator(group, d) => format!(
+                "{group}'s group coordinator cut off the network (not the quorum) for {}s",
                 d.as_secs()
             ),
         }
@@ -807,6 +832,13 @@ impl Rig {
             }
             Fault::NetPartition(duration) => {
                 let n = block(|| self.stack.busiest_leader("image.requests"));
+                progress(self.t0, &format!("cutting off broker {n}"));
+                self.stack.relays[n - 1].set(netfault::Link::Blackhole);
+                tokio::time::sleep(*duration).await;
+                self.stack.relays[n - 1].set(netfault::Link::Up);
+            }
+            Fault::NetPartitionCoordinator(group, duration) => {
+                let n = block(|| self.stack.group_coordinator(group));
                 progress(self.t0, &format!("cutting off broker {n}"));
                 self.stack.relays[n - 1].set(netfault::Link::Blackhole);
                 tokio::time::sleep(*duration).await;
