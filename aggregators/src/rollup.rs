@@ -87,7 +87,8 @@ SELECT
     sumState(request_pixels_out) AS pixels_out,
     sumState(request_cpu_time_us) AS cpu_time_us,
     sumState(request_latency_us) AS latency_us_sum,
-    maxState(request_latency_us) AS latency_us_max
+    maxState(request_latency_us) AS latency_us_max,
+    quantilesTDigestState(0.5, 0.9, 0.99)(request_latency_us) AS latency_us_digest
 FROM (",
     per_request!(
         "event_time >= toDateTime({lo} - 60, 'UTC') AND event_time < toDateTime({hi} + 60, 'UTC')",
@@ -100,7 +101,8 @@ GROUP BY granularity, tenant_id, bucket, outcome, format
 UNION ALL
 SELECT 0, '', toDateTime({hi} - 1, 'UTC'), '', '', sumState(toUInt64(0)), sumState(toInt64(0)),
        sumState(toInt64(0)), sumState(toInt64(0)), sumState(toInt64(0)), sumState(toInt64(0)),
-       sumState(toInt64(0)), maxState(toInt64(0))
+       sumState(toInt64(0)), maxState(toInt64(0)),
+       quantilesTDigestState(0.5, 0.9, 0.99)(toInt64(0))
 FROM system.one
 HAVING (SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0) < toDateTime({lo}, 'UTC')"
 );
@@ -111,6 +113,9 @@ pub enum RollupError {
     /// Reading the settle mark or the partitions' progress failed.
     #[error("reading the rollup horizon: {0}")]
     Horizon(#[source] clickhouse::error::Error),
+    /// Dropping a settled partition failed (retried at the next interval).
+    #[error("dropping settled partitions: {0}")]
+    Prune(#[source] clickhouse::error::Error),
     /// The settle INSERT failed (or another settler runs the same window).
     #[error("settling [{lo}, {hi}): {source}")]
     Settle {
@@ -138,6 +143,17 @@ struct HorizonRow {
     progress: u32,
     partitions: u64,
 }
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct PartitionRow {
+    table: String,
+    partition: String,
+}
+
+/// `usage_recent` partitions are 5 minutes of event time (migration 12). One more than the
+/// lookaround is kept behind the settle mark: settling and the views' live tail read back
+/// [`LOOKAROUND_SECONDS`] from it, and a partition still being merged costs nothing to keep.
+const RECENT_PARTITION_SECONDS: u32 = 300;
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct OldestRow {
@@ -174,6 +190,7 @@ pub struct Rollup {
     partitions: u32,
     lateness: Duration,
     max_window: Duration,
+    raw_retention: Duration,
 }
 
 impl std::fmt::Debug for Rollup {
@@ -204,7 +221,71 @@ impl Rollup {
             partitions,
             lateness,
             max_window,
+            raw_retention: Duration::from_secs(35 * 86_400),
         }
+    }
+
+    /// Keeps `usage_raw` days for `retention` behind the settle mark (default 35 days).
+    #[must_use]
+    pub fn with_raw_retention(mut self, retention: Duration) -> Self {
+        self.raw_retention = retention;
+        self
+    }
+
+    /// Drops what nothing reads any more, whole partitions at a time (cheap: files unlinked,
+    /// no rewrite): `usage_recent` partitions that end more than [`LOOKAROUND_SECONDS`] plus one
+    /// partition before the settle mark (settled, and behind every live-tail read), and
+    /// `usage_raw` days that end more than the raw retention before the mark. So `usage_recent`
+    /// holds the unsettled tail plus at most ~10 minutes, whatever the history; `usage_rollup`
+    /// is never pruned. Returns the partitions dropped as `table/partition`; nothing before the
+    /// first settle.
+    pub async fn prune(&self) -> Result<Vec<String>, RollupError> {
+        let db = self.database.as_str();
+        let settled = self
+            .client
+            .query(&format!(
+                "SELECT toUInt32(max(bucket)) FROM {db}.usage_rollup WHERE granularity = 0"
+            ))
+            .fetch_one::<u32>()
+            .await
+            .map_err(RollupError::Horizon)?;
+        if settled == 0 {
+            return Ok(Vec::new());
+        }
+        let seconds = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let recent_before =
+            (settled + 1).saturating_sub(LOOKAROUND_SECONDS + RECENT_PARTITION_SECONDS);
+        let raw_before = (settled + 1).saturating_sub(seconds(self.raw_retention));
+        // `max_time` is the part's newest `event_time` (the partition key's column).
+        let due = self
+            .client
+            .query(&format!(
+                "SELECT table, partition FROM system.parts
+WHERE database = '{db}' AND active AND table IN ('usage_recent', 'usage_raw')
+GROUP BY table, partition
+HAVING toUInt32(max(max_time)) < if(table = 'usage_recent', {recent_before}, {raw_before})
+ORDER BY table, partition"
+            ))
+            .fetch_all::<PartitionRow>()
+            .await
+            .map_err(RollupError::Horizon)?;
+        let mut dropped = Vec::new();
+        for row in due {
+            // Partition values of both tables are integers (5-minute slots, YYYYMMDD days).
+            if row.partition.is_empty() || !row.partition.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            self.client
+                .query(&format!(
+                    "ALTER TABLE {db}.{} DROP PARTITION {}",
+                    row.table, row.partition
+                ))
+                .execute()
+                .await
+                .map_err(RollupError::Prune)?;
+            dropped.push(format!("{}/{}", row.table, row.partition));
+        }
+        Ok(dropped)
     }
 
     /// The statement settling `window` (for tests and benchmarks that show it).
@@ -284,7 +365,18 @@ impl Rollup {
                     tracing::debug!(lo = window.lo, hi = window.hi, "Settled a usage window");
                     Duration::ZERO
                 }
-                Ok(None) => interval,
+                Ok(None) => {
+                    match self.prune().await {
+                        Ok(dropped) if !dropped.is_empty() => {
+                            tracing::debug!(?dropped, "Dropped settled usage partitions");
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "Dropping settled usage partitions failed; will retry");
+                        }
+                    }
+                    interval
+                }
                 Err(error) => {
                     tracing::warn!(%error, "Settling usage rollups failed; will retry");
                     interval
