@@ -8,11 +8,15 @@
 //! every record of its requests is stored, with the same per-request rules, by one
 //! `INSERT … SELECT` that also writes the window's settle mark (`granularity = 0`,
 //! `bucket = hi - 1`):
-//! - **complete**: every partition of `usage.events` has stored records, and its newest stored
-//!   event is at least `hi + LOOKAROUND + lateness` (records of one request lie within
-//!   [`LOOKAROUND_SECONDS`] of each other; a record is stored at most `lateness` behind newer
-//!   ones of its partition). A partition that never had traffic therefore holds settling back:
-//!   the views stay exact through their live tail, only slower;
+//! - **complete**: every partition of `usage.events` has made progress to at least
+//!   `hi + LOOKAROUND + lateness` (records of one request lie within [`LOOKAROUND_SECONDS`] of
+//!   each other; a record is stored at most `lateness` behind newer ones of its partition). A
+//!   partition's progress is its newest stored event time, or, once the aggregator found it
+//!   idle (everything Kafka had for it at an instant `T` stored), `T` itself: records produced
+//!   after `T` carry event times from `T - lateness` on. So an idle partition, or one that never
+//!   had traffic, no longer holds settling back (the aggregator reports it every
+//!   `rollup_interval`); until it is reported, it does, and the views stay exact through their
+//!   live tail, only slower;
 //! - **atomic**: windows are whole minutes within one UTC day, so the rows of every granularity
 //!   and the mark fall in one monthly partition and one block: one part, committed at once;
 //! - **once**: the statement only writes if the newest mark is before `lo` (checked when it

@@ -271,7 +271,7 @@ impl UsageSink {
             .join(",");
         let sql = format!(
             "SELECT kafka_partition, maxMerge(max_offset) AS max_offset FROM {offsets}
-WHERE kafka_partition IN ({list}) GROUP BY kafka_partition",
+WHERE kafka_partition IN ({list}) GROUP BY kafka_partition HAVING max_offset >= 0",
             offsets = self.offsets_table,
         );
         let what = "looking up stored offsets";
@@ -289,6 +289,33 @@ WHERE kafka_partition IN ({list}) GROUP BY kafka_partition",
             .into_iter()
             .map(|row| (row.kafka_partition, row.max_offset))
             .collect())
+    }
+
+    /// Records `(partition, epoch seconds)` pairs of idle partitions (see the consumer's
+    /// `report_idle`) as event-time progress in `usage_offsets`. The offset part is -1, below
+    /// any real offset, so the resume point does not move (partitions whose only rows are these
+    /// count as having nothing stored).
+    pub async fn report_idle(&self, idle: &[(i32, u32)]) -> Result<(), SinkError> {
+        let pairs = idle
+            .iter()
+            .map(|(partition, at)| format!("({partition}, {at})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO {offsets}
+SELECT p, maxState(toInt64(-1)), maxState(toDateTime(t, 'UTC'))
+FROM (SELECT arrayJoin([{pairs}]) AS x, toInt32(x.1) AS p, toUInt32(x.2) AS t)
+GROUP BY p",
+            offsets = self.offsets_table,
+        );
+        let what = "reporting idle partitions";
+        tokio::time::timeout(self.insert_timeout, self.client.query(&sql).execute())
+            .await
+            .map_err(|_| SinkError::Timeout {
+                what,
+                after: self.insert_timeout,
+            })?
+            .map_err(|source| SinkError::Query { what, source })
     }
 
     /// Waits until ClickHouse no longer runs `query_id` (an INSERT whose answer was lost may
