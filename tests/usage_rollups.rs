@@ -250,20 +250,25 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     })
     .await;
 
-    // `usage_recent` keeps only the unsettled tail: what settled more than the lookaround and
-    // one 5-minute partition ago was dropped (the three hours above, but for their end).
-    let recent_from: i64 = clickhouse(
-        &config,
-        &format!("SELECT toUInt32(min(event_time)) FROM {db}.usage_recent"),
-    )
-    .await
-    .trim()
-    .parse()
-    .unwrap();
-    assert!(
-        recent_from >= settled - 60 - 2 * 300,
-        "usage_recent pruned to the tail: oldest row {recent_from}, settled until {settled}"
-    );
+    // `usage_recent` keeps only the unsettled tail: the rollup job drops, once nothing is due,
+    // what settled more than the lookaround and one 5-minute partition ago (the three hours
+    // above, but for their end).
+    support::eventually(Duration::from_secs(30), "usage_recent pruned", || {
+        let config = &config;
+        let db = &db;
+        async move {
+            let oldest: i64 = clickhouse(
+                config,
+                &format!("SELECT toUInt32(min(event_time)) FROM {db}.usage_recent"),
+            )
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+            (oldest >= settled - 60 - 2 * 300).then_some(())
+        }
+    })
+    .await;
     // Stopped before the replay below, so that no prune races its count.
     drop(aggregator);
 
@@ -549,6 +554,103 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
         (p.parse().unwrap(), o.parse().unwrap())
     })
     .collect();
+    assert_eq!(offsets.into_iter().collect::<BTreeMap<_, _>>(), raw);
+    clickhouse(&config, &format!("DROP DATABASE {db}")).await;
+}
+
+/// A one-tenant demo: every record on one partition of `usage.events`, the others never see
+/// one. The aggregator reports idle partitions (the silent ones at once, the busy one once it
+/// is quiet) as settled up to when they were found idle, so the demo's usage settles, exactly,
+/// and the resume point does not move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_partitions_do_not_hold_settling_back() {
+    let config = support::provisioned("usage_idle").await;
+    aggregators::migrate(&config.clickhouse).await.unwrap();
+    let db = config.clickhouse.database.as_str().to_owned();
+    let producer = support::UsageProducer::new(&config);
+    // 100 requests of one tenant over five minutes, ending five minutes ago.
+    let first = now_s() - 600;
+    let events: Vec<UsageRecorded> = (0..100)
+        .flat_map(|i| {
+            let mut r = records(i, first + i as i64 * 3);
+            r.iter_mut()
+                .for_each(|e| e.tenant_id = "tenant-solo".into());
+            r
+        })
+        .collect();
+    producer.send(&events).await;
+    let data_end = first + 300 + 9;
+    let aggregator = Aggregator::start(&config);
+    let settled = support::eventually(Duration::from_secs(90), "the demo settled", || {
+        let config = &config;
+        let db = &db;
+        async move {
+            let mark: i64 = clickhouse(
+                config,
+                &format!(
+                    "SELECT toUInt32(max(bucket)) FROM {db}.usage_rollup WHERE granularity = 0"
+                ),
+            )
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+            (mark > data_end + 60).then_some(mark + 1)
+        }
+    })
+    .await;
+    drop(aggregator);
+
+    let rollup = keyed(
+        &config,
+        &format!(
+            "SELECT tenant_id, toUInt32(bucket), outcome, format, '#', sumMerge(requests),
+                    sumMerge(bytes_in), sumMerge(bytes_out), sumMerge(pixels_in),
+                    sumMerge(pixels_out), sumMerge(cpu_time_us), sumMerge(latency_us_sum),
+                    maxMerge(latency_us_max)
+             FROM {db}.usage_rollup WHERE granularity = 1
+             GROUP BY tenant_id, bucket, outcome, format
+             ORDER BY tenant_id, bucket, outcome, format"
+        ),
+    )
+    .await;
+    let recount = keyed(&config, &recount_sql(&db, 1, settled)).await;
+    assert!(recount.len() > 5, "{} keys", recount.len());
+    assert_eq!(
+        differences(&rollup, &recount),
+        Vec::<String>::new(),
+        "rollup vs recount (settled until {settled})"
+    );
+    let requests = clickhouse(
+        &config,
+        &format!("SELECT sumMerge(requests) FROM {db}.usage_rollup WHERE granularity = 3"),
+    )
+    .await;
+    assert_eq!(requests.trim(), "100", "the whole demo settled");
+
+    // Idle reports move event-time progress only: the resume point is still the raw rows'.
+    let sink = UsageSink::connect(&config.clickhouse, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let offsets = sink
+        .stored_offsets(&(0..6).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let raw: BTreeMap<i32, i64> = clickhouse(
+        &config,
+        &format!(
+            "SELECT kafka_partition, max(kafka_offset) FROM {db}.usage_raw
+             GROUP BY kafka_partition FORMAT TSV"
+        ),
+    )
+    .await
+    .lines()
+    .map(|line| {
+        let (p, o) = line.split_once('\t').unwrap();
+        (p.parse().unwrap(), o.parse().unwrap())
+    })
+    .collect();
+    assert_eq!(raw.len(), 1, "one partition had traffic");
     assert_eq!(offsets.into_iter().collect::<BTreeMap<_, _>>(), raw);
     clickhouse(&config, &format!("DROP DATABASE {db}")).await;
 }
