@@ -177,9 +177,9 @@ for size in $SIZES; do
                   round(sum(bytes_on_disk) / sum(rows), 1)
            FROM system.parts WHERE database = '$BENCH_DB' AND active GROUP BY table ORDER BY table FORMAT TSV" |
         while IFS=$'\t' read -r table r bytes per own; do echo "| $table | $r | $bytes | $per | $own |"; done
-    ch -q "SELECT 'all tables', '', formatReadableSize(sum(bytes_on_disk)), round(sum(bytes_on_disk) / $rows, 1), ''
+    ch -q "SELECT formatReadableSize(sum(bytes_on_disk)), round(sum(bytes_on_disk) / $rows, 1)
            FROM system.parts WHERE database = '$BENCH_DB' AND active FORMAT TSV" |
-        while IFS=$'\t' read -r table r bytes per own; do echo "| $table | | $bytes | **$per** | |"; done
+        while IFS=$'\t' read -r bytes per; do echo "| all tables | | $bytes | **$per** | |"; done
     echo "   usage_recent holds $(ch -q "SELECT toUInt32(max(event_time)) - toUInt32(min(event_time)) FROM usage_recent") s of event time (the unsettled tail + up to two 5-minute partitions)"
 done
 
