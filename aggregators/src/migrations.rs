@@ -158,9 +158,11 @@ macro_rules! uuid_of {
 
 /// `CREATE VIEW` of one time rollup as analysts see it, from version 12 on: like
 /// `live_rollup_view` plus `latency_us_digest`, the t-digest state of per-request latency
-/// (read it with `quantilesTDigestMerge(0.5, 0.9, 0.99)(latency_us_digest)`).
+/// (read it with `quantilesTDigestMerge(0.5, 0.9, 0.99)(latency_us_digest)`), filled where
+/// `$digest` (`1`/`0`) says: hour and day views, like the rollup rows they read; minute rows
+/// carry an empty digest.
 macro_rules! digest_rollup_view {
-    ($view:literal, $bucket:literal, $start_of:literal, $g:literal) => {
+    ($view:literal, $bucket:literal, $start_of:literal, $g:literal, $digest:literal) => {
         concat!(
             "CREATE VIEW IF NOT EXISTS {db}.",
             $view,
@@ -203,7 +205,9 @@ SELECT
     sum(request_cpu_time_us) AS cpu_time_us,
     sum(request_latency_us) AS latency_us_sum,
     max(request_latency_us) AS latency_us_max,
-    quantilesTDigestState(0.5, 0.9, 0.99)(request_latency_us) AS latency_us_digest
+    quantilesTDigestStateIf(0.5, 0.9, 0.99)(request_latency_us, ",
+            $digest,
+            ") AS latency_us_digest
 FROM (",
             crate::rollup::per_request!(
                 "event_time >= toDateTime(greatest(toUInt32((SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0)), 59) - 59, 'UTC')",
@@ -542,7 +546,8 @@ FROM {db}.usage_raw",
         //   ids, 5-minute partitions that the rollup job drops once settled: it holds the
         //   unsettled tail plus a few minutes, not history.
         // - `usage_rollup`: a `latency_us_digest` (t-digest of per-request latency, p50/p90/p99)
-        //   for percentiles per tenant; rows settled before this have an empty digest.
+        //   for percentiles per tenant, in hour and day rows; rows settled before this, and
+        //   minute rows, have an empty digest.
         statements: &[
             "DROP TABLE IF EXISTS {db}.usage_offsets_from_recent",
             "DROP TABLE IF EXISTS {db}.usage_recent_from_raw",
@@ -692,9 +697,9 @@ GROUP BY tenant_id, request_id",
             "DROP TABLE IF EXISTS {db}.usage_minute",
             "DROP TABLE IF EXISTS {db}.usage_hour",
             "DROP TABLE IF EXISTS {db}.usage_day",
-            digest_rollup_view!("usage_minute", "minute", "toStartOfMinute", "1"),
-            digest_rollup_view!("usage_hour", "hour", "toStartOfHour", "2"),
-            digest_rollup_view!("usage_day", "day", "toStartOfDay", "3"),
+            digest_rollup_view!("usage_minute", "minute", "toStartOfMinute", "1", "0"),
+            digest_rollup_view!("usage_hour", "hour", "toStartOfHour", "2", "1"),
+            digest_rollup_view!("usage_day", "day", "toStartOfDay", "3", "1"),
         ],
         modern_only: false,
     },
