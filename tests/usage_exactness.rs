@@ -386,9 +386,17 @@ async fn tenant_query_matches_clickhouse_and_sees_only_its_tenant() {
     // Two tenants, one request delivered twice (a duplicate the exact query must not count).
     let base = 1_735_689_600; // 2025-01-01T00:00:00Z
     let event = |i: usize, offset: i64| {
-        let tenant = if i % 3 == 0 { "tenant-b" } else { "tenant-a" };
+        let tenant = if i.is_multiple_of(3) {
+            "tenant-b"
+        } else {
+            "tenant-a"
+        };
         let format = ["webp", "png", ""][i % 3];
-        let outcome = if i % 5 == 0 { "bad_parameters" } else { "ok" };
+        let outcome = if i.is_multiple_of(5) {
+            "bad_parameters"
+        } else {
+            "ok"
+        };
         let event = UsageRecorded {
             request_id: format!("r{i}"),
             tenant_id: tenant.into(),
