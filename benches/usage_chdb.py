@@ -4,6 +4,7 @@ that the rollups equal a deduplicated recount there too.
     imgpipe migrate --print > /tmp/m.sql            # with IMGPIPE_CLICKHOUSE__DATABASE=usage_chdb
     imgpipe rollup --print 1764547200 1764550800 > /tmp/s.sql
     python3 benches/usage_chdb.py /tmp/m.sql /tmp/s.sql
+    python3 benches/usage_chdb.py --storage /tmp/m.sql [ROWS]   # bytes per record, current engine
 
 The project's servers are ClickHouse 18.16 (Debian); this is how the same statements are checked
 against a current release without installing one. Exits non-zero on any failure.
@@ -24,7 +25,48 @@ def statements(path):
             yield sql
 
 
+def storage(migrations, rows):
+    """Bytes per usage record of the schema on a current engine, for the rows
+    benches/usage_scale.sh generates (random request ids, 1,000 skewed tenants, two records
+    for most requests), after the parts are merged."""
+    s = session.Session()
+    print("engine:", s.query("SELECT version()", "TSV").bytes().decode().strip())
+    s.query(f"CREATE DATABASE IF NOT EXISTS {DB}")
+    for sql in statements(migrations):
+        s.query(sql)
+    s.query(f"""INSERT INTO {DB}.usage_raw (kafka_partition, kafka_offset, request_id,
+        request_id_text, tenant_id, key_id, event_time, event_ms, outcome, status, bytes_in,
+        bytes_out, pixels_in, pixels_out, cpu_time_us, input_format, output_format, latency_us,
+        source)
+    SELECT toInt32(tenant % 6), toInt64(n), toUUID(UUIDNumToString(MD5(toString(k)))), '',
+        concat('tenant-', toString(tenant)), concat('key-', toString(tenant), '-', toString(h % 3)),
+        toDateTime(1764547200 + intDiv(n, 10000), 'UTC') + api, toUInt16(h % 1000),
+        if(api, multiIf(refused, ['bad_parameters', 'rate_limited', 'unauthenticated',
+                                  'payload_too_large'][intDiv(h, 10) % 4 + 1],
+                        h % 50 = 1, 'client_closed_request', 'ok'), 'resized'),
+        toInt32(if(api, multiIf(refused, [400, 429, 401, 413][intDiv(h, 10) % 4 + 1],
+                                h % 50 = 1, 499, 200), 200)),
+        toInt64(20000 + h % 400000), toInt64(if(refused OR (api AND h % 50 = 1), 0, 3000 + h % 60000)),
+        toInt64(if(refused OR api, 0, 1000000 + h % 3000000)), toInt64(if(refused OR api, 0, 262144)),
+        toInt64(if(refused OR api, 0, 5000 + h % 20000)),
+        ['jpeg', 'png', 'webp', 'gif', 'avif'][intDiv(h, 7) % 5 + 1],
+        if(refused OR (api AND h % 50 = 1), '', ['jpeg', 'webp', 'png', 'avif', 'gif'][intDiv(h, 11) % 5 + 1]),
+        toInt64(2000 + h % 300000), if(api, 'API', 'RESIZER')
+    FROM (SELECT number AS n, intDiv(n, 2) AS k, n % 2 AS api, intHash64(k) AS h,
+                 h % 10 = 0 AS refused,
+                 toUInt32(pow(1000, (intHash64(k + 7) % 1000000) / 1000000.0)) AS tenant
+          FROM numbers({rows}))
+    WHERE api OR NOT refused""")
+    s.query(f"OPTIMIZE TABLE {DB}.usage_raw FINAL")
+    print(s.query(f"""SELECT table, sum(rows), round(sum(bytes_on_disk) / sum(rows), 1)
+        FROM system.parts WHERE database = '{DB}' AND table = 'usage_raw' AND active
+        GROUP BY table""", "TSV").bytes().decode().strip(), "(table, rows, bytes per record)")
+
+
 def main():
+    if sys.argv[1] == "--storage":
+        storage(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 4000000)
+        return
     migrations, settle = sys.argv[1], sys.argv[2]
     s = session.Session()
     print("engine:", s.query("SELECT version()", "TSV").bytes().decode().strip())
