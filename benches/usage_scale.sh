@@ -133,6 +133,7 @@ for size in $SIZES; do
     echo "   settle took $(($(date +%s) - t1)) s"
     ch -q "OPTIMIZE TABLE usage_offsets FINAL"
 
+    latest=$(ch -q "SELECT toUInt32(max(event_time)) FROM usage_raw")
     last_hour=$(ch -q "SELECT toUInt32(toStartOfHour(max(event_time))) FROM usage_raw")
     day=$(ch -q "SELECT toUInt32(toStartOfDay(max(event_time))) FROM usage_raw")
     big=tenant-1; small=tenant-900
@@ -165,7 +166,7 @@ for size in $SIZES; do
     # README: duplicate check
     measure "duplicates (whole table), before" "SELECT count() - uniqExact(tenant_id, request_id) FROM usage_raw"
     measure "duplicate deliveries last hour, after" "SELECT count() - uniqExact(kafka_partition, kafka_offset) FROM usage_raw WHERE event_time >= toDateTime($last_hour, 'UTC')"
-    measure "duplicate deliveries last 5 minutes, after" "SELECT count() - uniqExact(kafka_partition, kafka_offset) FROM usage_raw WHERE event_time >= (SELECT max(event_time) FROM usage_raw) - 300"
+    measure "duplicate deliveries last 5 minutes, after" "SELECT count() - uniqExact(kafka_partition, kafka_offset) FROM usage_raw WHERE event_time >= toDateTime($latest - 300, 'UTC')"
     # GET /v1/usage: before = schema 6's tenant query; after = the rollup + live tail query
     for tenant in $big $small; do
         for gran in minute:toStartOfMinute:$((last_hour - 0)):$((last_hour + 3600)) hour:toStartOfHour:$START:$((START + 31 * 86400)) day:toStartOfDay:$START:$((START + 366 * 86400 - 86400)); do
