@@ -97,7 +97,7 @@ async fn chaos_short() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the full suite (about 12 minutes): cargo test --test chaos -- --ignored --nocapture"]
+#[ignore = "the full suite (about 9 minutes): cargo test --test chaos -- --ignored --nocapture"]
 async fn chaos_full() {
     let pause = Duration::from_secs(3);
     let (rig, results, problems) = run(&[
