@@ -614,23 +614,10 @@ async fn tail_decodes_every_topic_and_shows_images_as_sizes() {
     assert_eq!(matching, 0);
 }
 
-async fn clickhouse(config: &Config, sql: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(&config.clickhouse.url)
-        .body(sql.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.text().await.unwrap();
-    assert!(status.is_success(), "{sql}: {body}");
-    body
-}
-
 /// Per tenant: requests and bytes in, as analysts read them (the exact per-minute view).
 async fn analyst_totals(config: &Config) -> BTreeMap<String, (i64, i64)> {
     let db = &config.clickhouse.database;
-    clickhouse(
+    support::clickhouse(
         config,
         &format!(
             "SELECT tenant_id, sum(requests), sum(bytes_in) FROM {db}.usage_minute \
@@ -720,14 +707,14 @@ async fn a_usage_rebuild_restores_exact_totals_from_kafka_and_is_refused_while_a
 
     // Damage: a third of the rows gone, as after a bad manual DELETE.
     for table in ["usage_raw", "usage_recent"] {
-        clickhouse(
+        support::clickhouse(
             &config,
             &format!("ALTER TABLE {db}.{table} DELETE WHERE bytes_in % 3 = 0"),
         )
         .await;
     }
     support::eventually(Duration::from_secs(30), "the delete to finish", || async {
-        let left = clickhouse(
+        let left = support::clickhouse(
             &config,
             &format!(
                 "SELECT count() FROM system.mutations WHERE database = '{db}' AND is_done = 0"
@@ -756,16 +743,17 @@ async fn a_usage_rebuild_restores_exact_totals_from_kafka_and_is_refused_while_a
         expected,
         "exact after the rebuild"
     );
-    let rejects = clickhouse(&config, &format!("SELECT count() FROM {db}.usage_rejects")).await;
+    let rejects =
+        support::clickhouse(&config, &format!("SELECT count() FROM {db}.usage_rejects")).await;
     assert_eq!(rejects.trim(), "1");
     // The damaged tables are kept aside, and no rebuild database is left over.
-    let backup_rows = clickhouse(
+    let backup_rows = support::clickhouse(
         &config,
         &format!("SELECT count() FROM {}.usage_raw", report.backup),
     )
     .await;
     assert!(backup_rows.trim().parse::<i64>().unwrap() < 120);
-    let leftovers = clickhouse(
+    let leftovers = support::clickhouse(
         &config,
         &format!(
             "SELECT count() FROM system.databases WHERE name = '{}'",
@@ -789,7 +777,7 @@ async fn a_usage_rebuild_restores_exact_totals_from_kafka_and_is_refused_while_a
     )
     .await;
     aggregator.stop().await;
-    clickhouse(
+    support::clickhouse(
         &config,
         &format!("DROP DATABASE IF EXISTS {}", report.backup),
     )
@@ -851,7 +839,7 @@ async fn every_admin_call_is_in_the_audit_trail_without_secrets() {
         Duration::from_secs(30),
         "the trail in ClickHouse",
         || async {
-            let rows = clickhouse(
+            let rows = support::clickhouse(
                 &config,
                 &format!(
                     "SELECT action, status, actor, remote_addr FROM {db}.admin_audit FINAL \

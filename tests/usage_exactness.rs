@@ -142,26 +142,17 @@ impl Aggregator {
     }
 }
 
-async fn clickhouse(config: &Config, sql: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(&config.clickhouse.url)
-        .body(sql.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.text().await.unwrap();
-    assert!(status.is_success(), "{sql}: {body}");
-    body
-}
-
 async fn count(config: &Config, sql: &str) -> i64 {
-    clickhouse(config, sql).await.trim().parse().unwrap_or(-1)
+    support::clickhouse(config, sql)
+        .await
+        .trim()
+        .parse()
+        .unwrap_or(-1)
 }
 
 async fn stored_totals(config: &Config) -> BTreeMap<String, Totals> {
     let db = &config.clickhouse.database;
-    let text = clickhouse(
+    let text = support::clickhouse(
         config,
         &format!(
             "SELECT tenant_id, sum(requests), sum(bytes_in), sum(bytes_out), sum(pixels_in), \
@@ -435,7 +426,7 @@ async fn tenant_query_matches_clickhouse_and_sees_only_its_tenant() {
             let requests: u64 = report.buckets.iter().map(|b| b.requests).sum();
             let bytes_in: i64 = report.buckets.iter().map(|b| b.bytes_in).sum();
             let cpu: i64 = report.buckets.iter().map(|b| b.cpu_time_us).sum();
-            let direct = clickhouse(
+            let direct = support::clickhouse(
                 &config,
                 &format!(
                     "SELECT sum(requests), sum(bytes_in), sum(cpu_time_us) FROM {db}.usage_minute \
@@ -476,7 +467,7 @@ async fn tenant_query_matches_clickhouse_and_sees_only_its_tenant() {
             report.buckets
         );
     }
-    clickhouse(&config, &format!("DROP DATABASE {db}")).await;
+    support::clickhouse(&config, &format!("DROP DATABASE {db}")).await;
 }
 
 #[tokio::test]

@@ -88,22 +88,9 @@ fn records(i: usize, t: i64) -> Vec<UsageRecorded> {
     }
 }
 
-async fn clickhouse(config: &Config, sql: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(&config.clickhouse.url)
-        .body(sql.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.text().await.unwrap();
-    assert!(status.is_success(), "{sql}: {body}");
-    body
-}
-
 /// `(granularity, tenant, bucket, outcome, format) → sums` as TSV lines, sorted.
 async fn keyed(config: &Config, sql: &str) -> BTreeMap<String, String> {
-    clickhouse(config, &format!("{sql} FORMAT TSV"))
+    support::clickhouse(config, &format!("{sql} FORMAT TSV"))
         .await
         .lines()
         .map(|line| {
@@ -235,7 +222,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
         async move {
             producer.send(&batch).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let mark: i64 = clickhouse(
+            let mark: i64 = support::clickhouse(
                 config,
                 &format!(
                     "SELECT toUInt32(max(bucket)) FROM {db}.usage_rollup WHERE granularity = 0"
@@ -257,7 +244,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
         let config = &config;
         let db = &db;
         async move {
-            let oldest: i64 = clickhouse(
+            let oldest: i64 = support::clickhouse(
                 config,
                 &format!("SELECT toUInt32(min(event_time)) FROM {db}.usage_recent"),
             )
@@ -277,7 +264,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     let sink = UsageSink::connect(&config.clickhouse, Duration::from_secs(30))
         .await
         .unwrap();
-    let stored: Vec<(i32, i64, String, String)> = clickhouse(
+    let stored: Vec<(i32, i64, String, String)> = support::clickhouse(
         &config,
         &format!(
             "SELECT kafka_partition, kafka_offset, request_id_text, source FROM {db}.usage_raw
@@ -328,7 +315,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
              WHERE kafka_partition = {partition} AND kafka_offset IN ({offsets})"
         );
         async move {
-            clickhouse(config, &sql)
+            support::clickhouse(config, &sql)
                 .await
                 .trim()
                 .parse::<usize>()
@@ -369,7 +356,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
             "granularity {g}: rollup vs recount (settled until {settled})"
         );
     }
-    let requests: i64 = clickhouse(
+    let requests: i64 = support::clickhouse(
         &config,
         &format!("SELECT sum(requests) FROM {db}.usage_day"),
     )
@@ -377,7 +364,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     .trim()
     .parse()
     .unwrap();
-    let distinct: i64 = clickhouse(
+    let distinct: i64 = support::clickhouse(
         &config,
         &format!("SELECT uniqExact(tenant_id, request_id) FROM {db}.usage_raw"),
     )
@@ -498,7 +485,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
                     Some(GroupBy::Outcome) => "o",
                 };
                 let expected: BTreeMap<(String, String), Sums> =
-                    clickhouse(
+                    support::clickhouse(
                         &config,
                         &format!(
                             "SELECT toUInt32({start_of}(t)) AS b, {key} AS k, count(), sum(bi), sum(bo),
@@ -540,7 +527,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     // The resume point: usage_offsets agrees with the raw tables.
     let partitions: Vec<i32> = (0..6).collect();
     let offsets = sink.stored_offsets(&partitions).await.unwrap();
-    let raw: BTreeMap<i32, i64> = clickhouse(
+    let raw: BTreeMap<i32, i64> = support::clickhouse(
         &config,
         &format!(
             "SELECT kafka_partition, max(kafka_offset) FROM {db}.usage_raw
@@ -555,7 +542,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     })
     .collect();
     assert_eq!(offsets.into_iter().collect::<BTreeMap<_, _>>(), raw);
-    clickhouse(&config, &format!("DROP DATABASE {db}")).await;
+    support::clickhouse(&config, &format!("DROP DATABASE {db}")).await;
 }
 
 /// A one-tenant demo: every record on one partition of `usage.events`, the others never see
@@ -585,7 +572,7 @@ async fn idle_partitions_do_not_hold_settling_back() {
         let config = &config;
         let db = &db;
         async move {
-            let mark: i64 = clickhouse(
+            let mark: i64 = support::clickhouse(
                 config,
                 &format!(
                     "SELECT toUInt32(max(bucket)) FROM {db}.usage_rollup WHERE granularity = 0"
@@ -621,7 +608,7 @@ async fn idle_partitions_do_not_hold_settling_back() {
         Vec::<String>::new(),
         "rollup vs recount (settled until {settled})"
     );
-    let requests = clickhouse(
+    let requests = support::clickhouse(
         &config,
         &format!("SELECT sumMerge(requests) FROM {db}.usage_rollup WHERE granularity = 3"),
     )
@@ -636,7 +623,7 @@ async fn idle_partitions_do_not_hold_settling_back() {
         .stored_offsets(&(0..6).collect::<Vec<_>>())
         .await
         .unwrap();
-    let raw: BTreeMap<i32, i64> = clickhouse(
+    let raw: BTreeMap<i32, i64> = support::clickhouse(
         &config,
         &format!(
             "SELECT kafka_partition, max(kafka_offset) FROM {db}.usage_raw
@@ -652,7 +639,7 @@ async fn idle_partitions_do_not_hold_settling_back() {
     .collect();
     assert_eq!(raw.len(), 1, "one partition had traffic");
     assert_eq!(offsets.into_iter().collect::<BTreeMap<_, _>>(), raw);
-    clickhouse(&config, &format!("DROP DATABASE {db}")).await;
+    support::clickhouse(&config, &format!("DROP DATABASE {db}")).await;
 }
 
 /// A request's api record and resizer record share tenant, second and request id; they must
@@ -706,10 +693,10 @@ async fn a_requests_two_records_survive_merges_of_usage_raw() {
         .unwrap();
     }
     let db = &config.clickhouse.database;
-    clickhouse(&config, &format!("OPTIMIZE TABLE {db}.usage_raw FINAL")).await;
-    let raw = clickhouse(&config, &format!("SELECT count() FROM {db}.usage_raw")).await;
+    support::clickhouse(&config, &format!("OPTIMIZE TABLE {db}.usage_raw FINAL")).await;
+    let raw = support::clickhouse(&config, &format!("SELECT count() FROM {db}.usage_raw")).await;
     assert_eq!(raw.trim(), "40", "every record survives the merge");
-    let view = clickhouse(
+    let view = support::clickhouse(
         &config,
         &format!(
             "SELECT countIf(outcome = 'ok'), sum(pixels_in) FROM {db}.usage_by_request \
@@ -722,5 +709,5 @@ async fn a_requests_two_records_survive_merges_of_usage_raw() {
         "20\t100000",
         "the api's outcome and the resizer's work, per request"
     );
-    clickhouse(&config, &format!("DROP DATABASE {db}")).await;
+    support::clickhouse(&config, &format!("DROP DATABASE {db}")).await;
 }

@@ -325,3 +325,18 @@ pub async fn produce_request(
         .unwrap()
         .offset
 }
+
+/// Runs `sql` on the test's ClickHouse over HTTP and returns the answer's body; panics with the
+/// statement and the server's message if it fails.
+pub async fn clickhouse(config: &Config, sql: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(&config.clickhouse.url)
+        .body(sql.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert!(status.is_success(), "{sql}: {body}");
+    body
+}
