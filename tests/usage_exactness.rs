@@ -79,6 +79,14 @@ struct Aggregator {
     ops: String,
 }
 
+/// A test that fails half-way must not leave its aggregator running.
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Aggregator {
     fn start(config: &Config) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")

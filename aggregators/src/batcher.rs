@@ -275,22 +275,35 @@ impl Batcher {
         self.batch(partition)?.last_offset()
     }
 
-    /// What writing `partition` needs next: a recheck after a failure, else up to `max` usage
-    /// rows, then up to `max` reject rows. A revoked partition has nothing to write.
+    /// What writing `partition` needs next: a recheck after a failure, else the batch's oldest
+    /// records, up to `max`, all usage rows or all rejects, none past an older record of the
+    /// other kind. Writes go in offset order because the resume point is the highest offset
+    /// stored: usage rows written past a poison record whose reject was not yet written would,
+    /// after a kill -9 in between, make the restart skip the poison (its reject lost; the
+    /// chaos of `usage_exactness` found it). A revoked partition has nothing to write.
     pub(crate) fn next_write(&self, partition: i32, max: usize) -> NextWrite<'_> {
         let Some(batch) = self.batch(partition) else {
             return NextWrite::Done;
         };
         if batch.needs_recheck {
-            NextWrite::Recheck {
+            return NextWrite::Recheck {
                 query_id: batch.last_query_id.clone(),
+            };
+        }
+        let first_row = batch.rows.first().map(|r| r.kafka_offset);
+        let first_reject = batch.rejects.first().map(|r| r.kafka_offset);
+        match (first_row, first_reject) {
+            (None, None) => NextWrite::Done,
+            (Some(_), None) => NextWrite::Rows(&batch.rows[..batch.rows.len().min(max)]),
+            (None, Some(_)) => NextWrite::Rejects(&batch.rejects[..batch.rejects.len().min(max)]),
+            (Some(row), Some(reject)) if row < reject => {
+                let before = batch.rows.partition_point(|r| r.kafka_offset < reject);
+                NextWrite::Rows(&batch.rows[..before.min(max)])
             }
-        } else if !batch.rows.is_empty() {
-            NextWrite::Rows(&batch.rows[..batch.rows.len().min(max)])
-        } else if !batch.rejects.is_empty() {
-            NextWrite::Rejects(&batch.rejects[..batch.rejects.len().min(max)])
-        } else {
-            NextWrite::Done
+            (Some(row), Some(_)) => {
+                let before = batch.rejects.partition_point(|r| r.kafka_offset < row);
+                NextWrite::Rejects(&batch.rejects[..before.min(max)])
+            }
         }
     }
 
@@ -429,6 +442,50 @@ mod tests {
         b.assign(3);
         assert_eq!(b.awaiting(), [3]);
         assert_eq!(b.admit(3, 12), Admission::NotReady);
+    }
+
+    #[test]
+    fn writes_go_in_offset_order_across_rows_and_rejects() {
+        let mut b = Batcher::new(100, Duration::from_secs(1), 1000);
+        b.assign(0);
+        b.activate(0, None);
+        let reject = |offset| RejectRow {
+            kafka_partition: 0,
+            kafka_offset: offset,
+            error: "x".into(),
+            payload_size: 1,
+        };
+        // Offsets 0 1 [2] [3] 4 5 [6] 7 as they arrive: rows, rejects in brackets.
+        for offset in 0..8 {
+            if [2, 3, 6].contains(&offset) {
+                b.push_reject(reject(offset));
+            } else {
+                b.push_row(row(0, offset));
+            }
+        }
+        let mut written = Vec::new();
+        loop {
+            let (kind, offsets): (RowKind, Vec<i64>) = match b.next_write(0, 10) {
+                NextWrite::Rows(rows) => (
+                    RowKind::Usage,
+                    rows.iter().map(|r| r.kafka_offset).collect(),
+                ),
+                NextWrite::Rejects(rejects) => (
+                    RowKind::Rejects,
+                    rejects.iter().map(|r| r.kafka_offset).collect(),
+                ),
+                NextWrite::Done => break,
+                NextWrite::Recheck { .. } => panic!("nothing failed"),
+            };
+            b.sent(0, kind, offsets.len(), "q", true);
+            written.push(offsets);
+        }
+        // Each INSERT is an offset-ordered prefix: a kill after any of them leaves no gap
+        // below the highest stored offset.
+        assert_eq!(
+            written,
+            [vec![0, 1], vec![2, 3], vec![4, 5], vec![6], vec![7]]
+        );
     }
 
     #[test]
