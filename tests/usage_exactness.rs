@@ -396,7 +396,7 @@ async fn tenant_query_matches_clickhouse_and_sees_only_its_tenant() {
         ));
     }
     values.push("(0, 300, 'r1', 'tenant-a', 'k', 1735689610, 1735689610000, 'ok', 200, 101, 11, 1001, 51, 8, 'jpeg', 'png', 10, 'RESIZER')".into());
-    clickhouse(
+    support::clickhouse(
         &config,
         &format!(
             "INSERT INTO {db}.usage_raw (kafka_partition, kafka_offset, request_id, tenant_id, key_id, \
