@@ -887,20 +887,7 @@ impl Rig {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         if recovered.is_none() {
-            let http = self.http.clone();
-            for service in &mut self.services {
-                if !service.ready(&http).await {
-                    let readiness = service.readiness(&http).await;
-                    progress(
-                        self.t0,
-                        &format!(
-                            "{} not ready: {readiness}\n--- its log ends:\n{}",
-                            service.name,
-                            service.log_tail()
-                        ),
-                    );
-                }
-            }
+            self.print_not_ready("").await;
         }
         // Let the requests in flight at the recovery finish, so they count in this phase.
         tokio::time::sleep(DEADLINE.min(Duration::from_secs(3))).await;
@@ -945,6 +932,25 @@ impl Rig {
         result
     }
 
+    /// Prints `/readyz` and the end of the log of every service not ready now (`when` follows
+    /// "not ready" in the line).
+    async fn print_not_ready(&mut self, when: &str) {
+        let http = self.http.clone();
+        for service in &mut self.services {
+            if !service.ready(&http).await {
+                let readiness = service.readiness(&http).await;
+                progress(
+                    self.t0,
+                    &format!(
+                        "{} not ready{when}: {readiness}\n--- its log ends:\n{}",
+                        service.name,
+                        service.log_tail()
+                    ),
+                );
+            }
+        }
+    }
+
     /// Waits (up to `bound`) until every service is ready; false, with each one's `/readyz`
     /// and log printed, if not. The suite's last check: a fault can leave a stall behind that
     /// shows only after the service's stall bound.
@@ -956,20 +962,7 @@ impl Rig {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let http = self.http.clone();
-        for service in &mut self.services {
-            if !service.ready(&http).await {
-                let readiness = service.readiness(&http).await;
-                progress(
-                    self.t0,
-                    &format!(
-                        "{} not ready at the end: {readiness}\n--- its log ends:\n{}",
-                        service.name,
-                        service.log_tail()
-                    ),
-                );
-            }
-        }
+        self.print_not_ready(" at the end").await;
         false
     }
 
