@@ -11,15 +11,20 @@
 #
 #   benches/usage_scale.sh                      # sizes 9M 18M 36M rows
 #   SIZES="36000000 108000000" benches/usage_scale.sh
+#   BEFORE=1 benches/usage_scale.sh             # also the query-time-dedup "before" shapes
 #
 # Environment: SIZES (cumulative row counts), IMGPIPE (the binary; default target/debug/imgpipe
 # under CARGO_TARGET_DIR or ./target), BENCH_DB (default imgpipe_bench_usage, dropped at the
-# end unless KEEP=1), CH (clickhouse-client command), RUNS (timed runs per query, default 3).
+# end unless KEEP=1), CH (clickhouse-client command), RUNS (timed runs per query, default 3),
+# BEFORE (1: also time schema version 6's shapes; slow, and they fail at the memory cap from
+# about 10 M rows on), MERGE_WAIT (seconds to wait for the bulk load's merges before timing,
+# default 600).
 set -euo pipefail
 
 SIZES=${SIZES:-"9000000 18000000 36000000"}
 BENCH_DB=${BENCH_DB:-imgpipe_bench_usage}
 RUNS=${RUNS:-3}
+BEFORE=${BEFORE:-0}
 CH=${CH:-clickhouse-client}
 IMGPIPE=${IMGPIPE:-${CARGO_TARGET_DIR:-target}/debug/imgpipe}
 RATE=10000          # rows per second of event time (the article's 10,000 req/s)
@@ -59,14 +64,14 @@ SQL
 
 generate() { # first count
     ch --query "
-INSERT INTO usage_raw (kafka_partition, kafka_offset, request_id, tenant_id, key_id, event_time,
-    event_time_ms, outcome, status, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us,
-    input_format, output_format, latency_us, source)
+INSERT INTO usage_raw (kafka_partition, kafka_offset, request_id, request_id_text, tenant_id,
+    key_id, event_time, event_ms, outcome, status, bytes_in, bytes_out, pixels_in, pixels_out,
+    cpu_time_us, input_format, output_format, latency_us, source)
 SELECT
-    toInt32(tenant % 6), toInt64(n), UUIDNumToString(MD5(toString(k))),
+    toInt32(tenant % 6), toInt64(n), toUUID(UUIDNumToString(MD5(toString(k)))), '',
     concat('tenant-', toString(tenant)), concat('key-', toString(tenant), '-', toString(h % 3)),
     toDateTime($START + intDiv(n, $RATE), 'UTC') + api,
-    toInt64(($START + intDiv(n, $RATE) + api) * 1000 + h % 1000),
+    toUInt16(h % 1000),
     if(api, multiIf(refused, ['bad_parameters', 'rate_limited', 'unauthenticated', 'payload_too_large'][intDiv(h, 10) % 4 + 1],
                     h % 50 = 1, 'client_closed_request', 'ok'), 'resized'),
     toInt32(if(api, multiIf(refused, [400, 429, 401, 413][intDiv(h, 10) % 4 + 1], h % 50 = 1, 499, 200), 200)),
@@ -93,6 +98,7 @@ WHERE api OR NOT refused"
 # largest memory of the runs, or the error.
 measure() { # label sql
     local label=$1 sql=$2 tag durations=() out
+    if [ "$BEFORE" != 1 ] && [[ $label == *", before" ]]; then return; fi
     tag=$(printf '%s' "$label" | tr -c 'a-zA-Z0-9' '_')
     for run in $(seq 1 "$RUNS"); do
         if ! out=$(ch --log_queries=1 --query_id="bench-$tag-$size-$run" --query "$sql" --format Null 2>&1); then
@@ -127,10 +133,22 @@ for size in $SIZES; do
     echo "   settle took $(($(date +%s) - t1)) s"
     ch -q "OPTIMIZE TABLE usage_offsets FINAL"
 
+    latest=$(ch -q "SELECT toUInt32(max(event_time)) FROM usage_raw")
     last_hour=$(ch -q "SELECT toUInt32(toStartOfHour(max(event_time))) FROM usage_raw")
     day=$(ch -q "SELECT toUInt32(toStartOfDay(max(event_time))) FROM usage_raw")
     big=tenant-1; small=tenant-900
     echo
+    # The bulk load above leaves ClickHouse merging millions of fresh rows for minutes, which
+    # live ingest at 10,000 rows/s never does at once: time the queries once those merges are
+    # done (at most MERGE_WAIT seconds), as a steady state would.
+    waited=0
+    while [ "$waited" -lt "${MERGE_WAIT:-600}" ] &&
+          [ "$($CH -q "SELECT count() FROM system.merges WHERE database = '$BENCH_DB'")" != 0 ]; do
+        sleep 5; waited=$((waited + 5))
+    done
+    echo "   waited $waited s for the load's merges ($($CH -q "SELECT count() FROM system.merges WHERE database = '$BENCH_DB'") still running)"
+    # Others share this machine: the load says how quiet it was while timing.
+    echo "   load average before timing: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "| query shape (size $size) | median | memory | |"
     echo "|---|---|---|---|"
     # README: per-tenant totals for one day
@@ -144,10 +162,11 @@ for size in $SIZES; do
     measure "one tenant's month ($big), after" "SELECT tenant_id, sum(requests), sum(bytes_in), sum(bytes_out) FROM usage_day WHERE tenant_id = '$big' AND day >= toDateTime($START, 'UTC') AND day < toDateTime($START + 31 * 86400, 'UTC') GROUP BY tenant_id SETTINGS enable_optimize_predicate_expression = 1"
     # README: p99 latency per tenant over the last hour (per request: no rollup can hold it)
     measure "p99 per tenant last hour, before" "SELECT tenant_id, quantile(0.99)(latency_us) / 1000 AS p99, count() FROM before_by_request WHERE event_time >= toDateTime($last_hour, 'UTC') AND outcome = 'ok' GROUP BY tenant_id ORDER BY p99 DESC SETTINGS enable_optimize_predicate_expression = 1"
-    measure "p99 per tenant last hour, after" "SELECT tenant_id, quantile(0.99)(l) / 1000 AS p99, count() FROM (SELECT tenant_id, request_id, argMax(latency_us, from_api) AS l, argMax(outcome, from_api) AS o FROM usage_recent WHERE event_time >= toDateTime($last_hour, 'UTC') GROUP BY tenant_id, request_id HAVING o = 'ok') GROUP BY tenant_id ORDER BY p99 DESC"
+    measure "p99 per tenant this hour and the last, after" "SELECT tenant_id, quantilesTDigestMerge(0.5, 0.9, 0.99)(latency_us_digest)[3] / 1000 AS p99_ms, sum(requests) AS requests FROM usage_hour WHERE hour >= toDateTime($last_hour - 3600, 'UTC') AND outcome = 'ok' GROUP BY tenant_id ORDER BY p99_ms DESC SETTINGS enable_optimize_predicate_expression = 1"
     # README: duplicate check
     measure "duplicates (whole table), before" "SELECT count() - uniqExact(tenant_id, request_id) FROM usage_raw"
-    measure "duplicate deliveries last hour, after" "SELECT count() - uniqExact(kafka_partition, kafka_offset) FROM usage_recent WHERE event_time >= toDateTime($last_hour, 'UTC')"
+    measure "duplicate deliveries last hour, after" "SELECT count() - uniqExact(kafka_partition, kafka_offset) FROM usage_raw WHERE event_time >= toDateTime($last_hour, 'UTC')"
+    measure "duplicate deliveries last 5 minutes, after" "SELECT count() - uniqExact(kafka_partition, kafka_offset) FROM usage_raw WHERE event_time >= toDateTime($latest - 300, 'UTC')"
     # GET /v1/usage: before = schema 6's tenant query; after = the rollup + live tail query
     for tenant in $big $small; do
         for gran in minute:toStartOfMinute:$((last_hour - 0)):$((last_hour + 3600)) hour:toStartOfHour:$START:$((START + 31 * 86400)) day:toStartOfDay:$START:$((START + 366 * 86400 - 86400)); do
@@ -165,12 +184,18 @@ for size in $SIZES; do
     done
     measure "resume point, before" "SELECT kafka_partition, max(kafka_offset) FROM (SELECT kafka_partition, kafka_offset FROM usage_raw WHERE kafka_partition IN (0,1,2,3,4,5) UNION ALL SELECT kafka_partition, kafka_offset FROM usage_rejects WHERE kafka_partition IN (0,1,2,3,4,5)) GROUP BY kafka_partition"
     measure "resume point, after" "SELECT kafka_partition, maxMerge(max_offset) FROM usage_offsets WHERE kafka_partition IN (0,1,2,3,4,5) GROUP BY kafka_partition"
+    echo "   load average after timing: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
-    echo "| table | rows | bytes on disk | bytes per usage row |"
-    echo "|---|---|---|---|"
-    ch -q "SELECT table, sum(rows), formatReadableSize(sum(bytes_on_disk)), round(sum(bytes_on_disk) / $rows, 1)
+    echo "| table | rows | bytes on disk | bytes per usage row | bytes per own row |"
+    echo "|---|---|---|---|---|"
+    ch -q "SELECT table, sum(rows), formatReadableSize(sum(bytes_on_disk)), round(sum(bytes_on_disk) / $rows, 1),
+                  round(sum(bytes_on_disk) / sum(rows), 1)
            FROM system.parts WHERE database = '$BENCH_DB' AND active GROUP BY table ORDER BY table FORMAT TSV" |
-        while IFS=$'\t' read -r table r bytes per; do echo "| $table | $r | $bytes | $per |"; done
+        while IFS=$'\t' read -r table r bytes per own; do echo "| $table | $r | $bytes | $per | $own |"; done
+    ch -q "SELECT formatReadableSize(sum(bytes_on_disk)), round(sum(bytes_on_disk) / $rows, 1)
+           FROM system.parts WHERE database = '$BENCH_DB' AND active FORMAT TSV" |
+        while IFS=$'\t' read -r bytes per; do echo "| all tables | | $bytes | **$per** | |"; done
+    echo "   usage_recent holds $(ch -q "SELECT toUInt32(max(event_time)) - toUInt32(min(event_time)) FROM usage_recent") s of event time (the unsettled tail + up to two 5-minute partitions)"
 done
 
 if [ "${KEEP:-0}" != 1 ]; then

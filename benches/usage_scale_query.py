@@ -53,11 +53,19 @@ FROM (
             max(bytes_in) AS request_bytes_in, max(bytes_out) AS request_bytes_out,
             max(pixels_in) AS request_pixels_in, max(pixels_out) AS request_pixels_out,
             max(cpu_time_us) AS request_cpu_time_us
-        FROM {db}.usage_recent
-        WHERE tenant_id = '{tenant}' AND (
-               (event_time >= {at(frm)} - 60 AND event_time < {at(m1)} + 60)
-            OR (event_time >= {at(m2)} - 60 AND event_time < {at(to)} + 60)
-            OR (event_time >= {live} - 60 AND event_time < {at(m2)} + 60))
+        FROM (
+            SELECT request_id, event_time, outcome, output_format, bytes_in, bytes_out,
+                   pixels_in, pixels_out, cpu_time_us, source = 'API' AS from_api
+            FROM {db}.usage_raw
+            WHERE tenant_id = '{tenant}' AND (
+                   (event_time >= {at(frm)} - 60 AND event_time < {at(m1)} + 60)
+                OR (event_time >= {at(m2)} - 60 AND event_time < {at(to)} + 60))
+            UNION ALL
+            SELECT request_id, event_time, outcome, output_format, bytes_in, bytes_out,
+                   pixels_in, pixels_out, cpu_time_us, from_api
+            FROM {db}.usage_recent
+            WHERE tenant_id = '{tenant}' AND event_time >= {live} - 60 AND event_time < {at(m2)} + 60
+        )
         GROUP BY request_id
         HAVING (request_time >= {at(frm)} AND request_time < {at(m1)})
             OR (request_time >= {at(m2)} AND request_time < {at(to)})

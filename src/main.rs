@@ -49,8 +49,9 @@ enum Command {
         print: bool,
     },
     /// Settles every due usage window into `usage_rollup` now and exits (the aggregator does
-    /// this in the background; for backfills, rebuilds and benchmarks). Uses
-    /// `aggregator.rollup_lateness` and `aggregator.rollup_max_window`.
+    /// this in the background; for backfills, rebuilds and benchmarks), then drops the
+    /// partitions settling no longer needs. Uses `aggregator.rollup_lateness`,
+    /// `aggregator.rollup_max_window` and `aggregator.usage_raw_retention`.
     Rollup {
         /// Print the statement settling the window [LO, HI) (epoch seconds) instead of settling.
         #[arg(long, num_args = 2, value_names = ["LO", "HI"])]
@@ -173,7 +174,8 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
                 aggregators::usage_partitions(),
                 config.aggregator.rollup_lateness,
                 config.aggregator.rollup_max_window,
-            );
+            )
+            .with_raw_retention(config.aggregator.usage_raw_retention);
             if let Some(&[lo, hi]) = print.as_deref() {
                 let window = aggregators::rollup::Window { lo, hi };
                 println!("{};", rollup.settle_sql(window));
@@ -193,6 +195,12 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             println!(
                 "settled  {windows} windows in {:.1} s",
                 started.elapsed().as_secs_f64()
+            );
+            let dropped = rollup.prune().await?;
+            println!(
+                "dropped  {} settled partitions ({})",
+                dropped.len(),
+                dropped.join(" ")
             );
             return Ok(());
         }

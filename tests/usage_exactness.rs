@@ -384,28 +384,45 @@ async fn tenant_query_matches_clickhouse_and_sees_only_its_tenant() {
     let db = &config.clickhouse.database;
     // Two tenants, one request delivered twice (a duplicate the exact query must not count).
     let base = 1_735_689_600; // 2025-01-01T00:00:00Z
-    let mut values = Vec::new();
-    for i in 0..300 {
-        let tenant = if i % 3 == 0 { "tenant-b" } else { "tenant-a" };
+    let event = |i: usize, offset: i64| {
+        let tenant = if i.is_multiple_of(3) {
+            "tenant-b"
+        } else {
+            "tenant-a"
+        };
         let format = ["webp", "png", ""][i % 3];
-        let outcome = if i % 5 == 0 { "bad_parameters" } else { "ok" };
-        let t = base + i as i64 * 10;
-        values.push(format!(
-            "(0, {i}, 'r{i}', '{tenant}', 'k', {t}, {t}000, '{outcome}', 200, {}, {}, {}, {}, {}, 'jpeg', '{format}', 10, 'RESIZER')",
-            100 + i, 10 + i, 1000 + i, 50 + i, 7 + i
-        ));
-    }
-    values.push("(0, 300, 'r1', 'tenant-a', 'k', 1735689610, 1735689610000, 'ok', 200, 101, 11, 1001, 51, 8, 'jpeg', 'png', 10, 'RESIZER')".into());
-    support::clickhouse(
-        &config,
-        &format!(
-            "INSERT INTO {db}.usage_raw (kafka_partition, kafka_offset, request_id, tenant_id, key_id, \
-             event_time, event_time_ms, outcome, status, bytes_in, bytes_out, pixels_in, pixels_out, \
-             cpu_time_us, input_format, output_format, latency_us, source) VALUES {}",
-            values.join(",")
-        ),
-    )
-    .await;
+        let outcome = if i.is_multiple_of(5) {
+            "bad_parameters"
+        } else {
+            "ok"
+        };
+        let event = UsageRecorded {
+            request_id: format!("r{i}"),
+            tenant_id: tenant.into(),
+            key_id: "k".into(),
+            event_time_ms: (base + i as i64 * 10) * 1000,
+            outcome: outcome.into(),
+            status: 200,
+            bytes_in: 100 + i as i64,
+            bytes_out: 10 + i as i64,
+            pixels_in: 1000 + i as i64,
+            pixels_out: 50 + i as i64,
+            cpu_time_us: 7 + i as i64,
+            input_format: Some("jpeg".into()),
+            output_format: (!format.is_empty()).then(|| format.into()),
+            latency_us: 10,
+            source: UsageSource::Resizer,
+        };
+        aggregators::sink::UsageRow::new(0, offset, event)
+    };
+    let mut rows: Vec<_> = (0..300).map(|i| event(i, i as i64)).collect();
+    rows.push(event(1, 300));
+    let sink = aggregators::UsageSink::connect(&config.clickhouse, Duration::from_secs(30))
+        .await
+        .unwrap();
+    sink.insert_rows(0, &rows, &format!("usage-query-{db}"))
+        .await
+        .unwrap();
 
     let query = UsageQuery::connect(&config.clickhouse).await.unwrap();
     let from = ingest::api::usage::query::Timestamp::from_epoch_seconds(base).unwrap();

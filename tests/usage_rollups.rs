@@ -7,8 +7,10 @@
 //! it (no block deduplication on a non-replicated table), which this test shows, and the totals
 //! must not move. Compared, key by key and for every dimension: the settled rollup rows of each
 //! granularity, the analysts' views (rollup + live tail), and the tenant api's reports, each
-//! against the same recount of the delivered records (`usage_recent`) grouped by request id;
-//! and the resume point read from `usage_offsets` against the highest stored offsets.
+//! against the same recount of the delivered records (`usage_raw`, which keeps every delivery)
+//! grouped by request id; the latency digests against exact percentiles; that `usage_recent`
+//! was pruned down to the unsettled tail; and the resume point read from `usage_offsets`
+//! against the highest stored offsets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -98,12 +100,21 @@ async fn keyed(config: &Config, sql: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Every delivered record as inserted (`usage_raw` is a plain MergeTree: nothing collapses),
+/// with the columns the per-request rules read.
+fn records_sql(db: &str) -> String {
+    format!(
+        "(SELECT tenant_id, request_id, event_time, outcome, output_format, bytes_in, bytes_out,
+                 pixels_in, pixels_out, cpu_time_us, latency_us, source = 'API' AS from_api
+          FROM {db}.usage_raw)"
+    )
+}
+
 /// The recount of every request whose time is before `until`, by the rules of
-/// `usage_by_request`, at granularity `g` (1 minute, 2 hour, 3 day), from `usage_recent`: every
-/// delivered record as inserted. (`usage_raw` is a ReplacingMergeTree without `source` in its
-/// key: a background merge may keep one of a request's two records when both fall in the same
-/// second, so it cannot be the reference.)
+/// `usage_by_request`, at granularity `g` (1 minute, 2 hour, 3 day), from every delivered
+/// record ([`records_sql`]).
 fn recount_sql(db: &str, g: u8, until: i64) -> String {
+    let records = records_sql(db);
     let start_of = ["", "toStartOfMinute", "toStartOfHour", "toStartOfDay"][usize::from(g)];
     format!(
         "SELECT tenant_id, toUInt32({start_of}(t)) AS b, o, f, '#', count(), sum(bi), sum(bo),
@@ -114,7 +125,7 @@ fn recount_sql(db: &str, g: u8, until: i64) -> String {
                     max(bytes_in) AS bi, max(bytes_out) AS bo, max(pixels_in) AS pi,
                     max(pixels_out) AS po, max(cpu_time_us) AS c,
                     argMax(latency_us, from_api) AS l
-             FROM {db}.usage_recent GROUP BY tenant_id, request_id
+             FROM {records} GROUP BY tenant_id, request_id
              HAVING t < toDateTime({until}, 'UTC')
          )
          GROUP BY tenant_id, b, o, f ORDER BY tenant_id, b, o, f"
@@ -226,6 +237,28 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     })
     .await;
 
+    // `usage_recent` keeps only the unsettled tail: the rollup job drops, once nothing is due,
+    // what settled more than the lookaround and one 5-minute partition ago (the three hours
+    // above, but for their end).
+    support::eventually(Duration::from_secs(30), "usage_recent pruned", || {
+        let config = &config;
+        let db = &db;
+        async move {
+            let oldest: i64 = support::clickhouse(
+                config,
+                &format!("SELECT toUInt32(min(event_time)) FROM {db}.usage_recent"),
+            )
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+            (oldest >= settled - 60 - 2 * 300).then_some(())
+        }
+    })
+    .await;
+    // Stopped before the replay below, so that no prune races its count.
+    drop(aggregator);
+
     // A retried INSERT that had been applied: the same rows (same offsets, same request ids)
     // written again through the aggregator's sink. The views fire again on 18.16.
     let sink = UsageSink::connect(&config.clickhouse, Duration::from_secs(30))
@@ -234,8 +267,8 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     let stored: Vec<(i32, i64, String, String)> = support::clickhouse(
         &config,
         &format!(
-            "SELECT kafka_partition, kafka_offset, request_id, if(from_api, 'API', '') FROM {db}.usage_recent
-             WHERE kafka_partition = (SELECT min(kafka_partition) FROM {db}.usage_recent
+            "SELECT kafka_partition, kafka_offset, request_id_text, source FROM {db}.usage_raw
+             WHERE kafka_partition = (SELECT min(kafka_partition) FROM {db}.usage_raw
                                       WHERE event_time < toDateTime({data_end}, 'UTC'))
                AND event_time < toDateTime({data_end}, 'UTC')
              ORDER BY kafka_offset LIMIT 200 FORMAT TSV"
@@ -270,21 +303,31 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     sink.insert_rows(partition, &rows, &format!("replay-{db}"))
         .await
         .unwrap();
-    let recent_duplicates: i64 = support::clickhouse(
-        &config,
-        &format!(
-            "SELECT count() - uniqExact(kafka_partition, kafka_offset) FROM {db}.usage_recent"
-        ),
-    )
-    .await
-    .trim()
-    .parse()
-    .unwrap();
+    let offsets = rows
+        .iter()
+        .map(|r| r.kafka_offset.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let copies = |table: &'static str| {
+        let config = &config;
+        let sql = format!(
+            "SELECT count() FROM {db}.{table}
+             WHERE kafka_partition = {partition} AND kafka_offset IN ({offsets})"
+        );
+        async move {
+            support::clickhouse(config, &sql)
+                .await
+                .trim()
+                .parse::<usize>()
+                .unwrap()
+        }
+    };
+    assert_eq!(copies("usage_raw").await, 2 * rows.len(), "raw keeps both");
+    // The originals were pruned from usage_recent with their settled partitions.
     assert!(
-        recent_duplicates >= rows.len() as i64,
-        "the views fire for a duplicate block ({recent_duplicates} duplicates)"
+        copies("usage_recent").await >= rows.len(),
+        "the views fire for a duplicate block"
     );
-    drop(aggregator);
 
     // Settled rollup rows, granularity by granularity, against the recount before the mark.
     for g in 1..=3_u8 {
@@ -323,13 +366,59 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     .unwrap();
     let distinct: i64 = support::clickhouse(
         &config,
-        &format!("SELECT uniqExact(tenant_id, request_id) FROM {db}.usage_recent"),
+        &format!("SELECT uniqExact(tenant_id, request_id) FROM {db}.usage_raw"),
     )
     .await
     .trim()
     .parse()
     .unwrap();
     assert_eq!(requests, distinct, "usage_day counts each request once");
+
+    // Latency percentiles from the digests (settled days, ok requests) against exact ones.
+    // t-digest is approximate; latencies here span 5000..5998 us, so 1% is ~50 us.
+    let percentiles = keyed(
+        &config,
+        &format!(
+            "SELECT tenant_id, '#', p FROM (
+                 SELECT tenant_id, quantilesTDigestMerge(0.5, 0.9, 0.99)(latency_us_digest) AS p
+                 FROM {db}.usage_rollup WHERE granularity = 3 AND outcome = 'ok'
+                 GROUP BY tenant_id
+             ) ORDER BY tenant_id"
+        ),
+    )
+    .await;
+    let exact = keyed(
+        &config,
+        &format!(
+            "SELECT tenant_id, '#', quantilesExact(0.5, 0.9, 0.99)(l) FROM (
+                 SELECT tenant_id, request_id, argMax(event_time, from_api) AS t,
+                        argMax(outcome, from_api) AS o, argMax(latency_us, from_api) AS l
+                 FROM {records} GROUP BY tenant_id, request_id
+                 HAVING t < toDateTime({settled}, 'UTC') AND o = 'ok'
+             ) GROUP BY tenant_id ORDER BY tenant_id",
+            records = records_sql(&db)
+        ),
+    )
+    .await;
+    assert_eq!(
+        percentiles.keys().collect::<Vec<_>>(),
+        exact.keys().collect::<Vec<_>>()
+    );
+    for (tenant, got) in &percentiles {
+        let parse = |text: &str| -> Vec<f64> {
+            text.trim_matches(|c| c == '[' || c == ']')
+                .split(',')
+                .map(|v| v.parse().unwrap())
+                .collect()
+        };
+        for (g, e) in parse(got).iter().zip(parse(&exact[tenant])) {
+            assert!(
+                (g - e).abs() <= e * 0.01,
+                "{tenant}: digest {got} vs exact {}",
+                exact[tenant]
+            );
+        }
+    }
 
     // The views (settled rollup + live tail) against the recount of everything.
     for (g, view, bucket) in [
@@ -407,13 +496,14 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
                                         max(output_format) AS f, max(bytes_in) AS bi,
                                         max(bytes_out) AS bo, max(pixels_in) AS pi,
                                         max(pixels_out) AS po, max(cpu_time_us) AS c
-                                 FROM {db}.usage_recent WHERE tenant_id = '{tenant}'
+                                 FROM {records} WHERE tenant_id = '{tenant}'
                                  GROUP BY request_id
                                  HAVING t >= toDateTime({}, 'UTC') AND t < toDateTime({}, 'UTC')
                              )
                              GROUP BY b, k ORDER BY b, k FORMAT TSV",
                             from.epoch_seconds(),
-                            to.epoch_seconds()
+                            to.epoch_seconds(),
+                            records = records_sql(&db),
                         ),
                     )
                     .await
@@ -440,7 +530,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     let raw: BTreeMap<i32, i64> = support::clickhouse(
         &config,
         &format!(
-            "SELECT kafka_partition, max(kafka_offset) FROM {db}.usage_recent
+            "SELECT kafka_partition, max(kafka_offset) FROM {db}.usage_raw
              GROUP BY kafka_partition FORMAT TSV"
         ),
     )
@@ -451,6 +541,103 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
         (p.parse().unwrap(), o.parse().unwrap())
     })
     .collect();
+    assert_eq!(offsets.into_iter().collect::<BTreeMap<_, _>>(), raw);
+    support::clickhouse(&config, &format!("DROP DATABASE {db}")).await;
+}
+
+/// A one-tenant demo: every record on one partition of `usage.events`, the others never see
+/// one. The aggregator reports idle partitions (the silent ones at once, the busy one once it
+/// is quiet) as settled up to when they were found idle, so the demo's usage settles, exactly,
+/// and the resume point does not move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_partitions_do_not_hold_settling_back() {
+    let config = support::provisioned("usage_idle").await;
+    aggregators::migrate(&config.clickhouse).await.unwrap();
+    let db = config.clickhouse.database.as_str().to_owned();
+    let producer = support::UsageProducer::new(&config);
+    // 100 requests of one tenant over five minutes, ending five minutes ago.
+    let first = now_s() - 600;
+    let events: Vec<UsageRecorded> = (0..100)
+        .flat_map(|i| {
+            let mut r = records(i, first + i as i64 * 3);
+            r.iter_mut()
+                .for_each(|e| e.tenant_id = "tenant-solo".into());
+            r
+        })
+        .collect();
+    producer.send(&events).await;
+    let data_end = first + 300 + 9;
+    let aggregator = Aggregator::start(&config);
+    let settled = support::eventually(Duration::from_secs(90), "the demo settled", || {
+        let config = &config;
+        let db = &db;
+        async move {
+            let mark: i64 = support::clickhouse(
+                config,
+                &format!(
+                    "SELECT toUInt32(max(bucket)) FROM {db}.usage_rollup WHERE granularity = 0"
+                ),
+            )
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+            (mark > data_end + 60).then_some(mark + 1)
+        }
+    })
+    .await;
+    drop(aggregator);
+
+    let rollup = keyed(
+        &config,
+        &format!(
+            "SELECT tenant_id, toUInt32(bucket), outcome, format, '#', sumMerge(requests),
+                    sumMerge(bytes_in), sumMerge(bytes_out), sumMerge(pixels_in),
+                    sumMerge(pixels_out), sumMerge(cpu_time_us), sumMerge(latency_us_sum),
+                    maxMerge(latency_us_max)
+             FROM {db}.usage_rollup WHERE granularity = 1
+             GROUP BY tenant_id, bucket, outcome, format
+             ORDER BY tenant_id, bucket, outcome, format"
+        ),
+    )
+    .await;
+    let recount = keyed(&config, &recount_sql(&db, 1, settled)).await;
+    assert!(recount.len() > 5, "{} keys", recount.len());
+    assert_eq!(
+        differences(&rollup, &recount),
+        Vec::<String>::new(),
+        "rollup vs recount (settled until {settled})"
+    );
+    let requests = support::clickhouse(
+        &config,
+        &format!("SELECT sumMerge(requests) FROM {db}.usage_rollup WHERE granularity = 3"),
+    )
+    .await;
+    assert_eq!(requests.trim(), "100", "the whole demo settled");
+
+    // Idle reports move event-time progress only: the resume point is still the raw rows'.
+    let sink = UsageSink::connect(&config.clickhouse, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let offsets = sink
+        .stored_offsets(&(0..6).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let raw: BTreeMap<i32, i64> = support::clickhouse(
+        &config,
+        &format!(
+            "SELECT kafka_partition, max(kafka_offset) FROM {db}.usage_raw
+             GROUP BY kafka_partition FORMAT TSV"
+        ),
+    )
+    .await
+    .lines()
+    .map(|line| {
+        let (p, o) = line.split_once('\t').unwrap();
+        (p.parse().unwrap(), o.parse().unwrap())
+    })
+    .collect();
+    assert_eq!(raw.len(), 1, "one partition had traffic");
     assert_eq!(offsets.into_iter().collect::<BTreeMap<_, _>>(), raw);
     support::clickhouse(&config, &format!("DROP DATABASE {db}")).await;
 }

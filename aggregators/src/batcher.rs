@@ -256,6 +256,20 @@ impl Batcher {
         }
     }
 
+    /// One past the last offset of `partition` that is durable, when nothing of it waits to be
+    /// written (an empty batch, no INSERT of unknown outcome): every record before it is in
+    /// ClickHouse. `None` while something is pending or the partition is not positioned.
+    pub(crate) fn durable_until(&self, partition: i32) -> Option<i64> {
+        match self.partitions.get(&partition) {
+            Some(PartitionState::Active { next_offset, batch })
+                if batch.is_empty() && !batch.needs_recheck =>
+            {
+                Some(*next_offset)
+            }
+            _ => None,
+        }
+    }
+
     /// The highest offset pending in `partition`'s batch.
     pub(crate) fn last_offset(&self, partition: i32) -> Option<i64> {
         self.batch(partition)?.last_offset()
@@ -350,11 +364,12 @@ mod tests {
         UsageRow {
             kafka_partition: partition,
             kafka_offset: offset,
-            request_id: format!("r{offset}"),
+            request_id: uuid::Uuid::from_u128(u128::from(offset.unsigned_abs())),
+            request_id_text: String::new(),
             tenant_id: "t".into(),
             key_id: "k".into(),
             event_time: 0,
-            event_time_ms: 0,
+            event_ms: 0,
             outcome: "ok".into(),
             status: 200,
             bytes_in: 1,

@@ -55,6 +55,11 @@ pub struct AggregatorConfig {
     /// minutes of requests by request id).
     #[serde(with = "humantime_serde")]
     pub rollup_max_window: Duration,
+    /// How long `usage_raw` keeps per-record rows (audits, per-request questions, the tenant
+    /// api's sub-minute range ends), counted back from the settle mark. The rollup job drops
+    /// whole days past it; `usage_rollup` is kept for billing. At least a day.
+    #[serde(with = "humantime_serde")]
+    pub usage_raw_retention: Duration,
 }
 
 impl Default for AggregatorConfig {
@@ -74,8 +79,14 @@ impl Default for AggregatorConfig {
             // records/s, 2 minutes plus the two lookaround minutes is ~2.4 M records, ~700 MiB,
             // well under ClickHouse's per-query cap (10 minutes exceeded 2 GiB).
             rollup_max_window: Duration::from_secs(120),
+            usage_raw_retention: default_usage_raw_retention(),
         }
     }
+}
+
+/// Five weeks: a month of audits plus the days an incident takes to notice.
+fn default_usage_raw_retention() -> Duration {
+    Duration::from_secs(35 * 86_400)
 }
 
 fn default_batch_max_records() -> usize {
@@ -126,6 +137,9 @@ impl chassis::Validate for AggregatorConfig {
         if self.rollup_max_window < Duration::from_secs(60) {
             errors.push("aggregator.rollup_max_window must be at least 1m".into());
         }
+        if self.usage_raw_retention < Duration::from_secs(86_400) {
+            errors.push("aggregator.usage_raw_retention must be at least 1d".into());
+        }
         if self.insert_timeout.is_zero() {
             errors.push("aggregator.insert_timeout must be positive".into());
         }
@@ -169,10 +183,11 @@ mod tests {
             batch_max_age: Duration::ZERO,
             insert_timeout: Duration::ZERO,
             retry_backoff_min: Duration::from_secs(20),
+            usage_raw_retention: Duration::from_secs(3600),
             ..AggregatorConfig::default()
         };
         let mut errors = Vec::new();
         config.validate(&mut errors);
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert_eq!(errors.len(), 5, "{errors:?}");
     }
 }

@@ -13,9 +13,9 @@
 //!   red, and the loop keeps polling (rebalance callbacks keep working) while it retries with
 //!   backoff. Memory stays bounded: paused partitions fetch nothing new.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chassis::ServiceContext;
 use chassis::kafka::{count_rebalance, log_rebalance};
@@ -40,12 +40,28 @@ pub const CLICKHOUSE_CHECK: &str = "aggregator.clickhouse";
 /// Readiness check flipped by schema registry availability.
 pub const REGISTRY_CHECK: &str = "aggregator.registry";
 
-/// Partitions moved by rebalances since the loop last looked. Sets, not queues: their size is
-/// bounded by the topic's partition count however many rebalances happen in between.
+/// What the consumer's callbacks tell the loop: partitions moved by rebalances since it last
+/// looked, and each partition's latest end as librdkafka's statistics saw it. Sets and maps,
+/// not queues: their size is bounded by the topic's partition count.
 #[derive(Debug, Default)]
 pub(crate) struct RebalanceInbox {
     assigned: BTreeSet<i32>,
     revoked: BTreeSet<i32>,
+    ends: BTreeMap<i32, PartitionEnd>,
+}
+
+/// One partition's log end and how far the application has taken it, at one instant.
+#[derive(Debug, Clone, Copy)]
+struct PartitionEnd {
+    /// When librdkafka's statistics were taken.
+    seen: Instant,
+    /// The same instant, wall clock, epoch seconds.
+    seen_at: u32,
+    /// The last stable offset (the high watermark when not reading transactions): the offset
+    /// the next record produced will get, or beyond.
+    stable_end: i64,
+    /// One past the last record handed to the application (-1001 when none yet).
+    app_offset: i64,
 }
 
 /// Rebalance and statistics callbacks of the aggregator's consumer.
@@ -85,13 +101,34 @@ impl ClientContext for AggregatorContext {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
+        let seen = Instant::now();
+        let seen_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        let mut ends = Vec::new();
         for (partition, stats) in &topic.partitions {
             if *partition >= 0 && stats.fetch_state == "active" && stats.consumer_lag_stored >= 0 {
                 self.lag
                     .with_label_values(&[&partition.to_string()])
                     .set(stats.consumer_lag_stored);
             }
+            let stable_end = if stats.ls_offset >= 0 {
+                stats.ls_offset
+            } else {
+                stats.hi_offset
+            };
+            if *partition >= 0 && stats.fetch_state == "active" && stable_end >= 0 {
+                let end = PartitionEnd {
+                    seen,
+                    seen_at,
+                    stable_end,
+                    app_offset: stats.app_offset,
+                };
+                ends.push((*partition, end));
+            }
         }
+        let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+        inbox.ends.extend(ends);
     }
 }
 
@@ -143,6 +180,11 @@ pub(crate) struct Worker {
     backoff: Backoff,
     query_prefix: String,
     query_seq: u64,
+    /// When each partition was last positioned: statistics older than that describe a previous
+    /// assignment and say nothing about what this one stored.
+    activated: BTreeMap<i32, Instant>,
+    /// When idle partitions were last reported to ClickHouse.
+    idle_reported: Option<Instant>,
 }
 
 impl Worker {
@@ -165,6 +207,8 @@ impl Worker {
             backoff: config.retry_policy().backoff(),
             query_prefix: format!("usage-aggregator-{}", uuid::Uuid::new_v4().simple()),
             query_seq: 0,
+            activated: BTreeMap::new(),
+            idle_reported: None,
             stall: None,
             progress,
             topic,
@@ -285,7 +329,10 @@ impl Worker {
             return Ok(());
         }
         let result = match self.position(consumer).await {
-            Ok(()) => self.flush_due(consumer, false).await,
+            Ok(()) => match self.flush_due(consumer, false).await {
+                Ok(()) => self.report_idle().await,
+                Err(error) => Err(error),
+            },
             Err(error) => Err(error),
         };
         match result {
@@ -309,6 +356,7 @@ impl Worker {
         };
         for partition in revoked {
             let dropped = self.batcher.revoke(partition);
+            self.activated.remove(&partition);
             let _ = self
                 .metrics
                 .lag
@@ -323,6 +371,53 @@ impl Worker {
             self.batcher.assign(partition);
         }
         self.metrics.pending.set(gauge(self.batcher.pending()));
+    }
+
+    /// Reports idle partitions to ClickHouse (at most once per `rollup_interval`), so that the
+    /// rollup job settles windows that only traffic on them could hold back; a partition that
+    /// never gets traffic would otherwise stop settling for good.
+    ///
+    /// Idle, exactly: librdkafka's statistics at instant `T` (after this assignment began) put
+    /// the partition's stable end at `E`, every record before `E` had reached the application
+    /// by then (`app_offset >= E`, or the position ClickHouse gave is already `E`), and now
+    /// nothing of it is waiting to be written. Then every record produced before `T` is in
+    /// ClickHouse, and a later one carries an event time of at least `T - rollup_lateness`,
+    /// the bound settling already assumes of a partition's records. So `T` counts as the
+    /// partition's event-time progress (`usage_offsets.max_event_time`); its resume offset is
+    /// left as it is.
+    async fn report_idle(&mut self) -> Result<(), SinkError> {
+        if self
+            .idle_reported
+            .is_some_and(|at| at.elapsed() < self.config.rollup_interval)
+        {
+            return Ok(());
+        }
+        self.idle_reported = Some(Instant::now());
+        let ends = std::mem::take(
+            &mut self
+                .inbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .ends,
+        );
+        let idle: Vec<(i32, u32)> = ends
+            .into_iter()
+            .filter(|(partition, end)| {
+                let Some(durable_until) = self.batcher.durable_until(*partition) else {
+                    return false;
+                };
+                let current = self
+                    .activated
+                    .get(partition)
+                    .is_some_and(|activated| end.seen > *activated);
+                current && end.app_offset.max(durable_until) >= end.stable_end
+            })
+            .map(|(partition, end)| (partition, end.seen_at))
+            .collect();
+        if idle.is_empty() {
+            return Ok(());
+        }
+        self.sink.report_idle(&idle).await
     }
 
     /// Seeks every newly assigned partition past the highest offset ClickHouse holds for it.
@@ -350,6 +445,7 @@ impl Worker {
             let Some(next) = self.batcher.activate(partition, stored) else {
                 continue;
             };
+            self.activated.insert(partition, Instant::now());
             if next > 0 {
                 // So lag tools and committed offsets agree with ClickHouse at once.
                 let _ = consumer.store_offset(&self.topic, partition, next);

@@ -118,7 +118,8 @@ pub async fn run_in_group(
         usage_partitions(),
         config.rollup_lateness,
         config.rollup_max_window,
-    );
+    )
+    .with_raw_retention(config.usage_raw_retention);
     ctx.tasks.spawn_until_shutdown(
         "usage-rollup",
         rollup.run(ctx.shutdown.clone(), config.rollup_interval),

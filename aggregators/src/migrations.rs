@@ -15,6 +15,11 @@
 //! is sent again and the only effect is a duplicate delivery, which every exact reader removes
 //! by request id. `usage_rollup` is written by [`crate::rollup`] only, one settled time window at
 //! a time, deduplicated by request id, together with the window's settle mark in the same part.
+//!
+//! Version 12 reshapes the three for size and speed at the article's rate: UUID request ids,
+//! `usage_raw` a plain MergeTree (every delivery kept, days dropped after a retention),
+//! `usage_recent` tenant-first and only the unsettled tail (5-minute partitions the rollup job
+//! drops), latency digests in the rollup; 14 adds ZSTD where the server has codecs.
 
 use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, DatabaseName, ServerVersion};
 use clickhouse::Client;
@@ -119,6 +124,97 @@ FROM (",
             crate::rollup::per_request!(
                 // The mark less 59 s, computed unsigned-safe: with no mark yet (0) DateTime
                 // arithmetic would wrap to 2106 and hide every row.
+                "event_time >= toDateTime(greatest(toUInt32((SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0)), 59) - 59, 'UTC')",
+                "request_time >= (SELECT max(bucket) + 1 FROM {db}.usage_rollup WHERE granularity = 0)"
+            ),
+            ")
+GROUP BY tenant_id, ",
+            $bucket,
+            ", outcome, format"
+        )
+    };
+}
+
+/// The canonical text of a UUID (lowercase, hyphenated), as an re2 pattern: request ids the api
+/// generates match it and are stored as the UUID alone.
+macro_rules! canonical_uuid {
+    () => {
+        "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+    };
+}
+
+/// The `UUID` stored for the request id `$text` (a String expression): the UUID itself when
+/// `$text` is canonical, else the first 16 bytes of its SHA-256, as `UsageRow::new` computes.
+macro_rules! uuid_of {
+    ($text:literal) => {
+        concat!(
+            "toUUID(if(match(",
+            $text,
+            ", '",
+            canonical_uuid!(),
+            "'), ",
+            $text,
+            ", UUIDNumToString(toFixedString(substring(SHA256(",
+            $text,
+            "), 1, 16), 16))))"
+        )
+    };
+}
+
+/// `CREATE VIEW` of one time rollup as analysts see it, from version 12 on: like
+/// `live_rollup_view` plus `latency_us_digest`, the t-digest state of per-request latency
+/// (read it with `quantilesTDigestMerge(0.5, 0.9, 0.99)(latency_us_digest)`), filled where
+/// `$digest` (`1`/`0`) says: hour and day views, like the rollup rows they read; minute rows
+/// carry an empty digest.
+macro_rules! digest_rollup_view {
+    ($view:literal, $bucket:literal, $start_of:literal, $g:literal, $digest:literal) => {
+        concat!(
+            "CREATE VIEW IF NOT EXISTS {db}.",
+            $view,
+            " AS
+SELECT
+    tenant_id,
+    bucket AS ",
+            $bucket,
+            ",
+    outcome,
+    format,
+    finalizeAggregation(requests) AS requests,
+    finalizeAggregation(bytes_in) AS bytes_in,
+    finalizeAggregation(bytes_out) AS bytes_out,
+    finalizeAggregation(pixels_in) AS pixels_in,
+    finalizeAggregation(pixels_out) AS pixels_out,
+    finalizeAggregation(cpu_time_us) AS cpu_time_us,
+    finalizeAggregation(latency_us_sum) AS latency_us_sum,
+    finalizeAggregation(latency_us_max) AS latency_us_max,
+    latency_us_digest
+FROM {db}.usage_rollup
+WHERE granularity = ",
+            $g,
+            "
+UNION ALL
+SELECT
+    tenant_id,
+    ",
+            $start_of,
+            "(request_time) AS ",
+            $bucket,
+            ",
+    request_outcome AS outcome,
+    request_format AS format,
+    count() AS requests,
+    sum(request_bytes_in) AS bytes_in,
+    sum(request_bytes_out) AS bytes_out,
+    sum(request_pixels_in) AS pixels_in,
+    sum(request_pixels_out) AS pixels_out,
+    sum(request_cpu_time_us) AS cpu_time_us,
+    sum(request_latency_us) AS latency_us_sum,
+    max(request_latency_us) AS latency_us_max,
+    quantilesTDigestStateIf(0.5, 0.9, 0.99)(request_latency_us, ",
+            $digest,
+            ") AS latency_us_digest
+FROM (",
+            crate::rollup::per_request!(
                 "event_time >= toDateTime(greatest(toUInt32((SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0)), 59) - 59, 'UTC')",
                 "request_time >= (SELECT max(bucket) + 1 FROM {db}.usage_rollup WHERE granularity = 0)"
             ),
@@ -432,6 +528,229 @@ SELECT tenant_id, request_id, event_time, outcome, output_format, bytes_in, byte
        kafka_offset
 FROM {db}.usage_raw",
         ],
+        modern_only: true,
+    },
+    Migration {
+        version: 12,
+        name: "usage at scale: UUID request ids, short-lived tenant-first usage_recent, latency digests",
+        // Storage and speed at the article's rate (issue 13). All three usage tables are copied
+        // into new shapes and swapped in by name, the materialized views dropped before and
+        // created after (on current servers a view is bound to the table it was created on).
+        // Run it with the aggregators stopped, like version 10: rows another aggregator
+        // inserts between a copy and the swap stay in the dropped table.
+        // - `usage_raw`: `request_id` as a UUID (16 bytes, was a 36-character string); an id
+        //   that is not a canonical UUID keeps its text in `request_id_text` and gets the UUID
+        //   made of the first 16 bytes of its SHA-256 (`UsageRow::new` does the same), so it
+        //   still deduplicates. Milliseconds as `event_ms` (`event_time_ms` is an ALIAS). A plain
+        //   MergeTree: it keeps every delivery (audits, the rebuild's record-by-record check);
+        //   exact readers group by request id anyway. Sorted by tenant, quarter hour, request,
+        //   source: a request's two records sit side by side and compress together, and a
+        //   tenant's time range still reads by the primary key. Daily partitions, which the
+        //   rollup job drops after `usage_raw_retention`.
+        // - `usage_recent`: tenant first (the tenant api reads its tenant's tail by key), UUID
+        //   ids, 5-minute partitions that the rollup job drops once settled: it holds the
+        //   unsettled tail plus a few minutes, not history.
+        // - `usage_rollup`: a `latency_us_digest` (t-digest of per-request latency, p50/p90/p99)
+        //   for percentiles per tenant, in hour and day rows; rows settled before this, and
+        //   minute rows, have an empty digest.
+        statements: &[
+            "DROP TABLE IF EXISTS {db}.usage_offsets_from_recent",
+            "DROP TABLE IF EXISTS {db}.usage_recent_from_raw",
+            "DROP TABLE IF EXISTS {db}.usage_raw_next",
+            "DROP TABLE IF EXISTS {db}.usage_recent_next",
+            "DROP TABLE IF EXISTS {db}.usage_rollup_next",
+            "CREATE TABLE {db}.usage_raw_next (
+    kafka_partition Int32,
+    kafka_offset Int64,
+    request_id UUID,
+    request_id_text String,
+    tenant_id String,
+    key_id String,
+    event_time DateTime('UTC'),
+    event_ms UInt16,
+    event_time_ms Int64 ALIAS toInt64(toUInt32(event_time)) * 1000 + event_ms,
+    outcome String,
+    status Int32,
+    bytes_in Int64,
+    bytes_out Int64,
+    pixels_in Int64,
+    pixels_out Int64,
+    cpu_time_us Int64,
+    input_format String,
+    output_format String,
+    latency_us Int64,
+    source String,
+    inserted_at DateTime('UTC') DEFAULT now()
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMMDD(event_time)
+ORDER BY (tenant_id, toStartOfFifteenMinutes(event_time), request_id, source)",
+            concat!(
+                "INSERT INTO {db}.usage_raw_next (kafka_partition, kafka_offset, request_id,
+    request_id_text, tenant_id, key_id, event_time, event_ms, outcome, status, bytes_in, bytes_out,
+    pixels_in, pixels_out, cpu_time_us, input_format, output_format, latency_us, source,
+    inserted_at)
+SELECT kafka_partition, kafka_offset, ",
+                uuid_of!("toString(request_id)"),
+                ",
+    if(match(toString(request_id), '",
+                canonical_uuid!(),
+                "'), '', toString(request_id)), tenant_id, key_id, event_time,
+    toUInt16(((event_time_ms % 1000) + 1000) % 1000), outcome, status, bytes_in, bytes_out,
+    pixels_in, pixels_out, cpu_time_us, input_format, output_format, latency_us, source,
+    inserted_at
+FROM {db}.usage_raw"
+            ),
+            "CREATE TABLE {db}.usage_recent_next (
+    tenant_id String,
+    request_id UUID,
+    event_time DateTime('UTC'),
+    outcome String,
+    output_format String,
+    bytes_in Int64,
+    bytes_out Int64,
+    pixels_in Int64,
+    pixels_out Int64,
+    cpu_time_us Int64,
+    latency_us Int64,
+    from_api UInt8,
+    kafka_partition Int32,
+    kafka_offset Int64
+) ENGINE = MergeTree()
+PARTITION BY intDiv(toUInt32(event_time), 300)
+ORDER BY (tenant_id, event_time, request_id)",
+            // Only what is not settled yet (and a margin): the rest is in the rollup. Never
+            // settled (mark 0): everything.
+            concat!(
+                "INSERT INTO {db}.usage_recent_next
+SELECT tenant_id, ",
+                uuid_of!("toString(request_id)"),
+                ", event_time, outcome, output_format, bytes_in, bytes_out, pixels_in,
+       pixels_out, cpu_time_us, latency_us, from_api, kafka_partition, kafka_offset
+FROM {db}.usage_recent
+WHERE event_time >= toDateTime(greatest(toUInt32((SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0)), 3600) - 3600, 'UTC')"
+            ),
+            "CREATE TABLE {db}.usage_rollup_next (
+    granularity UInt8,
+    tenant_id String,
+    bucket DateTime('UTC'),
+    outcome String,
+    format String,
+    requests AggregateFunction(sum, UInt64),
+    bytes_in AggregateFunction(sum, Int64),
+    bytes_out AggregateFunction(sum, Int64),
+    pixels_in AggregateFunction(sum, Int64),
+    pixels_out AggregateFunction(sum, Int64),
+    cpu_time_us AggregateFunction(sum, Int64),
+    latency_us_sum AggregateFunction(sum, Int64),
+    latency_us_max AggregateFunction(max, Int64),
+    latency_us_digest AggregateFunction(quantilesTDigest(0.5, 0.9, 0.99), Int64)
+) ENGINE = AggregatingMergeTree()
+PARTITION BY toYYYYMM(bucket)
+ORDER BY (granularity, tenant_id, bucket, outcome, format)",
+            // Rows settled before have no digest: the column's default, the empty state.
+            "INSERT INTO {db}.usage_rollup_next (granularity, tenant_id, bucket, outcome, format,
+    requests, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, latency_us_sum,
+    latency_us_max)
+SELECT * FROM {db}.usage_rollup",
+            "RENAME TABLE {db}.usage_raw TO {db}.usage_raw_previous, {db}.usage_raw_next TO {db}.usage_raw,
+    {db}.usage_recent TO {db}.usage_recent_previous, {db}.usage_recent_next TO {db}.usage_recent,
+    {db}.usage_rollup TO {db}.usage_rollup_previous, {db}.usage_rollup_next TO {db}.usage_rollup",
+            "DROP TABLE {db}.usage_raw_previous",
+            "DROP TABLE {db}.usage_recent_previous",
+            "DROP TABLE {db}.usage_rollup_previous",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_recent_from_raw
+TO {db}.usage_recent AS
+SELECT tenant_id, request_id, event_time, outcome, output_format, bytes_in, bytes_out, pixels_in,
+       pixels_out, cpu_time_us, latency_us, source = 'API' AS from_api, kafka_partition,
+       kafka_offset
+FROM {db}.usage_raw",
+            // 18.16's form (through the view's name); version 13 switches current servers.
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_offsets_from_recent
+TO {db}.usage_offsets AS
+SELECT kafka_partition, maxState(kafka_offset) AS max_offset, maxState(event_time) AS max_event_time
+FROM {db}.usage_recent_from_raw
+GROUP BY kafka_partition",
+            "DROP TABLE IF EXISTS {db}.usage_by_request",
+            "CREATE VIEW IF NOT EXISTS {db}.usage_by_request AS
+SELECT
+    tenant_id,
+    request_id,
+    any(request_id_text) AS request_id_text,
+    any(key_id) AS key_id,
+    argMax(event_time, from_api) AS event_time,
+    argMax(event_time_ms, from_api) AS event_time_ms,
+    argMax(outcome, from_api) AS outcome,
+    argMax(status, from_api) AS status,
+    max(bytes_in) AS bytes_in,
+    max(bytes_out) AS bytes_out,
+    max(pixels_in) AS pixels_in,
+    max(pixels_out) AS pixels_out,
+    max(cpu_time_us) AS cpu_time_us,
+    max(input_format) AS input_format,
+    max(output_format) AS output_format,
+    argMax(latency_us, from_api) AS latency_us,
+    argMax(source, from_api) AS source,
+    count() - uniqExact(from_api) + 1 AS deliveries
+FROM (
+    SELECT
+        tenant_id, request_id, request_id_text, key_id, event_time,
+        event_time_ms, outcome, status, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us,
+        input_format, output_format, latency_us, source, source = 'API' AS from_api
+    FROM {db}.usage_raw
+)
+GROUP BY tenant_id, request_id",
+            "DROP TABLE IF EXISTS {db}.usage_minute",
+            "DROP TABLE IF EXISTS {db}.usage_hour",
+            "DROP TABLE IF EXISTS {db}.usage_day",
+            digest_rollup_view!("usage_minute", "minute", "toStartOfMinute", "1", "0"),
+            digest_rollup_view!("usage_hour", "hour", "toStartOfHour", "2", "1"),
+            digest_rollup_view!("usage_day", "day", "toStartOfDay", "3", "1"),
+        ],
+        modern_only: false,
+    },
+    Migration {
+        version: 13,
+        name: "usage_offsets_from_recent reads usage_recent again (current servers, after 12)",
+        // Version 12 re-created it in 18.16's form; nothing was inserted in between (migrations
+        // run before the aggregator consumes).
+        statements: &[
+            "DROP TABLE IF EXISTS {db}.usage_offsets_from_recent",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_offsets_from_recent
+TO {db}.usage_offsets AS
+SELECT kafka_partition, maxState(kafka_offset) AS max_offset, maxState(event_time) AS max_event_time
+FROM {db}.usage_recent
+GROUP BY kafka_partition",
+        ],
+        modern_only: true,
+    },
+    Migration {
+        version: 14,
+        name: "usage_raw compressed with ZSTD (current servers)",
+        // 18.16 compresses every column with LZ4 (no per-column codecs): 41 bytes per record on
+        // realistic rows, most of it random request ids and sizes that LZ4 cannot shrink.
+        // ZSTD takes the same rows to ~24 bytes on a current server (Delta/T64 in front did
+        // not help: ~25). New parts are written so; old ones as merges rewrite them.
+        statements: &["ALTER TABLE {db}.usage_raw
+    MODIFY COLUMN kafka_partition Int32 CODEC(ZSTD(3)),
+    MODIFY COLUMN kafka_offset Int64 CODEC(ZSTD(3)),
+    MODIFY COLUMN request_id UUID CODEC(ZSTD(3)),
+    MODIFY COLUMN request_id_text String CODEC(ZSTD(3)),
+    MODIFY COLUMN tenant_id String CODEC(ZSTD(3)),
+    MODIFY COLUMN key_id String CODEC(ZSTD(3)),
+    MODIFY COLUMN event_time DateTime('UTC') CODEC(ZSTD(3)),
+    MODIFY COLUMN event_ms UInt16 CODEC(ZSTD(3)),
+    MODIFY COLUMN outcome String CODEC(ZSTD(3)),
+    MODIFY COLUMN status Int32 CODEC(ZSTD(3)),
+    MODIFY COLUMN bytes_in Int64 CODEC(ZSTD(3)),
+    MODIFY COLUMN bytes_out Int64 CODEC(ZSTD(3)),
+    MODIFY COLUMN pixels_in Int64 CODEC(ZSTD(3)),
+    MODIFY COLUMN pixels_out Int64 CODEC(ZSTD(3)),
+    MODIFY COLUMN cpu_time_us Int64 CODEC(ZSTD(3)),
+    MODIFY COLUMN input_format String CODEC(ZSTD(3)),
+    MODIFY COLUMN output_format String CODEC(ZSTD(3)),
+    MODIFY COLUMN latency_us Int64 CODEC(ZSTD(3)),
+    MODIFY COLUMN source String CODEC(ZSTD(3)),
+    MODIFY COLUMN inserted_at DateTime('UTC') DEFAULT now() CODEC(ZSTD(3))"],
         modern_only: true,
     },
     Migration {

@@ -29,16 +29,21 @@ pub struct UsageRow {
     pub kafka_partition: i32,
     /// Its offset in that partition.
     pub kafka_offset: i64,
-    /// Request id.
-    pub request_id: String,
+    /// Request id as a UUID: the id itself when it is a canonical UUID (as the api makes
+    /// them), else derived from its text (see [`request_uuid`]).
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub request_id: uuid::Uuid,
+    /// The request id's text when it is not a canonical UUID; empty otherwise.
+    pub request_id_text: String,
     /// Tenant.
     pub tenant_id: String,
     /// API key id.
     pub key_id: String,
     /// Event time, whole seconds (DateTime).
     pub event_time: u32,
-    /// Event time in milliseconds (18.16 has no DateTime64).
-    pub event_time_ms: i64,
+    /// Milliseconds within `event_time`'s second (the table's `event_time_ms` is an ALIAS of
+    /// both; 18.16 has no DateTime64).
+    pub event_ms: u16,
     /// `ok` or the stable error code.
     pub outcome: String,
     /// HTTP status.
@@ -67,15 +72,18 @@ impl UsageRow {
     /// The row for `event`, read at `partition`/`offset`.
     pub fn new(partition: i32, offset: i64, event: UsageRecorded) -> Self {
         let seconds = event.event_time_ms.div_euclid(1000);
+        let (request_id, request_id_text) = request_uuid(event.request_id);
         Self {
             kafka_partition: partition,
             kafka_offset: offset,
-            request_id: event.request_id,
+            request_id,
+            request_id_text,
             tenant_id: event.tenant_id,
             key_id: event.key_id,
             // DateTime holds 1970..2106; times outside it are clamped rather than wrapped.
             event_time: u32::try_from(seconds.max(0)).unwrap_or(u32::MAX),
-            event_time_ms: event.event_time_ms,
+            // In 0..1000, so the cast cannot truncate.
+            event_ms: event.event_time_ms.rem_euclid(1000) as u16,
             outcome: event.outcome,
             status: event.status,
             bytes_in: event.bytes_in,
@@ -91,6 +99,22 @@ impl UsageRow {
                 UsageSource::Resizer => "RESIZER",
             }
             .to_owned(),
+        }
+    }
+}
+
+/// The stored form of a request id: `(uuid, "")` when `id` is a canonical UUID (lowercase,
+/// hyphenated: what the api generates), else `(first 16 bytes of SHA-256(id), id)`, so any id
+/// still deduplicates by the UUID and keeps its text. Migration 12 derives the same in SQL.
+pub fn request_uuid(id: String) -> (uuid::Uuid, String) {
+    use sha2::Digest;
+    match uuid::Uuid::try_parse(&id) {
+        Ok(parsed) if parsed.hyphenated().to_string() == id => (parsed, String::new()),
+        _ => {
+            let digest = sha2::Sha256::digest(id.as_bytes());
+            let mut bytes = [0_u8; 16];
+            bytes.copy_from_slice(&digest[..16]);
+            (uuid::Uuid::from_bytes(bytes), id)
         }
     }
 }
@@ -247,7 +271,7 @@ impl UsageSink {
             .join(",");
         let sql = format!(
             "SELECT kafka_partition, maxMerge(max_offset) AS max_offset FROM {offsets}
-WHERE kafka_partition IN ({list}) GROUP BY kafka_partition",
+WHERE kafka_partition IN ({list}) GROUP BY kafka_partition HAVING max_offset >= 0",
             offsets = self.offsets_table,
         );
         let what = "looking up stored offsets";
@@ -265,6 +289,33 @@ WHERE kafka_partition IN ({list}) GROUP BY kafka_partition",
             .into_iter()
             .map(|row| (row.kafka_partition, row.max_offset))
             .collect())
+    }
+
+    /// Records `(partition, epoch seconds)` pairs of idle partitions (see the consumer's
+    /// `report_idle`) as event-time progress in `usage_offsets`. The offset part is -1, below
+    /// any real offset, so the resume point does not move (partitions whose only rows are these
+    /// count as having nothing stored).
+    pub async fn report_idle(&self, idle: &[(i32, u32)]) -> Result<(), SinkError> {
+        let pairs = idle
+            .iter()
+            .map(|(partition, at)| format!("({partition}, {at})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO {offsets}
+SELECT p, maxState(toInt64(-1)), maxState(toDateTime(t, 'UTC'))
+FROM (SELECT arrayJoin([{pairs}]) AS x, toInt32(x.1) AS p, toUInt32(x.2) AS t)
+GROUP BY p",
+            offsets = self.offsets_table,
+        );
+        let what = "reporting idle partitions";
+        tokio::time::timeout(self.insert_timeout, self.client.query(&sql).execute())
+            .await
+            .map_err(|_| SinkError::Timeout {
+                what,
+                after: self.insert_timeout,
+            })?
+            .map_err(|source| SinkError::Query { what, source })
     }
 
     /// Waits until ClickHouse no longer runs `query_id` (an INSERT whose answer was lost may
@@ -389,6 +440,8 @@ mod tests {
         assert_eq!((row.kafka_partition, row.kafka_offset), (3, 42));
         assert_eq!(row.output_format, "");
         assert_eq!(row.source, "API");
+        assert_eq!(row.event_ms, 999);
+        assert_eq!(row.request_id_text, "r", "not a UUID: the text is kept");
         let early = UsageRow::new(
             0,
             0,
@@ -398,5 +451,26 @@ mod tests {
             },
         );
         assert_eq!(early.event_time, 0);
+        assert_eq!(early.event_ms, 995);
+    }
+
+    #[test]
+    fn request_ids_become_uuids_canonical_ones_losslessly() {
+        let id = "0193a2b4-5c6d-7e8f-9a0b-1c2d3e4f5a6b".to_owned();
+        assert_eq!(
+            request_uuid(id.clone()),
+            (id.parse().unwrap(), String::new())
+        );
+        // The same value as the SQL of migration 12 (checked on ClickHouse 18.16):
+        // toUUID(UUIDNumToString(toFixedString(substring(SHA256('req-1'), 1, 16), 16))).
+        let (derived, text) = request_uuid("req-1".into());
+        assert_eq!(derived.to_string(), "9456bdfa-12ea-7695-9c94-a3572f5d91c7");
+        assert_eq!(text, "req-1");
+        let upper = id.to_uppercase();
+        assert_eq!(
+            request_uuid(upper.clone()).1,
+            upper,
+            "not canonical: text kept"
+        );
     }
 }

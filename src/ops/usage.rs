@@ -489,9 +489,9 @@ struct StoredRow {
 }
 
 /// Rows per partition in `database`'s usage tables (below each partition's plan end if given).
-/// Counted on `usage_recent` (a plain MergeTree that keeps every inserted row with its offset),
-/// not on `usage_raw`, whose ReplacingMergeTree key lets a merge collapse an api's and a
-/// resizer's record of one request: this counts Kafka records, one row per offset.
+/// Counted on `usage_raw`, a plain MergeTree since migration 12 that keeps every inserted row
+/// with its offset (not on `usage_recent`, which holds only the unsettled tail): this counts
+/// Kafka records, one row per offset.
 async fn stored_rows(
     client: &clickhouse::Client,
     database: &str,
@@ -514,7 +514,7 @@ async fn stored_rows(
     let sql = format!(
         "SELECT kafka_partition, count() AS rows, uniqExact(kafka_offset) AS offsets,
                 max(kafka_offset) AS max_offset
-         FROM (SELECT kafka_partition, kafka_offset FROM {database}.usage_recent {filter}
+         FROM (SELECT kafka_partition, kafka_offset FROM {database}.usage_raw {filter}
                UNION ALL
                SELECT kafka_partition, kafka_offset FROM {database}.usage_rejects {filter})
          GROUP BY kafka_partition"
@@ -546,7 +546,7 @@ async fn stored_rows_below(
     offset: i64,
 ) -> Result<u64, OpsError> {
     let sql = format!(
-        "SELECT count() FROM (SELECT kafka_offset FROM {database}.usage_recent
+        "SELECT count() FROM (SELECT kafka_offset FROM {database}.usage_raw
                                WHERE kafka_partition = {partition} AND kafka_offset < {offset}
                                UNION ALL
                                SELECT kafka_offset FROM {database}.usage_rejects

@@ -5,13 +5,13 @@
 //! and days that the rollup job has settled are read from `usage_rollup` (a few rows per bucket,
 //! at the coarsest granularity that fits the range and the requested buckets); the rest (the
 //! partial minutes at the range's ends, and everything after the settle mark) is recounted from
-//! `usage_recent` (every delivered record, time-ordered), grouped by request id with the same
-//! rules. Not from `usage_raw`: its ReplacingMergeTree key has no `source`, so a merge keeps only
-//! one of a request's two records when both fall in the same second. The settle mark is read in the same
-//! scan as the rollup rows, and live rows before it are dropped here, so a window settled while
-//! the query runs is never counted twice. Scoped: the tenant id is a bound parameter
-//! (`clickhouse` crate `.bind()`, escaped by the client) and filters both tables; the rollup is
-//! read by its primary key (tenant first), `usage_recent` by time (minutes of rows).
+//! delivered records grouped by request id with the same rules: the live tail from
+//! `usage_recent` (which holds only the unsettled minutes), the range's partial end minutes from
+//! `usage_raw` (any age within its retention). The settle mark is read in the same scan as the
+//! rollup rows, and live rows before it are dropped here, so a window settled while the query
+//! runs is never counted twice. Scoped: the tenant id is a bound parameter (`clickhouse` crate
+//! `.bind()`, escaped by the client) and filters every table, each sorted tenant first, so all
+//! three reads go by primary key: a small tenant's report reads a few granules.
 //!
 //! Ranges are half-open `[from, to)`; `from`/`to` are epoch seconds or RFC 3339 (see
 //! [`Timestamp`]). A request may span at most [`Granularity::max_buckets`] buckets.
@@ -427,7 +427,9 @@ impl UsageQuery {
         );
         let live_from = format!("greatest({m1_t}, {mark} + 1)");
         // Only integers computed here, expressions chosen above and the checked database name
-        // are formatted in; the tenant id is bound (twice).
+        // are formatted in; the tenant id is bound (three times). A request read from both
+        // tables (their event-time ranges overlap by the lookaround) is grouped into one row:
+        // `max` and `argMax` are unchanged by a repeated record.
         let sql = format!(
             "SELECT
     kind,
@@ -478,11 +480,19 @@ FROM (
             max(pixels_in) AS request_pixels_in,
             max(pixels_out) AS request_pixels_out,
             max(cpu_time_us) AS request_cpu_time_us
-        FROM {db}.usage_recent
-        WHERE tenant_id = ? AND (
-               (event_time >= {from_t} - 60 AND event_time < {m1_t} + 60)
-            OR (event_time >= {m2_t} - 60 AND event_time < {to_t} + 60)
-            OR (event_time >= {live_from} - 60 AND event_time < {m2_t} + 60))
+        FROM (
+            SELECT request_id, event_time, outcome, output_format, bytes_in, bytes_out,
+                   pixels_in, pixels_out, cpu_time_us, source = 'API' AS from_api
+            FROM {db}.usage_raw
+            WHERE tenant_id = ? AND (
+                   (event_time >= {from_t} - 60 AND event_time < {m1_t} + 60)
+                OR (event_time >= {m2_t} - 60 AND event_time < {to_t} + 60))
+            UNION ALL
+            SELECT request_id, event_time, outcome, output_format, bytes_in, bytes_out,
+                   pixels_in, pixels_out, cpu_time_us, from_api
+            FROM {db}.usage_recent
+            WHERE tenant_id = ? AND event_time >= {live_from} - 60 AND event_time < {m2_t} + 60
+        )
         GROUP BY request_id
         HAVING (request_time >= {from_t} AND request_time < {m1_t})
             OR (request_time >= {m2_t} AND request_time < {to_t})
@@ -499,6 +509,7 @@ GROUP BY kind, start, group_key",
         let rows = self
             .client
             .query(&sql)
+            .bind(tenant_id)
             .bind(tenant_id)
             .bind(tenant_id)
             .fetch_all::<BucketRow>()
