@@ -18,7 +18,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::events::{UsageRecorded, UsageSource};
 
-const TENANTS: usize = 5;
+/// 15 tenants reach all 6 partitions of `usage.events` (keyed by tenant): a partition without
+/// records settles only up to the wall clock (its idle reports), which would hold the synthetic
+/// time below back.
+const TENANTS: usize = 15;
 
 /// Per-tenant sums of every billing dimension.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -31,13 +34,20 @@ struct Totals {
     cpu_time_us: i64,
 }
 
-fn usage(i: usize, now_ms: i64) -> UsageRecorded {
+/// Event time advances 10 ms per record from the test's start: in production order within
+/// each partition (the records of one tenant go to one partition in `i` order), as the api and
+/// the resizer stamp theirs, and ahead of the wall clock. So the rollup job settles minute
+/// after minute while the aggregator is being killed (about 40 synthetic seconds pass per
+/// second of live traffic), under the bound it documents: a record is stored at most
+/// `rollup_lateness` behind newer ones of its partition, and a partition reported idle at
+/// wall-clock `T` gets no record older than `T - rollup_lateness` afterwards.
+fn usage(i: usize, base_ms: i64) -> UsageRecorded {
     let ok = !i.is_multiple_of(7);
     UsageRecorded {
         request_id: format!("req-{i}"),
         tenant_id: format!("tenant-{}", i % TENANTS),
         key_id: format!("key-{}", i % 3),
-        event_time_ms: now_ms - (i % 600) as i64 * 1000,
+        event_time_ms: base_ms + i as i64 * 10,
         outcome: if ok { "ok" } else { "bad_parameters" }.into(),
         status: if ok { 200 } else { 400 },
         bytes_in: 1000 + (i % 977) as i64,
@@ -333,6 +343,29 @@ async fn totals_are_exact_after_kills_and_an_operator_replay() {
         },
     )
     .await;
+    // Settling reaches the end of the run's event time (less `rollup_lateness` and the
+    // lookaround minute, and a minute of slack): the totals below then come from the rollups the
+    // job settled while it was being killed, not from the live tail.
+    let produced_until = (base + total * 10) / 1000;
+    support::eventually(
+        Duration::from_secs(60),
+        "the rollup job to settle the run's event time",
+        || async {
+            let settled = count(
+                &config,
+                &format!(
+                    "SELECT toInt64(max(bucket)) FROM {db}.usage_rollup WHERE granularity = 0"
+                ),
+            )
+            .await;
+            (settled >= produced_until - 240).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "{} s of event time produced, settled up to 4 min before its end",
+        produced_until - base / 1000
+    );
     assert_eq!(stored_totals(&config).await, expected, "after kills");
     aggregator.stop();
 
