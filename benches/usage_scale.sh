@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Usage at scale: generates realistic usage rows (10,000 rows/s of event time, 1,000 tenants
-# with a skewed mix, random-looking request ids, two records for most requests: the resizer's
+# with a skewed mix, UUIDv7 request ids as the api makes them, two records for most requests: the resizer's
 # and the api's) into a bench database with ClickHouse's own generators, inserted into
 # `usage_raw` as the aggregator inserts (so every materialized view fires), then settles the
 # rollups with `imgpipe rollup`, and measures at each size: every analyst query of
@@ -68,7 +68,11 @@ INSERT INTO usage_raw (kafka_partition, kafka_offset, request_id, request_id_tex
     key_id, event_time, event_ms, outcome, status, bytes_in, bytes_out, pixels_in, pixels_out,
     cpu_time_us, input_format, output_format, latency_us, source)
 SELECT
-    toInt32(tenant % 6), toInt64(n), toUUID(UUIDNumToString(MD5(toString(k)))), '',
+    toInt32(tenant % 6), toInt64(n),
+    -- UUIDv7, as the api makes them: 48 bits of the request's milliseconds, then random bits.
+    toUUID(concat(substring(idh, 1, 8), '-', substring(idh, 9, 4), '-7', substring(r, 1, 3), '-',
+                  substring('89ab', toUInt32(intDiv(h, 13) % 4) + 1, 1), substring(r, 4, 3), '-',
+                  substring(r, 7, 12))), '',
     concat('tenant-', toString(tenant)), concat('key-', toString(tenant), '-', toString(h % 3)),
     toDateTime($START + intDiv(n, $RATE), 'UTC') + api,
     toUInt16(h % 1000),
@@ -87,6 +91,8 @@ SELECT
 FROM (
     SELECT number + $1 AS n, intDiv(n, 2) AS k, n % 2 AS api, intHash64(k) AS h,
            h % 10 = 0 AS refused,
+           hex(toUInt64(($START + intDiv(k * 2, $RATE)) * 1000 + h % 1000)) AS idh,
+           hex(MD5(toString(k))) AS r,
            -- log-uniform over 1..1000: tenant 1 sends ~10% of requests, tenant 999 ~0.01%
            toUInt32(pow(1000, (intHash64(k + 7) % 1000000) / 1000000.0)) AS tenant
     FROM system.numbers LIMIT $2

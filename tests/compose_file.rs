@@ -334,3 +334,37 @@ fn three_broker_override_matches_the_local_cluster() {
         );
     }
 }
+
+#[test]
+fn clickhouse_compresses_parts_with_zstd_like_the_local_stack() {
+    let compose = compose();
+    let mounts: Vec<String> = compose["services"]["clickhouse"]["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    let mount = mounts
+        .iter()
+        .find(|m| m.starts_with("./clickhouse/compression.xml:"))
+        .unwrap_or_else(|| {
+            panic!("clickhouse mounts compose/clickhouse/compression.xml: {mounts:?}")
+        });
+    assert!(
+        mount.contains(":/etc/clickhouse-server/config.d/"),
+        "mounted where the server reads config overrides: {mount}"
+    );
+    let file = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/compose/clickhouse/compression.xml"
+    ))
+    .expect("compose/clickhouse/compression.xml exists");
+    // The same <case> in both: the storage figures in the README hold for either stack.
+    let case = |text: &str| -> String {
+        let start = text.find("<case>").expect("a <case> element");
+        let end = text[start..].find("</case>").expect("</case>") + start;
+        text[start..end].split_whitespace().collect()
+    };
+    assert_eq!(case(&file), case(&stack_script()));
+    assert!(case(&file).contains("<method>zstd</method><level>3</level>"));
+}
