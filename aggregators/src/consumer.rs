@@ -33,6 +33,7 @@ use chassis::Backoff;
 
 use crate::config::AggregatorConfig;
 use crate::metrics::Metrics;
+use crate::rollup::SettleMark;
 use crate::sink::{RejectRow, SinkError, UsageRow, UsageSink};
 
 /// Readiness check flipped by ClickHouse availability.
@@ -185,6 +186,8 @@ pub(crate) struct Worker {
     activated: BTreeMap<i32, Instant>,
     /// When idle partitions were last reported to ClickHouse.
     idle_reported: Option<Instant>,
+    /// The rollup job's settle mark: rows stored behind it are counted as late.
+    mark: SettleMark,
 }
 
 impl Worker {
@@ -209,6 +212,7 @@ impl Worker {
             query_seq: 0,
             activated: BTreeMap::new(),
             idle_reported: None,
+            mark: SettleMark::default(),
             stall: None,
             progress,
             topic,
@@ -219,6 +223,12 @@ impl Worker {
             metrics,
             ctx,
         })
+    }
+
+    /// Counts rows stored behind `mark` (the rollup job's) as late.
+    pub(crate) fn with_mark(mut self, mark: SettleMark) -> Self {
+        self.mark = mark;
+        self
     }
 
     /// Consumes until shutdown, then writes what it holds (one attempt) and commits.
@@ -524,6 +534,7 @@ impl Worker {
                     let result = self.sink.insert_rows(partition, rows, &query_id).await;
                     if result.is_ok() {
                         self.metrics.inserted.inc_by(rows.len() as u64);
+                        self.count_late(partition, rows);
                         self.metrics
                             .insert_duration
                             .observe(started.elapsed().as_secs_f64());
@@ -548,6 +559,27 @@ impl Worker {
             tracing::debug!(partition, %error, "Storing the Kafka offset failed");
         }
         Ok(())
+    }
+
+    /// Counts (and logs, once per batch) rows just stored whose minute the rollups had already
+    /// settled: the views miss them until a usage rebuild. They are records stored more than
+    /// `rollup_lateness` behind newer ones of their partition (a producer's clock far behind,
+    /// or records held back longer than the bound).
+    fn count_late(&self, partition: i32, rows: &[UsageRow]) {
+        let late = rows.iter().filter(|row| self.mark.late(row.event_time));
+        let (count, oldest) = late.fold((0_u64, u32::MAX), |(n, oldest), row| {
+            (n + 1, oldest.min(row.event_time))
+        });
+        if count > 0 {
+            self.metrics.late.inc_by(count);
+            tracing::warn!(
+                partition,
+                count,
+                oldest_event_time = oldest,
+                settled_until = self.mark.get(),
+                "Stored usage records whose minute was already settled: the usage views miss them (see runbooks/usage-freshness.md)"
+            );
+        }
     }
 
     fn next_query_id(&mut self) -> String {

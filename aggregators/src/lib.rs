@@ -112,6 +112,7 @@ pub async fn run_in_group(
     };
     metrics.clickhouse_up.set(1);
     ctx.readiness.ready(CLICKHOUSE_CHECK);
+    let mark = rollup::SettleMark::default();
     let rollup = rollup::Rollup::new(
         sink.client().clone(),
         sink.database(),
@@ -119,7 +120,8 @@ pub async fn run_in_group(
         config.rollup_lateness,
         config.rollup_max_window,
     )
-    .with_raw_retention(config.usage_raw_retention);
+    .with_raw_retention(config.usage_raw_retention)
+    .with_mark(mark.clone());
     ctx.tasks.spawn_until_shutdown(
         "usage-rollup",
         rollup.run(ctx.shutdown.clone(), config.rollup_interval),
@@ -136,6 +138,7 @@ pub async fn run_in_group(
     let codec = Codec::new(&registry, &kafka.namespace);
     tracing::info!(%topic, group = %kafka.name(group), "Usage aggregator consuming");
     Worker::new(topic, inbox, sink, codec, config, metrics, ctx)?
+        .with_mark(mark)
         .run(consumer)
         .await
 }

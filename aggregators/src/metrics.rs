@@ -15,6 +15,8 @@ pub struct Metrics {
     pub rejected: IntCounter,
     /// [`m::RECORDS_SKIPPED_TOTAL`].
     pub skipped: IntCounter,
+    /// [`m::RECORDS_LATE_TOTAL`].
+    pub late: IntCounter,
     /// [`m::BATCH_SIZE_RECORDS`].
     pub batch_size: Histogram,
     /// [`m::INSERT_DURATION_SECONDS`].
@@ -37,6 +39,7 @@ impl Metrics {
             inserted: metrics::counter(registry, m::RECORDS_INSERTED_TOTAL)?,
             rejected: metrics::counter(registry, m::RECORDS_REJECTED_TOTAL)?,
             skipped: metrics::counter(registry, m::RECORDS_SKIPPED_TOTAL)?,
+            late: metrics::counter(registry, m::RECORDS_LATE_TOTAL)?,
             batch_size: metrics::histogram(registry, m::BATCH_SIZE_RECORDS, BATCH_RECORDS)?,
             insert_duration: metrics::histogram(
                 registry,

@@ -27,6 +27,8 @@
 //! Until a window is settled, the views and the tenant api read it from `usage_recent`
 //! (deduplicated at query time, a few minutes of rows), so answers are exact at every moment.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chassis::Shutdown;
@@ -136,6 +138,36 @@ pub enum RollupError {
     },
 }
 
+/// The newest settle mark this process has seen (epoch seconds, the last settled second; 0
+/// before any), shared between the rollup job, which reads and moves it, and the consumer,
+/// which counts records stored too late for it (see [`SettleMark::late`]). Another
+/// aggregator's settles are seen at the job's next step, so the mark may lag, never lead.
+#[derive(Debug, Clone, Default)]
+pub struct SettleMark(Arc<AtomicU32>);
+
+impl SettleMark {
+    /// The mark, epoch seconds.
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Moves the mark forward to `settled` (never back).
+    pub fn advance(&self, settled: u32) {
+        self.0.fetch_max(settled, Ordering::Relaxed);
+    }
+
+    /// Whether a record of event time `event_time` (epoch seconds) stored now is missed by the
+    /// rollups: its request was settled without it. A request's records lie within
+    /// [`LOOKAROUND_SECONDS`] of each other and settling reads that far around each window, so
+    /// only a record at least that far behind the mark is certainly missed; one closer may
+    /// still belong to a request decided after the mark. Nothing is late before the first
+    /// settle.
+    pub fn late(&self, event_time: u32) -> bool {
+        let mark = self.get();
+        mark > 0 && u64::from(event_time) + u64::from(LOOKAROUND_SECONDS) <= u64::from(mark)
+    }
+}
+
 /// A settled window, epoch seconds `[lo, hi)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -199,6 +231,7 @@ pub struct Rollup {
     lateness: Duration,
     max_window: Duration,
     raw_retention: Duration,
+    mark: SettleMark,
 }
 
 impl std::fmt::Debug for Rollup {
@@ -230,7 +263,15 @@ impl Rollup {
             lateness,
             max_window,
             raw_retention: Duration::from_secs(35 * 86_400),
+            mark: SettleMark::default(),
         }
+    }
+
+    /// Publishes every settle mark this job reads or writes to `mark`.
+    #[must_use]
+    pub fn with_mark(mut self, mark: SettleMark) -> Self {
+        self.mark = mark;
+        self
     }
 
     /// Keeps `usage_raw` days for `retention` behind the settle mark (default 35 days).
@@ -325,6 +366,7 @@ ORDER BY table, partition"
             .fetch_one::<HorizonRow>()
             .await
             .map_err(RollupError::Horizon)?;
+        self.mark.advance(horizon.settled);
         // A partition that has stored nothing yet could still bring records of any age.
         if horizon.progress == 0 || horizon.partitions < u64::from(self.partitions) {
             return Ok(None);
@@ -361,6 +403,7 @@ ORDER BY table, partition"
                 hi: window.hi,
                 source,
             })?;
+        self.mark.advance(window.hi - 1);
         Ok(Some(window))
     }
 
@@ -432,6 +475,21 @@ mod tests {
         let w = next_window(late - 1, 0, T + 90_000, 0, 600).unwrap();
         assert_eq!(w.hi, T + 86_400, "never across midnight");
         assert_eq!(next_window(0, 0, 0, 0, 600), None);
+    }
+
+    #[test]
+    fn records_a_lookaround_behind_the_mark_are_late() {
+        let mark = SettleMark::default();
+        assert!(!mark.late(0), "nothing is late before the first settle");
+        mark.advance(T + 599);
+        mark.advance(T + 59);
+        assert_eq!(mark.get(), T + 599, "the mark never moves back");
+        assert!(mark.late(T + 539));
+        assert!(
+            !mark.late(T + 540),
+            "within the lookaround: may belong to a request decided after the mark"
+        );
+        assert!(!mark.late(T + 600));
     }
 
     #[test]

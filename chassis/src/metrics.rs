@@ -259,6 +259,13 @@ pub mod aggregator {
         "imgpipe_aggregator_clickhouse_up",
         "Whether ClickHouse answers.",
     );
+    /// Records stored after the minute of their event time had been settled into the rollups
+    /// (at least the lookaround minute before the settle mark): the usage views miss them. See
+    /// `rollup_lateness` and runbooks/usage-freshness.md.
+    pub const RECORDS_LATE_TOTAL: Metric = metric(
+        "imgpipe_aggregator_records_late_total",
+        "Records stored after their minute was settled into the rollups (missed by the views).",
+    );
     /// Records held in memory, waiting for their batch to be written.
     pub const PENDING_RECORDS: Metric = metric(
         "imgpipe_aggregator_pending_records",

@@ -326,6 +326,20 @@ pub async fn produce_request(
         .offset
 }
 
+/// The value of the unlabelled metric `name` on the ops server at `ops` (`http://host:port`);
+/// `None` while the server does not answer or does not export it yet.
+pub async fn metric(ops: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
 /// Runs `sql` on the test's ClickHouse over HTTP and returns the answer's body; panics with the
 /// statement and the server's message if it fails.
 pub async fn clickhouse(config: &Config, sql: &str) -> String {
