@@ -27,7 +27,7 @@ def statements(path):
 
 def storage(migrations, rows):
     """Bytes per usage record of the schema on a current engine, for the rows
-    benches/usage_scale.sh generates (random request ids, 1,000 skewed tenants, two records
+    benches/usage_scale.sh generates (UUIDv7 request ids, 1,000 skewed tenants, two records
     for most requests), after the parts are merged."""
     s = session.Session()
     print("engine:", s.query("SELECT version()", "TSV").bytes().decode().strip())
@@ -38,7 +38,10 @@ def storage(migrations, rows):
         request_id_text, tenant_id, key_id, event_time, event_ms, outcome, status, bytes_in,
         bytes_out, pixels_in, pixels_out, cpu_time_us, input_format, output_format, latency_us,
         source)
-    SELECT toInt32(tenant % 6), toInt64(n), toUUID(UUIDNumToString(MD5(toString(k)))), '',
+    SELECT toInt32(tenant % 6), toInt64(n),
+        toUUID(concat(substring(idh, 1, 8), '-', substring(idh, 9, 4), '-7', substring(r, 1, 3), '-',
+                      substring('89ab', toUInt32(intDiv(h, 13) % 4) + 1, 1), substring(r, 4, 3), '-',
+                      substring(r, 7, 12))), '',
         concat('tenant-', toString(tenant)), concat('key-', toString(tenant), '-', toString(h % 3)),
         toDateTime(1764547200 + intDiv(n, 10000), 'UTC') + api, toUInt16(h % 1000),
         if(api, multiIf(refused, ['bad_parameters', 'rate_limited', 'unauthenticated',
@@ -54,6 +57,8 @@ def storage(migrations, rows):
         toInt64(2000 + h % 300000), if(api, 'API', 'RESIZER')
     FROM (SELECT number AS n, intDiv(n, 2) AS k, n % 2 AS api, intHash64(k) AS h,
                  h % 10 = 0 AS refused,
+                 hex(toUInt64((1764547200 + intDiv(k * 2, 10000)) * 1000 + h % 1000)) AS idh,
+                 hex(MD5(toString(k))) AS r,
                  toUInt32(pow(1000, (intHash64(k + 7) % 1000000) / 1000000.0)) AS tenant
           FROM numbers({rows}))
     WHERE api OR NOT refused""")
