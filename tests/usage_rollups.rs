@@ -1,8 +1,9 @@
 //! The rollups equal a deduplicated recount of the raw rows. Usage records (requests with a
 //! resizer and an api record, often in different minutes; api-only refusals; resizer-only
 //! requests whose api died; a record delivered twice) go through Kafka and the real
-//! `imgpipe aggregator` process, which settles windows into `usage_rollup` in the background.
-//! Then a batch is inserted a second time through the aggregator's own sink, as a retried
+//! `imgpipe aggregator` process, which settles windows into `usage_rollup` in the background:
+//! two of them, so that a member joins (a rebalance), two rollup jobs race for every window,
+//! and one is killed with SIGKILL half-way (another rebalance). Then a batch is inserted a second time through the aggregator's own sink, as a retried
 //! INSERT that ClickHouse had applied would be: on 18.16 the materialized views fire again for
 //! it (no block deduplication on a non-replicated table), which this test shows, and the totals
 //! must not move. Compared, key by key and for every dimension: the settled rollup rows of each
@@ -190,6 +191,46 @@ impl Drop for Aggregator {
     }
 }
 
+/// Sends current traffic every 300 ms until the settle mark passes `past`; returns the mark + 1.
+/// Traffic moves the settle horizon past older data; forty tenants, so that every partition of
+/// usage.events gets some (settling waits for all). These records stay in the live tail.
+async fn settle_past(
+    config: &Config,
+    producer: &support::UsageProducer,
+    next: &mut usize,
+    past: i64,
+    what: &str,
+) -> i64 {
+    let db = config.clickhouse.database.as_str();
+    support::eventually(Duration::from_secs(120), what, || {
+        let batch: Vec<UsageRecorded> = (*next..*next + 40)
+            .flat_map(|i| {
+                let mut r = records(i, now_s());
+                r.iter_mut()
+                    .for_each(|e| e.tenant_id = format!("tenant-{}", i % 40));
+                r
+            })
+            .collect();
+        *next += 40;
+        async move {
+            producer.send(&batch).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mark: i64 = support::clickhouse(
+                config,
+                &format!(
+                    "SELECT toUInt32(max(bucket)) FROM {db}.usage_rollup WHERE granularity = 0"
+                ),
+            )
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+            (mark > past).then_some(mark + 1)
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     let config = support::provisioned("usage_rollups").await;
@@ -207,41 +248,39 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     events.push(events[5].clone());
     producer.send(&events).await;
     let data_end = first + 3600 * 3 + 9;
+    // Two aggregators: the second joining is a rebalance, and both rollup jobs race for every
+    // window of the same database (the loser's INSERT is refused: same query_id). The first is
+    // killed (SIGKILL) once it owns partitions and a first window is settled; the second settles
+    // the rest.
     let aggregator = Aggregator::start(&config);
-
-    // Traffic goes on: newer records on every partition move the settle horizon past the data
-    // above. These stay in the live tail.
+    let second = Aggregator::start(&config);
     let mut next = 10_000;
-    let settled = support::eventually(Duration::from_secs(120), "windows settled", || {
-        let config = &config;
-        let db = &db;
-        let producer = &producer;
-        // Forty tenants: every partition of usage.events gets traffic (settling waits for all).
-        let batch: Vec<UsageRecorded> = (next..next + 40)
-            .flat_map(|i| {
-                let mut r = records(i, now_s());
-                r.iter_mut()
-                    .for_each(|e| e.tenant_id = format!("tenant-{}", i % 40));
-                r
-            })
-            .collect();
-        next += 40;
-        async move {
-            producer.send(&batch).await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let mark: i64 = support::clickhouse(
-                config,
-                &format!(
-                    "SELECT toUInt32(max(bucket)) FROM {db}.usage_rollup WHERE granularity = 0"
-                ),
-            )
-            .await
-            .trim()
-            .parse()
-            .unwrap();
-            (mark > data_end + 60).then_some(mark + 1)
-        }
-    })
+    settle_past(
+        &config,
+        &producer,
+        &mut next,
+        first,
+        "the first window settled by two aggregators",
+    )
+    .await;
+    support::eventually(
+        Duration::from_secs(30),
+        "the first aggregator to own partitions",
+        || async {
+            let inserted =
+                support::metric(&aggregator.ops, "imgpipe_aggregator_records_inserted_total").await;
+            inserted.is_some_and(|n| n > 0.0).then_some(())
+        },
+    )
+    .await;
+    drop(aggregator);
+    let settled = settle_past(
+        &config,
+        &producer,
+        &mut next,
+        data_end + 60,
+        "windows settled after a member was killed",
+    )
     .await;
 
     // `usage_recent` keeps only the unsettled tail: the rollup job drops, once nothing is due,
@@ -264,7 +303,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     })
     .await;
     // Stopped before the replay below, so that no prune races its count.
-    drop(aggregator);
+    drop(second);
 
     // A retried INSERT that had been applied: the same rows (same offsets, same request ids)
     // written again through the aggregator's sink. The views fire again on 18.16.
