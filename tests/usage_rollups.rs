@@ -588,7 +588,64 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     })
     .collect();
     assert_eq!(offsets.into_iter().collect::<BTreeMap<_, _>>(), raw);
+
+    // Every SQL statement the analysts' README and the usage runbooks show runs on this server
+    // (18.16 here) against these tables: the documented queries are the tested ones.
+    let mut statements = 0;
+    for doc in [
+        "aggregators/README.md",
+        "runbooks/usage-freshness.md",
+        "runbooks/usage-replay.md",
+        "runbooks/usage-late-records.md",
+    ] {
+        for sql in documented_sql(doc) {
+            support::clickhouse(&config, &sql.replace("imgpipe.", &format!("{db}."))).await;
+            statements += 1;
+        }
+    }
+    assert!(statements >= 12, "{statements} documented statements");
     support::clickhouse(&config, &format!("DROP DATABASE {db}")).await;
+}
+
+/// The statements of every ```sql block in `doc` (a path from the repository root), and the
+/// `clickhouse-client --query "…"` commands of its ```sh blocks.
+fn documented_sql(doc: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(doc))
+        .unwrap_or_else(|e| panic!("{doc}: {e}"));
+    let mut statements = Vec::new();
+    let mut block: Option<(&str, String)> = None;
+    for line in text.lines() {
+        match (&mut block, line.trim_start()) {
+            (None, fence) if fence.starts_with("```") => {
+                block = Some((fence.trim_start_matches('`'), String::new()));
+            }
+            (Some((kind, body)), "```") => {
+                if *kind == "sql" {
+                    statements.extend(
+                        body.split(";\n")
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(|s| s.trim_end_matches(';').to_owned()),
+                    );
+                } else if *kind == "sh" {
+                    let mut rest = body.as_str();
+                    while let Some(start) = rest.find("clickhouse-client --query \"") {
+                        rest = &rest[start + "clickhouse-client --query \"".len()..];
+                        let end = rest.find('"').expect("closing quote");
+                        statements.push(rest[..end].trim().to_owned());
+                        rest = &rest[end + 1..];
+                    }
+                }
+                block = None;
+            }
+            (Some((_, body)), _) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    statements
 }
 
 /// A one-tenant demo: every record on one partition of `usage.events`, the others never see

@@ -577,7 +577,7 @@ impl Worker {
                 count,
                 oldest_event_time = oldest,
                 settled_until = self.mark.get(),
-                "Stored usage records whose minute was already settled: the usage views miss them (see runbooks/usage-freshness.md)"
+                "Stored usage records whose minute was already settled: the usage views miss them (see runbooks/usage-late-records.md)"
             );
         }
     }

@@ -428,6 +428,14 @@ ORDER BY table, partition"
                     }
                     interval
                 }
+                Err(RollupError::Settle { lo, hi, source })
+                    if chassis::clickhouse::is_query_already_running(&source) =>
+                {
+                    // Another aggregator's job is settling this window: the normal race of two
+                    // or more aggregators, which the window's query_id settles.
+                    tracing::debug!(lo, hi, "Another aggregator is settling this usage window");
+                    interval
+                }
                 Err(error) => {
                     tracing::warn!(%error, "Settling usage rollups failed; will retry");
                     interval

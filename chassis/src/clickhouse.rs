@@ -221,6 +221,16 @@ pub fn is_retryable(error: &clickhouse::error::Error) -> bool {
     }
 }
 
+/// QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING: a statement under this `query_id` is running now.
+const QUERY_ALREADY_RUNNING: u32 = 216;
+
+/// Whether the server refused the statement because another one with the same `query_id` is
+/// running (how imgpipe keeps two processes from running the same one-off write at once).
+pub fn is_query_already_running(error: &clickhouse::error::Error) -> bool {
+    matches!(error, clickhouse::error::Error::BadResponse(text)
+        if error_code(text) == Some(QUERY_ALREADY_RUNNING))
+}
+
 /// The `Code: N` of a ClickHouse exception text.
 fn error_code(text: &str) -> Option<u32> {
     let rest = &text[text.find("Code: ")? + "Code: ".len()..];
@@ -276,6 +286,11 @@ mod tests {
         );
         assert!(!is_retryable(&permanent));
         let overload = Error::BadResponse("Code: 241, Memory limit exceeded".into());
+        assert!(!is_query_already_running(&overload));
+        assert!(is_query_already_running(&Error::BadResponse(
+            "Code: 216, e.displayText() = DB::Exception: Query with id = q is already running."
+                .into()
+        )));
         assert!(is_retryable(&overload));
         assert!(is_retryable(&Error::TimedOut));
         assert!(!is_retryable(&Error::NotEnoughData));
