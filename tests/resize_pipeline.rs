@@ -541,6 +541,52 @@ async fn no_reply_within_the_deadline_is_a_504() {
         waited >= Duration::from_millis(650) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
+
+    // A resizer that comes back later (a backlog after an outage) takes the expired request up,
+    // answers deadline_exceeded and records it stamped no later than the deadline: within the
+    // request's timeout of the api's record, so the usage rollups pair the two (a record
+    // stamped when the resizer ran, seconds or minutes later, was counted as a second request).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let resizer = support::host(p.config.clone(), &[Service::Resizer]).await;
+    let (codec, consumer) = support::usage_reader(&p.config, "deadline-usage-check");
+    let mut records: Vec<schemas::events::UsageRecorded> = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    // The key probe's 400 has a record too: wait for the resizer's.
+    while !records
+        .iter()
+        .any(|r| r.source == schemas::events::UsageSource::Resizer)
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "the api's and the resizer's usage records within 30 s: {records:?}"
+        );
+        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await
+        {
+            records.push(codec.decode(message.payload().unwrap()).await.unwrap());
+        }
+    }
+    let late = records
+        .iter()
+        .find(|r| r.source == schemas::events::UsageSource::Resizer)
+        .unwrap();
+    let api = records
+        .iter()
+        .find(|r| r.source == schemas::events::UsageSource::Api && r.request_id == late.request_id)
+        .unwrap_or_else(|| panic!("no api record of the resizer's request in {records:?}"));
+    assert_eq!(api.request_id, late.request_id);
+    assert_eq!(
+        (api.outcome.as_str(), late.outcome.as_str()),
+        ("deadline_exceeded", "deadline_exceeded")
+    );
+    assert!(
+        late.event_time_ms <= api.event_time_ms + 50
+            && api.event_time_ms - late.event_time_ms <= 700,
+        "the resizer ran 2 s after the deadline, its record is stamped at the deadline: \
+         api {} resizer {}",
+        api.event_time_ms,
+        late.event_time_ms
+    );
+    resizer.stop().await;
     p.hosted.stop().await;
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use imgpipe::host::Service;
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use reqwest::StatusCode;
 use schemas::Codec;
 use schemas::events::{UsageRecorded, UsageSource};
@@ -189,7 +189,7 @@ async fn a_resizer_killed_under_load_loses_and_duplicates_nothing() {
     assert!(elapsed < Duration::from_secs(120), "took {elapsed:?}");
 
     // Exactly once: every answered image has exactly one committed usage record.
-    let (codec, consumer) = usage_reader(&config, "failover-usage-check");
+    let (codec, consumer) = support::usage_reader(&config, "failover-usage-check");
     let ok: Vec<&String> = answers
         .iter()
         .filter(|(_, s)| *s == StatusCode::OK)
@@ -347,20 +347,6 @@ async fn a_stalled_resizer_says_so_on_readyz_and_recovers() {
     hosted.stop().await;
 }
 
-/// A codec and a consumer (group `group`) of the committed usage records.
-fn usage_reader(config: &imgpipe::Config, group: &str) -> (Codec, StreamConsumer) {
-    let codec = Codec::new(&config.registry, &config.kafka.namespace);
-    let consumer: StreamConsumer = config
-        .kafka
-        .group_consumer_config(group, chassis::kafka::ConsumerProfile::AtLeastOnce)
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[&codec.topic::<UsageRecorded>()])
-        .unwrap();
-    (codec, consumer)
-}
-
 /// Fences the transactional id `id` (namespaced) the way a coordinator does after a broker
 /// outage or a second process with the same id does: a new producer initialises transactions
 /// with it, which bumps the epoch, so the old producer's next write fails fatally.
@@ -421,7 +407,7 @@ async fn a_fenced_resizer_replaces_its_producer_and_bills_exactly_once() {
     let mut resizer = spawn_resizer_logging(&config, "fenced", log.reopen().unwrap());
     wait_process_ready(&mut resizer).await;
 
-    let (codec, consumer) = usage_reader(&config, "fenced-usage-check");
+    let (codec, consumer) = support::usage_reader(&config, "fenced-usage-check");
     let mut seen = HashMap::new();
 
     // Before any fence: one request, billed.

@@ -18,9 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::events::{UsageRecorded, UsageSource};
 
-/// 15 tenants reach all 6 partitions of `usage.events` (keyed by tenant): a partition without
-/// records settles only up to the wall clock (its idle reports), which would hold the synthetic
-/// time below back.
+/// 15 tenants reach all 6 partitions of `usage.events` (keyed by tenant).
 const TENANTS: usize = 15;
 
 /// Per-tenant sums of every billing dimension.
@@ -34,20 +32,16 @@ struct Totals {
     cpu_time_us: i64,
 }
 
-/// Event time advances 10 ms per record from the test's start: in production order within
-/// each partition (the records of one tenant go to one partition in `i` order), as the api and
-/// the resizer stamp theirs, and ahead of the wall clock. So the rollup job settles minute
-/// after minute while the aggregator is being killed (about 40 synthetic seconds pass per
-/// second of live traffic), under the bound it documents: a record is stored at most
-/// `rollup_lateness` behind newer ones of its partition, and a partition reported idle at
-/// wall-clock `T` gets no record older than `T - rollup_lateness` afterwards.
-fn usage(i: usize, base_ms: i64) -> UsageRecorded {
+/// Request `i`'s record, stamped `event_ms` (the wall clock when its batch is made, as the api
+/// and the resizer stamp theirs): in production order within each partition, and never ahead
+/// of the clock, the bounds settling relies on (see aggregators/README.md).
+fn usage(i: usize, event_ms: i64) -> UsageRecorded {
     let ok = !i.is_multiple_of(7);
     UsageRecorded {
         request_id: format!("req-{i}"),
         tenant_id: format!("tenant-{}", i % TENANTS),
         key_id: format!("key-{}", i % 3),
-        event_time_ms: base_ms + i as i64 * 10,
+        event_time_ms: event_ms,
         outcome: if ok { "ok" } else { "bad_parameters" }.into(),
         status: if ok { 200 } else { 400 },
         bytes_in: 1000 + (i % 977) as i64,
@@ -118,6 +112,10 @@ impl Aggregator {
             // Small, frequent batches: kills land between and during many INSERTs.
             .env("IMGPIPE_AGGREGATOR__BATCH_MAX_RECORDS", "700")
             .env("IMGPIPE_AGGREGATOR__BATCH_MAX_AGE", "100ms")
+            // Settle soon after each minute ends (the lookaround minute still applies); 5 s
+            // covers a batch's delivery, stamped before it is sent.
+            .env("IMGPIPE_AGGREGATOR__ROLLUP_INTERVAL", "200ms")
+            .env("IMGPIPE_AGGREGATOR__ROLLUP_LATENESS", "5s")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -270,6 +268,7 @@ async fn totals_are_exact_after_kills_and_an_operator_replay() {
 
     // Backlog before the first start, plus poison the aggregator must skip, not stop on.
     let first: Vec<_> = (0..8_000).map(|i| usage(i, base)).collect();
+    let mut last_ms = base;
     first.iter().for_each(|e| add(&mut expected, e));
     producer.send(&first).await;
     let poison = vec![
@@ -288,7 +287,8 @@ async fn totals_are_exact_after_kills_and_an_operator_replay() {
         let started = Instant::now();
         let mut deadline = None;
         while deadline.is_none_or(|d| Instant::now() < d) {
-            let live: Vec<_> = (next..next + 400).map(|i| usage(i, base)).collect();
+            last_ms = now_ms();
+            let live: Vec<_> = (next..next + 400).map(|i| usage(i, last_ms)).collect();
             live.iter().for_each(|e| add(&mut expected, e));
             producer.send(&live).await;
             next += live.len();
@@ -335,13 +335,13 @@ async fn totals_are_exact_after_kills_and_an_operator_replay() {
         },
     )
     .await;
-    // Settling reaches the end of the run's event time (less `rollup_lateness` and the
-    // lookaround minute, and a minute of slack): the totals below then come from the rollups the
-    // job settled while it was being killed, not from the live tail.
-    let produced_until = (base + total * 10) / 1000;
+    // Settling reaches the end of the run (the last record's minute, once the lookaround minute
+    // and `rollup_lateness` have passed): the totals below then come from the rollups the job
+    // settled while it was being killed and restarted, not from the live tail.
+    let produced_until = last_ms / 1000;
     support::eventually(
-        Duration::from_secs(60),
-        "the rollup job to settle the run's event time",
+        Duration::from_secs(180),
+        "the rollup job to settle every minute of the run",
         || async {
             let settled = count(
                 &config,
@@ -350,21 +350,17 @@ async fn totals_are_exact_after_kills_and_an_operator_replay() {
                 ),
             )
             .await;
-            (settled >= produced_until - 240).then_some(())
+            (settled >= produced_until).then_some(())
         },
     )
     .await;
-    eprintln!(
-        "{} s of event time produced, settled up to 4 min before its end",
-        produced_until - base / 1000
-    );
     assert_eq!(stored_totals(&config).await, expected, "after kills");
     aggregator.stop();
 
     // Operator replay: the group's offsets go back to the beginning; ClickHouse's offsets win.
     reset_group_to_earliest(&config).await;
     let aggregator = Aggregator::start(&config);
-    let sentinel: Vec<_> = (next..next + 100).map(|i| usage(i, base)).collect();
+    let sentinel: Vec<_> = (next..next + 100).map(|i| usage(i, now_ms())).collect();
     sentinel.iter().for_each(|e| add(&mut expected, e));
     producer.send(&sentinel).await;
     wait_for_requests(

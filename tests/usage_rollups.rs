@@ -761,6 +761,56 @@ async fn idle_partitions_do_not_hold_settling_back() {
         },
     )
     .await;
+
+    // A producer whose clock runs ten minutes ahead writes to every partition (15 tenants
+    // reach all 6). Settling must not follow it past the server's clock: that would settle
+    // minutes on-time records have not reached yet and make them all late.
+    let inserted_total = "imgpipe_aggregator_records_inserted_total";
+    let inserted = support::metric(&aggregator.ops, inserted_total)
+        .await
+        .unwrap();
+    let ahead: Vec<UsageRecorded> = (0..15)
+        .map(|i| {
+            let mut r = records(200 + i * 10, now_s() + 600).remove(0);
+            r.tenant_id = format!("tenant-{i}");
+            r
+        })
+        .collect();
+    producer.send(&ahead).await;
+    support::eventually(
+        Duration::from_secs(30),
+        "the records from the future stored",
+        || async {
+            let now = support::metric(&aggregator.ops, inserted_total).await;
+            now.is_some_and(|n| n >= inserted + 15.0).then_some(())
+        },
+    )
+    .await;
+    let partitions = support::clickhouse(
+        &config,
+        &format!("SELECT uniqExact(kafka_partition) FROM {db}.usage_raw WHERE event_time > now()"),
+    )
+    .await;
+    assert_eq!(
+        partitions.trim(),
+        "6",
+        "every partition has a record from the future"
+    );
+    // Several rollup intervals (200 ms) for the job to act on them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mark: i64 = support::clickhouse(
+        &config,
+        &format!("SELECT toUInt32(max(bucket)) FROM {db}.usage_rollup WHERE granularity = 0"),
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap();
+    assert!(
+        mark < now_s() - 60,
+        "settled until {mark}, {} s ahead of now - lookaround",
+        mark - (now_s() - 60)
+    );
     drop(aggregator);
     let requests = support::clickhouse(
         &config,

@@ -37,8 +37,10 @@ use clickhouse::Client;
 use serde::Deserialize;
 
 /// Records of one request (the resizer's, the api's) are at most this far apart in event time.
-/// Both are written within the api's request deadline (10 s by default) plus a Kafka delivery
-/// timeout; a minute leaves room. The views' live tail uses the same margin (as a literal).
+/// Both are stamped between the request's arrival and its deadline: the api answers by then
+/// (504 at the latest) and the resizer stamps its record no later than the deadline, however
+/// late it takes the request up (`api.request_timeout` is at most 50 s). The views' live tail
+/// uses the same margin (as a literal).
 pub const LOOKAROUND_SECONDS: u32 = 60;
 
 /// The `SELECT` of one row per request from `{db}.usage_recent`, filtered by `$where` before
@@ -348,13 +350,16 @@ ORDER BY table, partition"
     /// Settles the next due window, if any, and returns it.
     pub async fn step(&self) -> Result<Option<Window>, RollupError> {
         let db = self.database.as_str();
-        // Partitions whose only rows are rejects carry time 0 and hold nothing back.
+        // Partitions whose only rows are rejects carry time 0 and hold nothing back. Progress
+        // is never ahead of the server's clock: one record stamped in the future (a producer
+        // clock running ahead) on every partition would otherwise settle minutes that real,
+        // on-time records have not reached yet, and make them all late.
         let horizon = self
             .client
             .query(&format!(
                 "SELECT
     (SELECT toUInt32(max(bucket)) FROM {db}.usage_rollup WHERE granularity = 0) AS settled,
-    (SELECT toUInt32(min(max_time)) FROM (
+    (SELECT toUInt32(min(least(max_time, now()))) FROM (
         SELECT maxMerge(max_event_time) AS max_time FROM {db}.usage_offsets
         GROUP BY kafka_partition HAVING max_time > toDateTime(0, 'UTC')
     )) AS progress,

@@ -326,6 +326,25 @@ pub async fn produce_request(
         .offset
 }
 
+/// A consumer of the namespace's `usage.events` in group `group` (from the earliest record of
+/// a new group), with the codec that decodes them.
+pub fn usage_reader(
+    config: &Config,
+    group: &str,
+) -> (schemas::Codec, rdkafka::consumer::StreamConsumer) {
+    use rdkafka::consumer::Consumer;
+    let codec = schemas::Codec::new(&config.registry, &config.kafka.namespace);
+    let consumer: rdkafka::consumer::StreamConsumer = config
+        .kafka
+        .group_consumer_config(group, chassis::kafka::ConsumerProfile::AtLeastOnce)
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&codec.topic::<schemas::events::UsageRecorded>()])
+        .unwrap();
+    (codec, consumer)
+}
+
 /// The value of the unlabelled metric `name` on the ops server at `ops` (`http://host:port`);
 /// `None` while the server does not answer or does not export it yet.
 pub async fn metric(ops: &str, name: &str) -> Option<f64> {

@@ -36,6 +36,10 @@ impl Default for ApiConfig {
     }
 }
 
+/// The longest `request_timeout`: a request's usage records must stay within the usage rollups'
+/// one-minute lookaround, with room for clock skew between the api and the resizers.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(50);
+
 impl ApiConfig {
     /// Rules that span fields; one message per broken rule.
     pub fn validate(&self, errors: &mut Vec<String>) {
@@ -45,8 +49,40 @@ impl ApiConfig {
         if self.request_timeout < Duration::from_millis(100) {
             errors.push("api.request_timeout must be at least 100ms".into());
         }
+        // A request's usage records (the resizer's, the api's) are stamped within its timeout,
+        // and the usage rollups pair them within a minute (aggregators' LOOKAROUND_SECONDS).
+        if self.request_timeout > MAX_REQUEST_TIMEOUT {
+            errors.push(format!(
+                "api.request_timeout must be at most {}s (usage rollups pair a request's records within a minute)",
+                MAX_REQUEST_TIMEOUT.as_secs()
+            ));
+        }
         if self.max_concurrent_requests == 0 {
             errors.push("api.max_concurrent_requests must be positive".into());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_timeout_stays_within_the_usage_rollups_lookaround() {
+        let check = |timeout: Duration| {
+            let mut errors = Vec::new();
+            ApiConfig {
+                request_timeout: timeout,
+                ..ApiConfig::default()
+            }
+            .validate(&mut errors);
+            errors
+        };
+        assert!(check(Duration::from_secs(10)).is_empty());
+        assert!(check(MAX_REQUEST_TIMEOUT).is_empty());
+        let errors = check(MAX_REQUEST_TIMEOUT + Duration::from_secs(1));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("at most 50s"), "{errors:?}");
+        assert_eq!(check(Duration::from_millis(99)).len(), 1);
     }
 }

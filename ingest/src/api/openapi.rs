@@ -102,8 +102,8 @@ pub fn spec() -> Value {
             "/v1/usage": {"get": {
                 "summary": "The caller's own usage",
                 "parameters": [
-                    {"name": "from", "in": "query", "required": true, "description": "Start (inclusive): epoch seconds or RFC 3339.", "schema": {"type": "string"}},
-                    {"name": "to", "in": "query", "required": true, "description": "End (exclusive).", "schema": {"type": "string"}},
+                    {"name": "from", "in": "query", "required": true, "description": "Start (inclusive): epoch seconds or RFC 3339 with an offset (Z or ±hh:mm, + written %2B in a URL), whole seconds.", "schema": {"type": "string"}},
+                    {"name": "to", "in": "query", "required": true, "description": "End (exclusive), in the same forms as from.", "schema": {"type": "string"}},
                     query("granularity", "minute, hour (default) or day.", json!({"type": "string", "enum": ["minute", "hour", "day"]})),
                     query("group_by", "format or outcome.", json!({"type": "string", "enum": ["format", "outcome"]}))
                 ],

@@ -77,7 +77,12 @@ impl Worker {
             request_id: request.request_id.clone(),
             tenant_id: request.tenant_id.clone(),
             key_id: request.key_id.clone(),
-            event_time_ms: now_ms(),
+            // Never later than the request's deadline: the api's record of the same request
+            // is stamped by then (it answers 504 at the deadline at the latest), and the usage
+            // rollups pair a request's records within a minute. A request taken up after its
+            // deadline (a backlog after an outage, a redo after an aborted transaction) would
+            // otherwise be stamped minutes after its api record and counted twice.
+            event_time_ms: now_ms().min(request.deadline_at_ms),
             // Not `ok`: only the api, which sees the client take the image, may say that.
             outcome: if image.is_some() {
                 schemas::events::outcomes::RESIZED.to_owned()
