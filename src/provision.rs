@@ -144,6 +144,9 @@ fn topic_config(spec: &TopicSpec) -> Vec<(&'static str, String)> {
         .retention
         .map_or(-1, |r| i64::try_from(r.as_millis()).unwrap_or(-1));
     config.push(("retention.ms", retention_ms.to_string()));
+    if spec.log_append_time {
+        config.push(("message.timestamp.type", "LogAppendTime".to_owned()));
+    }
     config
 }
 
@@ -199,7 +202,14 @@ mod tests {
 
     #[test]
     fn compacted_topics_keep_records_forever() {
+        let usage = topic_config(spec(schemas::topics::USAGE_EVENTS).expect("listed"));
+        assert!(usage.contains(&("message.timestamp.type", "LogAppendTime".into())));
         let config = topic_config(spec(schemas::topics::IDENTITY_CHANGES).expect("listed"));
+        assert!(
+            !config
+                .iter()
+                .any(|(key, _)| *key == "message.timestamp.type")
+        );
         assert!(config.contains(&("cleanup.policy", "compact".into())));
         assert!(config.contains(&("retention.ms", "-1".into())));
     }

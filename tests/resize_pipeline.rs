@@ -578,6 +578,11 @@ async fn no_reply_within_the_deadline_is_a_504() {
         (api.outcome.as_str(), late.outcome.as_str()),
         ("deadline_exceeded", "deadline_exceeded")
     );
+    assert_eq!(
+        (late.cpu_time_us, late.pixels_in, late.bytes_out),
+        (0, 0, 0),
+        "no work on an expired request, none billed"
+    );
     assert!(
         late.event_time_ms <= api.event_time_ms + 50
             && api.event_time_ms - late.event_time_ms <= 700,

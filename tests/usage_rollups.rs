@@ -763,8 +763,10 @@ async fn idle_partitions_do_not_hold_settling_back() {
     .await;
 
     // A producer whose clock runs ten minutes ahead writes to every partition (15 tenants
-    // reach all 6). Settling must not follow it past the server's clock: that would settle
-    // minutes on-time records have not reached yet and make them all late.
+    // reach all 6). Its records are stored at the time Kafka logged them (usage.events is
+    // LogAppendTime), not in the future: otherwise its partitions' progress would run ahead of
+    // records not stored yet (an aggregator behind, catching up) and settling would make them
+    // all late.
     let inserted_total = "imgpipe_aggregator_records_inserted_total";
     let inserted = support::metric(&aggregator.ops, inserted_total)
         .await
@@ -786,15 +788,23 @@ async fn idle_partitions_do_not_hold_settling_back() {
         },
     )
     .await;
-    let partitions = support::clickhouse(
+    let ids = ahead
+        .iter()
+        .map(|r| format!("'{}'", r.request_id))
+        .collect::<Vec<_>>()
+        .join(",");
+    let stored = support::clickhouse(
         &config,
-        &format!("SELECT uniqExact(kafka_partition) FROM {db}.usage_raw WHERE event_time > now()"),
+        &format!(
+            "SELECT uniqExact(kafka_partition), countIf(event_time <= now() + 2), count()
+             FROM {db}.usage_raw WHERE request_id_text IN ({ids}) FORMAT TSV"
+        ),
     )
     .await;
     assert_eq!(
-        partitions.trim(),
-        "6",
-        "every partition has a record from the future"
+        stored.trim(),
+        "6\t15\t15",
+        "on every partition, stored at the log time, not ten minutes ahead"
     );
     // Several rollup intervals (200 ms) for the job to act on them.
     tokio::time::sleep(Duration::from_secs(2)).await;

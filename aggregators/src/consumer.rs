@@ -65,6 +65,24 @@ struct PartitionEnd {
     app_offset: i64,
 }
 
+/// How far a record's event time may run ahead of its Kafka timestamp before it is taken as
+/// wrong: clocks of producers and brokers differ by milliseconds when synchronised.
+const FUTURE_TOLERANCE_MS: i64 = 1_000;
+
+/// Brings `event`'s time back to `logged_at_ms` (its Kafka timestamp: the broker's append time on
+/// `usage.events`) when it runs ahead of it by more than [`FUTURE_TOLERANCE_MS`]; returns the
+/// time it carried. A record cannot have happened after Kafka logged it; stored as stamped, it
+/// would move its partition's progress ahead of records not yet stored and make them late for
+/// settling (see `rollup`). Stored at the log time, it is billed when it reached Kafka.
+pub(crate) fn not_after_log_time(
+    event: &mut UsageRecorded,
+    logged_at_ms: Option<i64>,
+) -> Option<i64> {
+    let logged = logged_at_ms.filter(|t| *t > 0)?;
+    (event.event_time_ms > logged.saturating_add(FUTURE_TOLERANCE_MS))
+        .then(|| std::mem::replace(&mut event.event_time_ms, logged))
+}
+
 /// Rebalance and statistics callbacks of the aggregator's consumer.
 pub(crate) struct AggregatorContext {
     topic: String,
@@ -188,6 +206,9 @@ pub(crate) struct Worker {
     idle_reported: Option<Instant>,
     /// The rollup job's settle mark: rows stored behind it are counted as late.
     mark: SettleMark,
+    /// Records stamped ahead of Kafka's log time since the last warning, and when that was.
+    future_records: u64,
+    future_logged: Option<Instant>,
 }
 
 impl Worker {
@@ -213,6 +234,8 @@ impl Worker {
             activated: BTreeMap::new(),
             idle_reported: None,
             mark: SettleMark::default(),
+            future_records: 0,
+            future_logged: None,
             stall: None,
             progress,
             topic,
@@ -256,8 +279,9 @@ impl Worker {
                     Ok(message) => {
                         let partition = message.partition();
                         let offset = message.offset();
+                        let logged_at_ms = message.timestamp().to_millis();
                         let payload = message.payload().unwrap_or_default();
-                        if !self.on_record(partition, offset, payload).await {
+                        if !self.on_record(partition, offset, logged_at_ms, payload).await {
                             break;
                         }
                     }
@@ -272,8 +296,15 @@ impl Worker {
         self.drain(&consumer).await
     }
 
-    /// Takes one record; `false` when shutdown interrupted a registry retry.
-    async fn on_record(&mut self, partition: i32, offset: i64, payload: &[u8]) -> bool {
+    /// Takes one record (`logged_at_ms`: its Kafka timestamp); `false` when shutdown interrupted
+    /// a registry retry.
+    async fn on_record(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        logged_at_ms: Option<i64>,
+        payload: &[u8],
+    ) -> bool {
         self.progress.busy();
         self.metrics.consumed.inc();
         match self.batcher.admit(partition, offset) {
@@ -288,7 +319,10 @@ impl Worker {
         let mut registry_down = false;
         loop {
             match self.codec.decode::<UsageRecorded>(payload).await {
-                Ok(event) => {
+                Ok(mut event) => {
+                    if let Some(stamped_ms) = not_after_log_time(&mut event, logged_at_ms) {
+                        self.warn_stamped_ahead(partition, offset, stamped_ms, event.event_time_ms);
+                    }
                     self.batcher
                         .push_row(UsageRow::new(partition, offset, event));
                     break;
@@ -561,6 +595,27 @@ impl Worker {
         Ok(())
     }
 
+    /// Logs a record whose event time was ahead of Kafka's log time (at most one line a minute,
+    /// with how many since the last one).
+    fn warn_stamped_ahead(&mut self, partition: i32, offset: i64, stamped_ms: i64, logged_ms: i64) {
+        self.future_records += 1;
+        if self
+            .future_logged
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.future_logged = Some(Instant::now());
+        tracing::warn!(
+            partition,
+            offset,
+            stamped_ms,
+            logged_ms,
+            records = std::mem::take(&mut self.future_records),
+            "Usage records stamped ahead of Kafka's log time (a producer clock ahead?): stored at the log time"
+        );
+    }
+
     /// Counts (and logs, once per batch) rows just stored whose minute the rollups had already
     /// settled: the views miss them until a usage rebuild. They are records stored more than
     /// `rollup_lateness` behind newer ones of their partition (a producer's clock far behind,
@@ -672,4 +727,52 @@ fn set_paused(
 
 fn gauge(count: usize) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn stamped(ms: i64) -> UsageRecorded {
+        UsageRecorded {
+            request_id: "r".into(),
+            tenant_id: "t".into(),
+            key_id: "k".into(),
+            event_time_ms: ms,
+            outcome: "ok".into(),
+            status: 200,
+            bytes_in: 1,
+            bytes_out: 1,
+            pixels_in: 1,
+            pixels_out: 1,
+            cpu_time_us: 1,
+            input_format: None,
+            output_format: None,
+            latency_us: 1,
+            source: schemas::events::UsageSource::Api,
+        }
+    }
+
+    #[test]
+    fn event_times_ahead_of_the_log_time_are_brought_back_to_it() {
+        let logged = 1_764_547_200_000;
+        let mut ahead = stamped(logged + 600_000);
+        assert_eq!(
+            not_after_log_time(&mut ahead, Some(logged)),
+            Some(logged + 600_000)
+        );
+        assert_eq!(ahead.event_time_ms, logged);
+        // Clock jitter within the tolerance, and records stamped before they were logged (as
+        // every record is), stay as stamped.
+        for ms in [logged + FUTURE_TOLERANCE_MS, logged, logged - 5_000] {
+            let mut event = stamped(ms);
+            assert_eq!(not_after_log_time(&mut event, Some(logged)), None);
+            assert_eq!(event.event_time_ms, ms);
+        }
+        // No timestamp (or Kafka's -1): nothing to compare with.
+        let mut unknown = stamped(logged + 600_000);
+        assert_eq!(not_after_log_time(&mut unknown, None), None);
+        assert_eq!(not_after_log_time(&mut unknown, Some(-1)), None);
+    }
 }

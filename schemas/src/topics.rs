@@ -61,6 +61,10 @@ pub struct TopicSpec {
     pub max_message_bytes: usize,
     /// Whether values are Avro registered under `<topic>-value` (the DLQ keeps raw bytes).
     pub avro_value: bool,
+    /// `message.timestamp.type=LogAppendTime`: each record's timestamp is the broker's clock when
+    /// it was appended, not the producer's. `usage.events` needs it: the aggregator never lets
+    /// a record's event time run ahead of it (see the aggregator's consumer).
+    pub log_append_time: bool,
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -76,6 +80,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         retention: Some(HOUR),
         max_message_bytes: IMAGE_TOPIC_MAX_MESSAGE_BYTES,
         avro_value: true,
+        log_append_time: false,
     },
     TopicSpec {
         name: IMAGE_RESULTS,
@@ -84,6 +89,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         retention: Some(HOUR),
         max_message_bytes: IMAGE_TOPIC_MAX_MESSAGE_BYTES,
         avro_value: true,
+        log_append_time: false,
     },
     TopicSpec {
         name: IMAGE_REQUESTS_DLQ,
@@ -92,6 +98,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         retention: Some(DAY.saturating_mul(7)),
         max_message_bytes: IMAGE_TOPIC_MAX_MESSAGE_BYTES,
         avro_value: false,
+        log_append_time: false,
     },
     TopicSpec {
         name: USAGE_EVENTS,
@@ -101,6 +108,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         retention: Some(DAY.saturating_mul(7)),
         max_message_bytes: 1024 * 1024,
         avro_value: true,
+        log_append_time: true,
     },
     TopicSpec {
         name: IDENTITY_AUDIT,
@@ -110,6 +118,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         retention: Some(DAY.saturating_mul(365)),
         max_message_bytes: 1024 * 1024,
         avro_value: true,
+        log_append_time: false,
     },
     TopicSpec {
         name: IDENTITY_CHANGES,
@@ -118,6 +127,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         retention: None,
         max_message_bytes: 1024 * 1024,
         avro_value: true,
+        log_append_time: false,
     },
 ];
 
