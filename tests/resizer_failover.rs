@@ -361,16 +361,11 @@ async fn fence(config: &imgpipe::Config, id: &str) {
 
 /// `imgpipe_resizer_transactions_total{result}` of the resizer behind `ops`.
 async fn transactions(ops: SocketAddr, result: &str) -> Option<u64> {
-    let text = reqwest::get(format!("http://{ops}/metrics"))
+    let series = format!("imgpipe_resizer_transactions_total{{result=\"{result}\"}}");
+    // A counter: a whole number, exact in an f64.
+    support::metric(&format!("http://{ops}"), &series)
         .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let series = format!("imgpipe_resizer_transactions_total{{result=\"{result}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
+        .map(|v| v as u64)
 }
 
 /// Reads committed usage records into `seen` (request id → records by the resizer) until

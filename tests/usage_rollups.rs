@@ -133,6 +133,25 @@ fn recount_sql(db: &str, g: u8, until: i64) -> String {
     )
 }
 
+/// The highest offset `usage_raw` holds per Kafka partition, counted from the rows themselves
+/// (to check the resume point `usage_offsets` gives against).
+async fn raw_max_offsets(config: &Config, db: &str) -> BTreeMap<i32, i64> {
+    support::clickhouse(
+        config,
+        &format!(
+            "SELECT kafka_partition, max(kafka_offset) FROM {db}.usage_raw
+             GROUP BY kafka_partition FORMAT TSV"
+        ),
+    )
+    .await
+    .lines()
+    .map(|line| {
+        let (p, o) = line.split_once('\t').unwrap();
+        (p.parse().unwrap(), o.parse().unwrap())
+    })
+    .collect()
+}
+
 /// The keys whose values differ, with both sides (empty when the maps are equal).
 fn differences(got: &BTreeMap<String, String>, expected: &BTreeMap<String, String>) -> Vec<String> {
     let keys: std::collections::BTreeSet<&String> = got.keys().chain(expected.keys()).collect();
@@ -573,20 +592,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     // The resume point: usage_offsets agrees with the raw tables.
     let partitions: Vec<i32> = (0..6).collect();
     let offsets = sink.stored_offsets(&partitions).await.unwrap();
-    let raw: BTreeMap<i32, i64> = support::clickhouse(
-        &config,
-        &format!(
-            "SELECT kafka_partition, max(kafka_offset) FROM {db}.usage_raw
-             GROUP BY kafka_partition FORMAT TSV"
-        ),
-    )
-    .await
-    .lines()
-    .map(|line| {
-        let (p, o) = line.split_once('\t').unwrap();
-        (p.parse().unwrap(), o.parse().unwrap())
-    })
-    .collect();
+    let raw = raw_max_offsets(&config, &db).await;
     assert_eq!(offsets.into_iter().collect::<BTreeMap<_, _>>(), raw);
 
     // Every SQL statement the analysts' README and the usage runbooks show runs on this server
@@ -725,20 +731,7 @@ async fn idle_partitions_do_not_hold_settling_back() {
         .stored_offsets(&(0..6).collect::<Vec<_>>())
         .await
         .unwrap();
-    let raw: BTreeMap<i32, i64> = support::clickhouse(
-        &config,
-        &format!(
-            "SELECT kafka_partition, max(kafka_offset) FROM {db}.usage_raw
-             GROUP BY kafka_partition FORMAT TSV"
-        ),
-    )
-    .await
-    .lines()
-    .map(|line| {
-        let (p, o) = line.split_once('\t').unwrap();
-        (p.parse().unwrap(), o.parse().unwrap())
-    })
-    .collect();
+    let raw = raw_max_offsets(&config, &db).await;
     assert_eq!(raw.len(), 1, "one partition had traffic");
     assert_eq!(offsets.into_iter().collect::<BTreeMap<_, _>>(), raw);
 
