@@ -134,6 +134,12 @@ pub async fn run_in_group(
         kafka.group_consumer_config(group, chassis::kafka::ConsumerProfile::AtLeastOnce);
     // Lag per partition comes from librdkafka's statistics (see `AggregatorContext::stats`).
     consumer_config.set("statistics.interval.ms", "5000");
+    // Nobody waits on a single usage record: let the broker hold a fetch until 64 KiB are there
+    // or 100 ms passed, instead of answering (and being asked again) on every append. Batches
+    // are written every `batch_max_age` anyway, so freshness barely moves.
+    consumer_config
+        .set("fetch.min.bytes", "65536")
+        .set("fetch.wait.max.ms", "100");
     let consumer = kafka.consumer(&consumer_config, context)?;
     let codec = Codec::new(&registry, &kafka.namespace);
     tracing::info!(%topic, group = %kafka.name(group), "Usage aggregator consuming");

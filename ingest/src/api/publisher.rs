@@ -158,7 +158,7 @@ impl KafkaPublisher {
                 source,
             })?;
         let usage_producer = kafka
-            .producer_config(chassis::kafka::ProducerProfile::Batched)
+            .producer_config(chassis::kafka::ProducerProfile::Background)
             .set(
                 "message.timeout.ms",
                 USAGE_DELIVERY_TIMEOUT.as_millis().to_string(),
