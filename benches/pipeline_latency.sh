@@ -16,6 +16,9 @@ capacity=false
 if [ "${1:-}" = "--capacity" ]; then capacity=true; shift; fi
 step_duration="${1:-20s}"
 bench_name=latency
+# Build the floor's bench binary before the services start: compiled between the steps, it held the
+# run up for minutes on a cold build directory, and a build error surfaced only halfway through.
+cargo bench --locked --bench kafka_floor --no-run >&2
 # shellcheck source=benches/pipeline_env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/pipeline_env.sh"
 
