@@ -103,6 +103,7 @@ type JobFuture = std::pin::Pin<Box<dyn Future<Output = (Pending, Option<JobDone>
 /// What a pool job sends back.
 struct JobDone {
     result: Result<Resized, JobError>,
+    /// CPU time of the kernel's work on this thread; zero for a request past its deadline.
     cpu: Duration,
     /// From the record's receipt by the loop to its work starting on the pool.
     queue: Duration,
@@ -442,18 +443,17 @@ impl Worker {
             let queue = received.elapsed();
             // The kernel's own log lines carry the request's trace id.
             let _entered = span.enter();
-            let cpu = cpu_time::ThreadTime::now();
-            let result = if now_ms() > deadline_ms {
-                Err(JobError::DeadlineExceeded)
+            let (result, cpu) = if now_ms() > deadline_ms {
+                // Not worked on: no CPU time to bill, so its usage record repeats the api's 504
+                // and changes no total.
+                (Err(JobError::DeadlineExceeded), Duration::ZERO)
             } else {
-                guarded(|| kernel::resize(&image, &params, &limits))
+                let cpu = cpu_time::ThreadTime::now();
+                let result = guarded(|| kernel::resize(&image, &params, &limits));
+                (result, cpu.elapsed())
             };
             // The receiver is gone only if the partition was revoked; nothing to do then.
-            let _ = tx.send(JobDone {
-                result,
-                cpu: cpu.elapsed(),
-                queue,
-            });
+            let _ = tx.send(JobDone { result, cpu, queue });
         });
         self.metrics.in_flight.set(self.jobs.len() as i64 + 1);
         self.jobs
