@@ -202,15 +202,26 @@ mod tests {
 
     #[test]
     fn compacted_topics_keep_records_forever() {
-        let usage = topic_config(spec(schemas::topics::USAGE_EVENTS).expect("listed"));
-        assert!(usage.contains(&("message.timestamp.type", "LogAppendTime".into())));
         let config = topic_config(spec(schemas::topics::IDENTITY_CHANGES).expect("listed"));
-        assert!(
-            !config
-                .iter()
-                .any(|(key, _)| *key == "message.timestamp.type")
-        );
         assert!(config.contains(&("cleanup.policy", "compact".into())));
         assert!(config.contains(&("retention.ms", "-1".into())));
+    }
+
+    #[test]
+    fn only_usage_events_take_the_brokers_append_time() {
+        let usage = topic_config(spec(schemas::topics::USAGE_EVENTS).expect("listed"));
+        assert!(usage.contains(&("message.timestamp.type", "LogAppendTime".into())));
+        for other in CATALOGUE
+            .iter()
+            .filter(|s| s.name != schemas::topics::USAGE_EVENTS)
+        {
+            assert!(
+                !topic_config(other)
+                    .iter()
+                    .any(|(key, _)| *key == "message.timestamp.type"),
+                "{}",
+                other.name
+            );
+        }
     }
 }
