@@ -74,13 +74,26 @@ where
     }
 }
 
-/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+/// A free loopback port for a service to bind later, taken below the kernel's ephemeral range
+/// (Linux's default starts at 32768). A port from `bind(0)` is an ephemeral one: released, it
+/// could be taken as the local port of any outgoing connection (a Kafka client's, say) before
+/// the service bound it, which failed a run with "Address already in use". Ports are handed
+/// out in turn from a per-process start, each probed with a bind, so two tests of one process
+/// never get the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % COUNT;
+    for _ in 0..COUNT {
+        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT;
+        let port = u16::try_from(port).expect("below 32768");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// Services hosted in this test process, stopped on drop.
