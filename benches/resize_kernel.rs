@@ -12,10 +12,8 @@
 
 use std::path::PathBuf;
 
-#[path = "../tests/support/icc.rs"]
-mod icc;
-
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use processors::icc_fixtures as icc;
 use processors::kernel::{Limits, resize};
 use schemas::events::{Fit, ImageFormat, ResizeParams};
 

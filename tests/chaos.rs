@@ -7,9 +7,10 @@
 //!
 //! `chaos_short`: kill -9 of the resizer, kill -9 of one broker, ClickHouse stopped 15 s, one
 //! broker's network delayed (about two minutes with the stack's start).
-//! `chaos_full` (`cargo test --test chaos -- --ignored --nocapture`): every fault of the suite;
-//! writes its report (markdown and SVG) to `IMGPIPE_CHAOS_REPORT` (default
-//! `target/chaos-report`).
+//! `chaos_full` (`cargo test --features stack-tests --test chaos -- --ignored --nocapture`):
+//! every fault of the suite; writes its report (markdown and SVG) to `IMGPIPE_CHAOS_REPORT`
+//! (default `target/chaos-report`).
+#![cfg(feature = "stack-tests")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests fail by panicking
 
 mod chaos_rig;
@@ -97,7 +98,7 @@ async fn chaos_short() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the full suite (about 9 minutes): cargo test --test chaos -- --ignored --nocapture"]
+#[ignore = "the full suite (about 9 minutes): cargo test --features stack-tests --test chaos -- --ignored --nocapture"]
 async fn chaos_full() {
     let pause = Duration::from_secs(3);
     let (rig, results, problems) = run(&[

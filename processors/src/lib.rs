@@ -2,6 +2,10 @@
 //! and usage records, doing the image work in [`kernel`] on a bounded CPU pool.
 
 pub mod config;
+/// Images tagged with generated ICC profiles, for the kernel's tests, the differential test
+/// against libvips and the colour benchmark (the `fixtures` feature; never in a service build).
+#[cfg(any(test, feature = "fixtures"))]
+pub mod icc_fixtures;
 pub mod kernel;
 pub mod metrics;
 pub mod offsets;

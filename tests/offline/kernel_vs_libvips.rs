@@ -13,14 +13,12 @@
 //! `compose/local/bootstrap`); without them the test fails rather than skips.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests fail by panicking
 
-#[path = "support/icc.rs"]
-mod icc;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image::metadata::Orientation;
 use image::{DynamicImage, GenericImageView, ImageBuffer, Luma, Rgb, Rgb32FImage, RgbImage};
+use processors::icc_fixtures as icc;
 use processors::kernel::{Limits, resize};
 use schemas::events::{Fit, ImageFormat, ResizeParams};
 use turbojpeg::{Compressor, PixelFormat, Subsamp};

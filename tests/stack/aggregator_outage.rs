@@ -4,13 +4,13 @@
 //! of the real ClickHouse, so nothing else on the shared stack is disturbed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests fail by panicking
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use imgpipe::host::Service;
 use schemas::events::{UsageRecorded, UsageSource};
+
+use crate::support;
 
 fn record(tenant: &str, i: usize) -> UsageRecorded {
     UsageRecorded {

@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests fail by panicking
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -15,6 +13,8 @@ use std::time::Duration;
 use imgpipe::Config;
 use imgpipe::host::Service;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support;
 
 /// `(outcome, status, sources)` of `tenant`'s requests in `usage_by_request`, with the number of
 /// distinct writers (api, resizer) behind each.

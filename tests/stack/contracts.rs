@@ -3,8 +3,6 @@
 //! an independent client (Confluent's Python deserializer), which proves the wire format.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests and benches fail by panicking
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,6 +14,8 @@ use schemas::events::{
 };
 use schemas::registry::value_subject;
 use schemas::{Codec, Event};
+
+use crate::support;
 
 fn usage(request_id: &str) -> UsageRecorded {
     UsageRecorded {

@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests fail by panicking
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,6 +14,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::support;
 
 struct Stack {
     api: SocketAddr,

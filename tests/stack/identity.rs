@@ -3,8 +3,6 @@
 //! `IdentityView`s (one per simulated api instance, each with its own consumer) replicate it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +11,8 @@ use imgpipe::Config;
 use ingest::auth::{AuthConfig, AuthError, Authenticator, IdentityView};
 use ingest::identity::{self, IdentityConfig};
 use serde_json::{Value, json};
-use support::{eventually, provisioned};
+
+use crate::support::{eventually, provisioned};
 
 const ADMIN_TOKEN: &str = "integration-admin-token-0123456789";
 const PROPAGATION: Duration = Duration::from_secs(10);

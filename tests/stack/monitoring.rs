@@ -9,8 +9,6 @@
 //! missing binary is a failure: the checks must not silently stop running there.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +18,8 @@ use std::time::{Duration, Instant};
 use imgpipe::host::Service;
 use reqwest::StatusCode;
 use schemas::events::{UsageRecorded, UsageSource};
+
+use crate::support;
 
 const ALERTS: &str = "compose/prometheus/alerts.yml";
 const ALERT_TESTS: &str = "compose/prometheus/alerts_test.yml";

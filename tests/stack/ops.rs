@@ -3,8 +3,6 @@
 //! record and each redriven request is billed once; `tail` decodes every topic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests fail by panicking
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +15,8 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use schemas::topics::{IMAGE_REQUESTS, IMAGE_REQUESTS_DLQ, USAGE_EVENTS};
+
+use crate::support;
 
 /// Sends `count` records keyed `{prefix}-{i}` to `topic`, returning each key's (partition, offset).
 async fn produce(

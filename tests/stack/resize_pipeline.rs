@@ -3,8 +3,6 @@
 //! and format, every error code the api promises, poison input, overload and the deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests and benches fail by panicking
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,7 +14,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::FutureRecord;
 use reqwest::StatusCode;
-use support::images;
+
+use crate::support::{self, images};
 
 struct Pipeline {
     hosted: support::Hosted,

@@ -3,8 +3,6 @@
 //! killed resizer's open transaction is aborted and the survivor redoes exactly its work.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests and benches fail by panicking
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -18,6 +16,8 @@ use rdkafka::consumer::StreamConsumer;
 use reqwest::StatusCode;
 use schemas::Codec;
 use schemas::events::{UsageRecorded, UsageSource};
+
+use crate::support;
 
 /// A resizer in its own process, killed on drop if still running.
 struct ResizerProcess {

@@ -5,14 +5,14 @@
 #![cfg(feature = "failpoints")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests fail by panicking
 
-mod support;
-
 use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use imgpipe::host::Service;
+
+use crate::support;
 
 #[tokio::test]
 async fn a_task_that_panics_stops_the_process_with_a_clear_error() {

@@ -5,14 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)] // tests fail by panicking
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use imgpipe::host::Service;
 use reqwest::StatusCode;
 use serde_json::Value;
+
+use crate::support;
 
 async fn resize(
     http: &reqwest::Client,

@@ -5,8 +5,6 @@
 //! refuses bad ranges.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -17,6 +15,8 @@ use ingest::api::usage::query::{Granularity, GroupBy, UsageQuery, UsageQueryErro
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::events::{UsageRecorded, UsageSource};
+
+use crate::support;
 
 /// 15 tenants reach all 6 partitions of `usage.events` (keyed by tenant).
 const TENANTS: usize = 15;

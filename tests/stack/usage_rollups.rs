@@ -14,8 +14,6 @@
 //! against the highest stored offsets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -26,6 +24,8 @@ use aggregators::sink::UsageRow;
 use imgpipe::Config;
 use ingest::api::usage::query::{Granularity, GroupBy, Timestamp, UsageQuery, UsageRequest};
 use schemas::events::{UsageRecorded, UsageSource};
+
+use crate::support;
 
 const TENANTS: usize = 7;
 

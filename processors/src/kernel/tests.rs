@@ -11,8 +11,7 @@ use turbojpeg::{Compressor, PixelFormat, Subsamp};
 
 use super::*;
 
-#[path = "../../../tests/support/icc.rs"]
-pub(super) mod icc;
+pub(super) use crate::icc_fixtures as icc;
 
 // ---------- inputs ----------
 
