@@ -124,12 +124,12 @@ fn link_targets(line: &str) -> Vec<String> {
         rest = &after[end..];
     }
     let trimmed = line.trim_start();
-    if trimmed.starts_with('[') {
-        if let Some(at) = trimmed.find("]: ") {
-            if let Some(target) = trimmed[at + 3..].split_whitespace().next() {
-                targets.push(target.to_owned());
-            }
-        }
+    let definition = trimmed
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once("]: "))
+        .and_then(|(_, target)| target.split_whitespace().next());
+    if let Some(target) = definition {
+        targets.push(target.to_owned());
     }
     targets
 }
