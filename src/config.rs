@@ -1,6 +1,8 @@
 //! The complete configuration of an imgpipe process: one section per component. Every service
 //! accepts the whole file, so one file (or one set of `IMGPIPE_*` variables) serves a deployment.
 
+pub mod reference;
+
 use std::net::SocketAddr;
 
 use aggregators::AggregatorConfig;
@@ -20,10 +22,10 @@ use serde::{Deserialize, Serialize};
 use crate::host::Service;
 
 /// Everything an imgpipe process can be configured with.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Logging.
+    /// Logging and trace export.
     pub telemetry: TelemetryConfig,
     /// Kafka connection and namespace.
     pub kafka: KafkaConfig,
@@ -48,7 +50,7 @@ pub struct Config {
 }
 
 /// Where the ops endpoint listens.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsSection {
     /// Address of the ops endpoint. Unset: a per-service default (api 9101, identity 9102,

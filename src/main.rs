@@ -1,83 +1,22 @@
 //! `imgpipe`: one binary, one subcommand per service. Sets up tracing, loads the config, and
 //! hands over to the library; nothing else happens here.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use chassis::Shutdown;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use imgpipe::Config;
 use imgpipe::host::{self, Service};
+
+mod cli;
+
+use cli::{Cli, Command, TopicsAction};
 
 /// mimalloc instead of glibc's malloc: the api and resizer allocate per request on several
 /// threads, and glibc's arena locking and consolidation took ~14% of the api's CPU under load.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Image resizing as a Kafka streaming pipeline.
-///
-/// Configuration: defaults, then the TOML file given with --config, then IMGPIPE_* environment
-/// variables with `__` between section and field (IMGPIPE_KAFKA__BROKERS=127.0.0.1:9092).
-#[derive(Debug, Parser)]
-#[command(name = "imgpipe", version, about, long_about)]
-struct Cli {
-    /// TOML configuration file.
-    #[arg(long, short, global = true, env = "IMGPIPE_CONFIG")]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// The data-plane HTTP api: authenticates, validates, produces to image.requests and answers
-    /// with the reply from image.results.
-    Api,
-    /// The management plane: tenants, API keys and quotas; the only writer of identity.changes.
-    Identity,
-    /// A resizer: consumer group `resizers`, image.requests → image.results + usage.events.
-    Resizer,
-    /// The usage aggregator: consumer group `usage-aggregator`, usage.events → ClickHouse.
-    Aggregator,
-    /// Every service in one process (development and the demo).
-    All,
-    /// Applies ClickHouse migrations (versioned, idempotent) to `clickhouse.database`.
-    Migrate {
-        /// Print every statement (for `clickhouse.database`, `;`-terminated) instead of applying.
-        #[arg(long)]
-        print: bool,
-    },
-    /// Settles every due usage window into `usage_rollup` now and exits (the aggregator does
-    /// this in the background; for backfills, rebuilds and benchmarks), then drops the
-    /// partitions settling no longer needs. Uses `aggregator.rollup_lateness`,
-    /// `aggregator.rollup_max_window` and `aggregator.usage_raw_retention`.
-    Rollup {
-        /// Print the statement settling the window [LO, HI) (epoch seconds) instead of settling.
-        #[arg(long, num_args = 2, value_names = ["LO", "HI"])]
-        print: Option<Vec<u32>>,
-    },
-    /// Drives the api with images at a fixed rate or concurrency and reports latency and errors.
-    // Boxed: its many options would make every other variant as large.
-    Loadgen(Box<imgpipe::loadgen::LoadgenArgs>),
-    /// Operators' tools: consumer-group offsets, the dead-letter topic, usage rebuilds, decoded
-    /// topic tails, the admin audit trail. Commands that change state print their plan and act
-    /// only with --execute.
-    Ops(imgpipe::ops::OpsArgs),
-    /// Topic and schema management.
-    Topics {
-        #[command(subcommand)]
-        action: TopicsAction,
-    },
-    /// Prints the effective configuration (defaults, file, environment merged) as TOML.
-    Config,
-}
-
-#[derive(Debug, Subcommand)]
-enum TopicsAction {
-    /// Creates missing topics and registers schemas (BACKWARD compatibility); idempotent.
-    Ensure,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -102,6 +41,11 @@ fn main() -> ExitCode {
 fn start(cli: Cli) -> anyhow::Result<()> {
     // Fault points named in FAILPOINTS take effect (only in `failpoints` builds, for tests).
     let _faults = fail::FailScenario::setup();
+    if let Command::Config { reference: true } = cli.command {
+        // From the types and their defaults alone: no file or environment needed.
+        print!("{}", imgpipe::config::reference::markdown());
+        return Ok(());
+    }
     let config: Config = chassis::load_config(cli.config.as_deref())?;
     chassis::telemetry::init(&config.telemetry);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -208,7 +152,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             imgpipe::loadgen::run(*args).await?;
             return Ok(());
         }
-        Command::Config => {
+        Command::Config { .. } => {
             println!(
                 "{}",
                 toml::to_string_pretty(&config).context("rendering config")?

@@ -15,25 +15,29 @@ pub const GROUP_ID: &str = "usage-aggregator";
 pub const MAX_BATCH_RECORDS: usize = 500_000;
 
 /// Settings of the usage aggregator.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregatorConfig {
     /// A partition's batch is written once it holds this many records.
     pub batch_max_records: usize,
     /// A partition's batch is written once its oldest record waited this long (freshness bound).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub batch_max_age: Duration,
     /// Records held in memory across all partitions before every batch is written regardless of
     /// age (bounds memory when many partitions are assigned).
     pub max_pending_records: usize,
     /// Deadline of one INSERT (sending and waiting for ClickHouse's answer).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub insert_timeout: Duration,
     /// First wait after a failed INSERT, offset lookup or registry call; doubles up to the max.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub retry_backoff_min: Duration,
     /// Longest wait between retries.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub retry_backoff_max: Duration,
     /// Apply ClickHouse migrations at start (as `imgpipe migrate` does).
     pub migrate_on_start: bool,
@@ -41,24 +45,29 @@ pub struct AggregatorConfig {
     /// itself stalled (`/readyz` check `aggregator_progress`,
     /// `imgpipe_consumer_stalled{consumer="aggregator"}`).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub stall_after: Duration,
     /// How often the rollup job looks for usage windows to settle into `usage_rollup` (it
     /// settles back to back while behind).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub rollup_interval: Duration,
     /// How far behind newer records of its Kafka partition a usage record may be stored (its
     /// producer's delivery and transaction timeouts, plus clock skew between producers). A
     /// window is settled only when every partition is this far past it.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub rollup_lateness: Duration,
     /// Longest window one settle statement covers; bounds its memory (it groups that many
     /// minutes of requests by request id).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub rollup_max_window: Duration,
     /// How long `usage_raw` keeps per-record rows (audits, per-request questions, the tenant
     /// api's sub-minute range ends), counted back from the settle mark. The rollup job drops
     /// whole days past it; `usage_rollup` is kept for billing. At least a day.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub usage_raw_retention: Duration,
 }
 

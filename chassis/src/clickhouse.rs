@@ -10,12 +10,13 @@ use clickhouse::Compression;
 use serde::{Deserialize, Serialize};
 
 /// Where ClickHouse is and how to log in.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
     /// HTTP endpoint, e.g. `http://127.0.0.1:8123`.
     pub url: String,
     /// Database holding imgpipe's tables: a plain identifier, checked when the config is read.
+    #[schemars(with = "String")]
     pub database: DatabaseName,
     /// User name.
     pub user: String,
@@ -24,6 +25,7 @@ pub struct ClickHouseConfig {
     pub password: String,
     /// Timeout of the version probe; inserts and queries have their own deadlines.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::config::HumanDuration")]
     pub connect_timeout: Duration,
 }
 

@@ -63,6 +63,26 @@ where
     }
 }
 
+/// The JSON Schema of a `Duration` field read with `humantime_serde`: a string such as `"10s"`,
+/// `"250ms"` or `"35d"`. Config fields name it with `#[schemars(with = "HumanDuration")]`, so the
+/// generated configuration reference says "duration" instead of a seconds-and-nanos object.
+#[derive(Debug)]
+pub struct HumanDuration;
+
+impl schemars::JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HumanDuration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "duration"})
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment's Jail closures return its large error type
 mod tests {

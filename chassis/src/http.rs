@@ -29,16 +29,18 @@ use crate::Shutdown;
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Limits every HTTP server of the process applies (the `[http]` section).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Longest wait for a request's header once a connection is open or idle between two
     /// requests; past it the connection is closed. It is also the keep-alive idle timeout.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::config::HumanDuration")]
     pub header_read_timeout: Duration,
     /// Longest gap while reading a request body; past it the request is answered 408
     /// `request_timeout`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::config::HumanDuration")]
     pub body_read_timeout: Duration,
     /// Open connections per server at most; past it new connections wait in the listen backlog.
     pub max_connections: usize,

@@ -14,7 +14,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use serde::{Deserialize, Serialize};
 
 /// Connection and naming settings shared by every Kafka client of a service.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated `host:port`.
@@ -24,6 +24,7 @@ pub struct KafkaConfig {
     pub namespace: String,
     /// How long a produced record may wait for delivery before it fails (`message.timeout.ms`).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::config::HumanDuration")]
     pub delivery_timeout: Duration,
     /// Largest record a client sends or fetches; at least the inline image limit plus headroom.
     pub max_message_bytes: usize,

@@ -11,7 +11,7 @@ use crate::kernel::Limits;
 pub use schemas::topics::RECORD_ENVELOPE_BYTES as REPLY_ENVELOPE_BYTES;
 
 /// How a resizer consumes, works and commits.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResizerConfig {
     /// Stable identity of this resizer; its transactional id is `resizer-<instance_id>`. Reusing
@@ -43,6 +43,7 @@ pub struct ResizerConfig {
     /// `too_many_output_pixels`, naming the format's limit. Keep it well under
     /// `api.request_timeout`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub max_encode_time: Duration,
     /// Finished records committed in one Kafka transaction at most.
     pub transaction_max_records: usize,
@@ -50,14 +51,17 @@ pub struct ResizerConfig {
     /// wait (they are sent as soon as ready): this trades how much work a crash makes another
     /// resizer redo, and how fresh usage is, against the cost of committing.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub transaction_max_delay: Duration,
     /// How long the resizer may hold work without committing any before it reports itself
     /// stalled (`/readyz` check `resizer_progress`, `imgpipe_consumer_stalled{consumer="resizer"}`).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub stall_after: Duration,
     /// Broker-side timeout of an open transaction; a crashed resizer's transaction blocks
     /// readers at most this long (plus the broker's abort check interval).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub transaction_timeout: Duration,
 }
 

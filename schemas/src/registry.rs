@@ -10,13 +10,14 @@ use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSche
 use serde::{Deserialize, Serialize};
 
 /// Where the registry is.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// Base URL of the Confluent-compatible API.
     pub url: String,
     /// Timeout of one registry call.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String", extend("format" = "duration"))]
     pub timeout: Duration,
 }
 

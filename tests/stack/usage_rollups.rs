@@ -599,7 +599,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     // (18.16 here) against these tables: the documented queries are the tested ones.
     let mut statements = 0;
     for doc in [
-        "aggregators/README.md",
+        "docs/analysts.md",
         "runbooks/usage-freshness.md",
         "runbooks/usage-replay.md",
         "runbooks/usage-late-records.md",

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// How the api listens, limits and waits.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Address of the data-plane HTTP server.
@@ -19,6 +19,7 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// How long a client waits for its image before a 504.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub request_timeout: Duration,
     /// Requests handled at once; past this, new ones are shed with 503 at once.
     pub max_concurrent_requests: usize,

@@ -67,26 +67,31 @@ pub trait Authenticator: Send + Sync + 'static {
 }
 
 /// Settings of the api's identity view and auth cache (the `[auth]` section).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// How old the view may be (time since it last confirmed it held everything committed)
     /// before keys it has not seen are refused with 503 instead of 401, and `/readyz` fails.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub max_staleness: Duration,
     /// How often the view asks the brokers for `identity.changes` watermarks to confirm progress.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub watermark_interval: Duration,
     /// How long one watermark query may take before it counts as failed.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub watermark_timeout: Duration,
     /// Longest time the broker holds an empty fetch of `identity.changes` (`fetch.wait.max.ms`).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub fetch_wait_max: Duration,
     /// Most verified keys kept in the cache.
     pub cache_capacity: u64,
     /// A cached key unused for this long is dropped (with the secret it holds).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub cache_time_to_idle: Duration,
 }
 

@@ -11,7 +11,7 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 pub const MAX_RATE_LIMIT: i32 = 1_000_000;
 
 /// Settings of `imgpipe identity`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
     /// Address of the admin HTTP API.
@@ -26,9 +26,11 @@ pub struct IdentityConfig {
     pub default_burst: i32,
     /// Longest an admin request may take, including its Kafka transaction.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub request_timeout: Duration,
     /// How long a transaction commit may take before the write fails with 503.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
     pub commit_timeout: Duration,
     /// Largest admin request body.
     pub max_body_bytes: usize,
