@@ -165,7 +165,7 @@ impl ConsumerContext for AggregatorContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         log_rebalance("usage-aggregator", "Rebalance done", rebalance);
-        count_rebalance("usage-aggregator", rebalance);
+        count_rebalance("aggregator", rebalance);
         if let Rebalance::Assign(list) = rebalance {
             // Paused until the loop has sought past what ClickHouse holds: nothing is fetched
             // from Kafka's committed offset, which ClickHouse, not Kafka, is the authority on.

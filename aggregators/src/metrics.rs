@@ -1,5 +1,6 @@
-//! The aggregator's metric handles; names, help and buckets are in `chassis::metrics::aggregator`.
-//! The only label is the Kafka partition number, bounded by the topic's partition count.
+//! The aggregator's metric handles; names, help and buckets are in `chassis::metrics::aggregator`
+//! (and its lag in `chassis::metrics::consumer`). The only label set here is the Kafka partition
+//! number of the lag, bounded by the topic's partition count.
 
 use chassis::metrics::{self, BATCH_RECORDS, LATENCY_SECONDS, aggregator as m};
 use prometheus::{Histogram, IntCounter, IntGauge, IntGaugeVec, Registry};
@@ -23,7 +24,8 @@ pub struct Metrics {
     pub insert_duration: Histogram,
     /// [`m::INSERT_FAILURES_TOTAL`].
     pub insert_failures: IntCounter,
-    /// [`m::LAG_RECORDS`] `{partition}`.
+    /// [`metrics::consumer::LAG_RECORDS`] `{consumer="aggregator", partition}`: set it with
+    /// `with_label_values(&[partition])`.
     pub lag: IntGaugeVec,
     /// [`m::CLICKHOUSE_UP`].
     pub clickhouse_up: IntGauge,
@@ -47,7 +49,7 @@ impl Metrics {
                 LATENCY_SECONDS,
             )?,
             insert_failures: metrics::counter(registry, m::INSERT_FAILURES_TOTAL)?,
-            lag: metrics::gauge_vec(registry, m::LAG_RECORDS, &["partition"])?,
+            lag: metrics::consumer_lag(registry, "aggregator")?,
             clickhouse_up: metrics::gauge(registry, m::CLICKHOUSE_UP)?,
             pending: metrics::gauge(registry, m::PENDING_RECORDS)?,
         })
@@ -60,21 +62,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_metric_registers_once_with_its_unit_in_the_name() {
+    fn every_metric_registers_once_and_follows_the_naming_rule() {
         let registry = Registry::new();
-        let metrics = Metrics::register(&registry).expect("registers");
-        metrics.lag.with_label_values(&["0"]).set(1);
-        metrics.batch_size.observe(1.0);
-        metrics.insert_duration.observe(0.01);
-        for family in registry.gather() {
-            let name = family.name();
-            assert!(
-                ["_total", "_records", "_seconds", "_up"]
-                    .iter()
-                    .any(|unit| name.ends_with(unit)),
-                "{name}"
-            );
-        }
+        let handles = Metrics::register(&registry).expect("registers");
+        // A vector is exported once it has a series.
+        handles.lag.with_label_values(&["0"]).set(1);
+        let expected: Vec<_> = m::ALL
+            .iter()
+            .chain([&metrics::consumer::LAG_RECORDS])
+            .copied()
+            .collect();
+        assert_eq!(
+            metrics::registry_violations(&registry.gather(), &expected),
+            Vec::<String>::new()
+        );
         assert!(
             Metrics::register(&registry).is_err(),
             "second registration must fail"

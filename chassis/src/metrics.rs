@@ -1,8 +1,60 @@
-//! Every metric imgpipe exports, in one catalogue: name (one prefix, `imgpipe_`, and the unit in
-//! the name as Prometheus asks: `_seconds`, `_records`, `_total` for counters), help text, and the
-//! histogram buckets; plus the registration helpers every service uses. Labels are always
-//! bounded (outcome codes, stages, routes, partitions), never tenants, keys or request ids.
-//! Runbooks and alerts name metrics as they are written here.
+//! Every metric imgpipe exports, in one catalogue: name, help text and histogram buckets; the
+//! registration helpers every service uses; and the naming rule below, which
+//! [`naming_violations`] checks on every registered family (each crate's metrics test registers
+//! its metrics, gathers them and runs it). Runbooks, alerts and the dashboard name metrics as
+//! they are written here.
+//!
+//! # Naming rule
+//!
+//! MUST and MUST NOT are meant as in RFC 2119. A change that breaks a rule fails the tests; a
+//! change to a rule is made here first, then in the code.
+//!
+//! ## Names
+//!
+//! - A name MUST follow `imgpipe_<name>_<unit>[_total]`, in lowercase ASCII letters, digits and
+//!   single underscores:
+//!   - `<name>` starts with the component (`api`, `auth`, `identity`, `identity_view`,
+//!     `resizer`, `aggregator`, `consumer`, `readiness`), then says what is measured;
+//!   - `<unit>` is one base unit, plural, from [`UNITS`]: `seconds` (never milliseconds),
+//!     `bytes`, `records`, `requests`, `entities`. The quantity it measures MUST NOT be named
+//!     before it: `_seconds`, never `_duration_seconds`, `_latency_seconds` or `_time_seconds`;
+//!     `_records`, never `_size_records`.
+//! - A counter MUST end in `_total`, right after the plural of what it counts
+//!   (`_records_total`, `_decisions_total`, `_rebalances_total`; `_seconds_total` for time).
+//!   Nothing else ends in `_total`.
+//! - A histogram MUST end in its unit.
+//! - A gauge MUST end in its unit, or, if it is 0 or 1, in the state that 1 means, from
+//!   [`STATES`] (`_up`, `_stale`, `_stalled`, `_fenced`, `_saturated`).
+//! - A name MUST NOT end in `_bucket`, `_sum` or `_count`: the text format adds those to
+//!   histograms.
+//! - One quantity measured in several places MUST be one name with a label, not a name per
+//!   service: every consumer's lag is [`consumer::LAG_RECORDS`],
+//!   `imgpipe_consumer_lag_records{consumer, partition}`, registered with [`consumer_lag`].
+//!
+//! ## Labels
+//!
+//! - Label values MUST be bounded: codes, stages, routes, partitions; never tenants, keys,
+//!   request ids or raw paths.
+//! - A label name MUST be one of [`LABELS`], with the meaning this table gives it; the same idea
+//!   MUST carry the same name in every family (what became of the work is `outcome`, never
+//!   `result`):
+//!
+//! | label | means | values |
+//! |---|---|---|
+//! | `outcome` | what became of one unit of work | a code: `ok` or the error code the client sees; `committed`, `aborted`, `fatal`; `queued`, `delivered`, `failed`; `fenced`, `unavailable` |
+//! | `route` | an HTTP route template | `/v1/resize`, `/admin/v1/tenants/{tenant_id}`, … |
+//! | `method` | an HTTP method | `GET`, `POST`, … |
+//! | `status` | an HTTP status code, where the code rather than an outcome is reported | `200`, `404`, … |
+//! | `stage` | a step of one request | `queue`, `decode`, `resize`, `encode`, `produce` |
+//! | `kind` | the kind of an entity or record | `tenant`, `key`, `tombstone` |
+//! | `consumer` | a Kafka consumer, named as its stall detector and `/readyz` checks name it | `resizer`, `aggregator`, `identity_view`, `api-replies` |
+//! | `partition` | a partition number of the consumer's topic | `0`, `1`, … |
+//! | `check` | a `/readyz` check | `aggregator.clickhouse`, `kafka-producer`, `resizer`, … |
+//!
+//! ## Help
+//!
+//! - Every metric MUST have a one-line help text; its doc comment here names its labels
+//!   (`{route, outcome}`).
 
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -54,12 +106,20 @@ pub mod api {
         "imgpipe_api_replies_total",
         "Replies read, by what became of them.",
     );
-    /// `{result}`: api-side usage records `queued`, then `delivered` or `failed` (not taken by
+    /// `{outcome}`: api-side usage records `queued`, then `delivered` or `failed` (not taken by
     /// librdkafka, or not acknowledged within the usage delivery timeout).
     pub const USAGE_RECORDS_TOTAL: Metric = metric(
         "imgpipe_api_usage_records_total",
         "Usage records the api produced.",
     );
+    /// Every metric of this module.
+    pub const ALL: &[Metric] = &[
+        REQUEST_SECONDS,
+        STAGE_SECONDS,
+        IN_FLIGHT_REQUESTS,
+        REPLIES_TOTAL,
+        USAGE_RECORDS_TOTAL,
+    ];
 }
 
 /// The api's identity view and authentication step.
@@ -74,11 +134,6 @@ pub mod auth {
     pub const VIEW_STALE: Metric = metric(
         "imgpipe_identity_view_stale",
         "1 while the identity view is older than its bound and unknown keys fail closed.",
-    );
-    /// Records between the view's position and the high watermarks at the last check.
-    pub const VIEW_LAG_RECORDS: Metric = metric(
-        "imgpipe_identity_view_lag_records",
-        "Records between the identity view and the high watermarks at the last check.",
     );
     /// `{kind}`: records applied (`tenant`, `key`, `tombstone`).
     pub const VIEW_RECORDS_TOTAL: Metric = metric(
@@ -115,6 +170,18 @@ pub mod auth {
         "imgpipe_auth_cache_misses_total",
         "Authentications that verified the salted hash.",
     );
+    /// Every metric of this module.
+    pub const ALL: &[Metric] = &[
+        VIEW_STALENESS_SECONDS,
+        VIEW_STALE,
+        VIEW_RECORDS_TOTAL,
+        VIEW_POISON_RECORDS_TOTAL,
+        VIEW_ERRORS_TOTAL,
+        VIEW_ENTITIES,
+        DECISIONS_TOTAL,
+        CACHE_HITS_TOTAL,
+        CACHE_MISSES_TOTAL,
+    ];
 }
 
 /// The identity service (management plane).
@@ -127,7 +194,7 @@ pub mod identity {
     );
     /// `{route}`: admin request latency.
     pub const ADMIN_REQUEST_DURATION_SECONDS: Metric = metric(
-        "imgpipe_identity_admin_request_duration_seconds",
+        "imgpipe_identity_admin_request_seconds",
         "Admin request latency.",
     );
     /// `{outcome}`: transactions written to `identity.changes` (ok, fenced, unavailable, failed).
@@ -137,7 +204,7 @@ pub mod identity {
     );
     /// From the start of a transaction to its commit.
     pub const WRITE_DURATION_SECONDS: Metric = metric(
-        "imgpipe_identity_write_duration_seconds",
+        "imgpipe_identity_write_seconds",
         "Time to write and commit one identity.changes transaction.",
     );
     /// 1 once another instance has fenced this one (it can no longer write).
@@ -165,6 +232,18 @@ pub mod identity {
         "imgpipe_identity_rebuild_poison_records_total",
         "Undecodable identity.changes records skipped while rebuilding.",
     );
+    /// Every metric of this module.
+    pub const ALL: &[Metric] = &[
+        ADMIN_REQUESTS_TOTAL,
+        ADMIN_REQUEST_DURATION_SECONDS,
+        WRITES_TOTAL,
+        WRITE_DURATION_SECONDS,
+        FENCED,
+        ENTITIES,
+        REBUILD_RECORDS_TOTAL,
+        REBUILD_POISON_RECORDS_TOTAL,
+        AUDIT_FAILURES_TOTAL,
+    ];
 }
 
 /// Resizers.
@@ -179,7 +258,10 @@ pub mod resizer {
     pub const STAGE_SECONDS: Metric =
         metric("imgpipe_resizer_stage_seconds", "Duration of each stage.");
     /// Requests on or queued for the CPU pool.
-    pub const IN_FLIGHT: Metric = metric("imgpipe_resizer_in_flight", "Requests on the CPU pool.");
+    pub const IN_FLIGHT: Metric = metric(
+        "imgpipe_resizer_in_flight_requests",
+        "Requests on the CPU pool.",
+    );
     /// 1 while no record is taken because the pool is full.
     pub const POOL_SATURATED: Metric = metric(
         "imgpipe_resizer_pool_saturated",
@@ -190,7 +272,7 @@ pub mod resizer {
         "imgpipe_resizer_dlq_records_total",
         "Records sent to the dead-letter topic.",
     );
-    /// `{result}`: committed, aborted.
+    /// `{outcome}`: `committed`, `aborted`, `fatal` (the producer cannot go on).
     pub const TRANSACTIONS_TOTAL: Metric = metric(
         "imgpipe_resizer_transactions_total",
         "Kafka transactions by result.",
@@ -203,11 +285,17 @@ pub mod resizer {
         "imgpipe_resizer_transaction_records",
         "Results committed per transaction.",
     );
-    /// Records behind the end of the assigned `image.requests` partitions.
-    pub const CONSUMER_LAG_RECORDS: Metric = metric(
-        "imgpipe_resizer_consumer_lag_records",
-        "Records behind the end of the assigned image.requests partitions.",
-    );
+    /// Every metric of this module.
+    pub const ALL: &[Metric] = &[
+        JOBS_TOTAL,
+        STAGE_SECONDS,
+        IN_FLIGHT,
+        POOL_SATURATED,
+        DLQ_RECORDS_TOTAL,
+        TRANSACTIONS_TOTAL,
+        TRANSACTION_SECONDS,
+        TRANSACTION_RECORDS,
+    ];
 }
 
 /// The usage aggregator.
@@ -215,44 +303,37 @@ pub mod aggregator {
     use super::{Metric, metric};
     /// Records received from `usage.events` (before decoding).
     pub const RECORDS_CONSUMED_TOTAL: Metric = metric(
-        "imgpipe_aggregator_records_consumed_total",
+        "imgpipe_aggregator_consumed_records_total",
         "Records read from usage.events.",
     );
     /// Records whose INSERT ClickHouse acknowledged.
     pub const RECORDS_INSERTED_TOTAL: Metric = metric(
-        "imgpipe_aggregator_records_inserted_total",
+        "imgpipe_aggregator_inserted_records_total",
         "Records stored in ClickHouse.",
     );
     /// Undecodable records written to `usage_rejects` and skipped.
     pub const RECORDS_REJECTED_TOTAL: Metric = metric(
-        "imgpipe_aggregator_records_rejected_total",
+        "imgpipe_aggregator_rejected_records_total",
         "Undecodable records written to usage_rejects.",
     );
     /// Records dropped because ClickHouse already holds their offset (a replay not sought past,
     /// or a retry after a lost acknowledgement).
     pub const RECORDS_SKIPPED_TOTAL: Metric = metric(
-        "imgpipe_aggregator_records_skipped_total",
+        "imgpipe_aggregator_skipped_records_total",
         "Records dropped because ClickHouse already holds their offset.",
     );
     /// Records per INSERT.
-    pub const BATCH_SIZE_RECORDS: Metric = metric(
-        "imgpipe_aggregator_batch_size_records",
-        "Records per INSERT.",
-    );
+    pub const BATCH_SIZE_RECORDS: Metric =
+        metric("imgpipe_aggregator_batch_records", "Records per INSERT.");
     /// Wall time of one successful INSERT.
     pub const INSERT_DURATION_SECONDS: Metric = metric(
-        "imgpipe_aggregator_insert_duration_seconds",
+        "imgpipe_aggregator_insert_seconds",
         "Duration of one INSERT.",
     );
     /// INSERTs or offset look-ups that failed and were retried.
     pub const INSERT_FAILURES_TOTAL: Metric = metric(
         "imgpipe_aggregator_insert_failures_total",
         "Failed INSERTs or offset look-ups (retried).",
-    );
-    /// `{partition}`: high watermark minus the next offset to store.
-    pub const LAG_RECORDS: Metric = metric(
-        "imgpipe_aggregator_lag_records",
-        "Records in Kafka not yet stored, per partition.",
     );
     /// 1 while ClickHouse answers, 0 while the aggregator retries against it.
     pub const CLICKHOUSE_UP: Metric = metric(
@@ -263,7 +344,7 @@ pub mod aggregator {
     /// (at least the lookaround minute before the settle mark): the usage views miss them. See
     /// `rollup_lateness` and runbooks/usage-freshness.md.
     pub const RECORDS_LATE_TOTAL: Metric = metric(
-        "imgpipe_aggregator_records_late_total",
+        "imgpipe_aggregator_late_records_total",
         "Records stored after their minute was settled into the rollups (missed by the views).",
     );
     /// Records held in memory, waiting for their batch to be written.
@@ -271,6 +352,19 @@ pub mod aggregator {
         "imgpipe_aggregator_pending_records",
         "Records waiting in batches.",
     );
+    /// Every metric of this module.
+    pub const ALL: &[Metric] = &[
+        RECORDS_CONSUMED_TOTAL,
+        RECORDS_INSERTED_TOTAL,
+        RECORDS_REJECTED_TOTAL,
+        RECORDS_SKIPPED_TOTAL,
+        BATCH_SIZE_RECORDS,
+        INSERT_DURATION_SECONDS,
+        INSERT_FAILURES_TOTAL,
+        CLICKHOUSE_UP,
+        RECORDS_LATE_TOTAL,
+        PENDING_RECORDS,
+    ];
 }
 
 /// Every consumer.
@@ -286,6 +380,17 @@ pub mod consumer {
         "imgpipe_consumer_rebalances_total",
         "Consumer group rebalances completed (or failed), by consumer.",
     );
+    /// `{consumer, partition}`: records between the consumer's position and the end of the
+    /// partition. Each consumer measures it its own way: the resizer from its position and the
+    /// high watermark; the aggregator from librdkafka's statistics (high watermark minus the next
+    /// offset to store, i.e. what ClickHouse does not hold yet); the api's identity view from its
+    /// position and the watermarks of its last freshness check.
+    pub const LAG_RECORDS: Metric = metric(
+        "imgpipe_consumer_lag_records",
+        "Records between the consumer's position and the end of the partition.",
+    );
+    /// Every metric of this module.
+    pub const ALL: &[Metric] = &[STALLED, REBALANCES_TOTAL, LAG_RECORDS];
 }
 
 /// The ops endpoint of every process.
@@ -297,55 +402,19 @@ pub mod ops {
         "imgpipe_readiness_check_up",
         "1 while the named readiness check passes, 0 while it fails.",
     );
+    /// Every metric of this module.
+    pub const ALL: &[Metric] = &[READINESS_CHECK_UP];
 }
 
-/// Every metric of the catalogue.
-pub const ALL: &[Metric] = &[
-    api::REQUEST_SECONDS,
-    api::STAGE_SECONDS,
-    api::IN_FLIGHT_REQUESTS,
-    api::REPLIES_TOTAL,
-    api::USAGE_RECORDS_TOTAL,
-    auth::VIEW_STALENESS_SECONDS,
-    auth::VIEW_STALE,
-    auth::VIEW_LAG_RECORDS,
-    auth::VIEW_RECORDS_TOTAL,
-    auth::VIEW_POISON_RECORDS_TOTAL,
-    auth::VIEW_ERRORS_TOTAL,
-    auth::VIEW_ENTITIES,
-    auth::DECISIONS_TOTAL,
-    auth::CACHE_HITS_TOTAL,
-    auth::CACHE_MISSES_TOTAL,
-    identity::ADMIN_REQUESTS_TOTAL,
-    identity::ADMIN_REQUEST_DURATION_SECONDS,
-    identity::WRITES_TOTAL,
-    identity::WRITE_DURATION_SECONDS,
-    identity::FENCED,
-    identity::ENTITIES,
-    identity::REBUILD_RECORDS_TOTAL,
-    identity::REBUILD_POISON_RECORDS_TOTAL,
-    resizer::JOBS_TOTAL,
-    resizer::STAGE_SECONDS,
-    resizer::IN_FLIGHT,
-    resizer::POOL_SATURATED,
-    resizer::DLQ_RECORDS_TOTAL,
-    resizer::TRANSACTIONS_TOTAL,
-    resizer::TRANSACTION_SECONDS,
-    resizer::TRANSACTION_RECORDS,
-    resizer::CONSUMER_LAG_RECORDS,
-    aggregator::RECORDS_CONSUMED_TOTAL,
-    aggregator::RECORDS_INSERTED_TOTAL,
-    aggregator::RECORDS_REJECTED_TOTAL,
-    aggregator::RECORDS_SKIPPED_TOTAL,
-    aggregator::BATCH_SIZE_RECORDS,
-    aggregator::INSERT_DURATION_SECONDS,
-    aggregator::INSERT_FAILURES_TOTAL,
-    aggregator::LAG_RECORDS,
-    aggregator::CLICKHOUSE_UP,
-    aggregator::PENDING_RECORDS,
-    consumer::STALLED,
-    consumer::REBALANCES_TOTAL,
-    ops::READINESS_CHECK_UP,
+/// Every metric of the catalogue, by module.
+pub const ALL: &[&[Metric]] = &[
+    api::ALL,
+    auth::ALL,
+    identity::ALL,
+    resizer::ALL,
+    aggregator::ALL,
+    consumer::ALL,
+    ops::ALL,
 ];
 
 /// Metrics of the whole process rather than of one service: they are counted where no service
@@ -443,35 +512,372 @@ pub fn histogram_vec(
     register(registry, HistogramVec::new(opts, labels)?)
 }
 
+/// Registers `consumer`'s series of [`consumer::LAG_RECORDS`]: `{consumer}` is fixed, the
+/// vector's one label is `partition` (`with_label_values(&["3"])`). Several consumers may share
+/// a registry; each registers its own.
+pub fn consumer_lag(registry: &Registry, consumer: &str) -> prometheus::Result<IntGaugeVec> {
+    let m = consumer::LAG_RECORDS;
+    let opts = Opts::new(m.name, m.help).const_label("consumer", consumer);
+    register(registry, IntGaugeVec::new(opts, &["partition"])?)
+}
+
+/// Sets a consumer's lag (from [`consumer_lag`]) to `measured` (partition, records behind), and
+/// removes the series of every partition not in `assigned`: a revoked partition must not report
+/// its last lag forever. An assigned partition not measured this time keeps its last value.
+pub fn set_partition_lags(lag: &IntGaugeVec, assigned: &[i32], measured: &[(i32, i64)]) {
+    for (partition, records) in measured {
+        lag.with_label_values(&[&partition.to_string()])
+            .set(*records);
+    }
+    let shown: Vec<String> = prometheus::core::Collector::collect(lag)
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .flat_map(|metric| metric.get_label())
+        .filter(|label| label.name() == "partition")
+        .map(|label| label.value().to_owned())
+        .collect();
+    for partition in shown {
+        if !assigned.iter().any(|p| p.to_string() == partition) {
+            let _ = lag.remove_label_values(&[&partition]);
+        }
+    }
+}
+
+/// The base units a name may end in (see the module's naming rule).
+pub const UNITS: &[&str] = &["seconds", "bytes", "records", "requests", "entities"];
+
+/// The states a 0/1 gauge may be named for (see the module's naming rule).
+pub const STATES: &[&str] = &["up", "stale", "stalled", "fenced", "saturated"];
+
+/// Every label name, one per idea (the module's label table says what each means).
+pub const LABELS: &[&str] = &[
+    "outcome",
+    "route",
+    "method",
+    "status",
+    "stage",
+    "kind",
+    "consumer",
+    "partition",
+    "check",
+];
+
+/// Words for the quantity a unit measures: they MUST NOT stand before the unit.
+const QUANTITIES: &[&str] = &["duration", "latency", "time", "size", "length", "count"];
+
+/// Units that are not base units, or not spelled out.
+const NOT_BASE: &[&str] = &[
+    "ns",
+    "us",
+    "ms",
+    "nanoseconds",
+    "microseconds",
+    "milliseconds",
+    "minutes",
+    "hours",
+    "days",
+    "kb",
+    "mb",
+    "gb",
+    "kib",
+    "mib",
+    "kilobytes",
+    "megabytes",
+    "gigabytes",
+    "percent",
+];
+
+/// Every way `families` (as a registry gathers them) break the module's naming rule, one line
+/// each; empty when they follow it. Vector families appear only once they have a series.
+pub fn naming_violations(families: &[prometheus::proto::MetricFamily]) -> Vec<String> {
+    use prometheus::proto::MetricType;
+    let mut violations = Vec::new();
+    for family in families {
+        let name = family.name();
+        let mut broken = |rule: &str| violations.push(format!("{name}: {rule}"));
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            broken("does not start with `imgpipe_`");
+            continue;
+        };
+        if rest.is_empty()
+            || !rest
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            || rest.starts_with('_')
+            || rest.ends_with('_')
+            || rest.contains("__")
+        {
+            broken("is not lowercase snake_case");
+            continue;
+        }
+        if family.help().is_empty() {
+            broken("has no help text");
+        }
+        let words: Vec<&str> = rest.split('_').collect();
+        let last = words[words.len() - 1];
+        if ["bucket", "sum", "count"].contains(&last) {
+            broken("ends in a suffix the text format adds to histograms");
+        }
+        if let Some(unit) = words.iter().find(|w| NOT_BASE.contains(w)) {
+            broken(&format!("`{unit}` is not a base unit (seconds, bytes)"));
+        }
+        let counter = family.get_field_type() == MetricType::COUNTER;
+        // Where the unit stands (for a counter, the plural of what it counts).
+        let unit_at = match (counter, last) {
+            (true, "total") => words.len().checked_sub(2),
+            (true, _) => {
+                broken("is a counter and does not end in `_total`");
+                continue;
+            }
+            (false, "total") => {
+                broken("ends in `_total` but is not a counter");
+                continue;
+            }
+            (false, _) => Some(words.len() - 1),
+        };
+        let Some(unit_at) = unit_at.filter(|&at| at > 0) else {
+            broken("follows no `imgpipe_<name>_<unit>`: the name or the unit is missing");
+            continue;
+        };
+        let unit = words[unit_at];
+        let before = words[unit_at - 1];
+        if UNITS.contains(&unit) && QUANTITIES.contains(&before) {
+            broken(&format!(
+                "names the quantity before its unit: `_{unit}`, never `_{before}_{unit}`"
+            ));
+        }
+        match family.get_field_type() {
+            MetricType::COUNTER if !unit.ends_with('s') => broken(&format!(
+                "`{unit}` before `_total` is not the plural of what the counter counts"
+            )),
+            MetricType::HISTOGRAM if !UNITS.contains(&unit) => {
+                broken(&format!("a histogram ends in its unit, one of {UNITS:?}"));
+            }
+            MetricType::GAUGE if !UNITS.contains(&unit) && !STATES.contains(&unit) => {
+                broken(&format!(
+                    "a gauge ends in its unit ({UNITS:?}) or, 0 or 1, in a state ({STATES:?})"
+                ));
+            }
+            MetricType::SUMMARY | MetricType::UNTYPED => {
+                broken("is neither a counter, a gauge nor a histogram");
+            }
+            _ => {}
+        }
+        if words.contains(&"lag") && name != consumer::LAG_RECORDS.name {
+            broken("a consumer's lag is `imgpipe_consumer_lag_records{consumer, partition}`");
+        }
+        let mut labels: Vec<&str> = family
+            .get_metric()
+            .iter()
+            .flat_map(|m| m.get_label())
+            .map(|l| l.name())
+            .collect();
+        labels.sort_unstable();
+        labels.dedup();
+        for label in &labels {
+            if !LABELS.contains(label) {
+                broken(&format!(
+                    "label `{label}` is not in the label table (what became of the work is `outcome`)"
+                ));
+            }
+        }
+        if name == consumer::LAG_RECORDS.name && labels != ["consumer", "partition"] {
+            broken("carries exactly the labels `consumer` and `partition`");
+        }
+    }
+    violations
+}
+
+/// What a service's `families` break, for its metrics test (gathered after registering
+/// everything and giving each vector one series): the naming rule, and the catalogue (each of
+/// `expected` is exported, nothing else is).
+pub fn registry_violations(
+    families: &[prometheus::proto::MetricFamily],
+    expected: &[Metric],
+) -> Vec<String> {
+    let mut violations = naming_violations(families);
+    let exported: std::collections::BTreeSet<&str> = families.iter().map(|f| f.name()).collect();
+    for m in expected {
+        if !exported.contains(m.name) {
+            violations.push(format!(
+                "{}: not exported (not registered, or a vector without a series)",
+                m.name
+            ));
+        }
+    }
+    for name in exported {
+        if !expected.iter().any(|m| m.name == name) {
+            violations.push(format!("{name}: exported but not expected"));
+        }
+        if !ALL
+            .iter()
+            .flat_map(|list| list.iter())
+            .any(|m| m.name == name)
+        {
+            violations.push(format!("{name}: not in the catalogue"));
+        }
+    }
+    violations
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
+    fn catalogue() -> impl Iterator<Item = &'static Metric> {
+        ALL.iter().flat_map(|list| list.iter())
+    }
+
     #[test]
-    fn every_name_has_the_prefix_a_unit_and_is_listed_once() {
+    fn every_name_has_the_prefix_help_and_is_listed_once() {
         let mut seen = std::collections::HashSet::new();
-        for m in ALL {
+        for m in catalogue() {
             assert!(m.name.starts_with(PREFIX), "{}", m.name);
             assert!(seen.insert(m.name), "{} listed twice", m.name);
             assert!(!m.help.is_empty(), "{}", m.name);
-            // The unit, or a 0/1 or count gauge whose name says what it counts.
-            let unit = ["_total", "_seconds", "_records", "_requests", "_entities"]
-                .iter()
-                .any(|u| m.name.ends_with(u));
-            let flag = [
-                "_stale",
-                "_fenced",
-                "_up",
-                "_saturated",
-                "_stalled",
-                "_in_flight",
-            ]
-            .iter()
-            .any(|u| m.name.ends_with(u));
-            assert!(unit || flag, "{} names no unit", m.name);
         }
         for buckets in [LATENCY_SECONDS, BATCH_RECORDS] {
             assert!(buckets.windows(2).all(|w| w[0] < w[1]));
         }
+    }
+
+    #[test]
+    fn the_label_table_of_the_rule_lists_every_label() {
+        let source = include_str!("metrics.rs");
+        let rows: Vec<&str> = source
+            .lines()
+            .filter_map(|line| line.strip_prefix("//! | `"))
+            .filter_map(|row| row.split('`').next())
+            .collect();
+        assert_eq!(
+            rows, LABELS,
+            "the table in the module doc and LABELS differ"
+        );
+    }
+
+    /// The rule fails each kind of name and label it forbids, and passes their fixed spelling.
+    #[test]
+    fn the_rule_fails_each_broken_name_and_label() {
+        let broken: &[(&str, &str, &[&str])] = &[
+            ("counter", "imgpipe_aggregator_inserted_records", &[]),
+            ("counter", "imgpipe_aggregator_records_consumed_total", &[]),
+            ("counter", "imgpipe_total", &[]),
+            ("counter", "imgpipe_resizer_transactions_total", &["result"]),
+            ("gauge", "imgpipe_resizer_in_flight", &[]),
+            ("gauge", "imgpipe_api_pending_total", &[]),
+            ("gauge", "imgpipe_resizer_consumer_lag_records", &[]),
+            ("gauge", "imgpipe_consumer_lag_records", &["partition"]),
+            ("gauge", "imgpipe_Api_records", &[]),
+            ("gauge", "api_pending_records", &[]),
+            ("gauge", "imgpipe_records", &[]),
+            ("histogram", "imgpipe_identity_write_duration_seconds", &[]),
+            ("histogram", "imgpipe_aggregator_batch_size_records", &[]),
+            ("histogram", "imgpipe_api_request_ms", &[]),
+            ("histogram", "imgpipe_api_request_latency", &[]),
+            ("histogram", "imgpipe_api_request_count", &[]),
+        ];
+        for (kind, name, labels) in broken {
+            let families = one_family(kind, name, labels);
+            assert!(
+                !naming_violations(&families).is_empty(),
+                "{kind} {name} {labels:?} passed the rule"
+            );
+        }
+        let fixed: &[(&str, &str, &[&str])] = &[
+            ("counter", "imgpipe_aggregator_inserted_records_total", &[]),
+            (
+                "counter",
+                "imgpipe_resizer_transactions_total",
+                &["outcome"],
+            ),
+            ("gauge", "imgpipe_resizer_in_flight_requests", &[]),
+            (
+                "gauge",
+                "imgpipe_consumer_lag_records",
+                &["consumer", "partition"],
+            ),
+            ("gauge", "imgpipe_identity_fenced", &[]),
+            ("histogram", "imgpipe_identity_write_seconds", &[]),
+            ("histogram", "imgpipe_aggregator_batch_records", &[]),
+        ];
+        for (kind, name, labels) in fixed {
+            let families = one_family(kind, name, labels);
+            assert_eq!(naming_violations(&families), Vec::<String>::new());
+        }
+    }
+
+    /// A registry holding one metric of `kind` with one series.
+    fn one_family(kind: &str, name: &str, labels: &[&str]) -> Vec<prometheus::proto::MetricFamily> {
+        let registry = Registry::new();
+        let m = Metric {
+            name: Box::leak(name.to_owned().into_boxed_str()),
+            help: "Help.",
+        };
+        let values = vec!["0"; labels.len()];
+        match kind {
+            "counter" => counter_vec(&registry, m, labels)
+                .unwrap()
+                .with_label_values(&values)
+                .inc(),
+            "gauge" => gauge_vec(&registry, m, labels)
+                .unwrap()
+                .with_label_values(&values)
+                .set(1),
+            _ => histogram_vec(&registry, m, labels, LATENCY_SECONDS)
+                .unwrap()
+                .with_label_values(&values)
+                .observe(1.0),
+        }
+        let families = registry.gather();
+        assert_eq!(families.len(), 1, "{name}");
+        families
+    }
+
+    /// The metrics chassis registers itself (per consumer, per process, per ops endpoint).
+    #[tokio::test]
+    async fn the_consumer_and_ops_metrics_follow_the_rule() {
+        let ctx = crate::ServiceContext::new(crate::Shutdown::new());
+        let _stall =
+            crate::StallDetector::start("resizer", std::time::Duration::from_secs(30), &ctx)
+                .unwrap();
+        consumer_lag(&ctx.metrics, "resizer")
+            .unwrap()
+            .with_label_values(&["0"])
+            .set(3);
+        count_rebalance("resizer");
+        ctx.readiness.ready("resizer");
+        let mut families = ctx.metrics.gather();
+        families.extend(
+            process_registry()
+                .gather()
+                .into_iter()
+                .filter(|f| f.name() == consumer::REBALANCES_TOTAL.name),
+        );
+        families.push(crate::ops::readiness_family(&ctx.readiness).unwrap());
+        let expected: Vec<Metric> = consumer::ALL.iter().chain(ops::ALL).copied().collect();
+        assert_eq!(
+            registry_violations(&families, &expected),
+            Vec::<String>::new()
+        );
+        ctx.shutdown.trigger();
+    }
+
+    #[test]
+    fn lags_of_revoked_partitions_are_removed_and_unmeasured_ones_kept() {
+        let registry = Registry::new();
+        let lag = consumer_lag(&registry, "resizer").unwrap();
+        set_partition_lags(&lag, &[0, 1, 2], &[(0, 5), (1, 7), (2, 0)]);
+        // Partition 2 revoked, 1 not measured this time.
+        set_partition_lags(&lag, &[0, 1], &[(0, 4)]);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        assert!(
+            text.contains("imgpipe_consumer_lag_records{consumer=\"resizer\",partition=\"0\"} 4"),
+            "{text}"
+        );
+        assert!(text.contains("partition=\"1\"} 7"), "{text}");
+        assert!(!text.contains("partition=\"2\""), "{text}");
     }
 }

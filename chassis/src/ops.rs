@@ -99,7 +99,9 @@ async fn metrics(State(state): State<OpsState>) -> Response {
 
 /// The readiness checks as a gauge family, built at scrape time from the same snapshot `/readyz`
 /// serves, so an alert and the endpoint can never disagree about a dependency.
-fn readiness_family(readiness: &Readiness) -> prometheus::Result<prometheus::proto::MetricFamily> {
+pub(crate) fn readiness_family(
+    readiness: &Readiness,
+) -> prometheus::Result<prometheus::proto::MetricFamily> {
     let registry = Registry::new();
     let gauge = crate::metrics::gauge_vec(
         &registry,

@@ -1,7 +1,9 @@
 //! The resizer's metric handles; names, help and buckets are in `chassis::metrics::resizer`.
 
 use chassis::metrics::{self, BATCH_RECORDS, LATENCY_SECONDS, resizer};
-use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use prometheus::{
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
 
 /// The resizer's metrics.
 #[derive(Debug, Clone)]
@@ -16,14 +18,14 @@ pub struct ResizerMetrics {
     pub pool_saturated: IntGauge,
     /// [`resizer::DLQ_RECORDS_TOTAL`].
     pub dlq_records: IntCounter,
-    /// [`resizer::TRANSACTIONS_TOTAL`] `{result}`.
+    /// [`resizer::TRANSACTIONS_TOTAL`] `{outcome}`.
     pub transactions: IntCounterVec,
     /// [`resizer::TRANSACTION_SECONDS`].
     pub transaction_seconds: Histogram,
     /// [`resizer::TRANSACTION_RECORDS`].
     pub transaction_records: Histogram,
-    /// [`resizer::CONSUMER_LAG_RECORDS`].
-    pub consumer_lag: IntGauge,
+    /// [`metrics::consumer::LAG_RECORDS`] `{consumer="resizer", partition}`.
+    pub consumer_lag: IntGaugeVec,
 }
 
 impl ResizerMetrics {
@@ -40,7 +42,11 @@ impl ResizerMetrics {
             in_flight: metrics::gauge(registry, resizer::IN_FLIGHT)?,
             pool_saturated: metrics::gauge(registry, resizer::POOL_SATURATED)?,
             dlq_records: metrics::counter(registry, resizer::DLQ_RECORDS_TOTAL)?,
-            transactions: metrics::counter_vec(registry, resizer::TRANSACTIONS_TOTAL, &["result"])?,
+            transactions: metrics::counter_vec(
+                registry,
+                resizer::TRANSACTIONS_TOTAL,
+                &["outcome"],
+            )?,
             transaction_seconds: metrics::histogram(
                 registry,
                 resizer::TRANSACTION_SECONDS,
@@ -51,7 +57,33 @@ impl ResizerMetrics {
                 resizer::TRANSACTION_RECORDS,
                 BATCH_RECORDS,
             )?,
-            consumer_lag: metrics::gauge(registry, resizer::CONSUMER_LAG_RECORDS)?,
+            consumer_lag: metrics::consumer_lag(registry, "resizer")?,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_follows_the_naming_rule_and_the_catalogue() {
+        let registry = Registry::new();
+        let m = ResizerMetrics::register(&registry).unwrap();
+        // A vector is exported once it has a series.
+        m.jobs.with_label_values(&["ok"]).inc();
+        m.stage_seconds.with_label_values(&["decode"]).observe(0.01);
+        m.transactions.with_label_values(&["committed"]).inc();
+        m.consumer_lag.with_label_values(&["0"]).set(2);
+        let expected: Vec<_> = resizer::ALL
+            .iter()
+            .chain([&metrics::consumer::LAG_RECORDS])
+            .copied()
+            .collect();
+        assert_eq!(
+            metrics::registry_violations(&registry.gather(), &expected),
+            Vec::<String>::new()
+        );
     }
 }

@@ -359,9 +359,9 @@ async fn fence(config: &imgpipe::Config, id: &str) {
     drop(producer);
 }
 
-/// `imgpipe_resizer_transactions_total{result}` of the resizer behind `ops`.
-async fn transactions(ops: SocketAddr, result: &str) -> Option<u64> {
-    let series = format!("imgpipe_resizer_transactions_total{{result=\"{result}\"}}");
+/// `imgpipe_resizer_transactions_total{outcome}` of the resizer behind `ops`.
+async fn transactions(ops: SocketAddr, outcome: &str) -> Option<u64> {
+    let series = format!("imgpipe_resizer_transactions_total{{outcome=\"{outcome}\"}}");
     // A counter: a whole number, exact in an f64.
     support::metric(&format!("http://{ops}"), &series)
         .await

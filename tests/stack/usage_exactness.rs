@@ -295,7 +295,7 @@ async fn totals_are_exact_after_kills_and_an_operator_replay() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             if deadline.is_none() {
                 let inserted = aggregator
-                    .metric("imgpipe_aggregator_records_inserted_total")
+                    .metric("imgpipe_aggregator_inserted_records_total")
                     .await;
                 if inserted.is_some_and(|n| n > 0.0) || started.elapsed() > Duration::from_secs(25)
                 {
@@ -371,10 +371,10 @@ async fn totals_are_exact_after_kills_and_an_operator_replay() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let skipped = aggregator
-        .metric("imgpipe_aggregator_records_skipped_total")
+        .metric("imgpipe_aggregator_skipped_records_total")
         .await;
     let consumed = aggregator
-        .metric("imgpipe_aggregator_records_consumed_total")
+        .metric("imgpipe_aggregator_consumed_records_total")
         .await;
     eprintln!("after replay: consumed {consumed:?}, skipped {skipped:?}");
     assert_eq!(

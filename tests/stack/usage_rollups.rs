@@ -287,7 +287,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
         "the first aggregator to own partitions",
         || async {
             let inserted =
-                support::metric(&aggregator.ops, "imgpipe_aggregator_records_inserted_total").await;
+                support::metric(&aggregator.ops, "imgpipe_aggregator_inserted_records_total").await;
             inserted.is_some_and(|n| n > 0.0).then_some(())
         },
     )
@@ -737,7 +737,7 @@ async fn idle_partitions_do_not_hold_settling_back() {
 
     // A record far older than its partition's others (a producer clock ten minutes behind)
     // arrives after its minute was settled: stored, but missed by the rollups, and counted.
-    let late_total = "imgpipe_aggregator_records_late_total";
+    let late_total = "imgpipe_aggregator_late_records_total";
     assert_eq!(
         support::metric(&aggregator.ops, late_total).await,
         Some(0.0)
@@ -760,7 +760,7 @@ async fn idle_partitions_do_not_hold_settling_back() {
     // LogAppendTime), not in the future: otherwise its partitions' progress would run ahead of
     // records not stored yet (an aggregator behind, catching up) and settling would make them
     // all late.
-    let inserted_total = "imgpipe_aggregator_records_inserted_total";
+    let inserted_total = "imgpipe_aggregator_inserted_records_total";
     let inserted = support::metric(&aggregator.ops, inserted_total)
         .await
         .unwrap();

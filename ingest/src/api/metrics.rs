@@ -14,7 +14,7 @@ pub struct ApiMetrics {
     pub in_flight: IntGauge,
     /// [`api::REPLIES_TOTAL`] `{outcome}`.
     pub replies: IntCounterVec,
-    /// [`api::USAGE_RECORDS_TOTAL`] `{result}`.
+    /// [`api::USAGE_RECORDS_TOTAL`] `{outcome}`.
     pub usage_records: IntCounterVec,
 }
 
@@ -36,7 +36,32 @@ impl ApiMetrics {
             )?,
             in_flight: metrics::gauge(registry, api::IN_FLIGHT_REQUESTS)?,
             replies: metrics::counter_vec(registry, api::REPLIES_TOTAL, &["outcome"])?,
-            usage_records: metrics::counter_vec(registry, api::USAGE_RECORDS_TOTAL, &["result"])?,
+            usage_records: metrics::counter_vec(registry, api::USAGE_RECORDS_TOTAL, &["outcome"])?,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_follows_the_naming_rule_and_the_catalogue() {
+        let registry = Registry::new();
+        let m = ApiMetrics::register(&registry).unwrap();
+        // A vector is exported once it has a series.
+        m.request_seconds
+            .with_label_values(&["/v1/resize", "ok"])
+            .observe(0.01);
+        m.stage_seconds
+            .with_label_values(&["produce"])
+            .observe(0.01);
+        m.replies.with_label_values(&["delivered"]).inc();
+        m.usage_records.with_label_values(&["queued"]).inc();
+        assert_eq!(
+            metrics::registry_violations(&registry.gather(), api::ALL),
+            Vec::<String>::new()
+        );
     }
 }

@@ -1,15 +1,20 @@
 //! The api's identity view and auth step metric handles; names and help are in
-//! `chassis::metrics::auth`. Label values are resolved once so the hot path only adds.
+//! `chassis::metrics::auth` (and the view's lag in `chassis::metrics::consumer`). Label values
+//! are resolved once so the hot path only adds.
 
 use chassis::metrics::{self, auth as m};
-use prometheus::{Gauge, IntCounter, IntGauge, Registry};
+use prometheus::{Gauge, IntCounter, IntGauge, IntGaugeVec, Registry};
+
+/// The view's name in `imgpipe_consumer_lag_records{consumer}`, as its readiness check names it.
+const LAG_CONSUMER: &str = super::view::READINESS_CHECK;
 
 /// The view's metric handles.
 #[derive(Debug, Clone)]
 pub struct AuthMetrics {
     pub(crate) staleness_seconds: Gauge,
     pub(crate) stale: IntGauge,
-    pub(crate) lag_records: IntGauge,
+    /// `imgpipe_consumer_lag_records{consumer="identity_view", partition}`.
+    pub(crate) lag_records: IntGaugeVec,
     pub(crate) records_tenant: IntCounter,
     pub(crate) records_key: IntCounter,
     pub(crate) records_tombstone: IntCounter,
@@ -39,7 +44,7 @@ impl AuthMetrics {
         Ok(Self {
             staleness_seconds,
             stale: metrics::gauge(r, m::VIEW_STALE)?,
-            lag_records: metrics::gauge(r, m::VIEW_LAG_RECORDS)?,
+            lag_records: metrics::consumer_lag(r, LAG_CONSUMER)?,
             records_tenant: records.with_label_values(&["tenant"]),
             records_key: records.with_label_values(&["key"]),
             records_tombstone: records.with_label_values(&["tombstone"]),
@@ -55,5 +60,28 @@ impl AuthMetrics {
             cache_hits: metrics::counter(r, m::CACHE_HITS_TOTAL)?,
             cache_misses: metrics::counter(r, m::CACHE_MISSES_TOTAL)?,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_follows_the_naming_rule_and_the_catalogue() {
+        let registry = Registry::new();
+        let m = AuthMetrics::new(&registry).unwrap();
+        // A vector is exported once it has a series.
+        m.lag_records.with_label_values(&["0"]).set(0);
+        let expected: Vec<_> = m::ALL
+            .iter()
+            .chain([&metrics::consumer::LAG_RECORDS])
+            .copied()
+            .collect();
+        assert_eq!(
+            metrics::registry_violations(&registry.gather(), &expected),
+            Vec::<String>::new()
+        );
     }
 }

@@ -514,13 +514,19 @@ async fn watch_freshness(
             }
         }
         if let Some((asked_at, watermarks)) = &target {
-            match reader.lag(watermarks) {
-                Ok(0) => {
-                    view.metrics.lag_records.set(0);
-                    view.confirm_progress(*asked_at);
-                    target = None;
+            match reader.partition_lags(watermarks) {
+                Ok(lags) => {
+                    for (partition, lag) in &lags {
+                        view.metrics
+                            .lag_records
+                            .with_label_values(&[&partition.to_string()])
+                            .set(*lag);
+                    }
+                    if lags.iter().all(|(_, lag)| *lag == 0) {
+                        view.confirm_progress(*asked_at);
+                        target = None;
+                    }
                 }
-                Ok(lag) => view.metrics.lag_records.set(lag),
                 Err(error) => {
                     view.metrics.errors.inc();
                     tracing::warn!(%error, "Identity view cannot read its position");

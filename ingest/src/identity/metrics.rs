@@ -47,3 +47,27 @@ impl IdentityMetrics {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_follows_the_naming_rule_and_the_catalogue() {
+        let registry = Registry::new();
+        let m = IdentityMetrics::new(&registry).unwrap();
+        // A vector is exported once it has a series.
+        m.requests
+            .with_label_values(&["/admin/v1/tenants", "POST", "201"])
+            .inc();
+        m.request_duration
+            .with_label_values(&["/admin/v1/tenants"])
+            .observe(0.01);
+        m.writes.with_label_values(&["ok"]).inc();
+        assert_eq!(
+            metrics::registry_violations(&registry.gather(), m::ALL),
+            Vec::<String>::new()
+        );
+    }
+}

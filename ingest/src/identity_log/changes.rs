@@ -201,6 +201,15 @@ impl ChangesReader {
     /// The position moves past transaction markers too, so a reader that has applied every
     /// committed record reaches the high watermark.
     pub fn lag(&self, targets: &[Watermark]) -> Result<i64, ChangesError> {
+        Ok(self
+            .partition_lags(targets)?
+            .into_iter()
+            .map(|(_, lag)| lag)
+            .sum())
+    }
+
+    /// [`Self::lag`] of each target, as (partition, records).
+    pub fn partition_lags(&self, targets: &[Watermark]) -> Result<Vec<(i32, i64)>, ChangesError> {
         let positions = self.consumer.position().map_err(ChangesError::Consumer)?;
         Ok(targets
             .iter()
@@ -213,9 +222,12 @@ impl ChangesReader {
                     })
                     // Nothing fetched yet: the reader is at the start of the log.
                     .unwrap_or(target.low);
-                (target.high - position.max(target.low)).max(0)
+                (
+                    target.partition,
+                    (target.high - position.max(target.low)).max(0),
+                )
             })
-            .sum())
+            .collect())
     }
 }
 

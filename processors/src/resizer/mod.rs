@@ -493,18 +493,20 @@ impl Worker {
         let busy = Arc::clone(&self.lag_probe_busy);
         tokio::task::spawn_blocking(move || {
             if let Ok(positions) = consumer.position() {
-                let lag: i64 = positions
+                let assigned: Vec<i32> =
+                    positions.elements().iter().map(|e| e.partition()).collect();
+                let measured: Vec<(i32, i64)> = positions
                     .elements()
                     .iter()
                     .filter_map(|e| match e.offset() {
                         Offset::Offset(position) => consumer
                             .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
                             .ok()
-                            .map(|(_, high)| (high - position).max(0)),
+                            .map(|(_, high)| (e.partition(), (high - position).max(0))),
                         _ => None,
                     })
-                    .sum();
-                gauge.set(lag);
+                    .collect();
+                chassis::metrics::set_partition_lags(&gauge, &assigned, &measured);
             }
             busy.store(false, Ordering::Release);
         });
