@@ -20,6 +20,7 @@
 //! `usage_raw` a plain MergeTree (every delivery kept, days dropped after a retention),
 //! `usage_recent` tenant-first and only the unsettled tail (5-minute partitions the rollup job
 //! drops), latency digests in the rollup; 14 adds ZSTD where the server has codecs.
+//! Version 15 splits the views' `requests` into billed work (`requests`) and `refused`.
 
 use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, DatabaseName, ServerVersion};
 use clickhouse::Client;
@@ -203,6 +204,100 @@ SELECT
     request_outcome AS outcome,
     request_format AS format,
     count() AS requests,
+    sum(request_bytes_in) AS bytes_in,
+    sum(request_bytes_out) AS bytes_out,
+    sum(request_pixels_in) AS pixels_in,
+    sum(request_pixels_out) AS pixels_out,
+    sum(request_cpu_time_us) AS cpu_time_us,
+    sum(request_latency_us) AS latency_us_sum,
+    max(request_latency_us) AS latency_us_max,
+    quantilesTDigestStateIf(0.5, 0.9, 0.99)(request_latency_us, ",
+            $digest,
+            ") AS latency_us_digest
+FROM (",
+            crate::rollup::per_request!(
+                "event_time >= toDateTime(greatest(toUInt32((SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0)), 59) - 59, 'UTC')",
+                "request_time >= (SELECT max(bucket) + 1 FROM {db}.usage_rollup WHERE granularity = 0)"
+            ),
+            ")
+GROUP BY tenant_id, ",
+            $bucket,
+            ", outcome, format"
+        )
+    };
+}
+
+/// The outcomes billed as work, as a ClickHouse tuple literal: `ok` (the api handed the image
+/// over) and `resized` (a resizer made it and the api's record is missing: the api died after
+/// the reply, or before writing its record; it is also what a request shows for the moment
+/// between the resizer's record and the api's `ok`). Every other outcome (a refusal such as
+/// `unauthenticated`, `forbidden`, `rate_limited`, `bad_parameters`; a failure such as
+/// `undecodable_image`, `deadline_exceeded`; `client_closed_request`) got no image and is
+/// counted as refused. The tenant api uses the same list (`ingest::api::usage::query`).
+macro_rules! billed_outcomes {
+    () => {
+        "('ok', 'resized')"
+    };
+}
+
+/// `CREATE VIEW` of one time rollup as analysts see it, from version 15 on: like
+/// `digest_rollup_view`, with `requests` counting billed work only ([`billed_outcomes`]) and
+/// `refused` every other request; each row is one outcome, so one of the two is zero. The
+/// rollup's `requests` state is renamed in a subquery: an alias named like a column is
+/// substituted for that name in every other expression of its SELECT, so `refused` could not
+/// read the column `requests` beside an alias `requests`. The granularity filter sits inside the
+/// subquery so it reaches the rollup's primary key without predicate push-down, as before.
+macro_rules! billed_rollup_view {
+    ($view:literal, $bucket:literal, $start_of:literal, $g:literal, $digest:literal) => {
+        concat!(
+            "CREATE VIEW IF NOT EXISTS {db}.",
+            $view,
+            " AS
+SELECT
+    tenant_id,
+    bucket AS ",
+            $bucket,
+            ",
+    outcome,
+    format,
+    if(outcome IN ",
+            billed_outcomes!(),
+            ", finalizeAggregation(requests_state), toUInt64(0)) AS requests,
+    if(outcome IN ",
+            billed_outcomes!(),
+            ", toUInt64(0), finalizeAggregation(requests_state)) AS refused,
+    finalizeAggregation(bytes_in) AS bytes_in,
+    finalizeAggregation(bytes_out) AS bytes_out,
+    finalizeAggregation(pixels_in) AS pixels_in,
+    finalizeAggregation(pixels_out) AS pixels_out,
+    finalizeAggregation(cpu_time_us) AS cpu_time_us,
+    finalizeAggregation(latency_us_sum) AS latency_us_sum,
+    finalizeAggregation(latency_us_max) AS latency_us_max,
+    latency_us_digest
+FROM (
+    SELECT tenant_id, bucket, outcome, format, requests AS requests_state, bytes_in, bytes_out,
+           pixels_in, pixels_out, cpu_time_us, latency_us_sum, latency_us_max, latency_us_digest
+    FROM {db}.usage_rollup
+    WHERE granularity = ",
+            $g,
+            "
+)
+UNION ALL
+SELECT
+    tenant_id,
+    ",
+            $start_of,
+            "(request_time) AS ",
+            $bucket,
+            ",
+    request_outcome AS outcome,
+    request_format AS format,
+    countIf(request_outcome IN ",
+            billed_outcomes!(),
+            ") AS requests,
+    countIf(request_outcome NOT IN ",
+            billed_outcomes!(),
+            ") AS refused,
     sum(request_bytes_in) AS bytes_in,
     sum(request_bytes_out) AS bytes_out,
     sum(request_pixels_in) AS pixels_in,
@@ -754,6 +849,23 @@ GROUP BY kafka_partition",
         modern_only: true,
     },
     Migration {
+        version: 15,
+        name: "usage_minute, usage_hour, usage_day: requests counts billed work, refused the rest",
+        // Until now `requests` counted every request, refusals included: summed over outcomes
+        // (an invoice, a tenant's total) it billed a tenant that got 6 images and 5 refusals
+        // for 11. Plain views: dropped and created again at once, nothing stored changes
+        // (`usage_rollup` keeps one `requests` count per outcome).
+        statements: &[
+            "DROP TABLE IF EXISTS {db}.usage_minute",
+            "DROP TABLE IF EXISTS {db}.usage_hour",
+            "DROP TABLE IF EXISTS {db}.usage_day",
+            billed_rollup_view!("usage_minute", "minute", "toStartOfMinute", "1", "0"),
+            billed_rollup_view!("usage_hour", "hour", "toStartOfHour", "2", "1"),
+            billed_rollup_view!("usage_day", "day", "toStartOfDay", "3", "1"),
+        ],
+        modern_only: false,
+    },
+    Migration {
         // Numbered apart from the usage migrations: the audit trail evolves on its own.
         version: 50,
         name: "create admin_audit",
@@ -941,6 +1053,15 @@ mod tests {
         for pair in MIGRATIONS.windows(2) {
             assert!(pair[0].version < pair[1].version);
         }
+    }
+
+    #[test]
+    fn billed_outcomes_are_the_events_outcomes_that_carry_an_image() {
+        use schemas::events::outcomes;
+        assert_eq!(
+            billed_outcomes!(),
+            format!("('{}', '{}')", outcomes::OK, outcomes::RESIZED)
+        );
     }
 
     #[test]
