@@ -990,3 +990,59 @@ async fn a_requests_two_records_survive_merges_of_usage_raw() {
     );
     support::clickhouse(&config, &format!("DROP DATABASE {db}")).await;
 }
+
+/// How `aggregators/schema.sql` begins; the rest is generated.
+const SCHEMA_HEADER: &str = "\
+-- The ClickHouse schema in one place: every table, view and materialized view that the
+-- migrations (aggregators/src/migrations.rs) leave in a fresh database, as SHOW CREATE prints
+-- them, the database named imgpipe, tables then views then materialized views, each by name,
+-- one clause a line. Generated: do not edit. After changing a migration, regenerate it against
+-- the local stack (compose/local/stack up) with
+--   UPDATE_SCHEMA_SNAPSHOT=1 cargo test --test usage_rollups schema_sql
+-- and commit the diff; the same test, without the variable, fails while the two differ.
+";
+
+/// `aggregators/schema.sql` is exactly what the migrations make of a fresh database on this
+/// server: the schema a newcomer reads cannot drift from the one the services use.
+#[tokio::test]
+async fn schema_sql_is_what_the_migrations_make() {
+    let config = support::test_config("schema_sql");
+    let report = aggregators::migrate(&config.clickhouse).await.unwrap();
+    let schema = aggregators::migrations::schema(&config.clickhouse)
+        .await
+        .unwrap();
+    support::clickhouse(
+        &config,
+        &format!("DROP DATABASE {}", config.clickhouse.database),
+    )
+    .await;
+    let skipped: String = report
+        .skipped
+        .iter()
+        .map(|(version, name)| format!("--   {version}: {name}\n"))
+        .collect();
+    let text = format!(
+        "{SCHEMA_HEADER}-- Server: ClickHouse {}. Migrations for current servers only, not applied here:\n{skipped}\n{schema}",
+        report.server_version
+    );
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("aggregators/schema.sql");
+    if std::env::var_os("UPDATE_SCHEMA_SNAPSHOT").is_some() {
+        std::fs::write(&path, &text).unwrap();
+        return;
+    }
+    let stored = std::fs::read_to_string(&path).unwrap_or_default();
+    let first_difference = stored
+        .lines()
+        .zip(text.lines())
+        .position(|(a, b)| a != b)
+        .unwrap_or(stored.lines().count().min(text.lines().count()));
+    assert!(
+        stored == text,
+        "aggregators/schema.sql is not the migrated schema (from line {}: {:?} here, {:?} in the \
+         file). Regenerate it with\n  UPDATE_SCHEMA_SNAPSHOT=1 cargo test --test usage_rollups \
+         schema_sql\nand review the diff.",
+        first_difference + 1,
+        text.lines().nth(first_difference),
+        stored.lines().nth(first_difference),
+    );
+}

@@ -896,6 +896,9 @@ pub enum MigrationError {
     /// ClickHouse did not answer the version probe. Retryable when the server is down.
     #[error(transparent)]
     Connect(#[from] ClickHouseError),
+    /// Reading the schema back (`SHOW CREATE`) failed. Retryable when ClickHouse was down.
+    #[error("reading the schema: {0}")]
+    Schema(#[source] clickhouse::error::Error),
     /// A statement failed. Retryable when ClickHouse was unreachable or overloaded.
     #[error("migration {version} ({name}): {source}")]
     Statement {
@@ -913,7 +916,9 @@ impl MigrationError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Connect(error) => error.is_retryable(),
-            Self::Statement { source, .. } => chassis::clickhouse::is_retryable(source),
+            Self::Statement { source, .. } | Self::Schema(source) => {
+                chassis::clickhouse::is_retryable(source)
+            }
         }
     }
 }
@@ -957,6 +962,167 @@ pub fn statements(database: &DatabaseName) -> Vec<(u32, bool, String)> {
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct AppliedRow {
     version: u32,
+}
+
+/// The database name the schema text uses, whatever the database read.
+pub const SCHEMA_DATABASE: &str = "imgpipe";
+
+/// The schema of `clickhouse.database` as one text: every table, then every view, then every
+/// materialized view, each kind by name, as `SHOW CREATE` prints it with the database named
+/// [`SCHEMA_DATABASE`], laid out one clause per line ([`layout`]). `aggregators/schema.sql` is
+/// this text for a freshly migrated database on the local stack's server.
+pub async fn schema(clickhouse: &ClickHouseConfig) -> Result<String, MigrationError> {
+    let (client, _version) = chassis::clickhouse::connect(clickhouse).await?;
+    let database = clickhouse.database.as_str();
+    let objects = client
+        .query(
+            "SELECT name FROM system.tables WHERE database = ?
+             ORDER BY multiIf(engine = 'View', 1, engine = 'MaterializedView', 2, 0), name",
+        )
+        .bind(database)
+        .fetch_all::<String>()
+        .await
+        .map_err(MigrationError::Schema)?;
+    let mut text = String::new();
+    for object in objects {
+        let create = client
+            .query(&format!("SHOW CREATE TABLE {database}.`{object}`"))
+            .fetch_one::<String>()
+            .await
+            .map_err(MigrationError::Schema)?;
+        let create = create
+            .replace(&format!("`{database}`."), &format!("{SCHEMA_DATABASE}."))
+            .replace(&format!("{database}."), &format!("{SCHEMA_DATABASE}."));
+        text.push_str(&layout(&create));
+        text.push_str(";\n\n");
+    }
+    Ok(text)
+}
+
+/// Words before which [`layout`] starts a line (each with the word that must follow, if any).
+const CLAUSES: &[(&str, Option<&str>)] = &[
+    ("SELECT", None),
+    ("FROM", None),
+    ("WHERE", None),
+    ("PREWHERE", None),
+    ("GROUP", Some("BY")),
+    ("HAVING", None),
+    ("ORDER", Some("BY")),
+    ("UNION", Some("ALL")),
+    ("ARRAY", Some("JOIN")),
+    ("LIMIT", None),
+    ("ENGINE", None),
+    ("PARTITION", Some("BY")),
+    ("PRIMARY", Some("KEY")),
+    ("SAMPLE", Some("BY")),
+    ("TTL", None),
+    ("SETTINGS", None),
+];
+
+/// `statement` laid out for reading, with only whitespace outside quotes changed (so it means
+/// the same): runs of whitespace become one space, each clause ([`CLAUSES`]) starts a line
+/// indented by its parenthesis depth, and the column list of a `CREATE` has one column a line.
+/// ClickHouse 18.16 prints a whole statement on one line; current servers print their own
+/// layout, which this replaces the same way.
+pub fn layout(statement: &str) -> String {
+    let tokens = tokens(statement);
+    let word = |i: usize| {
+        tokens[i..]
+            .iter()
+            .find(|t| !t.trim().is_empty())
+            .copied()
+            .unwrap_or("")
+    };
+    let mut out = String::new();
+    let newline = |out: &mut String, depth: usize| {
+        let kept = out.trim_end_matches(' ').len();
+        out.truncate(kept);
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&"    ".repeat(depth));
+    };
+    let mut depth = 0_usize;
+    // The column list: the first parenthesis at depth 0 of a CREATE before its AS or ENGINE.
+    let mut columns: Option<bool> = statement.starts_with("CREATE").then_some(false);
+    for (i, &token) in tokens.iter().enumerate() {
+        if token.trim().is_empty() {
+            if !(out.is_empty() || out.ends_with([' ', '\n', '('])) {
+                out.push(' ');
+            }
+            continue;
+        }
+        if depth == 0 && matches!(token, "AS" | "ENGINE") && columns == Some(false) {
+            columns = None;
+        }
+        match token {
+            "(" => {
+                out.push('(');
+                depth += 1;
+                if depth == 1 && columns == Some(false) {
+                    columns = Some(true);
+                    newline(&mut out, 1);
+                }
+            }
+            ")" => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 && columns == Some(true) {
+                    columns = None;
+                    newline(&mut out, 0);
+                } else {
+                    let kept = out.trim_end_matches(' ').len();
+                    out.truncate(kept);
+                }
+                out.push(')');
+            }
+            "," if depth == 1 && columns == Some(true) => {
+                out.push(',');
+                newline(&mut out, 1);
+            }
+            _ => {
+                let clause = CLAUSES.iter().any(|&(first, second)| {
+                    token == first && second.is_none_or(|second| word(i + 1) == second)
+                });
+                if clause {
+                    newline(&mut out, depth);
+                }
+                out.push_str(token);
+            }
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+/// `text` split into quoted strings and identifiers (kept whole, escapes included), runs of
+/// whitespace, words, and single other characters.
+fn tokens(text: &str) -> Vec<&str> {
+    let mut tokens = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        let c = bytes[i];
+        if matches!(c, b'\'' | b'`' | b'"') {
+            i += 1;
+            while i < bytes.len() && bytes[i] != c {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(bytes.len());
+        } else if c.is_ascii_whitespace() {
+            while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+        } else if c.is_ascii_alphanumeric() || c == b'_' {
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+        } else {
+            // One character (a multi-byte one whole).
+            i += text[i..].chars().next().map_or(1, char::len_utf8);
+        }
+        tokens.push(&text[start..i]);
+    }
+    tokens
 }
 
 /// Applies every pending migration over an existing client.
@@ -1052,6 +1218,44 @@ mod tests {
     fn versions_strictly_increase() {
         for pair in MIGRATIONS.windows(2) {
             assert!(pair[0].version < pair[1].version);
+        }
+    }
+
+    #[test]
+    fn layout_changes_only_whitespace_outside_quotes() {
+        let create = "CREATE TABLE db.t ( a String,  b AggregateFunction(sum, UInt64), c String DEFAULT 'x  FROM y') ENGINE = MergeTree() PARTITION BY toYYYYMM(b) ORDER BY (a, b) SETTINGS index_granularity = 8192";
+        assert_eq!(
+            layout(create),
+            "CREATE TABLE db.t (
+    a String,
+    b AggregateFunction(sum, UInt64),
+    c String DEFAULT 'x  FROM y'
+)
+ENGINE = MergeTree()
+PARTITION BY toYYYYMM(b)
+ORDER BY (a, b)
+SETTINGS index_granularity = 8192"
+        );
+        let view = "CREATE VIEW db.v ( n UInt64) AS SELECT count() AS n FROM (SELECT a FROM db.t  WHERE a IN ('ok', 'resized') ) GROUP BY a UNION ALL SELECT 1";
+        assert_eq!(
+            layout(view),
+            "CREATE VIEW db.v (
+    n UInt64
+) AS
+SELECT count() AS n
+FROM (
+    SELECT a
+    FROM db.t
+    WHERE a IN ('ok', 'resized'))
+GROUP BY a
+UNION ALL
+SELECT 1"
+        );
+        let squeezed = |s: &str| s.split_whitespace().collect::<String>();
+        for statement in statements(&"imgpipe".parse().unwrap()) {
+            let laid = layout(&statement.2);
+            assert_eq!(squeezed(&laid), squeezed(&statement.2));
+            assert_eq!(layout(&laid), laid, "layout is stable");
         }
     }
 
