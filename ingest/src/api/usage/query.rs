@@ -448,9 +448,9 @@ impl UsageQuery {
         // ("Cannot convert column n because it is non constant in source stream").
         let billed = format!("['{}']", BILLED_OUTCOMES.join("', '"));
         // Only integers computed here, expressions chosen above, the outcome constants and the
-        // checked database name are formatted in; the tenant id is bound (three times). A request read from both
-        // tables (their event-time ranges overlap by the lookaround) is grouped into one row:
-        // `max` and `argMax` are unchanged by a repeated record.
+        // checked database name are formatted in; the tenant id is bound (three times). A
+        // request read from both tables (their event-time ranges overlap by the lookaround) is
+        // grouped into one row: `max` and `argMax` are unchanged by a repeated record.
         let sql = format!(
             "SELECT
     kind,
