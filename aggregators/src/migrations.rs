@@ -20,6 +20,7 @@
 //! `usage_raw` a plain MergeTree (every delivery kept, days dropped after a retention),
 //! `usage_recent` tenant-first and only the unsettled tail (5-minute partitions the rollup job
 //! drops), latency digests in the rollup; 14 adds ZSTD where the server has codecs.
+//! Version 15 splits the views' `requests` into billed work (`requests`) and `refused`.
 
 use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, DatabaseName, ServerVersion};
 use clickhouse::Client;
@@ -203,6 +204,101 @@ SELECT
     request_outcome AS outcome,
     request_format AS format,
     count() AS requests,
+    sum(request_bytes_in) AS bytes_in,
+    sum(request_bytes_out) AS bytes_out,
+    sum(request_pixels_in) AS pixels_in,
+    sum(request_pixels_out) AS pixels_out,
+    sum(request_cpu_time_us) AS cpu_time_us,
+    sum(request_latency_us) AS latency_us_sum,
+    max(request_latency_us) AS latency_us_max,
+    quantilesTDigestStateIf(0.5, 0.9, 0.99)(request_latency_us, ",
+            $digest,
+            ") AS latency_us_digest
+FROM (",
+            crate::rollup::per_request!(
+                "event_time >= toDateTime(greatest(toUInt32((SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0)), 59) - 59, 'UTC')",
+                "request_time >= (SELECT max(bucket) + 1 FROM {db}.usage_rollup WHERE granularity = 0)"
+            ),
+            ")
+GROUP BY tenant_id, ",
+            $bucket,
+            ", outcome, format"
+        )
+    };
+}
+
+/// The outcomes billed as work, as a ClickHouse array literal (for `has`: on 18.16 an `IN` in
+/// both branches of a UNION ALL can fail with "Cannot convert column … non constant"): `ok` (the api handed the image
+/// over) and `resized` (a resizer made it and the api's record is missing: the api died after
+/// the reply, or before writing its record; it is also what a request shows for the moment
+/// between the resizer's record and the api's `ok`). Every other outcome (a refusal such as
+/// `unauthenticated`, `forbidden`, `rate_limited`, `bad_parameters`; a failure such as
+/// `undecodable_image`, `deadline_exceeded`; `client_closed_request`) got no image and is
+/// counted as refused. The tenant api uses the same list (`ingest::api::usage::query`).
+macro_rules! billed_outcomes {
+    () => {
+        "['ok', 'resized']"
+    };
+}
+
+/// `CREATE VIEW` of one time rollup as analysts see it, from version 15 on: like
+/// `digest_rollup_view`, with `requests` counting billed work only ([`billed_outcomes`]) and
+/// `refused` every other request; each row is one outcome, so one of the two is zero. The
+/// rollup's `requests` state is renamed in a subquery: an alias named like a column is
+/// substituted for that name in every other expression of its SELECT, so `refused` could not
+/// read the column `requests` beside an alias `requests`. The granularity filter sits inside the
+/// subquery so it reaches the rollup's primary key without predicate push-down, as before.
+macro_rules! billed_rollup_view {
+    ($view:literal, $bucket:literal, $start_of:literal, $g:literal, $digest:literal) => {
+        concat!(
+            "CREATE VIEW IF NOT EXISTS {db}.",
+            $view,
+            " AS
+SELECT
+    tenant_id,
+    bucket AS ",
+            $bucket,
+            ",
+    outcome,
+    format,
+    if(has(",
+            billed_outcomes!(),
+            ", outcome), finalizeAggregation(requests_state), toUInt64(0)) AS requests,
+    if(has(",
+            billed_outcomes!(),
+            ", outcome), toUInt64(0), finalizeAggregation(requests_state)) AS refused,
+    finalizeAggregation(bytes_in) AS bytes_in,
+    finalizeAggregation(bytes_out) AS bytes_out,
+    finalizeAggregation(pixels_in) AS pixels_in,
+    finalizeAggregation(pixels_out) AS pixels_out,
+    finalizeAggregation(cpu_time_us) AS cpu_time_us,
+    finalizeAggregation(latency_us_sum) AS latency_us_sum,
+    finalizeAggregation(latency_us_max) AS latency_us_max,
+    latency_us_digest
+FROM (
+    SELECT tenant_id, bucket, outcome, format, requests AS requests_state, bytes_in, bytes_out,
+           pixels_in, pixels_out, cpu_time_us, latency_us_sum, latency_us_max, latency_us_digest
+    FROM {db}.usage_rollup
+    WHERE granularity = ",
+            $g,
+            "
+)
+UNION ALL
+SELECT
+    tenant_id,
+    ",
+            $start_of,
+            "(request_time) AS ",
+            $bucket,
+            ",
+    request_outcome AS outcome,
+    request_format AS format,
+    countIf(has(",
+            billed_outcomes!(),
+            ", request_outcome)) AS requests,
+    countIf(NOT has(",
+            billed_outcomes!(),
+            ", request_outcome)) AS refused,
     sum(request_bytes_in) AS bytes_in,
     sum(request_bytes_out) AS bytes_out,
     sum(request_pixels_in) AS pixels_in,
@@ -754,6 +850,23 @@ GROUP BY kafka_partition",
         modern_only: true,
     },
     Migration {
+        version: 15,
+        name: "usage_minute, usage_hour, usage_day: requests counts billed work, refused the rest",
+        // Until now `requests` counted every request, refusals included: summed over outcomes
+        // (an invoice, a tenant's total) it billed a tenant that got 6 images and 5 refusals
+        // for 11. Plain views: dropped and created again at once, nothing stored changes
+        // (`usage_rollup` keeps one `requests` count per outcome).
+        statements: &[
+            "DROP TABLE IF EXISTS {db}.usage_minute",
+            "DROP TABLE IF EXISTS {db}.usage_hour",
+            "DROP TABLE IF EXISTS {db}.usage_day",
+            billed_rollup_view!("usage_minute", "minute", "toStartOfMinute", "1", "0"),
+            billed_rollup_view!("usage_hour", "hour", "toStartOfHour", "2", "1"),
+            billed_rollup_view!("usage_day", "day", "toStartOfDay", "3", "1"),
+        ],
+        modern_only: false,
+    },
+    Migration {
         // Numbered apart from the usage migrations: the audit trail evolves on its own.
         version: 50,
         name: "create admin_audit",
@@ -784,6 +897,9 @@ pub enum MigrationError {
     /// ClickHouse did not answer the version probe. Retryable when the server is down.
     #[error(transparent)]
     Connect(#[from] ClickHouseError),
+    /// Reading the schema back (`SHOW CREATE`) failed. Retryable when ClickHouse was down.
+    #[error("reading the schema: {0}")]
+    Schema(#[source] clickhouse::error::Error),
     /// A statement failed. Retryable when ClickHouse was unreachable or overloaded.
     #[error("migration {version} ({name}): {source}")]
     Statement {
@@ -801,7 +917,9 @@ impl MigrationError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Connect(error) => error.is_retryable(),
-            Self::Statement { source, .. } => chassis::clickhouse::is_retryable(source),
+            Self::Statement { source, .. } | Self::Schema(source) => {
+                chassis::clickhouse::is_retryable(source)
+            }
         }
     }
 }
@@ -845,6 +963,167 @@ pub fn statements(database: &DatabaseName) -> Vec<(u32, bool, String)> {
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct AppliedRow {
     version: u32,
+}
+
+/// The database name the schema text uses, whatever the database read.
+pub const SCHEMA_DATABASE: &str = "imgpipe";
+
+/// The schema of `clickhouse.database` as one text: every table, then every view, then every
+/// materialized view, each kind by name, as `SHOW CREATE` prints it with the database named
+/// [`SCHEMA_DATABASE`], laid out one clause per line ([`layout`]). `aggregators/schema.sql` is
+/// this text for a freshly migrated database on the local stack's server.
+pub async fn schema(clickhouse: &ClickHouseConfig) -> Result<String, MigrationError> {
+    let (client, _version) = chassis::clickhouse::connect(clickhouse).await?;
+    let database = clickhouse.database.as_str();
+    let objects = client
+        .query(
+            "SELECT name FROM system.tables WHERE database = ?
+             ORDER BY multiIf(engine = 'View', 1, engine = 'MaterializedView', 2, 0), name",
+        )
+        .bind(database)
+        .fetch_all::<String>()
+        .await
+        .map_err(MigrationError::Schema)?;
+    let mut text = String::new();
+    for object in objects {
+        let create = client
+            .query(&format!("SHOW CREATE TABLE {database}.`{object}`"))
+            .fetch_one::<String>()
+            .await
+            .map_err(MigrationError::Schema)?;
+        let create = create
+            .replace(&format!("`{database}`."), &format!("{SCHEMA_DATABASE}."))
+            .replace(&format!("{database}."), &format!("{SCHEMA_DATABASE}."));
+        text.push_str(&layout(&create));
+        text.push_str(";\n\n");
+    }
+    Ok(text)
+}
+
+/// Words before which [`layout`] starts a line (each with the word that must follow, if any).
+const CLAUSES: &[(&str, Option<&str>)] = &[
+    ("SELECT", None),
+    ("FROM", None),
+    ("WHERE", None),
+    ("PREWHERE", None),
+    ("GROUP", Some("BY")),
+    ("HAVING", None),
+    ("ORDER", Some("BY")),
+    ("UNION", Some("ALL")),
+    ("ARRAY", Some("JOIN")),
+    ("LIMIT", None),
+    ("ENGINE", None),
+    ("PARTITION", Some("BY")),
+    ("PRIMARY", Some("KEY")),
+    ("SAMPLE", Some("BY")),
+    ("TTL", None),
+    ("SETTINGS", None),
+];
+
+/// `statement` laid out for reading, with only whitespace outside quotes changed (so it means
+/// the same): runs of whitespace become one space, each clause ([`CLAUSES`]) starts a line
+/// indented by its parenthesis depth, and the column list of a `CREATE` has one column a line.
+/// ClickHouse 18.16 prints a whole statement on one line; current servers print their own
+/// layout, which this replaces the same way.
+pub fn layout(statement: &str) -> String {
+    let tokens = tokens(statement);
+    let word = |i: usize| {
+        tokens[i..]
+            .iter()
+            .find(|t| !t.trim().is_empty())
+            .copied()
+            .unwrap_or("")
+    };
+    let mut out = String::new();
+    let newline = |out: &mut String, depth: usize| {
+        let kept = out.trim_end_matches(' ').len();
+        out.truncate(kept);
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&"    ".repeat(depth));
+    };
+    let mut depth = 0_usize;
+    // The column list: the first parenthesis at depth 0 of a CREATE before its AS or ENGINE.
+    let mut columns: Option<bool> = statement.starts_with("CREATE").then_some(false);
+    for (i, &token) in tokens.iter().enumerate() {
+        if token.trim().is_empty() {
+            if !(out.is_empty() || out.ends_with([' ', '\n', '('])) {
+                out.push(' ');
+            }
+            continue;
+        }
+        if depth == 0 && matches!(token, "AS" | "ENGINE") && columns == Some(false) {
+            columns = None;
+        }
+        match token {
+            "(" => {
+                out.push('(');
+                depth += 1;
+                if depth == 1 && columns == Some(false) {
+                    columns = Some(true);
+                    newline(&mut out, 1);
+                }
+            }
+            ")" => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 && columns == Some(true) {
+                    columns = None;
+                    newline(&mut out, 0);
+                } else {
+                    let kept = out.trim_end_matches(' ').len();
+                    out.truncate(kept);
+                }
+                out.push(')');
+            }
+            "," if depth == 1 && columns == Some(true) => {
+                out.push(',');
+                newline(&mut out, 1);
+            }
+            _ => {
+                let clause = CLAUSES.iter().any(|&(first, second)| {
+                    token == first && second.is_none_or(|second| word(i + 1) == second)
+                });
+                if clause {
+                    newline(&mut out, depth);
+                }
+                out.push_str(token);
+            }
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+/// `text` split into quoted strings and identifiers (kept whole, escapes included), runs of
+/// whitespace, words, and single other characters.
+fn tokens(text: &str) -> Vec<&str> {
+    let mut tokens = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        let c = bytes[i];
+        if matches!(c, b'\'' | b'`' | b'"') {
+            i += 1;
+            while i < bytes.len() && bytes[i] != c {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(bytes.len());
+        } else if c.is_ascii_whitespace() {
+            while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+        } else if c.is_ascii_alphanumeric() || c == b'_' {
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+        } else {
+            // One character (a multi-byte one whole).
+            i += text[i..].chars().next().map_or(1, char::len_utf8);
+        }
+        tokens.push(&text[start..i]);
+    }
+    tokens
 }
 
 /// Applies every pending migration over an existing client.
@@ -941,6 +1220,53 @@ mod tests {
         for pair in MIGRATIONS.windows(2) {
             assert!(pair[0].version < pair[1].version);
         }
+    }
+
+    #[test]
+    fn layout_changes_only_whitespace_outside_quotes() {
+        let create = "CREATE TABLE db.t ( a String,  b AggregateFunction(sum, UInt64), c String DEFAULT 'x  FROM y') ENGINE = MergeTree() PARTITION BY toYYYYMM(b) ORDER BY (a, b) SETTINGS index_granularity = 8192";
+        assert_eq!(
+            layout(create),
+            "CREATE TABLE db.t (
+    a String,
+    b AggregateFunction(sum, UInt64),
+    c String DEFAULT 'x  FROM y'
+)
+ENGINE = MergeTree()
+PARTITION BY toYYYYMM(b)
+ORDER BY (a, b)
+SETTINGS index_granularity = 8192"
+        );
+        let view = "CREATE VIEW db.v ( n UInt64) AS SELECT count() AS n FROM (SELECT a FROM db.t  WHERE a IN ('ok', 'resized') ) GROUP BY a UNION ALL SELECT 1";
+        assert_eq!(
+            layout(view),
+            "CREATE VIEW db.v (
+    n UInt64
+) AS
+SELECT count() AS n
+FROM (
+    SELECT a
+    FROM db.t
+    WHERE a IN ('ok', 'resized'))
+GROUP BY a
+UNION ALL
+SELECT 1"
+        );
+        let squeezed = |s: &str| s.split_whitespace().collect::<String>();
+        for statement in statements(&"imgpipe".parse().unwrap()) {
+            let laid = layout(&statement.2);
+            assert_eq!(squeezed(&laid), squeezed(&statement.2));
+            assert_eq!(layout(&laid), laid, "layout is stable");
+        }
+    }
+
+    #[test]
+    fn billed_outcomes_are_the_events_outcomes_that_carry_an_image() {
+        use schemas::events::outcomes;
+        assert_eq!(
+            billed_outcomes!(),
+            format!("['{}', '{}']", outcomes::OK, outcomes::RESIZED)
+        );
     }
 
     #[test]

@@ -163,7 +163,7 @@ async fn stored_totals(config: &Config) -> BTreeMap<String, Totals> {
     let text = support::clickhouse(
         config,
         &format!(
-            "SELECT tenant_id, sum(requests), sum(bytes_in), sum(bytes_out), sum(pixels_in), \
+            "SELECT tenant_id, sum(requests) + sum(refused), sum(bytes_in), sum(bytes_out), sum(pixels_in), \
              sum(pixels_out), sum(cpu_time_us) FROM {db}.usage_minute GROUP BY tenant_id \
              ORDER BY tenant_id FORMAT TSV"
         ),
@@ -452,13 +452,14 @@ async fn tenant_query_matches_clickhouse_and_sees_only_its_tenant() {
         for group_by in [None, Some(GroupBy::Format), Some(GroupBy::Outcome)] {
             let request = UsageRequest::new(from, to, granularity, group_by).unwrap();
             let report = query.buckets("tenant-a", &request).await.unwrap();
-            let requests: u64 = report.buckets.iter().map(|b| b.requests).sum();
+            // Every request, billed (`requests`) or not (`refused`).
+            let requests: u64 = report.buckets.iter().map(|b| b.requests + b.refused).sum();
             let bytes_in: i64 = report.buckets.iter().map(|b| b.bytes_in).sum();
             let cpu: i64 = report.buckets.iter().map(|b| b.cpu_time_us).sum();
             let direct = support::clickhouse(
                 &config,
                 &format!(
-                    "SELECT sum(requests), sum(bytes_in), sum(cpu_time_us) FROM {db}.usage_minute \
+                    "SELECT sum(requests) + sum(refused), sum(bytes_in), sum(cpu_time_us) FROM {db}.usage_minute \
                      WHERE tenant_id = 'tenant-a' AND minute >= toDateTime({base}) \
                      AND minute < toDateTime({}) FORMAT TSV",
                     base + 3600
@@ -482,7 +483,13 @@ async fn tenant_query_matches_clickhouse_and_sees_only_its_tenant() {
 
     // Another tenant's id, or SQL in the id, never reaches tenant-a's rows.
     let b = query.buckets("tenant-b", &minute).await.unwrap();
-    assert_eq!(b.buckets.iter().map(|x| x.requests).sum::<u64>(), 100);
+    assert_eq!(
+        b.buckets
+            .iter()
+            .map(|x| x.requests + x.refused)
+            .sum::<u64>(),
+        100
+    );
     for hostile in [
         "tenant-a' OR '1'='1",
         "tenant-a\\' OR 1=1 --",

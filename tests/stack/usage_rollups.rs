@@ -29,8 +29,11 @@ use crate::support;
 
 const TENANTS: usize = 7;
 
-/// A report bucket's sums: requests, bytes in/out, pixels in/out, CPU time.
-type Sums = (u64, i64, i64, i64, i64, i64);
+/// A report bucket's sums: requests (billed), refused, bytes in/out, pixels in/out, CPU time.
+type Sums = (u64, u64, i64, i64, i64, i64, i64);
+
+/// The outcomes billed as work (`requests`); every other one is `refused`.
+const BILLED: &str = "('ok', 'resized')";
 
 fn now_s() -> i64 {
     SystemTime::now()
@@ -423,7 +426,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     }
     let requests: i64 = support::clickhouse(
         &config,
-        &format!("SELECT sum(requests) FROM {db}.usage_day"),
+        &format!("SELECT sum(requests) + sum(refused) FROM {db}.usage_day"),
     )
     .await
     .trim()
@@ -438,6 +441,41 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     .parse()
     .unwrap();
     assert_eq!(requests, distinct, "usage_day counts each request once");
+
+    // The invoice: per tenant, billed requests and refused ones from the settled day rows, in
+    // the analysts' query shape, against the recount before the mark.
+    let invoice = keyed(
+        &config,
+        &format!(
+            "SELECT tenant_id, '#', sumMergeIf(n, billed), sumMergeIf(n, NOT billed)
+             FROM (
+                 SELECT tenant_id, outcome IN {BILLED} AS billed, requests AS n
+                 FROM {db}.usage_rollup WHERE granularity = 3
+             )
+             GROUP BY tenant_id ORDER BY tenant_id"
+        ),
+    )
+    .await;
+    let billed_recount = keyed(
+        &config,
+        &format!(
+            "SELECT tenant_id, '#', countIf(o IN {BILLED}), countIf(o NOT IN {BILLED}) FROM (
+                 SELECT tenant_id, request_id, argMax(event_time, from_api) AS t,
+                        argMax(outcome, from_api) AS o
+                 FROM {records} GROUP BY tenant_id, request_id
+                 HAVING t < toDateTime({settled}, 'UTC')
+             ) GROUP BY tenant_id ORDER BY tenant_id",
+            records = records_sql(&db)
+        ),
+    )
+    .await;
+    assert_eq!(invoice, billed_recount, "invoice vs recount");
+    assert!(
+        billed_recount
+            .values()
+            .all(|v| v.split('\t').all(|n| n != "0")),
+        "every tenant has billed and refused requests: {billed_recount:?}"
+    );
 
     // Latency percentiles from the digests (settled days, ok requests) against exact ones.
     // t-digest is approximate; latencies here span 5000..5998 us, so 1% is ~50 us.
@@ -494,8 +532,8 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
         let live = keyed(
             &config,
             &format!(
-                "SELECT tenant_id, toUInt32({bucket}), outcome, format, '#', sum(requests),
-                        sum(bytes_in), sum(bytes_out), sum(pixels_in), sum(pixels_out),
+                "SELECT tenant_id, toUInt32({bucket}), outcome, format, '#',
+                        sum(requests) + sum(refused), sum(bytes_in), sum(bytes_out), sum(pixels_in), sum(pixels_out),
                         sum(cpu_time_us), sum(latency_us_sum), max(latency_us_max)
                  FROM {db}.{view}
                  GROUP BY tenant_id, {bucket}, outcome, format
@@ -510,6 +548,28 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
             Vec::<String>::new(),
             "{view} vs recount"
         );
+        // Each row is one outcome: billed ones count in `requests`, the others in `refused`.
+        let split = support::clickhouse(
+            &config,
+            &format!(
+                "SELECT countIf(outcome IN {BILLED} AND refused != 0),
+                        countIf(outcome NOT IN {BILLED} AND requests != 0),
+                        countIf(outcome IN {BILLED} AND requests != 0),
+                        countIf(outcome NOT IN {BILLED} AND refused != 0)
+                 FROM {db}.{view} FORMAT TSV"
+            ),
+        )
+        .await;
+        let split: Vec<u64> = split
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(
+            &split[..2],
+            [0, 0],
+            "{view}: requests and refused by outcome"
+        );
+        assert!(split[2] > 0 && split[3] > 0, "{view}: {split:?}");
     }
 
     // The tenant api, over a range with partial minutes at both ends that spans the mark.
@@ -530,6 +590,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
                             (b.start.clone(), key),
                             (
                                 b.requests,
+                                b.refused,
                                 b.bytes_in,
                                 b.bytes_out,
                                 b.pixels_in,
@@ -549,12 +610,12 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
                     Some(GroupBy::Format) => "f",
                     Some(GroupBy::Outcome) => "o",
                 };
-                let expected: BTreeMap<(String, String), Sums> =
-                    support::clickhouse(
-                        &config,
-                        &format!(
-                            "SELECT toUInt32({start_of}(t)) AS b, {key} AS k, count(), sum(bi), sum(bo),
-                                    sum(pi), sum(po), sum(c)
+                let expected: BTreeMap<(String, String), Sums> = support::clickhouse(
+                    &config,
+                    &format!(
+                        "SELECT toUInt32({start_of}(t)) AS b, {key} AS k,
+                                    countIf(o IN {BILLED}), countIf(o NOT IN {BILLED}), sum(bi),
+                                    sum(bo), sum(pi), sum(po), sum(c)
                              FROM (
                                  SELECT request_id, argMax(event_time, from_api) AS t,
                                         argMax(outcome, from_api) AS o,
@@ -566,23 +627,23 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
                                  HAVING t >= toDateTime({}, 'UTC') AND t < toDateTime({}, 'UTC')
                              )
                              GROUP BY b, k ORDER BY b, k FORMAT TSV",
-                            from.epoch_seconds(),
-                            to.epoch_seconds(),
-                            records = records_sql(&db),
-                        ),
+                        from.epoch_seconds(),
+                        to.epoch_seconds(),
+                        records = records_sql(&db),
+                    ),
+                )
+                .await
+                .lines()
+                .map(|line| {
+                    let f: Vec<&str> = line.split('\t').collect();
+                    let n = |i: usize| f[i].parse::<i64>().unwrap();
+                    let start = Timestamp::from_epoch_seconds(n(0)).unwrap().to_rfc3339();
+                    (
+                        (start, f[1].to_owned()),
+                        (n(2) as u64, n(3) as u64, n(4), n(5), n(6), n(7), n(8)),
                     )
-                    .await
-                    .lines()
-                    .map(|line| {
-                        let f: Vec<&str> = line.split('\t').collect();
-                        let n = |i: usize| f[i].parse::<i64>().unwrap();
-                        let start = Timestamp::from_epoch_seconds(n(0)).unwrap().to_rfc3339();
-                        (
-                            (start, f[1].to_owned()),
-                            (n(2) as u64, n(3), n(4), n(5), n(6), n(7)),
-                        )
-                    })
-                    .collect();
+                })
+                .collect();
                 assert!(!expected.is_empty());
                 assert_eq!(got, expected, "{tenant} {granularity:?} {group_by:?}");
             }
@@ -596,7 +657,8 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     assert_eq!(offsets.into_iter().collect::<BTreeMap<_, _>>(), raw);
 
     // Every SQL statement the analysts' README and the usage runbooks show runs on this server
-    // (18.16 here) against these tables: the documented queries are the tested ones.
+    // (18.16 here) against these tables, as a read-only analyst account would run it
+    // (`readonly = 1`: no SETTINGS clause): the documented queries are the tested ones.
     let mut statements = 0;
     for doc in [
         "docs/analysts.md",
@@ -605,12 +667,29 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
         "runbooks/usage-late-records.md",
     ] {
         for sql in documented_sql(doc) {
-            support::clickhouse(&config, &sql.replace("imgpipe.", &format!("{db}."))).await;
+            readonly_clickhouse(&config, &sql.replace("imgpipe.", &format!("{db}."))).await;
             statements += 1;
         }
     }
     assert!(statements >= 12, "{statements} documented statements");
     support::clickhouse(&config, &format!("DROP DATABASE {db}")).await;
+}
+
+/// Runs `sql` with `readonly = 1`, the setting of a read-only account: reads only, and no
+/// setting may be changed (a `SETTINGS` clause is refused).
+async fn readonly_clickhouse(config: &Config, sql: &str) -> String {
+    let mut url = reqwest::Url::parse(&config.clickhouse.url).unwrap();
+    url.query_pairs_mut().append_pair("readonly", "1");
+    let response = reqwest::Client::new()
+        .post(url)
+        .body(sql.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert!(status.is_success(), "{sql}: {body}");
+    body
 }
 
 /// The statements of every ```sql block in `doc` (a path from the repository root), and the
@@ -910,4 +989,60 @@ async fn a_requests_two_records_survive_merges_of_usage_raw() {
         "the api's outcome and the resizer's work, per request"
     );
     support::clickhouse(&config, &format!("DROP DATABASE {db}")).await;
+}
+
+/// How `aggregators/schema.sql` begins; the rest is generated.
+const SCHEMA_HEADER: &str = "\
+-- The ClickHouse schema in one place: every table, view and materialized view that the
+-- migrations (aggregators/src/migrations.rs) leave in a fresh database, as SHOW CREATE prints
+-- them, the database named imgpipe, tables then views then materialized views, each by name,
+-- one clause a line. Generated: do not edit. After changing a migration, regenerate it against
+-- the local stack (compose/local/stack up) with
+--   UPDATE_SCHEMA_SNAPSHOT=1 cargo test --test usage_rollups schema_sql
+-- and commit the diff; the same test, without the variable, fails while the two differ.
+";
+
+/// `aggregators/schema.sql` is exactly what the migrations make of a fresh database on this
+/// server: the schema a newcomer reads cannot drift from the one the services use.
+#[tokio::test]
+async fn schema_sql_is_what_the_migrations_make() {
+    let config = support::test_config("schema_sql");
+    let report = aggregators::migrate(&config.clickhouse).await.unwrap();
+    let schema = aggregators::migrations::schema(&config.clickhouse)
+        .await
+        .unwrap();
+    support::clickhouse(
+        &config,
+        &format!("DROP DATABASE {}", config.clickhouse.database),
+    )
+    .await;
+    let skipped: String = report
+        .skipped
+        .iter()
+        .map(|(version, name)| format!("--   {version}: {name}\n"))
+        .collect();
+    let text = format!(
+        "{SCHEMA_HEADER}-- Server: ClickHouse {}. Migrations for current servers only, not applied here:\n{skipped}\n{schema}",
+        report.server_version
+    );
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("aggregators/schema.sql");
+    if std::env::var_os("UPDATE_SCHEMA_SNAPSHOT").is_some() {
+        std::fs::write(&path, &text).unwrap();
+        return;
+    }
+    let stored = std::fs::read_to_string(&path).unwrap_or_default();
+    let first_difference = stored
+        .lines()
+        .zip(text.lines())
+        .position(|(a, b)| a != b)
+        .unwrap_or(stored.lines().count().min(text.lines().count()));
+    assert!(
+        stored == text,
+        "aggregators/schema.sql is not the migrated schema (from line {}: {:?} here, {:?} in the \
+         file). Regenerate it with\n  UPDATE_SCHEMA_SNAPSHOT=1 cargo test --test usage_rollups \
+         schema_sql\nand review the diff.",
+        first_difference + 1,
+        text.lines().nth(first_difference),
+        stored.lines().nth(first_difference),
+    );
 }

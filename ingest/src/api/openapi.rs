@@ -51,7 +51,24 @@ pub fn spec() -> Value {
                     "properties": {
                         "tenant_id": {"type": "string"}, "from": {"type": "string"}, "to": {"type": "string"},
                         "granularity": {"type": "string"},
-                        "buckets": {"type": "array", "items": {"type": "object", "additionalProperties": true}}
+                        "group_by": {"type": "string", "description": "Present when the request split buckets by format or outcome."},
+                        "buckets": {"type": "array", "description": "Buckets with usage, by start then group key; empty buckets are omitted.", "items": {"$ref": "#/components/schemas/UsageBucket"}}
+                    }
+                },
+                "UsageBucket": {
+                    "type": "object",
+                    "required": ["start", "requests", "refused", "bytes_in", "bytes_out", "pixels_in", "pixels_out", "cpu_time_us"],
+                    "properties": {
+                        "start": {"type": "string", "description": "Bucket start, RFC 3339 UTC."},
+                        "requests": {"type": "integer", "description": "Requests billed as work: the image was handed over (outcome ok), or made by a resizer whose api's record is missing (resized). Each request counts once."},
+                        "refused": {"type": "integer", "description": "Requests that got no image, never billed: refused by the api (unauthenticated, forbidden, rate_limited, bad_parameters, payload_too_large, ...), failed (undecodable_image, deadline_exceeded, ...) or abandoned by the client (client_closed_request). group_by=outcome shows each outcome."},
+                        "bytes_in": {"type": "integer", "description": "Sum of request body sizes (every request)."},
+                        "bytes_out": {"type": "integer", "description": "Sum of response image sizes."},
+                        "pixels_in": {"type": "integer", "description": "Sum of input pixels."},
+                        "pixels_out": {"type": "integer", "description": "Sum of output pixels."},
+                        "cpu_time_us": {"type": "integer", "description": "Sum of decode, resize and encode CPU time (every request, refused ones that reached a resizer included)."},
+                        "format": {"type": "string", "description": "Output format, with group_by=format ('' when no image was made)."},
+                        "outcome": {"type": "string", "description": "Outcome, with group_by=outcome."}
                     }
                 }
             }
@@ -155,6 +172,17 @@ mod tests {
             "sRGB",
         ] {
             assert!(text.contains(needle), "{needle} missing");
+        }
+    }
+
+    #[test]
+    fn usage_buckets_describe_billed_and_refused_requests() {
+        let bucket = &spec()["components"]["schemas"]["UsageBucket"];
+        for field in ["requests", "refused", "cpu_time_us", "format", "outcome"] {
+            assert!(
+                bucket["properties"][field]["description"].is_string(),
+                "{field} missing"
+            );
         }
     }
 

@@ -13,6 +13,10 @@
 //! `.bind()`, escaped by the client) and filters every table, each sorted tenant first, so all
 //! three reads go by primary key: a small tenant's report reads a few granules.
 //!
+//! Billing counts delivered work: `requests` counts the requests that got their image (outcomes
+//! [`BILLED_OUTCOMES`]), `refused` every other one (refused by the api, failed, or the client gone
+//! first); the other sums cover every request. `group_by=outcome` shows each outcome's row.
+//!
 //! Ranges are half-open `[from, to)`; `from`/`to` are epoch seconds or RFC 3339 (see
 //! [`Timestamp`]). A request may span at most [`Granularity::max_buckets`] buckets.
 
@@ -21,9 +25,16 @@ use std::str::FromStr;
 
 use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, DatabaseName};
 use clickhouse::Client;
+use schemas::events::outcomes;
 use serde::{Deserialize, Serialize};
 
 pub use super::timestamp::{Timestamp, TimestampError};
+
+/// The outcomes billed as work, as the analysts' views count them (migration 15's
+/// `billed_outcomes`): `ok`, the api handed the image over, and `resized`, a resizer made it and
+/// the api's record is missing (the api died; also a request's state for the moment between the
+/// resizer's record and the api's `ok`). Every other outcome is a request that got no image.
+pub const BILLED_OUTCOMES: [&str; 2] = [outcomes::OK, outcomes::RESIZED];
 
 /// Bucket width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -81,7 +92,8 @@ pub enum GroupBy {
     /// The output format (`jpeg`, `webp`, …; empty when no image was produced).
     Format,
     /// `ok` (delivered), `resized` (made, delivery unconfirmed), `client_closed_request` or the
-    /// stable error code.
+    /// stable error code (`unauthenticated`, `forbidden`, `rate_limited`, `bad_parameters`, …):
+    /// every outcome gets its row, billed (`requests`) or not (`refused`).
     Outcome,
 }
 
@@ -322,8 +334,13 @@ pub struct UsageReport {
 pub struct UsageBucket {
     /// Bucket start, RFC 3339 UTC.
     pub start: String,
-    /// Distinct requests.
+    /// Distinct requests billed as work: the image was made and handed over (outcome `ok`, or
+    /// `resized` when the api's record is missing).
     pub requests: u64,
+    /// Distinct requests that got no image: refused by the api (`unauthenticated`, `forbidden`,
+    /// `rate_limited`, `bad_parameters`, …), failed (`undecodable_image`, `deadline_exceeded`,
+    /// …) or abandoned by the client (`client_closed_request`). Never billed.
+    pub refused: u64,
     /// Sum of request body sizes.
     pub bytes_in: i64,
     /// Sum of response image sizes.
@@ -354,6 +371,7 @@ struct BucketRow {
     start: u32,
     group_key: String,
     requests: u64,
+    refused: u64,
     bytes_in: i64,
     bytes_out: i64,
     pixels_in: i64,
@@ -426,16 +444,20 @@ impl UsageQuery {
             self.database
         );
         let live_from = format!("greatest({m1_t}, {mark} + 1)");
-        // Only integers computed here, expressions chosen above and the checked database name
-        // are formatted in; the tenant id is bound (three times). A request read from both
-        // tables (their event-time ranges overlap by the lookaround) is grouped into one row:
-        // `max` and `argMax` are unchanged by a repeated record.
+        // An array for `has`: on 18.16 an `IN` in both branches of this UNION ALL fails
+        // ("Cannot convert column n because it is non constant in source stream").
+        let billed = format!("['{}']", BILLED_OUTCOMES.join("', '"));
+        // Only integers computed here, expressions chosen above, the outcome constants and the
+        // checked database name are formatted in; the tenant id is bound (three times). A
+        // request read from both tables (their event-time ranges overlap by the lookaround) is
+        // grouped into one row: `max` and `argMax` are unchanged by a repeated record.
         let sql = format!(
             "SELECT
     kind,
     toUInt32(t) AS start,
     group_key,
     toUInt64(sum(n)) AS requests,
+    toUInt64(sum(r)) AS refused,
     sum(b_in) AS bytes_in,
     sum(b_out) AS bytes_out,
     sum(p_in) AS pixels_in,
@@ -446,7 +468,8 @@ FROM (
         toUInt8(if(granularity = 0, {KIND_MARK}, {KIND_ROLLUP})) AS kind,
         bucket AS t,
         {rollup_key} AS group_key,
-        finalizeAggregation(requests) AS n,
+        if(has({billed}, outcome), finalizeAggregation(requests), toUInt64(0)) AS n,
+        if(has({billed}, outcome), toUInt64(0), finalizeAggregation(requests)) AS r,
         finalizeAggregation(bytes_in) AS b_in,
         finalizeAggregation(bytes_out) AS b_out,
         finalizeAggregation(pixels_in) AS p_in,
@@ -463,7 +486,8 @@ FROM (
         toUInt8(if(request_time >= {m1_t} AND request_time < {m2_t}, {KIND_LIVE}, {KIND_EDGE})) AS kind,
         toStartOfMinute(request_time) AS t,
         {request_key} AS group_key,
-        toUInt64(1) AS n,
+        toUInt64(has({billed}, request_outcome)) AS n,
+        toUInt64(NOT has({billed}, request_outcome)) AS r,
         request_bytes_in AS b_in,
         request_bytes_out AS b_out,
         request_pixels_in AS p_in,
@@ -542,6 +566,7 @@ GROUP BY kind, start, group_key",
                     start: u32::try_from(start).unwrap_or(0),
                     group_key: row.group_key.clone(),
                     requests: 0,
+                    refused: 0,
                     bytes_in: 0,
                     bytes_out: 0,
                     pixels_in: 0,
@@ -549,6 +574,7 @@ GROUP BY kind, start, group_key",
                     cpu_time_us: 0,
                 });
             sum.requests += row.requests;
+            sum.refused += row.refused;
             sum.bytes_in += row.bytes_in;
             sum.bytes_out += row.bytes_out;
             sum.pixels_in += row.pixels_in;
@@ -557,13 +583,14 @@ GROUP BY kind, start, group_key",
         }
         let buckets = sums
             .into_values()
-            .filter(|row| row.requests > 0)
+            .filter(|row| row.requests + row.refused > 0)
             .map(|row| {
                 let key = Some(row.group_key);
                 UsageBucket {
                     start: Timestamp::from_epoch_seconds(i64::from(row.start))
                         .map_or_else(String::new, Timestamp::to_rfc3339),
                     requests: row.requests,
+                    refused: row.refused,
                     bytes_in: row.bytes_in,
                     bytes_out: row.bytes_out,
                     pixels_in: row.pixels_in,
@@ -681,6 +708,7 @@ mod tests {
             buckets: vec![UsageBucket {
                 start: "2025-01-01T00:00:00Z".into(),
                 requests: 1,
+                refused: 7,
                 bytes_in: 2,
                 bytes_out: 3,
                 pixels_in: 4,
@@ -692,6 +720,7 @@ mod tests {
         };
         let json = serde_json::to_value(&report).expect("serializes");
         assert_eq!(json["buckets"][0]["format"], "webp");
+        assert_eq!(json["buckets"][0]["refused"], 7);
         assert!(json["buckets"][0].get("outcome").is_none());
         assert_eq!(json["granularity"], "minute");
     }
