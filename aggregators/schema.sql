@@ -3,7 +3,7 @@
 -- them, the database named imgpipe, tables then views then materialized views, each by name,
 -- one clause a line. Generated: do not edit. After changing a migration, regenerate it against
 -- the local stack (compose/local/stack up) with
---   UPDATE_SCHEMA_SNAPSHOT=1 cargo test --test usage_rollups schema_sql
+--   UPDATE_SCHEMA_SNAPSHOT=1 cargo test --features stack-tests --test stack schema_sql
 -- and commit the diff; the same test, without the variable, fails while the two differ.
 -- Server: ClickHouse 18.16. Migrations for current servers only, not applied here:
 --   5: expire usage_rejects after 90 days

@@ -998,7 +998,7 @@ const SCHEMA_HEADER: &str = "\
 -- them, the database named imgpipe, tables then views then materialized views, each by name,
 -- one clause a line. Generated: do not edit. After changing a migration, regenerate it against
 -- the local stack (compose/local/stack up) with
---   UPDATE_SCHEMA_SNAPSHOT=1 cargo test --test usage_rollups schema_sql
+--   UPDATE_SCHEMA_SNAPSHOT=1 cargo test --features stack-tests --test stack schema_sql
 -- and commit the diff; the same test, without the variable, fails while the two differ.
 ";
 
@@ -1039,8 +1039,8 @@ async fn schema_sql_is_what_the_migrations_make() {
     assert!(
         stored == text,
         "aggregators/schema.sql is not the migrated schema (from line {}: {:?} here, {:?} in the \
-         file). Regenerate it with\n  UPDATE_SCHEMA_SNAPSHOT=1 cargo test --test usage_rollups \
-         schema_sql\nand review the diff.",
+         file). Regenerate it with\n  UPDATE_SCHEMA_SNAPSHOT=1 cargo test --features stack-tests \
+         --test stack schema_sql\nand review the diff.",
         first_difference + 1,
         text.lines().nth(first_difference),
         stored.lines().nth(first_difference),
