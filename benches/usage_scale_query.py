@@ -2,7 +2,7 @@
 
 It mirrors `UsageQuery::buckets` in ingest/src/api/usage/query.rs (the same pieces, the same
 statement) with the tenant written in instead of bound, so the shell bench can time it; the
-integration test tests/usage_rollups.rs checks the Rust side's answers.
+integration test tests/stack/usage_rollups.rs checks the Rust side's answers.
 Arguments: database tenant granularity(minute|hour|day) from to rollup_key request_key.
 """
 import sys

@@ -300,7 +300,8 @@ impl Event for ResizeResult {
 
 /// Outcomes of usage records that are not error codes (those are the answer's `code`).
 pub mod outcomes {
-    /// The client was handed its image (written by the api only): the one billable outcome.
+    /// The client was handed its image (written by the api only). Billed as a request, as is
+    /// `resized` when the api's record is missing; every other outcome counts as `refused`.
     pub const OK: &str = "ok";
     /// A resizer made the image (written by the resizer); whether the client got it is the api's
     /// record to say, and the usage views prefer the api's record.
