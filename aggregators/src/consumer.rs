@@ -27,8 +27,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use schemas::{Codec, CodecError};
 use schemas::events::UsageRecorded;
+use schemas::{Codec, CodecError};
 
 use crate::AggregatorError;
 use crate::batcher::{Admission, Batcher, NextWrite, RowKind};

@@ -193,7 +193,10 @@ mod tests {
         let a = answer(&request(), 5_000, done(Ok(resized()), 900), now);
         assert_eq!(a.outcome, "ok");
         let image = a.reply.image.as_ref().unwrap();
-        assert_eq!((image.format, image.width, image.height), (ImageFormat::Webp, 40, 30));
+        assert_eq!(
+            (image.format, image.width, image.height),
+            (ImageFormat::Webp, 40, 30)
+        );
         assert_eq!(a.reply.error, None);
         assert_eq!(a.reply.request_id, "req-1");
         assert_eq!(a.reply.completed_at_ms, now);
@@ -219,7 +222,11 @@ mod tests {
         assert_eq!(u.latency_us, 80_000);
         assert_eq!(u.source, UsageSource::Resizer);
         assert_eq!(
-            (u.request_id.as_str(), u.tenant_id.as_str(), u.key_id.as_str()),
+            (
+                u.request_id.as_str(),
+                u.tenant_id.as_str(),
+                u.key_id.as_str()
+            ),
             ("req-1", "tenant-1", "key-1")
         );
     }
@@ -238,13 +245,20 @@ mod tests {
         assert_eq!(a.reply.image, None);
         let failure = a.reply.error.unwrap();
         assert_eq!(
-            (failure.status, failure.code.as_str(), failure.message.as_str()),
+            (
+                failure.status,
+                failure.code.as_str(),
+                failure.message.as_str()
+            ),
             (400, "bad_parameters", text.as_str())
         );
         let u = &a.usage;
         assert_eq!((u.outcome.as_str(), u.status), ("bad_parameters", 400));
         assert_eq!((u.bytes_out, u.pixels_in, u.pixels_out), (0, 0, 0));
-        assert_eq!((u.input_format.as_ref(), u.output_format.as_ref()), (None, None));
+        assert_eq!(
+            (u.input_format.as_ref(), u.output_format.as_ref()),
+            (None, None)
+        );
         assert_eq!(u.cpu_time_us, 40, "refused work still used CPU");
         assert_eq!(
             a.reply.timings,
@@ -261,9 +275,17 @@ mod tests {
             format: "avif",
             source: "encoder ran out of memory".into(),
         };
-        let a = answer(&request(), 10, done(Err(JobError::Kernel(failed)), 5), RECEIVED);
+        let a = answer(
+            &request(),
+            10,
+            done(Err(JobError::Kernel(failed)), 5),
+            RECEIVED,
+        );
         let failure = a.reply.error.unwrap();
-        assert_eq!((failure.status, failure.code.as_str()), (500, "internal_error"));
+        assert_eq!(
+            (failure.status, failure.code.as_str()),
+            (500, "internal_error")
+        );
         assert_eq!(failure.message, INTERNAL_MESSAGE);
         assert_eq!(a.outcome, "internal_error");
 
@@ -271,21 +293,39 @@ mod tests {
         let a = answer(&request(), 10, done(Err(panicked), 5), RECEIVED);
         let failure = a.reply.error.unwrap();
         assert_eq!(
-            (failure.status, failure.code.as_str(), failure.message.as_str()),
+            (
+                failure.status,
+                failure.code.as_str(),
+                failure.message.as_str()
+            ),
             (500, "internal_error", INTERNAL_MESSAGE)
         );
-        assert_eq!((a.usage.outcome.as_str(), a.usage.status), ("internal_error", 500));
+        assert_eq!(
+            (a.usage.outcome.as_str(), a.usage.status),
+            ("internal_error", 500)
+        );
         assert_eq!(a.outcome, "internal_error");
     }
 
     #[test]
     fn a_request_past_its_deadline_is_answered_504_and_billed_no_cpu() {
         let late = DEADLINE + 120_000;
-        let a = answer(&request(), 10, done(Err(JobError::DeadlineExceeded), 0), late);
+        let a = answer(
+            &request(),
+            10,
+            done(Err(JobError::DeadlineExceeded), 0),
+            late,
+        );
         let failure = a.reply.error.unwrap();
-        assert_eq!((failure.status, failure.code.as_str()), (504, "deadline_exceeded"));
+        assert_eq!(
+            (failure.status, failure.code.as_str()),
+            (504, "deadline_exceeded")
+        );
         assert_eq!(a.outcome, "deadline_exceeded");
-        assert_eq!((a.usage.outcome.as_str(), a.usage.status), ("deadline_exceeded", 504));
+        assert_eq!(
+            (a.usage.outcome.as_str(), a.usage.status),
+            ("deadline_exceeded", 504)
+        );
         assert_eq!(a.usage.cpu_time_us, 0);
         assert_eq!(
             a.usage.event_time_ms, DEADLINE,

@@ -204,7 +204,10 @@ mod tests {
             "image.requests.dlq",
         );
         assert_eq!(dlq.source, (4, 77));
-        assert_eq!((dlq.topic.as_str(), dlq.partition), ("image.requests.dlq", None));
+        assert_eq!(
+            (dlq.topic.as_str(), dlq.partition),
+            ("image.requests.dlq", None)
+        );
         assert_eq!(dlq.key, "req-9");
         assert_eq!(dlq.payload, b"not avro");
         assert_eq!(
@@ -297,8 +300,14 @@ mod tests {
         };
         let dlq = of_output(reply, &unwritable, "image.requests", "image.requests.dlq");
         assert_eq!(dlq.source, (2, 15));
-        assert_eq!((dlq.topic.as_str(), dlq.partition), ("image.requests.dlq", None));
-        assert_eq!((dlq.key.as_str(), dlq.payload.as_slice()), ("req-2", &b"reply bytes"[..]));
+        assert_eq!(
+            (dlq.topic.as_str(), dlq.partition),
+            ("image.requests.dlq", None)
+        );
+        assert_eq!(
+            (dlq.key.as_str(), dlq.payload.as_slice()),
+            ("req-2", &b"reply bytes"[..])
+        );
         assert_eq!(
             header_values(&dlq.headers),
             pairs(&[

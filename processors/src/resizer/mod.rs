@@ -132,8 +132,10 @@ pub async fn run(
     let requests_topic = kafka.name(IMAGE_REQUESTS);
     let inbox = RebalanceInbox::new(requests_topic.clone());
     let consumer_config = kafka.group_consumer_config(GROUP, ConsumerProfile::Transactional);
-    let consumer: StreamConsumer<InboxContext> =
-        kafka.consumer(&consumer_config, InboxContext::new("resizer", inbox.clone()))?;
+    let consumer: StreamConsumer<InboxContext> = kafka.consumer(
+        &consumer_config,
+        InboxContext::new("resizer", inbox.clone()),
+    )?;
     consumer
         .subscribe(&[&requests_topic])
         .map_err(|source| ResizerError::Subscribe {
