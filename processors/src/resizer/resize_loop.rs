@@ -42,8 +42,9 @@ enum Event<'c> {
     Shutdown,
     /// The consumer's poll returned (its rebalance callbacks ran inside it).
     Record(KafkaResult<BorrowedMessage<'c>>),
-    /// A job finished on the pool.
-    JobDone(Pending, Option<JobDone>),
+    /// A job finished on the pool (boxed: an event is moved on every turn of the loop, and this
+    /// one is twice the size of the next).
+    JobDone(Box<Pending>, Option<JobDone>),
     /// The transaction in flight ended.
     Committed(CommitDone),
     /// `transaction_max_delay` passed: commit what is ready, however little.
@@ -125,7 +126,7 @@ impl ResizeLoop {
                 Event::Record(received) => self.process_record(received).await,
                 Event::JobDone(pending, done) => {
                     let span = pending.span.clone();
-                    self.process_job_done(pending, done)
+                    self.process_job_done(*pending, done)
                         .instrument(span)
                         .await?;
                 }
@@ -152,7 +153,7 @@ impl ResizeLoop {
         tokio::select! {
             () = self.shutdown.wait() => Event::Shutdown,
             received = consumer.recv(), if has_room => Event::Record(received),
-            Some((pending, done)) = self.pool.next() => Event::JobDone(pending, done),
+            Some((pending, done)) = self.pool.next() => Event::JobDone(Box::new(pending), done),
             commit = self.transactions.poll_committed(), if self.transactions.is_committing() => {
                 Event::Committed(commit)
             }
