@@ -1,5 +1,6 @@
-//! The aggregator's consume loop: `select!` over records, a ticker and shutdown; per-partition
-//! batches written to ClickHouse on size or age; partitions positioned from ClickHouse.
+//! The aggregator's loop over `usage.events` ([`UsageLoop`]): `select!` over records, a ticker
+//! and shutdown; per-partition batches written to ClickHouse on size or age; partitions
+//! positioned from ClickHouse.
 //!
 //! How offsets work here:
 //! - On assignment the rebalance callback pauses the new partitions (so nothing is fetched from
@@ -13,19 +14,21 @@
 //!   red, and the loop keeps polling (rebalance callbacks keep working) while it retries with
 //!   backoff. Memory stays bounded: paused partitions fetch nothing new.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chassis::ServiceContext;
 use chassis::kafka::{count_rebalance, log_rebalance};
+use chassis::outage::retry_while_down;
+use chassis::rebalance::{PartitionMoves, RebalanceInbox};
 use prometheus::IntGaugeVec;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use schemas::Codec;
 use schemas::events::UsageRecorded;
+use schemas::{Codec, CodecError};
 
 use crate::AggregatorError;
 use crate::batcher::{Admission, Batcher, NextWrite, RowKind};
@@ -41,14 +44,24 @@ pub const CLICKHOUSE_CHECK: &str = "aggregator.clickhouse";
 /// Readiness check flipped by schema registry availability.
 pub const REGISTRY_CHECK: &str = "aggregator.registry";
 
-/// What the consumer's callbacks tell the loop: partitions moved by rebalances since it last
-/// looked, and each partition's latest end as librdkafka's statistics saw it. Sets and maps,
-/// not queues: their size is bounded by the topic's partition count.
-#[derive(Debug, Default)]
-pub(crate) struct RebalanceInbox {
-    assigned: BTreeSet<i32>,
-    revoked: BTreeSet<i32>,
-    ends: BTreeMap<i32, PartitionEnd>,
+/// Each partition's latest end as librdkafka's statistics saw it, written by the consumer's
+/// statistics callback and drained by the loop when it reports idle partitions. A map, not a
+/// queue: bounded by the topic's partition count. Clones share it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PartitionEnds(Arc<Mutex<BTreeMap<i32, PartitionEnd>>>);
+
+impl PartitionEnds {
+    fn record(&self, ends: Vec<(i32, PartitionEnd)>) {
+        self.lock().extend(ends);
+    }
+
+    fn take(&self) -> BTreeMap<i32, PartitionEnd> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, PartitionEnd>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// One partition's log end and how far the application has taken it, at one instant.
@@ -83,33 +96,36 @@ pub(crate) fn not_after_log_time(
         .then(|| std::mem::replace(&mut event.event_time_ms, logged))
 }
 
-/// Rebalance and statistics callbacks of the aggregator's consumer.
+/// Rebalance and statistics callbacks of the aggregator's consumer: partitions moved go to a
+/// [`RebalanceInbox`], partition ends to [`PartitionEnds`], both drained by [`UsageLoop`].
 pub(crate) struct AggregatorContext {
-    topic: String,
-    inbox: Arc<Mutex<RebalanceInbox>>,
+    inbox: RebalanceInbox,
+    ends: PartitionEnds,
     lag: IntGaugeVec,
 }
 
+/// The loop's side of [`AggregatorContext`]'s callbacks.
+pub(crate) struct ContextHandles {
+    inbox: RebalanceInbox,
+    ends: PartitionEnds,
+}
+
 impl AggregatorContext {
+    /// Callbacks for a consumer of `topic`, reporting lag per partition to `lag`.
     pub(crate) fn new(topic: String, lag: IntGaugeVec) -> Self {
         Self {
-            topic,
-            inbox: Arc::default(),
+            inbox: RebalanceInbox::new(topic),
+            ends: PartitionEnds::default(),
             lag,
         }
     }
 
-    /// The inbox the loop drains.
-    pub(crate) fn inbox(&self) -> Arc<Mutex<RebalanceInbox>> {
-        self.inbox.clone()
-    }
-
-    fn partitions_of(&self, list: &TopicPartitionList) -> Vec<i32> {
-        list.elements()
-            .iter()
-            .filter(|e| e.topic() == self.topic)
-            .map(|e| e.partition())
-            .collect()
+    /// What the loop drains.
+    pub(crate) fn handles(&self) -> ContextHandles {
+        ContextHandles {
+            inbox: self.inbox.clone(),
+            ends: self.ends.clone(),
+        }
     }
 }
 
@@ -117,7 +133,7 @@ impl ClientContext for AggregatorContext {
     /// librdkafka's own view of lag: high watermark minus the offset we stored after ClickHouse
     /// acknowledged, i.e. exactly what is not yet durable.
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
+        let Some(topic) = statistics.topics.get(self.inbox.topic()) else {
             return;
         };
         let seen = Instant::now();
@@ -146,8 +162,7 @@ impl ClientContext for AggregatorContext {
                 ends.push((*partition, end));
             }
         }
-        let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
-        inbox.ends.extend(ends);
+        self.ends.record(ends);
     }
 }
 
@@ -155,11 +170,7 @@ impl ConsumerContext for AggregatorContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         log_rebalance("usage-aggregator", "Rebalance starting", rebalance);
         if let Rebalance::Revoke(list) = rebalance {
-            let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
-            for partition in self.partitions_of(list) {
-                inbox.assigned.remove(&partition);
-                inbox.revoked.insert(partition);
-            }
+            self.inbox.revoke(list);
         }
     }
 
@@ -172,8 +183,7 @@ impl ConsumerContext for AggregatorContext {
             if let Err(error) = consumer.pause(list) {
                 tracing::warn!(%error, "Pausing newly assigned partitions failed");
             }
-            let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
-            inbox.assigned.extend(self.partitions_of(list));
+            self.inbox.assign(list);
         }
     }
 }
@@ -184,10 +194,14 @@ struct Stall {
     until: Instant,
 }
 
-/// Everything the loop owns except the Kafka consumer (whose messages borrow it).
-pub(crate) struct Worker {
-    pub(crate) topic: String,
-    pub(crate) inbox: Arc<Mutex<RebalanceInbox>>,
+/// The aggregator's loop over `usage.events`: everything it owns except the Kafka consumer
+/// (whose messages borrow it).
+pub(crate) struct UsageLoop {
+    topic: String,
+    /// Partitions moved by rebalances, as the consumer's callbacks saw them.
+    inbox: RebalanceInbox,
+    /// Partition ends, as the consumer's statistics saw them.
+    ends: PartitionEnds,
     pub(crate) sink: UsageSink,
     pub(crate) codec: Codec,
     pub(crate) config: AggregatorConfig,
@@ -211,10 +225,9 @@ pub(crate) struct Worker {
     future_logged: Option<Instant>,
 }
 
-impl Worker {
+impl UsageLoop {
     pub(crate) fn new(
-        topic: String,
-        inbox: Arc<Mutex<RebalanceInbox>>,
+        handles: ContextHandles,
         sink: UsageSink,
         codec: Codec,
         config: AggregatorConfig,
@@ -238,8 +251,9 @@ impl Worker {
             future_logged: None,
             stall: None,
             progress,
-            topic,
-            inbox,
+            topic: handles.inbox.topic().to_owned(),
+            inbox: handles.inbox,
+            ends: handles.ends,
             sink,
             codec,
             config,
@@ -315,42 +329,43 @@ impl Worker {
             }
             Admission::NotReady => return true,
         }
-        let mut backoff = self.config.retry_policy().backoff();
         let mut registry_down = false;
-        loop {
-            match self.codec.decode::<UsageRecorded>(payload).await {
-                Ok(mut event) => {
-                    if let Some(stamped_ms) = not_after_log_time(&mut event, logged_at_ms) {
-                        self.warn_stamped_ahead(partition, offset, stamped_ms, event.event_time_ms);
-                    }
-                    self.batcher
-                        .push_row(UsageRow::new(partition, offset, event));
-                    break;
+        let (codec, readiness) = (&self.codec, &self.ctx.readiness);
+        let decoded = retry_while_down(
+            self.config.retry_policy(),
+            &self.ctx.shutdown,
+            CodecError::is_retryable,
+            |error, attempt| {
+                // The record is fine, the registry is not: retry, never skip.
+                tracing::warn!(partition, offset, %error, attempt, "Schema registry unavailable; retrying");
+                readiness.not_ready(
+                    REGISTRY_CHECK,
+                    &format!("schema registry unavailable: {error}"),
+                );
+                registry_down = true;
+            },
+            || codec.decode::<UsageRecorded>(payload),
+        )
+        .await;
+        match decoded {
+            Ok(Ok(mut event)) => {
+                if let Some(stamped_ms) = not_after_log_time(&mut event, logged_at_ms) {
+                    self.warn_stamped_ahead(partition, offset, stamped_ms, event.event_time_ms);
                 }
-                Err(error) if error.is_retryable() => {
-                    // The record is fine, the registry is not: retry, never skip.
-                    tracing::warn!(partition, offset, %error, attempt = backoff.attempts() + 1, "Schema registry unavailable; retrying");
-                    self.ctx.readiness.not_ready(
-                        REGISTRY_CHECK,
-                        &format!("schema registry unavailable: {error}"),
-                    );
-                    registry_down = true;
-                    if backoff.wait(&self.ctx.shutdown).await.is_err() {
-                        return false;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(partition, offset, %error, "Rejected undecodable usage record");
-                    self.metrics.rejected.inc();
-                    self.batcher.push_reject(RejectRow {
-                        kafka_partition: partition,
-                        kafka_offset: offset,
-                        error: error.to_string(),
-                        payload_size: i64::try_from(payload.len()).unwrap_or(i64::MAX),
-                    });
-                    break;
-                }
+                self.batcher
+                    .push_row(UsageRow::new(partition, offset, event));
             }
+            Ok(Err(error)) => {
+                tracing::warn!(partition, offset, %error, "Rejected undecodable usage record");
+                self.metrics.rejected.inc();
+                self.batcher.push_reject(RejectRow {
+                    kafka_partition: partition,
+                    kafka_offset: offset,
+                    error: error.to_string(),
+                    payload_size: i64::try_from(payload.len()).unwrap_or(i64::MAX),
+                });
+            }
+            Err(_) => return false,
         }
         if registry_down {
             self.ctx.readiness.ready(REGISTRY_CHECK);
@@ -391,13 +406,7 @@ impl Worker {
     }
 
     fn apply_rebalances(&mut self) {
-        let (assigned, revoked) = {
-            let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
-            (
-                std::mem::take(&mut inbox.assigned),
-                std::mem::take(&mut inbox.revoked),
-            )
-        };
+        let PartitionMoves { assigned, revoked } = self.inbox.take();
         for partition in revoked {
             let dropped = self.batcher.revoke(partition);
             self.activated.remove(&partition);
@@ -437,13 +446,7 @@ impl Worker {
             return Ok(());
         }
         self.idle_reported = Some(Instant::now());
-        let ends = std::mem::take(
-            &mut self
-                .inbox
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .ends,
-        );
+        let ends = self.ends.take();
         let idle: Vec<(i32, u32)> = ends
             .into_iter()
             .filter(|(partition, end)| {

@@ -25,7 +25,7 @@ pub use config::{AggregatorConfig, GROUP_ID};
 pub use migrations::{MigrationError, MigrationReport, migrate};
 pub use sink::{SinkError, UsageSink};
 
-use crate::consumer::{AggregatorContext, CLICKHOUSE_CHECK, REGISTRY_CHECK, Worker};
+use crate::consumer::{AggregatorContext, CLICKHOUSE_CHECK, REGISTRY_CHECK, UsageLoop};
 use crate::metrics::Metrics;
 
 /// Why the aggregator stopped. Retryable failures (ClickHouse or the registry down) never end up
@@ -129,7 +129,7 @@ pub async fn run_in_group(
 
     let topic = kafka.name(schemas::topics::USAGE_EVENTS);
     let context = AggregatorContext::new(topic.clone(), metrics.lag.clone());
-    let inbox = context.inbox();
+    let handles = context.handles();
     let mut consumer_config =
         kafka.group_consumer_config(group, chassis::kafka::ConsumerProfile::AtLeastOnce);
     // Lag per partition comes from librdkafka's statistics (see `AggregatorContext::stats`).
@@ -143,7 +143,7 @@ pub async fn run_in_group(
     let consumer = kafka.consumer(&consumer_config, context)?;
     let codec = Codec::new(&registry, &kafka.namespace);
     tracing::info!(%topic, group = %kafka.name(group), "Usage aggregator consuming");
-    Worker::new(topic, inbox, sink, codec, config, metrics, ctx)?
+    UsageLoop::new(handles, sink, codec, config, metrics, ctx)?
         .with_mark(mark)
         .run(consumer)
         .await

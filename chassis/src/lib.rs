@@ -10,6 +10,8 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod ops;
+pub mod outage;
+pub mod rebalance;
 pub mod retry;
 pub mod shutdown;
 pub mod stall;

@@ -454,21 +454,20 @@ async fn tail(
             }
         };
         // A registry outage is retried on the same record: skipping it could drop a revocation.
-        let mut backoff = chassis::RetryPolicy::DEPENDENCY.backoff();
-        let record = loop {
-            match crate::identity_log::changes::decode(&codec, message.key(), message.payload())
-                .await
-            {
-                Err(ChangesError::Registry(error)) => {
-                    view.metrics.errors.inc();
+        let decoded = chassis::outage::retry_while_down(
+            chassis::RetryPolicy::DEPENDENCY,
+            &shutdown,
+            ChangesError::is_registry_outage,
+            |outage, _| {
+                view.metrics.errors.inc();
+                if let ChangesError::Registry(error) = outage {
                     tracing::warn!(%error, offset = message.offset(), "Schema registry unavailable; retrying the identity change");
-                    if backoff.wait(&shutdown).await.is_err() {
-                        return;
-                    }
                 }
-                other => break other,
-            }
-        };
+            },
+            || crate::identity_log::changes::decode(&codec, message.key(), message.payload()),
+        )
+        .await;
+        let Ok(record) = decoded else { return };
         match record {
             Ok(ChangeRecord { entity_id, change }) => view.apply(&entity_id, change.as_ref()),
             Err(error) => {

@@ -450,20 +450,19 @@ pub async fn rebuild(
             message = reader.consumer().recv() => message.map_err(ChangesError::Consumer)?,
         };
         metrics.rebuild_records.inc();
-        let mut backoff = chassis::RetryPolicy::DEPENDENCY.backoff();
-        let record = loop {
-            match crate::identity_log::changes::decode(codec, message.key(), message.payload())
-                .await
-            {
-                Err(ChangesError::Registry(error)) => {
+        let record = chassis::outage::retry_while_down(
+            chassis::RetryPolicy::DEPENDENCY,
+            shutdown,
+            ChangesError::is_registry_outage,
+            |outage, _| {
+                if let ChangesError::Registry(error) = outage {
                     tracing::warn!(%error, "Schema registry unavailable while rebuilding; retrying");
-                    if backoff.wait(shutdown).await.is_err() {
-                        return Err(ChangesError::Cancelled);
-                    }
                 }
-                other => break other,
-            }
-        };
+            },
+            || crate::identity_log::changes::decode(codec, message.key(), message.payload()),
+        )
+        .await
+        .map_err(|_| ChangesError::Cancelled)?;
         match record {
             Ok(ChangeRecord { entity_id, change }) => state.apply(&entity_id, change.as_ref()),
             Err(error) => {

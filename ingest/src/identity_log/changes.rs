@@ -90,6 +90,12 @@ impl ChangesError {
     pub fn is_retryable(&self) -> bool {
         !matches!(self, Self::MissingTopic(_) | Self::Poison(_))
     }
+
+    /// Whether this is the schema registry being unavailable while decoding a record: the
+    /// record is fine, so it is decoded again once the registry answers, never skipped.
+    pub fn is_registry_outage(&self) -> bool {
+        matches!(self, Self::Registry(_))
+    }
 }
 
 /// The high watermark of one partition at one moment.

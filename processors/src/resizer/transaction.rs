@@ -1,151 +1,33 @@
-//! The resizer's Kafka transaction: the outputs of a contiguous run of finished records (usage
-//! records, DLQ records) and their input offsets are written and committed together, or aborted
-//! and re-read together; replies go out before it, on their own ([`SentReply`]). An output that
-//! can never be written (its partition does not exist, it is too large) is classified permanent
-//! once ([`chassis::kafka::is_permanent_record_error`]): its input is dead-lettered on the retry,
-//! so the partition moves on.
+//! The resizer's transactions, one after another: [`Transactions`] takes the ready outputs from
+//! the loop's offset tracker, commits them in their own task ([`Committer`], one transaction at a
+//! time, the loop going on meanwhile), and acts on how each ended: counted, aborted and re-read,
+//! or the producer replaced. It owns everything that outlives one transaction: the producer and
+//! how to rebuild it, the transaction in flight, and the inputs whose outputs could not be
+//! written.
+//!
+//! Its API is what the loop does with transactions: [`flush`](Transactions::flush),
+//! [`poll_committed`](Transactions::poll_committed) then [`settle`](Transactions::settle),
+//! [`commit_all`](Transactions::commit_all) at shutdown; plus the two questions the loop asks of
+//! unwritable inputs.
 
-use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::DeliveryFuture;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::*;
+use chassis::kafka::KafkaConfig;
+use chassis::rebalance::InboxContext;
+use chassis::{Readiness, RetryPolicy, Shutdown, StallDetector};
+use rdkafka::Offset;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
 
-/// One record to write in the next transaction.
-#[derive(Debug)]
-pub(super) struct OutRecord {
-    /// The input record (partition, offset) this output answers.
-    pub(super) source: (i32, i64),
-    pub(super) topic: String,
-    pub(super) partition: Option<i32>,
-    pub(super) key: String,
-    pub(super) payload: Vec<u8>,
-    pub(super) headers: OwnedHeaders,
-}
+use super::ResizerError;
+use super::commit::{CommitFailure, Committed, Committer, KAFKA_CALL_TIMEOUT, is_fence};
+use super::outputs::{Outputs, Unwritable};
+use crate::offsets::{OffsetTracker, TakenRange};
 
-impl OutRecord {
-    /// A record librdkafka handed back with its delivery failure.
-    fn returned(source: (i32, i64), message: &rdkafka::message::OwnedMessage) -> Self {
-        Self {
-            source,
-            topic: message.topic().to_owned(),
-            partition: Some(message.partition()),
-            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-            payload: message.payload().unwrap_or_default().to_vec(),
-            headers: message.headers().cloned().unwrap_or_default(),
-        }
-    }
-}
-
-/// Input records one of whose outputs failed permanently inside a transaction that then had to
-/// abort (a delivery failure makes the whole transaction abortable). When such a record is read
-/// again it is dead-lettered instead of processed, so the partition moves on rather than
-/// retrying the same failing transaction forever. Bounded: an entry lives until its record comes
-/// back or its partition is revoked, and at most [`UnwritableInputs::CAPACITY`] are kept (a
-/// forgotten one only costs one more aborted transaction).
-#[derive(Debug, Default)]
-pub(super) struct UnwritableInputs(std::collections::HashMap<(i32, i64), Unwritable>);
-
-/// An output that failed permanently: where it was going and why it could not get there.
-#[derive(Debug, Clone)]
-pub(super) struct Unwritable {
-    pub(super) topic: String,
-    pub(super) partition: Option<i32>,
-    pub(super) error: String,
-}
-
-impl Unwritable {
-    pub(super) fn of(out: &OutRecord, error: &KafkaError) -> Self {
-        Self {
-            topic: out.topic.clone(),
-            partition: out.partition,
-            error: error.to_string(),
-        }
-    }
-}
-
-impl UnwritableInputs {
-    const CAPACITY: usize = 1024;
-
-    pub(super) fn insert(&mut self, source: (i32, i64), unwritable: Unwritable) {
-        if self.0.len() >= Self::CAPACITY {
-            self.0.clear();
-        }
-        self.0.insert(source, unwritable);
-    }
-
-    pub(super) fn take(&mut self, source: (i32, i64)) -> Option<Unwritable> {
-        self.0.remove(&source)
-    }
-
-    pub(super) fn forget_partition(&mut self, partition: i32) {
-        self.0.retain(|&(p, _), _| p != partition);
-    }
-}
-
-/// Why a transaction could not commit.
-pub(super) struct CommitFailure {
-    pub(super) error: KafkaError,
-    /// The input whose output failed permanently, and how, if that was the cause.
-    pub(super) unwritable: Option<((i32, i64), Unwritable)>,
-    /// The commit never returned: the producer must be replaced, not asked to abort.
-    pub(super) stuck: bool,
-}
-
-impl From<KafkaError> for CommitFailure {
-    fn from(error: KafkaError) -> Self {
-        Self {
-            error,
-            unwritable: None,
-            stuck: false,
-        }
-    }
-}
-
-/// What a finished request produces.
-#[derive(Default)]
-pub(super) struct Outputs {
-    /// Written inside the transaction: the usage record, or a DLQ record (and the reply when it
-    /// could not be sent on its own, see [`SentReply`]).
-    pub(super) records: Vec<OutRecord>,
-    /// The reply, already sent outside the transaction.
-    pub(super) reply: Option<SentReply>,
-}
-
-impl Outputs {
-    /// Outputs that are all written in the transaction.
-    pub(super) fn committed(record: OutRecord) -> Self {
-        Self {
-            records: vec![record],
-            reply: None,
-        }
-    }
-}
-
-/// A reply sent the moment its work finished, by the plain idempotent reply producer, so the
-/// requester never waits for a transaction to commit. Its input's offset is committed only once
-/// its delivery is confirmed: a reply that failed for good is dead-lettered in the transaction,
-/// one that failed for now aborts it, and the input is redone. A crash before the commit redoes
-/// the input too, so a reply can be written twice; the api answers the first and drops the
-/// second (nobody waits for it any more). Usage stays exactly once: it is in the transaction.
-/// Nothing of the reply is kept here: librdkafka holds its bytes until delivered and hands them
-/// back with a failure.
-pub(super) struct SentReply {
-    /// The input record it answers.
-    pub(super) source: (i32, i64),
-    pub(super) delivery: DeliveryFuture,
-}
-
-/// How a transaction ended.
-pub(super) enum Committed {
-    /// Outputs written and input offsets committed.
-    Ok,
-    /// Aborted (and the abort completed): its inputs must be read again.
-    Aborted(CommitFailure),
-    /// The producer is fenced or broken (or could not abort): it must be replaced.
-    Fatal(KafkaError),
-}
-
-/// A finished transaction, with what the loop needs to act on it.
+/// A finished transaction, with what is needed to act on it.
 pub(super) struct CommitDone {
     outcome: Committed,
     ranges: Vec<TakenRange>,
@@ -153,28 +35,52 @@ pub(super) struct CommitDone {
     started: Instant,
 }
 
-/// A transaction runs in its own task, so the loop goes on taking records and sending replies
-/// while it commits. One at a time: a transactional producer has one open transaction.
-pub(super) type InFlightCommit = tokio::task::JoinHandle<CommitDone>;
-
-/// What a transaction needs, cloned out of the loop.
-#[derive(Clone)]
-pub(super) struct Committer {
-    pub(super) producer: FutureProducer,
-    pub(super) consumer: Arc<StreamConsumer<RebalanceLog>>,
-    pub(super) requests_topic: String,
-    pub(super) dlq_topic: String,
-    pub(super) metrics: ResizerMetrics,
+/// The transactions of one resizer.
+pub(super) struct Transactions {
+    /// Writes one transaction (a clone runs in each transaction's task).
+    committer: Committer,
+    /// The transaction committing now, if any. One at a time: a transactional producer has one
+    /// open transaction.
+    committing: Option<tokio::task::JoinHandle<CommitDone>>,
+    /// How to replace the transactional producer after a fatal error, and how often it was.
+    rebuild: ProducerRebuild,
+    unwritable: UnwritableInputs,
+    /// Outputs in one transaction at most.
+    max_records: usize,
+    readiness: Readiness,
+    /// A commit is the resizer's progress.
+    progress: StallDetector,
+    shutdown: Shutdown,
 }
 
-impl Worker {
-    /// Starts a transaction with the ready outputs (at most `transaction_max_records`), unless
-    /// one is still committing: the next flush after it takes what became ready meanwhile.
-    pub(super) fn flush(&mut self) {
+impl Transactions {
+    pub(super) fn new(
+        committer: Committer,
+        rebuild: ProducerRebuild,
+        max_records: usize,
+        readiness: Readiness,
+        progress: StallDetector,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            committer,
+            committing: None,
+            rebuild,
+            unwritable: UnwritableInputs::default(),
+            max_records,
+            readiness,
+            progress,
+            shutdown,
+        }
+    }
+
+    /// Starts a transaction with the ready outputs (at most `max_records`), unless one is still
+    /// committing: the next flush after it takes what became ready meanwhile.
+    pub(super) fn flush(&mut self, tracker: &mut OffsetTracker<Outputs>) {
         if self.committing.is_some() {
             return;
         }
-        let (outputs, ranges) = self.tracker.take_ready(self.config.transaction_max_records);
+        let (outputs, ranges) = tracker.take_ready(self.max_records);
         if outputs.is_empty() {
             return;
         }
@@ -191,10 +97,16 @@ impl Worker {
         }));
     }
 
-    /// Waits for the transaction in flight (pending forever when there is none). A commit task
-    /// that panicked counts as a fatal failure.
-    pub(super) async fn commit_finished(committing: &mut Option<InFlightCommit>) -> CommitDone {
-        let Some(handle) = committing.as_mut() else {
+    /// Whether a transaction is committing.
+    pub(super) fn is_committing(&self) -> bool {
+        self.committing.is_some()
+    }
+
+    /// Waits for the transaction in flight (pending forever when there is none). Cancel-safe: a
+    /// transaction not yet finished stays in flight. A commit task that panicked counts as a
+    /// fatal failure.
+    pub(super) async fn poll_committed(&mut self) -> CommitDone {
+        let Some(handle) = self.committing.as_mut() else {
             return std::future::pending().await;
         };
         let done = handle.await.unwrap_or_else(|_| CommitDone {
@@ -203,29 +115,29 @@ impl Worker {
             records: 0,
             started: Instant::now(),
         });
-        *committing = None;
+        self.committing = None;
         done
     }
 
     /// Acts on a finished transaction: counts it, or forgets and re-reads an aborted one's
-    /// inputs, or replaces a producer that failed fatally (see [`ProducerRebuild`]).
-    pub(super) async fn committed(&mut self, commit: CommitDone) -> Result<(), ResizerError> {
+    /// inputs, or replaces a producer that failed fatally (see [`Self::replace_producer`]).
+    pub(super) async fn settle(
+        &mut self,
+        commit: CommitDone,
+        tracker: &mut OffsetTracker<Outputs>,
+    ) -> Result<(), ResizerError> {
+        let metrics = &self.committer.metrics;
         match commit.outcome {
             Committed::Ok => {
-                self.metrics
-                    .transactions
-                    .with_label_values(&["committed"])
-                    .inc();
-                self.metrics
+                metrics.transactions.with_label_values(&["committed"]).inc();
+                metrics
                     .transaction_seconds
                     .observe(commit.started.elapsed().as_secs_f64());
-                self.metrics
-                    .transaction_records
-                    .observe(commit.records as f64);
-                self.stall.progressed(!self.tracker.is_empty());
+                metrics.transaction_records.observe(commit.records as f64);
+                self.progress.progressed(!tracker.is_empty());
                 Ok(())
             }
-            Committed::Fatal(error) => self.replace_producer(error).await,
+            Committed::Fatal(error) => self.replace_producer(error, tracker).await,
             Committed::Aborted(CommitFailure {
                 error, unwritable, ..
             }) => {
@@ -233,29 +145,40 @@ impl Worker {
                     // Re-read, this input is dead-lettered instead of failing the same way again.
                     self.unwritable.insert(source, reason);
                 }
-                self.metrics
-                    .transactions
-                    .with_label_values(&["aborted"])
-                    .inc();
+                metrics.transactions.with_label_values(&["aborted"]).inc();
                 tracing::warn!(%error, "Transaction aborted; re-reading its records");
-                self.rewind(&commit.ranges);
+                self.rewind(&commit.ranges, tracker);
                 Ok(())
             }
         }
     }
 
     /// Shutdown: waits for the transaction in flight, then commits what is ready.
-    pub(super) async fn commit_all(&mut self) -> Result<(), ResizerError> {
+    pub(super) async fn commit_all(
+        &mut self,
+        tracker: &mut OffsetTracker<Outputs>,
+    ) -> Result<(), ResizerError> {
         loop {
             if self.committing.is_some() {
-                let commit = Self::commit_finished(&mut self.committing).await;
-                self.committed(commit).await?;
+                let commit = self.poll_committed().await;
+                self.settle(commit, tracker).await?;
             }
-            if self.tracker.ready_count() == 0 {
+            if tracker.ready_count() == 0 {
                 return Ok(());
             }
-            self.flush();
+            self.flush(tracker);
         }
+    }
+
+    /// Why an input read again cannot be processed, if one of its outputs could never be
+    /// written in an earlier, aborted transaction (see [`UnwritableInputs`]).
+    pub(super) fn take_unwritable(&mut self, source: (i32, i64)) -> Option<Unwritable> {
+        self.unwritable.take(source)
+    }
+
+    /// A partition was revoked: whatever its inputs were, its new owner decides again.
+    pub(super) fn forget_partition(&mut self, partition: i32) {
+        self.unwritable.forget_partition(partition);
     }
 
     /// After a fatal transactional error the producer can never commit again, but the process
@@ -271,9 +194,14 @@ impl Worker {
     /// meanwhile. If the producer is fenced more than [`ProducerRebuild::MAX_FENCES`] times in
     /// [`ProducerRebuild::WINDOW`], something keeps fencing it (most likely another
     /// resizer with the same `instance_id`), and the resizer stops with [`ResizerError::Fatal`].
-    /// A commit that never returns counts as fatal too (see [`Committer::commit`]).
-    pub(super) async fn replace_producer(&mut self, error: KafkaError) -> Result<(), ResizerError> {
-        self.metrics
+    /// A commit that never returns counts as fatal too (see `Committer::commit`).
+    async fn replace_producer(
+        &mut self,
+        error: KafkaError,
+        tracker: &mut OffsetTracker<Outputs>,
+    ) -> Result<(), ResizerError> {
+        self.committer
+            .metrics
             .transactions
             .with_label_values(&["fatal"])
             .inc();
@@ -292,7 +220,7 @@ impl Worker {
             "resizer",
             &format!("replacing the transactional producer after: {error}"),
         );
-        self.tracker.forget_all();
+        tracker.forget_all();
         let mut backoff = RetryPolicy::DEPENDENCY.backoff();
         let producer = loop {
             match self.rebuild.producer().await {
@@ -308,7 +236,7 @@ impl Worker {
         };
         self.committer.producer = producer;
         loop {
-            let consumer = Arc::clone(&self.consumer);
+            let consumer = Arc::clone(&self.committer.consumer);
             let topic = self.committer.requests_topic.clone();
             let rewound =
                 tokio::task::spawn_blocking(move || rewind_to_committed(&consumer, &topic))
@@ -340,10 +268,10 @@ impl Worker {
 
     /// After an abort: forget the partitions' tracked work and read them again from the first
     /// record of the aborted transaction (its outputs were never committed).
-    pub(super) fn rewind(&mut self, ranges: &[TakenRange]) {
+    fn rewind(&self, ranges: &[TakenRange], tracker: &mut OffsetTracker<Outputs>) {
         for range in ranges {
-            self.tracker.forget(range.partition);
-            if let Err(error) = self.consumer.seek(
+            tracker.forget(range.partition);
+            if let Err(error) = self.committer.consumer.seek(
                 &self.committer.requests_topic,
                 range.partition,
                 Offset::Offset(range.first),
@@ -359,7 +287,7 @@ impl Worker {
 /// Seeks every assigned partition of `topic` to the group's committed offset (the earliest one
 /// when the group never committed there: `auto.offset.reset`). Blocking. Returns how many.
 fn rewind_to_committed(
-    consumer: &StreamConsumer<RebalanceLog>,
+    consumer: &StreamConsumer<InboxContext>,
     topic: &str,
 ) -> Result<usize, KafkaError> {
     let assignment = consumer.assignment()?;
@@ -376,6 +304,34 @@ fn rewind_to_committed(
     Ok(partitions)
 }
 
+/// Input records one of whose outputs failed permanently inside a transaction that then had to
+/// abort (a delivery failure makes the whole transaction abortable). When such a record is read
+/// again it is dead-lettered instead of processed, so the partition moves on rather than
+/// retrying the same failing transaction forever. Bounded: an entry lives until its record comes
+/// back or its partition is revoked, and at most [`UnwritableInputs::CAPACITY`] are kept (a
+/// forgotten one only costs one more aborted transaction).
+#[derive(Debug, Default)]
+struct UnwritableInputs(HashMap<(i32, i64), Unwritable>);
+
+impl UnwritableInputs {
+    const CAPACITY: usize = 1024;
+
+    fn insert(&mut self, source: (i32, i64), unwritable: Unwritable) {
+        if self.0.len() >= Self::CAPACITY {
+            self.0.clear();
+        }
+        self.0.insert(source, unwritable);
+    }
+
+    fn take(&mut self, source: (i32, i64)) -> Option<Unwritable> {
+        self.0.remove(&source)
+    }
+
+    fn forget_partition(&mut self, partition: i32) {
+        self.0.retain(|&(p, _), _| p != partition);
+    }
+}
+
 /// Builds a replacement for a transactional producer that failed fatally, and bounds how often
 /// a fenced one is replaced (other fatal errors come from broker trouble, and each replacement
 /// waits for the brokers, so they need no bound).
@@ -383,26 +339,26 @@ pub(super) struct ProducerRebuild {
     kafka: KafkaConfig,
     transactional_id: String,
     /// When a fenced producer was last replaced, newest last; none older than [`Self::WINDOW`].
-    recent: std::collections::VecDeque<Instant>,
+    recent: VecDeque<Instant>,
 }
 
 impl ProducerRebuild {
     /// Fences answered with a replacement within [`Self::WINDOW`]; one more means something
     /// keeps fencing us.
-    pub(super) const MAX_FENCES: usize = 3;
+    const MAX_FENCES: usize = 3;
     /// See [`Self::MAX_FENCES`].
-    pub(super) const WINDOW: Duration = Duration::from_secs(600);
+    const WINDOW: Duration = Duration::from_secs(600);
 
     pub(super) fn new(kafka: KafkaConfig, transactional_id: String) -> Self {
         Self {
             kafka,
             transactional_id,
-            recent: std::collections::VecDeque::new(),
+            recent: VecDeque::new(),
         }
     }
 
     /// Whether a fenced producer may be replaced at `now`; counts it if so.
-    pub(super) fn allow_fence(&mut self, now: Instant) -> bool {
+    fn allow_fence(&mut self, now: Instant) -> bool {
         while self
             .recent
             .front()
@@ -426,267 +382,51 @@ impl ProducerRebuild {
     }
 }
 
-impl Committer {
-    /// One transaction, aborted on failure.
-    async fn run(self, outputs: Vec<Outputs>, ranges: &[TakenRange]) -> Committed {
-        match self.commit(outputs, ranges).await {
-            Ok(()) => Committed::Ok,
-            Err(CommitFailure { error, stuck, .. }) if stuck || is_fatal(&error) => {
-                Committed::Fatal(error)
-            }
-            Err(failure) => {
-                let producer = self.producer.clone();
-                let abort = tokio::task::spawn_blocking(move || {
-                    retrying_transaction_call(|| producer.abort_transaction(KAFKA_CALL_TIMEOUT))
-                });
-                // Bounded like the commit (see `commit`): an abort that never returns is a
-                // stuck producer.
-                let bound = TRANSACTION_CALL_ATTEMPTS * KAFKA_CALL_TIMEOUT + Duration::from_secs(5);
-                let aborted = match tokio::time::timeout(bound, abort).await {
-                    Ok(result) => result.unwrap_or(Err(KafkaError::Canceled)),
-                    Err(_) => Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)),
-                };
-                match aborted {
-                    Ok(()) => Committed::Aborted(failure),
-                    // Say, no broker answered: the producer cannot know the transaction's state
-                    // any more, so it is replaced (a new one's init aborts the transaction).
-                    Err(error) => {
-                        tracing::warn!(%error, "Aborting the transaction failed");
-                        Committed::Fatal(error)
-                    }
-                }
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unwritable(topic: &str) -> Unwritable {
+        Unwritable {
+            topic: topic.into(),
+            partition: Some(1),
+            error: "Unknown partition".into(),
         }
     }
 
-    /// Every reply's delivery confirmed, then one transaction: every other output, then the
-    /// input offsets. An output refused at once for a permanent reason (say, a reply partition
-    /// that does not exist) is replaced by a DLQ record in the same transaction; one that fails
-    /// permanently on delivery aborts the transaction, and the failure names its input so that
-    /// input is dead-lettered when re-read.
-    async fn commit(
-        &self,
-        outputs: Vec<Outputs>,
-        ranges: &[TakenRange],
-    ) -> Result<(), CommitFailure> {
-        let mut records = Vec::with_capacity(outputs.len() * 2);
-        for output in outputs {
-            if let Some(reply) = output.reply {
-                match watched("a reply's delivery", reply.delivery).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((error, message)))
-                        if chassis::kafka::is_permanent_record_error(&error) =>
-                    {
-                        let record = OutRecord::returned(reply.source, &message);
-                        records.push(self.dead_letter_output(record, &error));
-                    }
-                    Ok(Err((error, _))) => return Err(error.into()),
-                    Err(_) => return Err(KafkaError::Canceled.into()),
-                }
-            }
-            records.extend(output.records);
-        }
-        self.producer.begin_transaction()?;
-        let mut deliveries = Vec::with_capacity(records.len());
-        for out in records {
-            let delivery = match send(&self.producer, &out) {
-                Ok(delivery) => delivery,
-                Err(error) if chassis::kafka::is_permanent_record_error(&error) => {
-                    let dlq = self.dead_letter_output(out, &error);
-                    let delivery = send(&self.producer, &dlq).map_err(|error| CommitFailure {
-                        unwritable: Some((dlq.source, Unwritable::of(&dlq, &error))),
-                        error,
-                        stuck: false,
-                    })?;
-                    deliveries.push((dlq.source, dlq.topic, dlq.partition, delivery));
-                    continue;
-                }
-                Err(error) => return Err(error.into()),
-            };
-            deliveries.push((out.source, out.topic, out.partition, delivery));
-        }
-        // Wait for every record's acknowledgement before committing. rust-rdkafka's
-        // commit_transaction first flushes by polling in 100 ms steps, and with a threaded
-        // producer the events it waits for are taken by the background thread: with anything
-        // still outstanding, every transaction would cost 100 ms. With nothing outstanding the
-        // flush returns at once.
-        for (source, topic, partition, delivery) in deliveries {
-            match watched("a transactional record's delivery", delivery).await {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) if chassis::kafka::is_permanent_record_error(&error) => {
-                    let unwritable = Unwritable {
-                        topic,
-                        partition,
-                        error: error.to_string(),
-                    };
-                    return Err(CommitFailure {
-                        unwritable: Some((source, unwritable)),
-                        error,
-                        stuck: false,
-                    });
-                }
-                Ok(Err((error, _))) => return Err(error.into()),
-                Err(_) => return Err(KafkaError::Canceled.into()),
-            }
-        }
-        let mut offsets = TopicPartitionList::new();
-        for range in ranges {
-            offsets.add_partition_offset(
-                &self.requests_topic,
-                range.partition,
-                Offset::Offset(range.next),
-            )?;
-        }
-        let group = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
-        let producer = self.producer.clone();
-        let commit = tokio::task::spawn_blocking(move || {
-            retrying_transaction_call(|| {
-                producer.send_offsets_to_transaction(&offsets, &group, KAFKA_CALL_TIMEOUT)
-            })?;
-            retrying_transaction_call(|| producer.commit_transaction(KAFKA_CALL_TIMEOUT))
-        });
-        // Each attempt is bounded by KAFKA_CALL_TIMEOUT, yet after a broker failover librdkafka
-        // was seen to stay inside them for minutes (the chaos suite). Past this bound the
-        // producer is taken as stuck, and replaced: the new one's init fences it.
-        let bound = 2 * TRANSACTION_CALL_ATTEMPTS * KAFKA_CALL_TIMEOUT + Duration::from_secs(5);
-        match tokio::time::timeout(bound, watched("the commit", commit)).await {
-            Ok(result) => result
-                .unwrap_or(Err(KafkaError::Canceled))
-                .map_err(CommitFailure::from),
-            Err(_) => {
-                tracing::warn!(
-                    bound_s = bound.as_secs(),
-                    "The commit did not return; the producer is stuck"
-                );
-                Err(CommitFailure {
-                    error: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
-                    unwritable: None,
-                    stuck: true,
-                })
-            }
-        }
+    #[test]
+    fn an_unwritable_input_is_remembered_once_until_its_partition_is_revoked() {
+        let mut inputs = UnwritableInputs::default();
+        inputs.insert((0, 5), unwritable("a"));
+        inputs.insert((1, 5), unwritable("b"));
+        assert_eq!(inputs.take((0, 5)), Some(unwritable("a")));
+        assert_eq!(inputs.take((0, 5)), None, "taken once");
+        inputs.forget_partition(1);
+        assert_eq!(inputs.take((1, 5)), None, "revoked");
     }
 
-    /// An output that can never be written, as a DLQ record: its bytes, with where it was going
-    /// and why it could not get there in headers.
-    pub(super) fn dead_letter_output(&self, out: OutRecord, error: &KafkaError) -> OutRecord {
-        self.metrics.dlq_records.inc();
-        self.metrics
-            .jobs
-            .with_label_values(&["unwritable_output"])
-            .inc();
-        tracing::warn!(
-            source_partition = out.source.0,
-            source_offset = out.source.1,
-            topic = %out.topic,
-            partition = ?out.partition,
-            %error,
-            "Output cannot be written; sent to the dead-letter topic"
+    #[test]
+    fn unwritable_inputs_stay_bounded() {
+        let mut inputs = UnwritableInputs::default();
+        for offset in 0..=UnwritableInputs::CAPACITY as i64 {
+            inputs.insert((0, offset), unwritable("t"));
+        }
+        assert!(inputs.0.len() <= UnwritableInputs::CAPACITY);
+        let last = UnwritableInputs::CAPACITY as i64;
+        assert!(inputs.take((0, last)).is_some(), "the newest is kept");
+    }
+
+    #[test]
+    fn a_fenced_producer_is_replaced_at_most_three_times_in_ten_minutes() {
+        let mut rebuild = ProducerRebuild::new(KafkaConfig::default(), "resizer-x".into());
+        let start = Instant::now();
+        for i in 0..3 {
+            assert!(rebuild.allow_fence(start + Duration::from_secs(i)));
+        }
+        assert!(!rebuild.allow_fence(start + Duration::from_secs(10)));
+        assert!(
+            rebuild.allow_fence(start + ProducerRebuild::WINDOW + Duration::from_secs(1)),
+            "the oldest fence left the window"
         );
-        let unwritable = Unwritable::of(&out, error);
-        let headers = with_error(
-            out.headers,
-            "unwritable_output",
-            &unwritable.error,
-            &self.requests_topic,
-            out.source,
-        );
-        OutRecord {
-            source: out.source,
-            topic: self.dlq_topic.clone(),
-            partition: None,
-            key: out.key,
-            payload: out.payload,
-            headers: with_target(headers, &unwritable),
-        }
-    }
-}
-
-/// Awaits `future`, warning every 10 s while it is pending: each wait of a transaction is
-/// bounded by librdkafka's own timeouts, so one that goes on is a bug worth naming.
-async fn watched<F: Future>(what: &str, future: F) -> F::Output {
-    let started = Instant::now();
-    let mut future = std::pin::pin!(future);
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), &mut future).await {
-            Ok(output) => return output,
-            Err(_) => tracing::warn!(
-                waiting_s = started.elapsed().as_secs(),
-                "Transaction still waiting for {what}"
-            ),
-        }
-    }
-}
-
-/// Hands one record to a producer (transactional or not).
-pub(super) fn send(
-    producer: &FutureProducer,
-    out: &OutRecord,
-) -> Result<DeliveryFuture, KafkaError> {
-    let mut record = FutureRecord::to(&out.topic)
-        .key(&out.key)
-        .payload(&out.payload)
-        .headers(out.headers.clone());
-    if let Some(partition) = out.partition {
-        record = record.partition(partition);
-    }
-    producer.send_result(record).map_err(|(error, _)| error)
-}
-
-/// `headers` plus where an unwritable output was going (`target.topic`, `target.partition`).
-pub(super) fn with_target(headers: OwnedHeaders, unwritable: &Unwritable) -> OwnedHeaders {
-    let partition = unwritable
-        .partition
-        .map(|p| p.to_string())
-        .unwrap_or_default();
-    headers
-        .insert(Header {
-            key: "target.topic",
-            value: Some(&unwritable.topic),
-        })
-        .insert(Header {
-            key: "target.partition",
-            value: Some(&partition),
-        })
-}
-
-/// Attempts of one transactional call that fails with a retriable error (a timeout while the
-/// coordinator moves): librdkafka asks to call it again, which resumes it. A commit that timed
-/// out must be resumed, not aborted (the abort would fail with "conflicting commit in progress").
-const TRANSACTION_CALL_ATTEMPTS: u32 = 2;
-
-/// Runs `call` again while it fails with a retriable transactional error, up to
-/// [`TRANSACTION_CALL_ATTEMPTS`] times. Blocking, like the calls it wraps.
-fn retrying_transaction_call(
-    mut call: impl FnMut() -> Result<(), KafkaError>,
-) -> Result<(), KafkaError> {
-    let mut attempt = 1;
-    loop {
-        match call() {
-            Err(KafkaError::Transaction(error))
-                if error.is_retriable() && attempt < TRANSACTION_CALL_ATTEMPTS =>
-            {
-                tracing::warn!(%error, attempt, "Transactional call timed out; resuming it");
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
-}
-
-/// Whether `error` says another producer with our transactional id took over (the broker's
-/// `PRODUCER_FENCED`, or librdkafka's local `_FENCED` once it knows).
-pub(super) fn is_fence(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fenced)
-    )
-}
-
-/// Whether a transaction error means this producer can never commit again.
-pub(super) fn is_fatal(error: &KafkaError) -> bool {
-    match error {
-        KafkaError::Transaction(rd) => rd.is_fatal(),
-        _ => false,
     }
 }
