@@ -13,13 +13,13 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::{Json, Router};
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use chassis::http::RequestId;
 use chassis::trace::{TRACEPARENT, TraceContext};
 use schemas::events::{
@@ -34,8 +34,8 @@ use super::params;
 use super::problem::{self, Problem};
 use super::publisher::{PublishError, RequestPublisher};
 use super::replies::{ReplySlot, ReserveError};
-use super::usage::query::{UsageParams, UsageRequest};
 pub use super::state::AppState;
+use super::usage::query::{UsageParams, UsageRequest};
 
 /// The api router, with the common HTTP face (request ids, problem+json, body read timeout).
 /// Resize requests beyond `max_concurrent_requests` are shed with a fast 503.

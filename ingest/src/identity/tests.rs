@@ -201,7 +201,10 @@ async fn tenants_are_listed_in_id_order_a_page_at_a_time() {
         first["next_after"].as_str().unwrap()
     );
     let (_, second, _) = call(&f.app, admin("GET", &next, None)).await;
-    assert_eq!(second, json!({"tenants": [expected[2]], "next_after": null}));
+    assert_eq!(
+        second,
+        json!({"tenants": [expected[2]], "next_after": null})
+    );
 
     for bad in ["limit=0", "limit=1001", "limit=many", "page=2"] {
         let uri = format!("/admin/v1/tenants?{bad}");
