@@ -10,11 +10,13 @@ ns="${bench_name:-bench}-$(date +%s)."
 work="$root/.stack/load/${ns%.}"
 mkdir -p "$work"
 bin="${IMGPIPE_BIN:-$root/target/release/imgpipe}"
+loadgen="${IMGPIPE_LOADGEN_BIN:-$root/target/release/imgpipe-loadgen}"
 token="load-admin-token-0123456789"
 api="127.0.0.1:18080"
 identity="127.0.0.1:18090"
 
 [ -n "${IMGPIPE_BIN:-}" ] || cargo build --release --locked --bin imgpipe >&2
+[ -n "${IMGPIPE_LOADGEN_BIN:-}" ] || cargo build --release --locked -p imgpipe-loadgen >&2
 compose/local/stack up >&2
 
 export IMGPIPE_KAFKA__NAMESPACE="$ns" IMGPIPE_CLICKHOUSE__DATABASE="${ns%.}"

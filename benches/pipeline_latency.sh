@@ -38,10 +38,10 @@ PY
 query="width=8&format=png"
 
 echo "== warm-up" >&2
-"$bin" loadgen --url "http://$api" --key "$key" --images "$tiny" --query "$query" --concurrency 4 \
+"$loadgen" --url "http://$api" --key "$key" --images "$tiny" --query "$query" --concurrency 4 \
   --duration 5s >/dev/null
 echo "== pipeline, concurrency 1" >&2
-"$bin" loadgen --url "http://$api" --key "$key" --images "$tiny" --query "$query" --concurrency 1 \
+"$loadgen" --url "http://$api" --key "$key" --images "$tiny" --query "$query" --concurrency 1 \
   --duration "$step_duration" | tee "$work/concurrency-1.txt"
 echo "== Kafka floor, concurrency 1" >&2
 cargo bench --locked --bench kafka_floor 2>/dev/null | tee "$work/floor.txt"
@@ -64,7 +64,7 @@ PY
 if $capacity; then
   echo "== closed loop, concurrency 64 (the ceiling)" >&2
   mark_cpu
-  "$bin" loadgen --url "http://$api" --key "$key" --images "$tiny" --query "$query" --concurrency 64 \
+  "$loadgen" --url "http://$api" --key "$key" --images "$tiny" --query "$query" --concurrency 64 \
     --duration "$step_duration" | tee "$work/concurrency-64.txt"
   ceiling="$(sed -n 's/.*ok = \([0-9]*\)[0-9.]* ok\/s).*/\1/p' "$work/concurrency-64.txt")"
   echo "CPU per answered request at the ceiling (the load generator's own share not included):"
@@ -75,7 +75,7 @@ if $capacity; then
   # capacity point is the last step that held.
   start=$(( ceiling / 5 ))
   echo "== open-loop sweep from $start req/s to the tipping point" >&2
-  "$bin" loadgen --url "http://$api" --key "$key" --images "$tiny" --query "$query" --concurrency 256 \
+  "$loadgen" --url "http://$api" --key "$key" --images "$tiny" --query "$query" --concurrency 256 \
     --rate "$start" --sweep --sweep-factor 1.15 --p99-limit 50ms --duration "$step_duration" \
     --report "$work/report" | tee "$work/sweep.txt"
   echo "report: $work/report/index.html"

@@ -42,7 +42,7 @@ echo "kernel only: $kernel_rate images/s on $cores cores"
 best_rate=0
 for concurrency in 2 4 8 16; do
   echo "== closed loop, concurrency $concurrency" >&2
-  "$bin" loadgen --url "http://$api" --key "$key" --images "$photos" --query "$query" --concurrency "$concurrency" \
+  "$loadgen" --url "http://$api" --key "$key" --images "$photos" --query "$query" --concurrency "$concurrency" \
     --duration "$step_duration" | tee "$work/closed-$concurrency.txt"
   rate="$(sed -n 's/.*(\([0-9]*\)[0-9.]* ok = \([0-9.]*\) ok\/s).*/\2/p' "$work/closed-$concurrency.txt" | cut -d. -f1)"
   [ -n "$rate" ] && [ "$rate" -gt "$best_rate" ] && best_rate="$rate"
@@ -50,7 +50,7 @@ done
 target=$(( best_rate * 8 / 10 ))
 if [ "$target" -gt 0 ]; then
   echo "== open loop at 80% of $best_rate req/s = $target req/s" >&2
-  "$bin" loadgen --url "http://$api" --key "$key" --images "$photos" --query "$query" --rate "$target" --concurrency 64 \
+  "$loadgen" --url "http://$api" --key "$key" --images "$photos" --query "$query" --rate "$target" --concurrency 64 \
     --duration "$step_duration" | tee "$work/open-80.txt"
 else
   echo "== no open-loop step: under 1 req/s sustained (heavy requests?)" >&2

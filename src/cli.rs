@@ -48,13 +48,10 @@ pub enum Command {
         #[arg(long, num_args = 2, value_names = ["LO", "HI"])]
         print: Option<Vec<u32>>,
     },
-    /// Drives the api with images at a fixed rate or concurrency and reports latency and errors.
-    // Boxed: its many options would make every other variant as large.
-    Loadgen(Box<imgpipe::loadgen::LoadgenArgs>),
     /// Operators' tools: consumer-group offsets, the dead-letter topic, usage rebuilds, decoded
     /// topic tails, the admin audit trail. Commands that change state print their plan and act
     /// only with --execute.
-    Ops(imgpipe::ops::OpsArgs),
+    Ops(imgpipe_ops::OpsArgs),
     /// Topic and schema management.
     Topics {
         #[command(subcommand)]

@@ -146,6 +146,16 @@ impl Config {
         }
         errors
     }
+
+    /// The sections `imgpipe ops` reads, so the tools see what the services use.
+    pub fn ops(&self) -> imgpipe_ops::OpsConfig {
+        imgpipe_ops::OpsConfig {
+            kafka: self.kafka.clone(),
+            registry: self.registry.clone(),
+            clickhouse: self.clickhouse.clone(),
+            aggregator: self.aggregator.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -107,7 +107,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Ops(args) => {
-            imgpipe::ops::run(&config, args).await?;
+            imgpipe_ops::run(&config.ops(), args).await?;
             return Ok(());
         }
         Command::Rollup { print } => {
@@ -146,10 +146,6 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
                 dropped.len(),
                 dropped.join(" ")
             );
-            return Ok(());
-        }
-        Command::Loadgen(args) => {
-            imgpipe::loadgen::run(*args).await?;
             return Ok(());
         }
         Command::Config { .. } => {

@@ -161,7 +161,7 @@ async fn every_error_is_problem_json_and_only_successes_count_as_ok() {
         let missing = missing.unwrap();
         // The admin plane asks for its token before it says what exists.
         let code = if base == stack.identity {
-            "unauthorized"
+            "unauthenticated"
         } else {
             "not_found"
         };

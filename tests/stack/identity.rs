@@ -316,6 +316,13 @@ async fn a_second_identity_instance_fences_the_first() {
         .call("GET", &format!("/admin/v1/tenants/{tenant}"), None)
         .await;
     assert_eq!((status, body["name"].as_str()), (200, Some("acme")));
+    // A lost id is found again: the listing, rebuilt from the topic, names it.
+    let (status, list) = new.call("GET", "/admin/v1/tenants", None).await;
+    assert_eq!(
+        (status, list["tenants"][0]["id"].as_str()),
+        (200, Some(tenant.as_str())),
+        "{list}"
+    );
     let (status, keys) = new
         .call("GET", &format!("/admin/v1/tenants/{tenant}/keys"), None)
         .await;
@@ -409,7 +416,7 @@ async fn bad_admin_tokens_and_malformed_bodies_get_clear_problems() {
             .await;
         assert_eq!(
             (status, problem["code"].as_str()),
-            (401, Some("unauthorized")),
+            (401, Some("unauthenticated")),
             "{problem}"
         );
         assert!(problem["request_id"].is_string());

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use imgpipe::Config;
-use imgpipe::ops::dlq::{self, ActArgs, DlqFilter};
-use imgpipe::ops::offsets::{self, ResetTarget};
-use imgpipe::ops::tail::{Tail, TailArgs};
+use imgpipe_ops::dlq::{self, ActArgs, DlqFilter};
+use imgpipe_ops::offsets::{self, ResetTarget};
+use imgpipe_ops::tail::{Tail, TailArgs};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -129,7 +129,7 @@ async fn an_offset_reset_by_time_is_refused_while_the_group_is_active_and_exact_
     .await;
     let refusal = offsets::execute_reset(&config.kafka, &active).unwrap_err();
     assert!(
-        matches!(refusal, imgpipe::ops::OpsError::Refused(_)),
+        matches!(refusal, imgpipe_ops::OpsError::Refused(_)),
         "{refusal}"
     );
     assert!(refusal.to_string().contains("member"), "{refusal}");
@@ -281,7 +281,7 @@ async fn a_dlq_redrive_that_dies_half_way_neither_loses_nor_doubles_and_bills_ea
         batch: 3,
         execute: false,
     };
-    let dry = dlq::settle(&config, &codec, &args, dlq::Mode::Redrive)
+    let dry = dlq::settle(&config.ops(), &codec, &args, dlq::Mode::Redrive)
         .await
         .unwrap();
     assert_eq!(dry.redriven.values().sum::<u64>(), 7);
@@ -365,7 +365,7 @@ async fn a_dlq_redrive_that_dies_half_way_neither_loses_nor_doubles_and_bills_ea
     assert!(left.iter().all(|e| e.error_class() == "unwritable_output"));
     // A second redrive finds nothing more to do.
     let again = dlq::settle(
-        &config,
+        &config.ops(),
         &codec,
         &ActArgs {
             execute: true,
@@ -378,7 +378,7 @@ async fn a_dlq_redrive_that_dies_half_way_neither_loses_nor_doubles_and_bills_ea
     assert_eq!(again.redriven.values().sum::<u64>(), 0);
     // Purging the rest empties the DLQ.
     let purged = dlq::settle(
-        &config,
+        &config.ops(),
         &codec,
         &ActArgs {
             filter: DlqFilter::default(),
@@ -605,7 +605,7 @@ async fn tail_decodes_every_topic_and_shows_images_as_sizes() {
     let mut tail = Tail::open(&config.kafka, &args).unwrap();
     let mut matching = 0;
     while let Some(line) = tail.next(&codec).await.unwrap() {
-        matching += usize::from(imgpipe::ops::tail::field_matches(
+        matching += usize::from(imgpipe_ops::tail::field_matches(
             &line,
             "tenant_id",
             "somebody-else",
@@ -691,16 +691,16 @@ async fn a_usage_rebuild_restores_exact_totals_from_kafka_and_is_refused_while_a
         || async { (analyst_totals(&config).await == expected).then_some(()) },
     )
     .await;
-    let args = imgpipe::ops::usage::RebuildArgs {
+    let args = imgpipe_ops::usage::RebuildArgs {
         execute: true,
         allow_loss_before_retention: false,
         timeout: Duration::from_secs(120),
     };
-    let refusal = imgpipe::ops::usage::rebuild(&config, &args)
+    let refusal = imgpipe_ops::usage::rebuild(&config.ops(), &args)
         .await
         .unwrap_err();
     assert!(
-        matches!(refusal, imgpipe::ops::OpsError::Refused(_)),
+        matches!(refusal, imgpipe_ops::OpsError::Refused(_)),
         "{refusal}"
     );
     aggregator.stop().await;
@@ -728,9 +728,9 @@ async fn a_usage_rebuild_restores_exact_totals_from_kafka_and_is_refused_while_a
 
     // The group may take its session timeout to empty after the stop; the rebuild says so.
     let report = support::eventually(Duration::from_secs(30), "the rebuild to run", || async {
-        match imgpipe::ops::usage::rebuild(&config, &args).await {
+        match imgpipe_ops::usage::rebuild(&config.ops(), &args).await {
             Ok(report) => Some(report),
-            Err(imgpipe::ops::OpsError::Refused(why)) if why.contains("member") => None,
+            Err(imgpipe_ops::OpsError::Refused(why)) if why.contains("member") => None,
             Err(other) => panic!("{other}"),
         }
     })
@@ -858,13 +858,15 @@ async fn every_admin_call_is_in_the_audit_trail_without_secrets() {
     assert!(!in_clickhouse.contains(support::ADMIN_TOKEN) && !in_clickhouse.contains(&key.api_key));
     hosted.stop().await;
 
-    let args = imgpipe::ops::audit::AuditArgs {
+    let args = imgpipe_ops::audit::AuditArgs {
         tenant: Some(key.tenant_id.clone()),
         since: Some(SystemTime::now() - Duration::from_secs(600)),
         refused: false,
         json: true,
     };
-    let trail = imgpipe::ops::audit::read(&config, &args).await.unwrap();
+    let trail = imgpipe_ops::audit::read(&config.ops(), &args)
+        .await
+        .unwrap();
     let actions: Vec<(String, i64)> = trail
         .iter()
         .map(|r| {
@@ -916,9 +918,9 @@ async fn every_admin_call_is_in_the_audit_trail_without_secrets() {
     assert!(!text.contains("guessed-token"));
 
     // Only the refused call.
-    let refused_only = imgpipe::ops::audit::read(
-        &config,
-        &imgpipe::ops::audit::AuditArgs {
+    let refused_only = imgpipe_ops::audit::read(
+        &config.ops(),
+        &imgpipe_ops::audit::AuditArgs {
             refused: true,
             ..args.clone()
         },
@@ -927,9 +929,9 @@ async fn every_admin_call_is_in_the_audit_trail_without_secrets() {
     .unwrap();
     assert_eq!(refused_only.len(), 1);
     // Another tenant's calls are not in this tenant's trail.
-    let other = imgpipe::ops::audit::read(
-        &config,
-        &imgpipe::ops::audit::AuditArgs {
+    let other = imgpipe_ops::audit::read(
+        &config.ops(),
+        &imgpipe_ops::audit::AuditArgs {
             tenant: Some("no-such-tenant".into()),
             ..args
         },
@@ -983,7 +985,7 @@ async fn a_record_poison_again_after_a_redrive_keeps_its_count_and_stops_at_the_
         batch: 10,
         execute: true,
     };
-    let first = dlq::settle(&config, &codec, &args, dlq::Mode::Redrive)
+    let first = dlq::settle(&config.ops(), &codec, &args, dlq::Mode::Redrive)
         .await
         .unwrap();
     assert_eq!(first.redriven.values().sum::<u64>(), 1);
@@ -994,7 +996,7 @@ async fn a_record_poison_again_after_a_redrive_keeps_its_count_and_stops_at_the_
         || pending_with(1),
     )
     .await;
-    let second = dlq::settle(&config, &codec, &args, dlq::Mode::Redrive)
+    let second = dlq::settle(&config.ops(), &codec, &args, dlq::Mode::Redrive)
         .await
         .unwrap();
     assert_eq!(second.redriven.values().sum::<u64>(), 0, "the limit holds");

@@ -1,6 +1,7 @@
 //! The api's HTTP routes. `POST /v1/resize` authenticates, validates, produces the request and
-//! answers with the reply from the correlation topic; everything refused on the way gets a
-//! problem+json answer and (when the tenant is known) a usage record.
+//! answers with the reply from the correlation topic, in three steps (`read_request` →
+//! `publish_request` → `await_reply`); everything refused on the way gets a problem+json answer
+//! and (when the tenant is known) a usage record. `GET /v1/usage` answers the caller's own usage.
 //!
 //! Billing follows what the client got, not what a resizer did: once a request is produced, the
 //! api writes the final usage record itself ([`Delivery`]): `ok` only when the 200's body was
@@ -12,17 +13,18 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use chassis::http::RequestId;
 use chassis::trace::{TRACEPARENT, TraceContext};
 use schemas::events::{
-    ImageFormat, ResizeRequested, ResizeResult, StageTimings, UsageRecorded, UsageSource, outcomes,
+    ImageFormat, ResizeParams, ResizeRequested, ResizeResult, StageTimings, UsageRecorded,
+    UsageSource, outcomes,
 };
 use tower::ServiceBuilder;
 use tracing::Instrument as _;
@@ -31,8 +33,9 @@ use super::metrics::ApiMetrics;
 use super::params;
 use super::problem::{self, Problem};
 use super::publisher::{PublishError, RequestPublisher};
-use super::replies::ReserveError;
+use super::replies::{ReplySlot, ReserveError};
 pub use super::state::AppState;
+use super::usage::query::{UsageParams, UsageRequest};
 
 /// The api router, with the common HTTP face (request ids, problem+json, body read timeout).
 /// Resize requests beyond `max_concurrent_requests` are shed with a fast 503.
@@ -45,7 +48,7 @@ pub fn app(state: AppState, http: &chassis::http::HttpConfig) -> Router {
         .concurrency_limit(state.config.max_concurrent_requests);
     let router = Router::new()
         .route("/v1/resize", post(resize).layer(shed))
-        .route("/v1/usage", get(super::usage::usage))
+        .route("/v1/usage", get(get_usage))
         .route("/openapi.json", get(super::openapi::document))
         .with_state(state);
     chassis::http::face(router, http, chassis::http::RequestIds::Generate)
@@ -86,6 +89,54 @@ async fn resize(State(state): State<AppState>, request: Request) -> Response {
     response
 }
 
+/// `GET /v1/usage`: the caller's own usage ([`UsageApi`](super::usage::UsageApi)); the tenant
+/// comes from the authenticated key, never from the query.
+async fn get_usage(State(state): State<AppState>, request: Request) -> Response {
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default();
+    let principal = match state.authenticate(request.headers()) {
+        Ok(principal) => principal,
+        Err(problem) => return problem.into_response(),
+    };
+    let params = match Query::<UsageParams>::try_from_uri(request.uri()) {
+        Ok(Query(params)) => params,
+        Err(rejection) => {
+            let message = format!(
+                "Bad query: {}. Use from, to, granularity, group_by.",
+                rejection.body_text()
+            );
+            return problem::bad_parameters(message).into_response();
+        }
+    };
+    let usage_request = match UsageRequest::from_params(&params) {
+        Ok(r) => r,
+        Err(error) => {
+            return problem::bad_parameters(error.to_string()).into_response();
+        }
+    };
+    let Some(usage) = &state.usage else {
+        return Problem::unavailable("usage_unavailable", "Usage is not available here.")
+            .into_response();
+    };
+    match usage.report(&principal.tenant_id, &usage_request).await {
+        Ok(report) => (StatusCode::OK, Json(report)).into_response(),
+        Err(error) if error.is_bad_request() => {
+            problem::bad_parameters(error.to_string()).into_response()
+        }
+        Err(error) => {
+            tracing::warn!(%request_id, %error, "Usage query failed");
+            Problem::unavailable(
+                "usage_unavailable",
+                "Usage data is temporarily unavailable; retry shortly.",
+            )
+            .into_response()
+        }
+    }
+}
+
 /// When a request arrived: its deadline counts from here, before the body is read.
 #[derive(Debug, Clone, Copy)]
 struct Received {
@@ -113,6 +164,29 @@ async fn handle_resize(
     received: Received,
     trace: &TraceContext,
 ) -> Result<Response, Problem> {
+    let read = read_request(state, request, request_id, received).await?;
+    let published = publish_request(state, read, request_id, received, trace).await?;
+    await_reply(state, published, received).await
+}
+
+/// A request read and checked: who sent it, what to do, and the image.
+struct ReadRequest {
+    /// The tenant's usage record so far (every answer from here on is also a usage record).
+    usage: UsageDraft,
+    params: ResizeParams,
+    content_type: Option<String>,
+    image: bytes::Bytes,
+    input_format: ImageFormat,
+}
+
+/// Authenticates the caller, parses the parameters and reads the body within the request's
+/// deadline. A refusal after authentication also writes the tenant's usage record.
+async fn read_request(
+    state: &AppState,
+    request: Request,
+    request_id: &str,
+    received: Received,
+) -> Result<ReadRequest, Problem> {
     let (parts, body) = request.into_parts();
     let principal = match state.authenticate(&parts.headers) {
         Ok(principal) => principal,
@@ -128,11 +202,12 @@ async fn handle_resize(
         key_id: principal.key_id.to_string(),
         received,
     };
-    let usage = &usage;
-    let refused = |problem: Problem, bytes_in: usize, format: Option<ImageFormat>| async move {
+    let refused = |problem: Problem, bytes_in: usize, format: Option<ImageFormat>| {
         let record = usage.answered(&problem, bytes_in, format);
-        state.publisher.record_usage(&record).await;
-        problem
+        async move {
+            state.publisher.record_usage(&record).await;
+            problem
+        }
     };
 
     let params = match params::parse(parts.uri.query()) {
@@ -158,8 +233,10 @@ async fn handle_resize(
     }
     // The body must arrive within the request's deadline: a client slower than that gets 408 and
     // nothing is produced (a resizer must never work for a client that has already given up).
-    let timeout = state.config.request_timeout;
-    let body_deadline = timeout.saturating_sub(received.at.elapsed());
+    let body_deadline = state
+        .config
+        .request_timeout
+        .saturating_sub(received.at.elapsed());
     let image = match tokio::time::timeout(body_deadline, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(image)) => image,
         Ok(Err(error)) => {
@@ -194,8 +271,42 @@ async fn handle_resize(
         );
         return Err(refused(problem, image.len(), None).await);
     };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok(ReadRequest {
+        usage,
+        params,
+        content_type,
+        image,
+        input_format,
+    })
+}
 
-    let mut slot = state
+/// A request the broker acknowledged, waiting for its reply.
+struct Published {
+    slot: ReplySlot,
+    /// Writes the request's final usage record, whatever happens from here.
+    delivery: Delivery,
+    /// Counts the request in flight until the answer is built.
+    _in_flight: InFlight,
+    /// Arrival → the request record handed to the producer.
+    accept: Duration,
+    produce_started: Instant,
+    acknowledged: Instant,
+}
+
+/// Reserves the reply slot and produces the request within what is left of its deadline.
+async fn publish_request(
+    state: &AppState,
+    read: ReadRequest,
+    request_id: &str,
+    received: Received,
+    trace: &TraceContext,
+) -> Result<Published, Problem> {
+    let slot = state
         .replies
         .reserve(request_id)
         .map_err(|error| match error {
@@ -204,22 +315,19 @@ async fn handle_resize(
             }
             ReserveError::Full => problem::overloaded(),
         })?;
-    let _in_flight = InFlight::enter(&state.metrics);
+    let in_flight = InFlight::enter(&state.metrics);
 
+    let timeout = state.config.request_timeout;
     let deadline_at_ms = received.at_ms + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
     let event = ResizeRequested {
         request_id: request_id.to_owned(),
-        tenant_id: usage.tenant_id.clone(),
-        key_id: usage.key_id.clone(),
+        tenant_id: read.usage.tenant_id.clone(),
+        key_id: read.usage.key_id.clone(),
         received_at_ms: received.at_ms,
         deadline_at_ms,
-        params,
-        content_type: parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        image: image.to_vec(),
+        params: read.params,
+        content_type: read.content_type,
+        image: read.image.to_vec(),
         reply_topic: state.replies.topic().to_owned(),
         reply_partition: slot.partition,
     };
@@ -232,9 +340,9 @@ async fn handle_resize(
     // final usage record.
     let delivery = Delivery::new(
         state.publisher.clone(),
-        usage.clone(),
-        image.len(),
-        input_format,
+        read.usage,
+        read.image.len(),
+        read.input_format,
     );
     match produced.await {
         Ok(Ok(())) => {}
@@ -257,20 +365,36 @@ async fn handle_resize(
         }
         Err(_) => return Err(delivery.refused(problem::deadline_exceeded())),
     }
-    let acknowledged = Instant::now();
-    drop(event);
+    Ok(Published {
+        slot,
+        delivery,
+        _in_flight: in_flight,
+        accept,
+        produce_started,
+        acknowledged: Instant::now(),
+    })
+}
 
-    let remaining = timeout.saturating_sub(received.at.elapsed());
-    let result = match tokio::time::timeout(remaining, slot.wait()).await {
+/// Waits for the resizer's reply within what is left of the deadline and answers with it.
+async fn await_reply(
+    state: &AppState,
+    mut published: Published,
+    received: Received,
+) -> Result<Response, Problem> {
+    let remaining = state
+        .config
+        .request_timeout
+        .saturating_sub(received.at.elapsed());
+    let result = match tokio::time::timeout(remaining, published.slot.wait()).await {
         Ok(Some(result)) => result,
-        Ok(None) | Err(_) => return Err(delivery.refused(problem::deadline_exceeded())),
+        Ok(None) | Err(_) => return Err(published.delivery.refused(problem::deadline_exceeded())),
     };
     let timings = ApiTimings {
-        accept,
-        produce: acknowledged - produce_started,
-        remote: acknowledged.elapsed(),
+        accept: published.accept,
+        produce: published.acknowledged - published.produce_started,
+        remote: published.acknowledged.elapsed(),
     };
-    reply_response(state, result, received, timings, delivery)
+    reply_response(state, result, received, timings, published.delivery)
 }
 
 /// Where the api's time of one request went, next to the resizer's [`StageTimings`].

@@ -5,14 +5,13 @@
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use futures::future::BoxFuture;
 
 use super::config::ApiConfig;
 use super::metrics::ApiMetrics;
 use super::problem::{self, Problem};
 use super::publisher::RequestPublisher;
 use super::replies::ReplyRouter;
-use super::usage::query::{UsageQueryError, UsageReport, UsageRequest};
+pub use super::usage::UsageApi;
 use crate::auth::{Authenticator, Principal};
 
 /// What every handler shares.
@@ -41,14 +40,4 @@ impl AppState {
         };
         result.map_err(|error| problem::from_auth(&error))
     }
-}
-
-/// Answers usage queries. A trait so handler tests run without ClickHouse.
-pub trait UsageApi: Send + Sync + 'static {
-    /// `tenant_id`'s usage for a validated request.
-    fn report<'a>(
-        &'a self,
-        tenant_id: &'a str,
-        request: &'a UsageRequest,
-    ) -> BoxFuture<'a, Result<UsageReport, UsageQueryError>>;
 }

@@ -3,30 +3,25 @@
 //! — as one `AdminAudited` record on `identity.audit`. Refused calls (401) are recorded too: a
 //! stream of them is someone trying tokens.
 //!
-//! The record is written after the answer is known and before it is sent, so a client that got
-//! an answer can find its call in the trail; if Kafka does not take the record within
-//! [`AUDIT_TIMEOUT`] the answer still goes out, and the loss is counted and logged (without the
-//! token or any key).
+//! This module is the trail itself: the record's writer, who an actor is, and which tenant or
+//! key a route names. The admin router's layer (`routes::audit_call`) writes the record after
+//! the answer is known and before it is sent, so a client that got an answer can find its call
+//! in the trail; if Kafka does not take the record within [`AUDIT_TIMEOUT`] the answer still goes
+//! out, and the loss is counted and logged (without the token or any key).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use chassis::kafka::{KafkaConfig, KafkaSetupError, ProducerProfile};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::Codec;
 use schemas::events::{AdminAudited, Event};
 use sha2::{Digest, Sha256};
 
-use super::routes::AppState;
-
 /// How long an admin call waits for its audit record to be acknowledged.
 pub const AUDIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest answer body read back for the id of what a call created.
-const MAX_BODY_INSPECTED: usize = 64 * 1024;
+pub const MAX_BODY_INSPECTED: usize = 64 * 1024;
 
 /// Writes audit records to `identity.audit`.
 pub struct AuditWriter {
@@ -93,95 +88,6 @@ pub fn path_param(template: &str, path: &str, name: &str) -> Option<String> {
         .zip(path.split('/'))
         .find(|(t, _)| *t == wanted)
         .map(|(_, value)| value.to_owned())
-}
-
-/// Middleware: records every admin call once its answer is known.
-pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(writer) = state.audit().cloned() else {
-        return next.run(request).await;
-    };
-    let at_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let action = format!("{} {route}", request.method());
-    let path = request.uri().path().to_owned();
-    let token = chassis::http::bearer_token(request.headers());
-    let authenticated = token.is_some_and(|t| state.is_admin_token(t));
-    let actor = actor(token);
-    let remote_addr = request
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
-    // The id the HTTP face gave this call (the caller's X-Request-Id, or a new one).
-    let request_id = request
-        .extensions()
-        .get::<chassis::http::RequestId>()
-        .map(|id| id.0.to_string())
-        .or_else(|| {
-            request
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    let mut key_id = path_param(&route, &path, "key_id");
-    // A key's routes name only the key: its owner is looked up, so the trail of a tenant shows
-    // its keys' revocations too.
-    let mut tenant_id = path_param(&route, &path, "tenant_id")
-        .or_else(|| key_id.as_deref().and_then(|k| state.store().key_owner(k)));
-
-    let response = next.run(request).await;
-    let status = response.status();
-    // What a call created is named only in its answer (a new tenant's or key's id): read the
-    // small JSON body back for those two ids, and nothing else of it (a new key's body also
-    // holds the key itself, which must never reach the trail).
-    let response = if status.is_success() && (tenant_id.is_none() || key_id.is_none()) {
-        let (parts, body) = response.into_parts();
-        match axum::body::to_bytes(body, MAX_BODY_INSPECTED).await {
-            Ok(bytes) => {
-                if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                    let field =
-                        |name: &str| json.get(name).and_then(|v| v.as_str()).map(str::to_owned);
-                    tenant_id = tenant_id
-                        .or_else(|| field("tenant_id"))
-                        .or_else(|| field("id"));
-                    key_id = key_id.or_else(|| field("key_id"));
-                }
-                Response::from_parts(parts, Body::from(bytes))
-            }
-            Err(_) => chassis::http::Problem::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the answer could not be sent",
-            )
-            .into_response(),
-        }
-    } else {
-        response
-    };
-    let record = AdminAudited {
-        audit_id: uuid::Uuid::now_v7().to_string(),
-        at_ms,
-        actor,
-        authenticated,
-        action,
-        tenant_id,
-        key_id,
-        status: i32::from(status.as_u16()),
-        remote_addr,
-        request_id,
-    };
-    if let Err(error) = writer.write(&record).await {
-        state.metrics().audit_failures.inc();
-        tracing::warn!(%error, action = %record.action, request_id = %record.request_id, "Audit record not written");
-    }
-    response
 }
 
 /// The topic's base name, for readers.

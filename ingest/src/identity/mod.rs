@@ -5,6 +5,7 @@
 //! - [`config`]: the `[identity]` section.
 //! - [`store`]: state rebuilt from the topic, and the fenced transactional write path.
 //! - [`routes`]: the admin API (`app(state) -> Router`).
+//! - [`state`]: what every admin handler shares ([`AppState`]).
 //! - [`audit`]: every admin call recorded on `identity.audit`.
 //! - [`metrics`]: every metric name of this service.
 
@@ -12,6 +13,7 @@ pub mod audit;
 pub mod config;
 pub mod metrics;
 pub mod routes;
+pub mod state;
 pub mod store;
 #[cfg(test)]
 #[allow(clippy::expect_used, clippy::unwrap_used)]
@@ -25,7 +27,8 @@ use schemas::{Codec, RegistryConfig};
 
 use crate::identity_log::changes::{ChangesError, ChangesReader};
 pub use config::IdentityConfig;
-pub use routes::{AppState, app};
+pub use routes::app;
+pub use state::AppState;
 use store::{IdentityStore, KafkaSink, READINESS_CHECK};
 
 /// The fixed transactional id (namespaced): every instance uses it, so the newest fences the rest.

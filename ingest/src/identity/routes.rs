@@ -4,6 +4,7 @@
 //! | route | |
 //! |---|---|
 //! | `POST /admin/v1/tenants` | create `{name, rate_limit_per_second?, burst?}` → 201 |
+//! | `GET /admin/v1/tenants?after=&limit=` | list in id order, a page at a time → `{tenants, next_after}` |
 //! | `GET /admin/v1/tenants/{id}` | read |
 //! | `PATCH /admin/v1/tenants/{id}` | `{name?, status? (active/suspended), rate_limit_per_second?, burst?}` |
 //! | `DELETE /admin/v1/tenants/{id}` | delete the tenant and all its keys → 204 |
@@ -11,100 +12,31 @@
 //! | `GET /admin/v1/tenants/{id}/keys` | list (no secrets, no hashes) |
 //! | `DELETE /admin/v1/keys/{key_id}` | revoke → 204 |
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Path, Query, Request, State,
+};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use schemas::events::{ApiKey, KeyStatus, Tenant, TenantStatus};
+use schemas::events::{AdminAudited, ApiKey, KeyStatus, Tenant, TenantStatus};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tower::ServiceBuilder;
 
 use chassis::http::Problem;
 
-use super::config::{IdentityConfig, MAX_RATE_LIMIT};
-use super::metrics::IdentityMetrics;
-use super::store::{IdentityStore, StoreError, TenantUpdate};
+use super::audit;
+use super::config::MAX_RATE_LIMIT;
+use super::state::AppState;
+use super::store::{StoreError, TenantUpdate};
 
 /// Longest tenant name.
 const MAX_NAME_CHARS: usize = 200;
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    store: Arc<IdentityStore>,
-    /// SHA-256 of the admin token: comparing digests keeps the comparison constant-time even
-    /// in the token's length.
-    admin_token_digest: [u8; 32],
-    default_rate_limit_per_second: i32,
-    default_burst: i32,
-    request_timeout: Duration,
-    max_body_bytes: usize,
-    concurrency_limit: usize,
-    metrics: IdentityMetrics,
-    /// Where every admin call is recorded; `None` in handler tests.
-    audit: Option<Arc<super::audit::AuditWriter>>,
-}
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").finish_non_exhaustive()
-    }
-}
-
-impl AppState {
-    /// State over `store`, with the admin token and limits from `config`.
-    pub fn new(
-        store: Arc<IdentityStore>,
-        config: &IdentityConfig,
-        metrics: IdentityMetrics,
-    ) -> Self {
-        Self {
-            store,
-            admin_token_digest: Sha256::digest(config.admin_token.as_bytes()).into(),
-            default_rate_limit_per_second: config.default_rate_limit_per_second,
-            default_burst: config.default_burst,
-            request_timeout: config.request_timeout,
-            max_body_bytes: config.max_body_bytes,
-            concurrency_limit: config.concurrency_limit,
-            metrics,
-            audit: None,
-        }
-    }
-
-    /// The same state, recording every admin call with `writer`.
-    #[must_use]
-    pub fn with_audit(mut self, writer: super::audit::AuditWriter) -> Self {
-        self.audit = Some(Arc::new(writer));
-        self
-    }
-
-    pub(crate) fn audit(&self) -> Option<&Arc<super::audit::AuditWriter>> {
-        self.audit.as_ref()
-    }
-
-    pub(crate) fn metrics(&self) -> &IdentityMetrics {
-        &self.metrics
-    }
-
-    /// Whether `token` is the admin token (compared as SHA-256 digests, in constant time).
-    pub(crate) fn is_admin_token(&self, token: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        bool::from(digest.ct_eq(&self.admin_token_digest))
-    }
-
-    /// The store behind the routes.
-    pub fn store(&self) -> &Arc<IdentityStore> {
-        &self.store
-    }
-}
 
 /// The admin router, with the common HTTP face (problem+json, the caller's request ids).
 pub fn app(state: AppState, http: &chassis::http::HttpConfig) -> Router {
@@ -120,7 +52,7 @@ pub fn app(state: AppState, http: &chassis::http::HttpConfig) -> Router {
         .load_shed()
         .concurrency_limit(state.concurrency_limit);
     let router = Router::new()
-        .route("/admin/v1/tenants", post(create_tenant))
+        .route("/admin/v1/tenants", post(create_tenant).get(list_tenants))
         .route(
             "/admin/v1/tenants/{tenant_id}",
             get(get_tenant).patch(update_tenant).delete(delete_tenant),
@@ -133,10 +65,7 @@ pub fn app(state: AppState, http: &chassis::http::HttpConfig) -> Router {
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), require_admin))
         // Outside the admin check, so refused calls are recorded too.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            super::audit::record,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), audit_call))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -244,13 +173,14 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     response
 }
 
-/// Refuses requests without the admin token. The token is compared as a SHA-256 digest in
+/// Refuses requests without the admin token, with the `unauthenticated` code every server uses
+/// for a missing or wrong credential. The token is compared as a SHA-256 digest in
 /// constant time and never logged.
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
     match chassis::http::bearer_token(request.headers()) {
         None => Problem::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            "unauthenticated",
             "missing admin bearer token",
         )
         .into_response(),
@@ -260,13 +190,103 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
             } else {
                 Problem::new(
                     StatusCode::UNAUTHORIZED,
-                    "unauthorized",
+                    "unauthenticated",
                     "invalid admin token",
                 )
                 .into_response()
             }
         }
     }
+}
+
+/// Records every admin call on the audit trail once its answer is known (outside the admin
+/// check, so refused calls are recorded too).
+async fn audit_call(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(writer) = state.audit().cloned() else {
+        return next.run(request).await;
+    };
+    let at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let action = format!("{} {route}", request.method());
+    let path = request.uri().path().to_owned();
+    let token = chassis::http::bearer_token(request.headers());
+    let authenticated = token.is_some_and(|t| state.is_admin_token(t));
+    let actor = audit::actor(token);
+    let remote_addr = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
+    // The id the HTTP face gave this call (the caller's X-Request-Id, or a new one).
+    let request_id = request
+        .extensions()
+        .get::<chassis::http::RequestId>()
+        .map(|id| id.0.to_string())
+        .or_else(|| {
+            request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let mut key_id = audit::path_param(&route, &path, "key_id");
+    // A key's routes name only the key: its owner is looked up, so the trail of a tenant shows
+    // its keys' revocations too.
+    let mut tenant_id = audit::path_param(&route, &path, "tenant_id")
+        .or_else(|| key_id.as_deref().and_then(|k| state.store().key_owner(k)));
+
+    let response = next.run(request).await;
+    let status = response.status();
+    // What a call created is named only in its answer (a new tenant's or key's id): read the
+    // small JSON body back for those two ids, and nothing else of it (a new key's body also
+    // holds the key itself, which must never reach the trail).
+    let response = if status.is_success() && (tenant_id.is_none() || key_id.is_none()) {
+        let (parts, body) = response.into_parts();
+        match axum::body::to_bytes(body, audit::MAX_BODY_INSPECTED).await {
+            Ok(bytes) => {
+                if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    let field =
+                        |name: &str| json.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+                    tenant_id = tenant_id
+                        .or_else(|| field("tenant_id"))
+                        .or_else(|| field("id"));
+                    key_id = key_id.or_else(|| field("key_id"));
+                }
+                Response::from_parts(parts, Body::from(bytes))
+            }
+            Err(_) => Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the answer could not be sent",
+            )
+            .into_response(),
+        }
+    } else {
+        response
+    };
+    let record = AdminAudited {
+        audit_id: uuid::Uuid::now_v7().to_string(),
+        at_ms,
+        actor,
+        authenticated,
+        action,
+        tenant_id,
+        key_id,
+        status: i32::from(status.as_u16()),
+        remote_addr,
+        request_id,
+    };
+    if let Err(error) = writer.write(&record).await {
+        state.metrics().audit_failures.inc();
+        tracing::warn!(%error, action = %record.action, request_id = %record.request_id, "Audit record not written");
+    }
+    response
 }
 
 /// A tenant as the admin API shows it.
@@ -284,6 +304,15 @@ pub struct TenantBody {
     pub burst: i32,
     /// RFC 3339.
     pub created_at: String,
+}
+
+/// One page of the tenant listing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TenantList {
+    /// In id order.
+    pub tenants: Vec<TenantBody>,
+    /// The `after` of the next page; absent on the last one.
+    pub next_after: Option<String>,
 }
 
 /// A key as listings show it: no secret, no hash.
@@ -453,6 +482,40 @@ async fn get_tenant(
     Path(tenant_id): Path<String>,
 ) -> Result<Json<TenantBody>, Problem> {
     Ok(Json(state.store.tenant(&tenant_id)?.into()))
+}
+
+/// Tenants a listing page holds when the caller does not say.
+const DEFAULT_PAGE: usize = 100;
+/// Tenants a listing page holds at most.
+const MAX_PAGE: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListTenants {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_tenants(
+    State(state): State<AppState>,
+    query: Result<Query<ListTenants>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TenantList>, Problem> {
+    let Query(query) = query.map_err(|rejection| {
+        invalid(format!(
+            "{}; the listing takes after (a tenant id) and limit (1 to {MAX_PAGE})",
+            rejection.body_text()
+        ))
+    })?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(invalid(format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let (tenants, more) = state.store.tenants(query.after.as_deref(), limit);
+    let next_after = more.then(|| tenants.last().map(|t| t.id.clone())).flatten();
+    Ok(Json(TenantList {
+        tenants: tenants.into_iter().map(TenantBody::from).collect(),
+        next_after,
+    }))
 }
 
 async fn update_tenant(

@@ -201,6 +201,21 @@ impl IdentityStore {
             .ok_or(StoreError::TenantNotFound)
     }
 
+    /// Up to `limit` tenants in id order, starting after `after` (exclusive): one page of the
+    /// listing, and whether more follow.
+    pub fn tenants(&self, after: Option<&str>, limit: usize) -> (Vec<Tenant>, bool) {
+        use std::ops::Bound;
+        let state = self.read();
+        let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.to_owned()));
+        let mut page = state
+            .tenants
+            .range((start, Bound::Unbounded))
+            .map(|(_, tenant)| tenant.clone());
+        let tenants: Vec<Tenant> = page.by_ref().take(limit).collect();
+        let more = page.next().is_some();
+        (tenants, more)
+    }
+
     /// The tenant that owns key `key_id` (revoked keys included).
     pub fn key_owner(&self, key_id: &str) -> Option<String> {
         self.read().keys.get(key_id).map(|k| k.tenant_id.clone())

@@ -13,7 +13,8 @@ use tower::ServiceExt;
 
 use super::config::IdentityConfig;
 use super::metrics::IdentityMetrics;
-use super::routes::{AppState, app};
+use super::routes::app;
+use super::state::AppState;
 use super::store::{Change, ChangeSink, IdentityStore, StoreError, StoreState};
 
 const TOKEN: &str = "test-admin-token-0123456789";
@@ -134,7 +135,7 @@ async fn missing_or_wrong_admin_tokens_get_401_problems() {
         .unwrap();
     let (status, body, ct) = call(&f.app, request).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_problem(&body, &ct, "unauthorized");
+    assert_problem(&body, &ct, "unauthenticated");
     for auth in [
         "Bearer wrong-token-wrong-token",
         "Basic abc",
@@ -148,13 +149,77 @@ async fn missing_or_wrong_admin_tokens_get_401_problems() {
             .unwrap();
         let (status, body, ct) = call(&f.app, request).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth}");
-        assert_problem(&body, &ct, "unauthorized");
+        assert_problem(&body, &ct, "unauthenticated");
         assert!(!body.to_string().contains(TOKEN));
     }
     // Unknown routes are not revealed to callers without the token.
     let request = Request::builder().uri("/nope").body(Body::empty()).unwrap();
     assert_eq!(call(&f.app, request).await.0, StatusCode::UNAUTHORIZED);
     assert!(f.sink.committed.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn tenants_are_listed_in_id_order_a_page_at_a_time() {
+    let f = fixture();
+    let (status, empty, _) = call(&f.app, admin("GET", "/admin/v1/tenants", None)).await;
+    assert_eq!(status, StatusCode::OK, "{empty}");
+    assert_eq!(empty, json!({"tenants": [], "next_after": null}));
+
+    let mut created: Vec<Value> = Vec::new();
+    for name in ["acme", "globex", "initech"] {
+        created.push(create_tenant(&f.app, name).await);
+    }
+    created.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let suspended = created[1]["id"].as_str().unwrap().to_owned();
+    let (status, _, _) = call(
+        &f.app,
+        admin(
+            "PATCH",
+            &format!("/admin/v1/tenants/{suspended}"),
+            Some(json!({"status": "suspended"})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Every tenant as its own GET shows it: id, name, status, quotas, created.
+    let (_, all, _) = call(&f.app, admin("GET", "/admin/v1/tenants", None)).await;
+    let mut expected = Vec::new();
+    for tenant in &created {
+        let uri = format!("/admin/v1/tenants/{}", tenant["id"].as_str().unwrap());
+        expected.push(call(&f.app, admin("GET", &uri, None)).await.1);
+    }
+    assert_eq!(all, json!({"tenants": expected, "next_after": null}));
+    assert_eq!(all["tenants"][1]["status"], "suspended");
+
+    // Pages of two: the first names where the next starts; the last names nothing.
+    let (_, first, _) = call(&f.app, admin("GET", "/admin/v1/tenants?limit=2", None)).await;
+    assert_eq!(first["tenants"], json!(expected[..2]));
+    assert_eq!(first["next_after"], created[1]["id"]);
+    let next = format!(
+        "/admin/v1/tenants?limit=2&after={}",
+        first["next_after"].as_str().unwrap()
+    );
+    let (_, second, _) = call(&f.app, admin("GET", &next, None)).await;
+    assert_eq!(
+        second,
+        json!({"tenants": [expected[2]], "next_after": null})
+    );
+
+    for bad in ["limit=0", "limit=1001", "limit=many", "page=2"] {
+        let uri = format!("/admin/v1/tenants?{bad}");
+        let (status, body, ct) = call(&f.app, admin("GET", &uri, None)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        assert_problem(&body, &ct, "invalid_field");
+    }
+    // The listing needs the admin token like every route.
+    let request = Request::builder()
+        .uri("/admin/v1/tenants")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body, ct) = call(&f.app, request).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_problem(&body, &ct, "unauthenticated");
 }
 
 #[tokio::test]

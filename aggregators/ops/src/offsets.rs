@@ -42,7 +42,7 @@ pub struct ResetArgs {
     #[command(flatten)]
     pub group: GroupArgs,
     /// The first record at or after this time (RFC 3339, UTC if no zone; or Unix ms).
-    #[arg(long, group = "target", value_parser = super::parse_datetime)]
+    #[arg(long, group = "target", value_parser = crate::parse_datetime)]
     pub to_datetime: Option<SystemTime>,
     /// The first record at or after this long ago (e.g. `15m`, `2h`).
     #[arg(long, group = "target", value_parser = humantime::parse_duration)]
@@ -173,7 +173,7 @@ pub fn run(kafka: &KafkaConfig, action: OffsetsAction) -> Result<(), OpsError> {
                 {
                     println!("Note: --execute would be {refusal}");
                 }
-                println!("{}", super::DRY_RUN_NOTICE);
+                println!("{}", crate::DRY_RUN_NOTICE);
             }
             Ok(())
         }
@@ -316,7 +316,7 @@ pub fn execute_reset(kafka: &KafkaConfig, plan: &OffsetsReport) -> Result<(), Op
 /// Refuses groups whose offsets are another tool's state, not a consumer's position.
 pub fn refuse_if_owned_by_a_tool(kafka: &KafkaConfig, group: &str) -> Result<(), OpsError> {
     let base = group.strip_prefix(&kafka.namespace).unwrap_or(group);
-    if base == super::dlq::CURSOR_GROUP {
+    if base == crate::dlq::CURSOR_GROUP {
         return Err(OpsError::Refused(format!(
             "{group} is the DLQ's cursor, moved only by `imgpipe ops dlq redrive|purge` in the \
              same transaction as what they write: moving it back would make settled records \
@@ -450,7 +450,7 @@ fn offsets_for_time(
     offsets: &[PartitionOffsets],
     time: SystemTime,
 ) -> Result<Vec<i64>, OpsError> {
-    let ms = super::unix_ms(time);
+    let ms = crate::unix_ms(time);
     let mut list = TopicPartitionList::new();
     for p in offsets {
         list.add_partition_offset(topic, p.partition, Offset::Offset(ms))

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::report::Summary;
+use crate::results::Summary;
 
 /// A step holds only while its achieved ok/s stays at or above this share of the offered rate:
 /// below it, the service (or the in-flight bound) is shedding load rather than serving it.
@@ -153,7 +153,7 @@ impl StepResult {
     /// The step's one-line account, e.g.
     /// `step  3   156.2 req/s offered   155.9 ok/s  p50 12.3 ms  p99 44.0 ms  errors 0.00%  held`.
     pub fn line(&self) -> String {
-        let latency = |pick: fn(&super::report::Percentiles) -> f64| {
+        let latency = |pick: fn(&crate::results::Percentiles) -> f64| {
             self.summary
                 .latency_ms
                 .as_ref()
@@ -221,7 +221,7 @@ impl SweepResults {
                 self.settings.start_rate
             );
         };
-        let latency = |pick: fn(&super::report::Percentiles) -> f64| {
+        let latency = |pick: fn(&crate::results::Percentiles) -> f64| {
             step.summary
                 .latency_ms
                 .as_ref()

@@ -20,7 +20,7 @@ pub struct TailArgs {
     pub topic: String,
     /// Start at the first record at or after this time (RFC 3339 or Unix ms); default: only
     /// records written from now on.
-    #[arg(long, value_parser = super::parse_datetime, conflicts_with = "from_beginning")]
+    #[arg(long, value_parser = crate::parse_datetime, conflicts_with = "from_beginning")]
     pub from_datetime: Option<SystemTime>,
     /// Start at the oldest record still in the topic.
     #[arg(long)]
@@ -29,7 +29,8 @@ pub struct TailArgs {
     /// repeatable, all must hold (e.g. `--filter tenant_id=acme`; `tenant=` means `tenant_id=`).
     #[arg(long = "filter", value_parser = parse_filter)]
     pub filters: Vec<(String, String)>,
-    /// Stop after this many records.
+    /// Stop after this many records (counted from where the tail starts: the end of the topic
+    /// unless --from-beginning or --from-datetime).
     #[arg(long)]
     pub max: Option<u64>,
     /// Stop at the end of the topic as it was when the tail started, instead of following it.
@@ -54,18 +55,36 @@ fn parse_filter(text: &str) -> Result<(String, String), String> {
 
 /// Prints records of `args.topic` as JSON lines on stdout until `--max`, `--until-end` or
 /// Ctrl-C.
-pub async fn run(config: &crate::Config, args: TailArgs) -> Result<(), OpsError> {
+pub async fn run(config: &crate::OpsConfig, args: TailArgs) -> Result<(), OpsError> {
     let codec = Codec::new(&config.registry, &config.kafka.namespace);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut written = 0u64;
     let mut tail = Tail::open(&config.kafka, &args)?;
+    if let Some(notice) = start_notice(&args) {
+        eprintln!("{notice}");
+    }
     // A filter on a field the records do not have (a typo) would match nothing, silently.
     let mut warned = std::collections::HashSet::new();
+    // A quiet topic is said to be quiet, so a wait is never mistaken for a hang.
+    let mut quiet = tokio::time::interval_at(tokio::time::Instant::now() + QUIET, QUIET);
+    let mut last_printed = std::time::Instant::now();
     loop {
-        let next = tokio::select! {
-            next = tail.next(&codec) => next?,
-            _ = tokio::signal::ctrl_c() => None,
+        // Polled to completion or dropped only at Ctrl-C: `next` is not cancel-safe (a record
+        // being decoded would be lost), so the quiet ticker runs beside it, never instead of it.
+        let next = tail.next(&codec);
+        tokio::pin!(next);
+        let next = loop {
+            tokio::select! {
+                next = &mut next => break next?,
+                _ = tokio::signal::ctrl_c() => break None,
+                _ = quiet.tick() => eprintln!(
+                    "ops tail: nothing new on {} for {} s ({written} printed so far); still \
+                     waiting, Ctrl-C stops",
+                    args.topic,
+                    last_printed.elapsed().as_secs()
+                ),
+            }
         };
         let Some(line) = next else { break };
         for (field, _) in &args.filters {
@@ -90,11 +109,32 @@ pub async fn run(config: &crate::Config, args: TailArgs) -> Result<(), OpsError>
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
         written += 1;
+        last_printed = std::time::Instant::now();
+        quiet.reset();
         if args.max.is_some_and(|max| written >= max) {
             break;
         }
     }
     Ok(())
+}
+
+/// How long a tail waits without printing before it says it is still waiting.
+const QUIET: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a tail that starts at the end of the topic says first (on stderr): that only records
+/// written from now on come, and how to start earlier. `None` when it starts earlier.
+pub fn start_notice(args: &TailArgs) -> Option<String> {
+    (!args.from_beginning && args.from_datetime.is_none()).then(|| {
+        format!(
+            "ops tail: starting at the end of {} (now): only records written from now on are \
+             shown{}. To start earlier: --from-beginning, or --from-datetime TIME (RFC 3339 or \
+             Unix ms).",
+            args.topic,
+            args.max
+                .map(|max| format!(", until {max} have come"))
+                .unwrap_or_default()
+        )
+    })
 }
 
 /// Whether a printed line's key or decoded value's top-level `field` equals `value`.
@@ -128,7 +168,7 @@ pub fn missing_field(line: &serde_json::Value, field: &str) -> Option<Vec<String
 
 /// A reader of every partition of one topic from a start position.
 pub struct Tail {
-    consumer: StreamConsumer<super::ScanContext>,
+    consumer: StreamConsumer<crate::ScanContext>,
     topic: String,
     /// With `--until-end`: partitions not yet read to their end.
     until_end: Option<std::collections::BTreeSet<i32>>,
@@ -147,8 +187,8 @@ impl Tail {
         if args.read_uncommitted {
             config.set("isolation.level", "read_uncommitted");
         }
-        let consumer = super::scan_consumer(&config, "tail reader")?;
-        let partitions = super::topic_partitions(&consumer, &topic)?;
+        let consumer = crate::scan_consumer(&config, "tail reader")?;
+        let partitions = crate::topic_partitions(&consumer, &topic)?;
         let mut assignment = TopicPartitionList::new();
         let mut unfinished = std::collections::BTreeSet::new();
         for &p in &partitions {
@@ -162,7 +202,7 @@ impl Tail {
             } else if let Some(time) = args.from_datetime {
                 let mut query = TopicPartitionList::new();
                 query
-                    .add_partition_offset(&topic, p, Offset::Offset(super::unix_ms(time)))
+                    .add_partition_offset(&topic, p, Offset::Offset(crate::unix_ms(time)))
                     .map_err(OpsError::kafka("building the time query"))?;
                 let found = consumer
                     .offsets_for_times(query, KAFKA_CALL_TIMEOUT)
@@ -238,7 +278,7 @@ impl Tail {
                 "topic": message.topic(),
                 "partition": message.partition(),
                 "offset": message.offset(),
-                "timestamp": message.timestamp().to_millis().map(super::format_ms),
+                "timestamp": message.timestamp().to_millis().map(crate::format_ms),
                 "key": message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                 "headers": headers,
             });
@@ -271,6 +311,33 @@ mod tests {
             Ok(("tenant_id".into(), "acme".into()))
         );
         assert!(parse_filter("tenant").is_err());
+    }
+
+    #[test]
+    fn a_tail_from_now_says_so_and_how_to_start_earlier() {
+        let mut args = TailArgs {
+            topic: "usage.events".into(),
+            from_datetime: None,
+            from_beginning: false,
+            filters: Vec::new(),
+            max: Some(5),
+            until_end: false,
+            read_uncommitted: false,
+        };
+        let notice = start_notice(&args).unwrap();
+        for part in [
+            "end of usage.events (now)",
+            "until 5 have come",
+            "--from-beginning",
+            "--from-datetime",
+        ] {
+            assert!(notice.contains(part), "{part}: {notice}");
+        }
+        args.from_beginning = true;
+        assert_eq!(start_notice(&args), None);
+        args.from_beginning = false;
+        args.from_datetime = Some(SystemTime::UNIX_EPOCH);
+        assert_eq!(start_notice(&args), None);
     }
 
     #[test]

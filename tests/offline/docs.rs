@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use clap::Parser as _;
 
 #[allow(dead_code)] // only the parser is used here
-#[path = "../src/cli.rs"]
+#[path = "../../src/cli.rs"]
 mod cli;
 
 fn root() -> PathBuf {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::{new_histogram, record_us, us_to_ms};
+use crate::histogram::{new_histogram, record_us, us_to_ms};
 
 /// The stages that are the resize work itself; everything else in an answer's latency is the
 /// pipeline's own overhead (HTTP, auth, Kafka hand-offs, queueing, reply routing).

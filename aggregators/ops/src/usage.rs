@@ -109,19 +109,19 @@ pub struct RebuildReport {
 }
 
 /// Runs `usage rebuild` and prints its plan and result.
-pub async fn run(config: &crate::Config, action: UsageAction) -> Result<(), OpsError> {
+pub async fn run(config: &crate::OpsConfig, action: UsageAction) -> Result<(), OpsError> {
     let UsageAction::Rebuild(args) = action;
     let report = rebuild(config, &args).await?;
     print!("{}", render(&report));
     if !args.execute {
-        println!("{}", super::DRY_RUN_NOTICE);
+        println!("{}", crate::DRY_RUN_NOTICE);
     }
     Ok(())
 }
 
 /// Plans a rebuild and, with `args.execute`, does it.
 pub async fn rebuild(
-    config: &crate::Config,
+    config: &crate::OpsConfig,
     args: &RebuildArgs,
 ) -> Result<RebuildReport, OpsError> {
     let started = Instant::now();
@@ -145,15 +145,15 @@ pub async fn rebuild(
     // The live aggregators must be stopped.
     let group_kafka = kafka.clone();
     let state = tokio::task::spawn_blocking(move || {
-        super::offsets::state_of(&group_kafka, aggregators::GROUP_ID)
+        crate::offsets::state_of(&group_kafka, aggregators::GROUP_ID)
     })
     .await
     .map_err(|e| OpsError::Task(e.to_string()))??;
-    super::offsets::refuse_if_active(&kafka.name(aggregators::GROUP_ID), &state)?;
+    crate::offsets::refuse_if_active(&kafka.name(aggregators::GROUP_ID), &state)?;
     // One rebuild at a time: a running one is a member of the rebuild group.
     let group_kafka = kafka.clone();
     let rebuilding =
-        tokio::task::spawn_blocking(move || super::offsets::state_of(&group_kafka, REBUILD_GROUP))
+        tokio::task::spawn_blocking(move || crate::offsets::state_of(&group_kafka, REBUILD_GROUP))
             .await
             .map_err(|e| OpsError::Task(e.to_string()))??;
     if rebuilding.members > 0 {
@@ -314,12 +314,12 @@ pub async fn rebuild(
     // An aggregator started meanwhile would have written rows the rebuild lacks.
     let group_kafka = kafka.clone();
     let state = tokio::task::spawn_blocking(move || {
-        super::offsets::state_of(&group_kafka, aggregators::GROUP_ID)
+        crate::offsets::state_of(&group_kafka, aggregators::GROUP_ID)
     })
     .await
     .map_err(|e| OpsError::Task(e.to_string()))??;
     if let Err(refusal) =
-        super::offsets::refuse_if_active(&kafka.name(aggregators::GROUP_ID), &state)
+        crate::offsets::refuse_if_active(&kafka.name(aggregators::GROUP_ID), &state)
     {
         exec(
             &client,
@@ -571,7 +571,7 @@ fn log_bounds(
                 source,
             })
         })?;
-    let partitions = super::topic_partitions(&consumer, topic)?;
+    let partitions = crate::topic_partitions(&consumer, topic)?;
     partitions
         .into_iter()
         .map(|p| {
@@ -594,8 +594,8 @@ async fn count_records(
 ) -> Result<BTreeMap<i32, (u64, i64)>, OpsError> {
     let mut config = kafka.reader_config(Duration::from_millis(100));
     config.set("enable.partition.eof", "true");
-    let consumer: StreamConsumer<super::ScanContext> =
-        super::scan_consumer(&config, "usage counter")?;
+    let consumer: StreamConsumer<crate::ScanContext> =
+        crate::scan_consumer(&config, "usage counter")?;
     let mut assignment = TopicPartitionList::new();
     let mut counts = BTreeMap::new();
     let mut pending = std::collections::BTreeSet::new();

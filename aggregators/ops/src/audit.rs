@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use schemas::Codec;
 
-use super::OpsError;
-use super::tail::{Tail, TailArgs};
+use crate::OpsError;
+use crate::tail::{Tail, TailArgs};
 
 /// `imgpipe ops audit` options.
 #[derive(Debug, Clone, Args)]
@@ -16,7 +16,7 @@ pub struct AuditArgs {
     #[arg(long)]
     pub tenant: Option<String>,
     /// From this time (RFC 3339 or Unix ms); default: 24 hours ago.
-    #[arg(long, value_parser = super::parse_datetime)]
+    #[arg(long, value_parser = crate::parse_datetime)]
     pub since: Option<SystemTime>,
     /// Only refused calls (status 4xx/5xx).
     #[arg(long)]
@@ -29,7 +29,7 @@ pub struct AuditArgs {
 /// Reads the trail from `since` to its current end; the records that match, oldest first per
 /// partition.
 pub async fn read(
-    config: &crate::Config,
+    config: &crate::OpsConfig,
     args: &AuditArgs,
 ) -> Result<Vec<serde_json::Value>, OpsError> {
     let codec = Codec::new(&config.registry, &config.kafka.namespace);
@@ -55,7 +55,7 @@ pub async fn read(
         let value = line.get("value").cloned().unwrap_or_default();
         let matches = filters
             .iter()
-            .all(|(field, wanted)| super::tail::field_matches(&line, field, wanted));
+            .all(|(field, wanted)| crate::tail::field_matches(&line, field, wanted));
         let refused = value
             .get("status")
             .and_then(serde_json::Value::as_i64)
@@ -74,7 +74,7 @@ pub async fn read(
 }
 
 /// Runs `ops audit` and prints the records.
-pub async fn run(config: &crate::Config, args: AuditArgs) -> Result<(), OpsError> {
+pub async fn run(config: &crate::OpsConfig, args: AuditArgs) -> Result<(), OpsError> {
     let records = read(config, &args).await?;
     if args.json {
         for record in &records {
@@ -112,7 +112,7 @@ pub fn render(records: &[serde_json::Value]) -> String {
             .and_then(serde_json::Value::as_i64)
             .unwrap_or(0);
         table.add_row([
-            super::format_ms(at),
+            crate::format_ms(at),
             text(r, "actor"),
             text(r, "authenticated"),
             text(r, "action"),

@@ -1,5 +1,8 @@
 //! `imgpipe ops`: the operators' tools, built on the same config as the services — consumer-group
 //! offsets, the dead-letter topic, usage rebuilds, decoded topic tails and the admin audit trail.
+//! A crate of its own beside the aggregator whose tables it rebuilds and whose inputs it
+//! replays; the `imgpipe` binary parses [`OpsArgs`] and calls [`run`] with the sections of its
+//! configuration that the tools read ([`OpsConfig`]).
 //!
 //! Every command that changes state first computes and prints a plan, and carries it out only
 //! with `--execute`; each refuses what would corrupt state (resetting a group that has members)
@@ -13,7 +16,25 @@ pub mod usage;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aggregators::AggregatorConfig;
+use chassis::clickhouse::ClickHouseConfig;
+use chassis::kafka::KafkaConfig;
 use clap::{Args, Subcommand};
+use schemas::RegistryConfig;
+
+/// The sections of the deployment's configuration that the tools read: the very values the
+/// services run with, so a tool sees the topics, groups and tables they use.
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    /// Kafka connection and namespace.
+    pub kafka: KafkaConfig,
+    /// Schema registry (decoding records).
+    pub registry: RegistryConfig,
+    /// ClickHouse (usage rebuilds).
+    pub clickhouse: ClickHouseConfig,
+    /// The usage aggregator's settings (a rebuild runs one).
+    pub aggregator: AggregatorConfig,
+}
 
 /// Why an ops command could not do its work. Every variant says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +168,7 @@ pub enum OpsCommand {
 }
 
 /// Runs one ops command, printing its plan or result on stdout.
-pub async fn run(config: &crate::Config, args: OpsArgs) -> Result<(), OpsError> {
+pub async fn run(config: &OpsConfig, args: OpsArgs) -> Result<(), OpsError> {
     match args.command {
         OpsCommand::Offsets { action } => {
             let kafka = config.kafka.clone();
