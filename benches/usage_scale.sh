@@ -4,7 +4,7 @@
 # and the api's) into a bench database with ClickHouse's own generators, inserted into
 # `usage_raw` as the aggregator inserts (so every materialized view fires), then settles the
 # rollups with `imgpipe rollup`, and measures at each size: every analyst query of
-# aggregators/README.md and every `GET /v1/usage` shape, before (the views and tenant query of
+# docs/analysts.md and every `GET /v1/usage` shape, before (the views and tenant query of
 # schema version 6, which deduplicate raw rows at query time) and after (rollups + live tail);
 # latency and memory from `system.query_log`; bytes per row from `system.parts`; the resume
 # point lookup.

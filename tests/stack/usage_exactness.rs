@@ -34,7 +34,7 @@ struct Totals {
 
 /// Request `i`'s record, stamped `event_ms` (the wall clock when its batch is made, as the api
 /// and the resizer stamp theirs): in production order within each partition, and never ahead
-/// of the clock, the bounds settling relies on (see aggregators/README.md).
+/// of the clock, the bounds settling relies on (see docs/analysts.md).
 fn usage(i: usize, event_ms: i64) -> UsageRecorded {
     let ok = !i.is_multiple_of(7);
     UsageRecorded {
