@@ -41,7 +41,7 @@ pub async fn read(
         filters.push(("tenant_id".to_owned(), tenant.clone()));
     }
     let tail_args = TailArgs {
-        topic: ingest::identity::audit::TOPIC.to_owned(),
+        topic: schemas::topics::IDENTITY_AUDIT.to_owned(),
         from_datetime: Some(since),
         from_beginning: false,
         filters: filters.clone(),
