@@ -720,6 +720,24 @@ pub fn registry_violations(
     violations
 }
 
+/// The readiness checks as a gauge family, built at scrape time from the same snapshot `/readyz`
+/// serves, so an alert and the endpoint can never disagree about a dependency.
+pub(crate) fn readiness_family(
+    readiness: &crate::Readiness,
+) -> prometheus::Result<prometheus::proto::MetricFamily> {
+    let registry = Registry::new();
+    let gauge = gauge_vec(&registry, ops::READINESS_CHECK_UP, &["check"])?;
+    for (name, check) in readiness.snapshot().1 {
+        gauge
+            .with_label_values(&[name.as_str()])
+            .set(i64::from(check.ready));
+    }
+    registry
+        .gather()
+        .pop()
+        .ok_or_else(|| prometheus::Error::Msg("no readiness family".into()))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -854,7 +872,7 @@ mod tests {
                 .into_iter()
                 .filter(|f| f.name() == consumer::REBALANCES_TOTAL.name),
         );
-        families.push(crate::ops::readiness_family(&ctx.readiness).unwrap());
+        families.push(readiness_family(&ctx.readiness).unwrap());
         let expected: Vec<Metric> = consumer::ALL.iter().chain(ops::ALL).copied().collect();
         assert_eq!(
             registry_violations(&families, &expected),

@@ -80,7 +80,7 @@ async fn metrics(State(state): State<OpsState>) -> Response {
             }
         }
     }
-    match readiness_family(&state.readiness) {
+    match crate::metrics::readiness_family(&state.readiness) {
         Ok(family) => {
             merged.insert(family.name().to_owned(), family);
         }
@@ -95,28 +95,6 @@ async fn metrics(State(state): State<OpsState>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
-}
-
-/// The readiness checks as a gauge family, built at scrape time from the same snapshot `/readyz`
-/// serves, so an alert and the endpoint can never disagree about a dependency.
-pub(crate) fn readiness_family(
-    readiness: &Readiness,
-) -> prometheus::Result<prometheus::proto::MetricFamily> {
-    let registry = Registry::new();
-    let gauge = crate::metrics::gauge_vec(
-        &registry,
-        crate::metrics::ops::READINESS_CHECK_UP,
-        &["check"],
-    )?;
-    for (name, check) in readiness.snapshot().1 {
-        gauge
-            .with_label_values(&[name.as_str()])
-            .set(i64::from(check.ready));
-    }
-    registry
-        .gather()
-        .pop()
-        .ok_or_else(|| prometheus::Error::Msg("no readiness family".into()))
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {

@@ -5,8 +5,9 @@
 use chassis::metrics::{self, auth as m};
 use prometheus::{Gauge, IntCounter, IntGauge, IntGaugeVec, Registry};
 
-/// The view's name in `imgpipe_consumer_lag_records{consumer}`, as its readiness check names it.
-const LAG_CONSUMER: &str = super::view::READINESS_CHECK;
+/// The view's name as a consumer: `imgpipe_consumer_lag_records{consumer}` and its readiness
+/// check on `/readyz` (`view::READINESS_CHECK`) both use it.
+pub(crate) const LAG_CONSUMER: &str = "identity_view";
 
 /// The view's metric handles.
 #[derive(Debug, Clone)]

@@ -33,8 +33,8 @@ use crate::identity_log::changes::{
 };
 use crate::identity_log::keys::{self, Secret};
 
-/// Name of the view's readiness check on `/readyz`.
-pub const READINESS_CHECK: &str = "identity_view";
+/// Name of the view's readiness check on `/readyz`: the consumer name of its metrics.
+pub const READINESS_CHECK: &str = super::metrics::LAG_CONSUMER;
 
 /// A key that verified once. Holding the verified secret (rather than its salted hash) makes a
 /// hit one 32-byte constant-time comparison; the secret is the one every request of this key
