@@ -9,6 +9,8 @@
 //! parent its child's) is how a module tree works and is not an edge. The test fails naming
 //! every cycle, with one reference per edge. Offline: it reads files, nothing else.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

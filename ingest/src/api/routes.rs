@@ -4,7 +4,7 @@
 //! and (when the tenant is known) a usage record. `GET /v1/usage` answers the caller's own usage.
 //!
 //! Billing follows what the client got, not what a resizer did: once a request is produced, the
-//! api writes the final usage record itself ([`Delivery`]): `ok` only when the 200's body was
+//! api writes the final usage record itself (`Delivery`): `ok` only when the 200's body was
 //! handed to the connection, `client_closed_request` when the client went away first, the error
 //! code otherwise. A resizer's own record says `resized`; the usage views prefer the api's record,
 //! so a request whose api died before answering stays `resized`, never `ok`.

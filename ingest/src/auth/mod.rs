@@ -3,8 +3,8 @@
 //! `identity.changes`, so the data plane never makes a network call to authenticate.
 //!
 //! - [`view`]: [`IdentityView`], the replica and its verified-key cache (the [`Authenticator`]).
-//! - [`changes`]: reading `identity.changes` (shared with the identity service's rebuild).
-//! - [`keys`]: the key format and salted hashing (shared with the identity service).
+//! - [`changes`](crate::identity_log::changes): reading `identity.changes` (shared with the identity service's rebuild).
+//! - [`keys`](crate::identity_log::keys): the key format and salted hashing (shared with the identity service).
 //! - [`rate_limit`]: per-tenant token buckets.
 //! - [`metrics`]: every metric name of this module.
 

@@ -130,7 +130,7 @@ impl ChangesReader {
     /// Creates the consumer and assigns it every partition from the beginning. `fetch_wait_max`
     /// bounds how long the broker holds an empty fetch, i.e. the latency floor of a change that
     /// arrives while a fetch is parked on another partition.
-    /// Waits a bounded time ([`METADATA_WAIT`]) for a just-created topic's leaders, or until
+    /// Waits a bounded time (`METADATA_WAIT`) for a just-created topic's leaders, or until
     /// `shutdown` ([`ChangesError::Cancelled`]).
     pub async fn open(
         kafka: &KafkaConfig,

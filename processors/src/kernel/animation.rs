@@ -1,5 +1,5 @@
 //! Animated GIF and WebP, resized frame by frame into an animated GIF or WebP. Each frame is
-//! composed onto the full canvas (GIF by `image`, WebP by [`webp_anim`]); every composed frame is
+//! composed onto the full canvas (GIF by `image`, WebP by [`webp_anim`](super::webp_anim)); every composed frame is
 //! resampled with the one plan made for the canvas, so the output frames line up exactly,
 //! converted from the input's embedded ICC profile to sRGB as a still is (after the resample, with
 //! one transform looked up for the whole animation), and handed to the encoder before the next

@@ -9,9 +9,9 @@
 //! A record a filter does not select is appended again to the DLQ in that transaction, so the
 //! cursor can move past it without losing it.
 //!
-//! By role: [`args`] (what the commands take), [`entry`] (one record read), [`scan`] (reading the
+//! By role: [`args`] (what the commands take), [`entry`] (one record read), `scan` (reading the
 //! DLQ from the cursor to its end), [`plan`] (what happens to each record, a pure decision),
-//! [`transaction`] (a batch's writes and the cursor in one Kafka transaction) and [`render`]
+//! `transaction` (a batch's writes and the cursor in one Kafka transaction) and [`render`]
 //! (tables); this module runs the commands.
 
 pub mod args;
