@@ -1,5 +1,5 @@
 //! The command line of `imgpipe`: one subcommand per service, and the tools. A module of the
-//! binary (not of the library, which the tools' crates build on); `tests/docs.rs` includes this
+//! binary (not of the library, which the tools' crates build on); `tests/offline/docs.rs` includes this
 //! file to check that every `imgpipe` command the docs show parses.
 
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! The configuration reference, `docs/configuration.md`, rendered from the configuration types
 //! themselves: each section's JSON Schema (`schemars`) carries the fields' doc comments as
 //! descriptions and their `Default` values as defaults, so the page cannot drift from the code.
-//! `imgpipe config --reference` prints it; `tests/docs.rs` fails when the committed page differs.
+//! `imgpipe config --reference` prints it; `tests/offline/docs.rs` fails when the committed page differs.
 
 use std::fmt::Write as _;
 
