@@ -10,6 +10,18 @@ pub const IMAGE_REQUESTS: &str = "image.requests";
 pub const IMAGE_RESULTS: &str = "image.results";
 /// Requests no resizer could read (bad schema, not an image request): original bytes, error in headers.
 pub const IMAGE_REQUESTS_DLQ: &str = "image.requests.dlq";
+/// The headers the resizer puts on a dead letter: the error and where the record came from (and,
+/// for an output that could not be written, where it was going). A record dead-lettered again
+/// has them replaced, and a redrive removes them, so both sides read this one list.
+pub const DLQ_HEADERS: &[&str] = &[
+    "error.class",
+    "error.message",
+    "source.topic",
+    "source.partition",
+    "source.offset",
+    "target.topic",
+    "target.partition",
+];
 /// One record per request outcome. Key: tenant id.
 pub const USAGE_EVENTS: &str = "usage.events";
 /// Identity state, compacted. Key: entity id.

@@ -9,18 +9,6 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 
 use super::outputs::{OutRecord, Unwritable};
 
-/// The headers a dead letter gets from the resizer (an input carrying them from an earlier
-/// dead-lettering has them replaced, not repeated).
-const DLQ_HEADERS: &[&str] = &[
-    "error.class",
-    "error.message",
-    "source.topic",
-    "source.partition",
-    "source.offset",
-    "target.topic",
-    "target.partition",
-];
-
 /// The dead letter of an input record: its key and bytes, with the error class (e.g.
 /// `undecodable_request`), the error and its origin in headers.
 pub(super) fn of_input(
@@ -38,7 +26,8 @@ pub(super) fn of_input(
         .map(|headers| {
             headers
                 .iter()
-                .filter(|h| !DLQ_HEADERS.contains(&h.key))
+                // An earlier dead-lettering's headers are replaced, not repeated.
+                .filter(|h| !schemas::topics::DLQ_HEADERS.contains(&h.key))
                 .fold(OwnedHeaders::new(), |kept, h| {
                     kept.insert(Header {
                         key: h.key,

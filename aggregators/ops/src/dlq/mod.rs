@@ -42,16 +42,6 @@ pub const CURSOR_GROUP: &str = "ops-dlq-redrive";
 /// The transactional id of `redrive` and `purge`: one run at a time, a new one fences the old.
 pub const TRANSACTIONAL_ID: &str = "ops-dlq-redrive";
 
-/// Headers the resizer adds when it dead-letters a record; removed again on redrive.
-pub const DLQ_HEADERS: &[&str] = &[
-    "error.class",
-    "error.message",
-    "source.topic",
-    "source.partition",
-    "source.offset",
-    "target.topic",
-    "target.partition",
-];
 /// How often a record has been redriven (absent: never).
 pub const REDRIVE_COUNT: &str = "redrive.count";
 /// Where a redriven record came from: `<dlq topic>/<partition>/<offset>`.

@@ -11,9 +11,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use schemas::topics::DLQ_HEADERS;
+
 use super::entry::DlqEntry;
 use super::plan::Disposition;
-use super::{DLQ_HEADERS, KEPT_FROM, REDRIVE_COUNT, REDRIVE_ERROR_CLASS, REDRIVE_FROM};
+use super::{KEPT_FROM, REDRIVE_COUNT, REDRIVE_ERROR_CLASS, REDRIVE_FROM};
 use crate::{KAFKA_CALL_TIMEOUT, OpsError};
 
 /// Writes one batch's outputs and the cursor past it in one transaction.
