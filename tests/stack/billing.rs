@@ -119,13 +119,7 @@ fn request_head(api: SocketAddr, key: &str, query: &str, length: usize) -> Strin
 async fn a_body_slower_than_the_deadline_gets_408_and_is_never_resized() {
     let (mut config, api, identity) = config("billing_slow_body").await;
     config.api.request_timeout = Duration::from_secs(2);
-    let services = [
-        Service::Identity,
-        Service::Aggregator,
-        Service::Resizer,
-        Service::Api,
-    ];
-    let hosted = support::host(config.clone(), &services).await;
+    let hosted = support::host(config.clone(), &Service::ALL).await;
     let tenant = support::create_tenant_key(identity, "slow", 100, 100).await;
     support::wait_for_key(api, &tenant.api_key).await;
 

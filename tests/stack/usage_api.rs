@@ -98,13 +98,7 @@ async fn each_tenant_sees_exactly_its_own_usage_seconds_later() {
     config.identity.listen = identity;
     config.identity.admin_token = support::ADMIN_TOKEN.into();
     config.aggregator.batch_max_age = Duration::from_millis(200);
-    let services = [
-        Service::Identity,
-        Service::Aggregator,
-        Service::Resizer,
-        Service::Api,
-    ];
-    let hosted = support::host(config.clone(), &services).await;
+    let hosted = support::host(config.clone(), &Service::ALL).await;
     let a = support::create_tenant_key(identity, "tenant-a", 1000, 1000).await;
     let b = support::create_tenant_key(identity, "tenant-b", 1000, 1000).await;
     let http = reqwest::Client::new();
@@ -281,13 +275,7 @@ async fn requests_count_delivered_images_and_refusals_are_their_own_column() {
     config.identity.listen = identity;
     config.identity.admin_token = support::ADMIN_TOKEN.into();
     config.aggregator.batch_max_age = Duration::from_millis(200);
-    let services = [
-        Service::Identity,
-        Service::Aggregator,
-        Service::Resizer,
-        Service::Api,
-    ];
-    let hosted = support::host(config.clone(), &services).await;
+    let hosted = support::host(config.clone(), &Service::ALL).await;
     // Five requests a second, a burst of three: a quick run of calls goes over the limit.
     let tenant = support::create_tenant_key(identity, "billed", 5, 3).await;
     support::wait_for_key(api, &tenant.api_key).await;
