@@ -52,6 +52,7 @@ fn usage(i: u64, tenant: String, time_ms: i64) -> UsageRecorded {
         output_format: Some("webp".into()),
         latency_us: 45_000,
         source: UsageSource::Resizer,
+        source_host: None,
     }
 }
 

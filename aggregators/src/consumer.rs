@@ -754,6 +754,7 @@ mod tests {
             output_format: None,
             latency_us: 1,
             source: schemas::events::UsageSource::Api,
+            source_host: None,
         }
     }
 

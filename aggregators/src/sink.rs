@@ -434,6 +434,7 @@ mod tests {
             output_format: None,
             latency_us: 6,
             source: UsageSource::Api,
+            source_host: None,
         };
         let row = UsageRow::new(3, 42, event.clone());
         assert_eq!(row.event_time, 1_700_000_000);

@@ -191,6 +191,21 @@ pub struct ResizeParams {
     /// Animated input: every frame, or a still of the first.
     #[serde(default)]
     pub frames: Frames,
+    /// Colour of padding and of transparency flattened for a format without alpha; `None` for
+    /// white (JPEG) or transparent padding.
+    #[serde(default)]
+    pub background: Option<Rgb>,
+}
+
+/// An sRGB colour, each channel 0–255.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Rgb {
+    /// Red.
+    pub r: i32,
+    /// Green.
+    pub g: i32,
+    /// Blue.
+    pub b: i32,
 }
 
 /// A resize request on `image.requests`.
@@ -210,13 +225,16 @@ pub struct ResizeRequested {
     pub params: ResizeParams,
     /// Content-Type the client sent, if any.
     pub content_type: Option<String>,
-    /// The image bytes.
+    /// The image bytes; empty when `source_url` is set.
     #[serde(with = "apache_avro::serde::bytes")]
     pub image: Vec<u8>,
     /// Where the reply goes.
     pub reply_topic: String,
     /// Which partition of `reply_topic`.
     pub reply_partition: i32,
+    /// The image by reference (a signed GET): the resizer fetches it; `None` when inline.
+    #[serde(default)]
+    pub source_url: Option<String>,
 }
 
 impl Event for ResizeRequested {
@@ -354,6 +372,9 @@ pub struct UsageRecorded {
     pub latency_us: i64,
     /// Writer.
     pub source: UsageSource,
+    /// Host of the source URL of a signed GET; `None` for an inline image.
+    #[serde(default)]
+    pub source_host: Option<String>,
 }
 
 impl Event for UsageRecorded {
@@ -488,11 +509,13 @@ pub(crate) mod samples {
                 lossless: true,
                 effort: Some(7),
                 frames: Frames::First,
+                background: None,
             },
             content_type: Some("image/jpeg".into()),
             image: vec![0xff, 0xd8, 0xff, 0, 1, 2],
             reply_topic: "image.results".into(),
             reply_partition: 3,
+            source_url: None,
         }
     }
 
@@ -534,6 +557,7 @@ pub(crate) mod samples {
             output_format: None,
             latency_us: 12_000,
             source: UsageSource::Resizer,
+            source_host: None,
         }
     }
 

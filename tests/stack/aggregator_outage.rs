@@ -35,6 +35,7 @@ fn record(tenant: &str, i: usize) -> UsageRecorded {
         output_format: Some("jpeg".into()),
         latency_us: 5,
         source: UsageSource::Resizer,
+        source_host: None,
     }
 }
 

@@ -34,6 +34,7 @@ fn usage(request_id: &str) -> UsageRecorded {
         output_format: Some("webp".into()),
         latency_us: 15_000,
         source: UsageSource::Resizer,
+        source_host: None,
     }
 }
 
@@ -58,11 +59,13 @@ async fn records_round_trip_through_kafka_and_the_registry() {
             lossless: true,
             effort: Some(3),
             frames: Frames::First,
+            background: None,
         },
         content_type: Some("image/gif".into()),
         image: (0..=255).collect(),
         reply_topic: config.kafka.name(schemas::topics::IMAGE_RESULTS),
         reply_partition: 7,
+        source_url: None,
     };
     let payload = codec.encode(&request).await.expect("encode");
     assert_eq!(payload[0], 0, "Confluent magic byte");
@@ -293,6 +296,7 @@ async fn the_output_format_parameters_are_a_backward_compatible_evolution() {
         image: vec![1, 2, 3],
         reply_topic: "replies".into(),
         reply_partition: 0,
+        source_url: None,
     };
     let previous_schema =
         apache_avro::Schema::parse_str(&previous.to_string()).expect("previous parses");

@@ -447,6 +447,7 @@ fn usage_record(tenant: &str, i: usize) -> UsageRecorded {
         output_format: Some("jpeg".into()),
         latency_us: 5,
         source: UsageSource::Resizer,
+        source_host: None,
     }
 }
 

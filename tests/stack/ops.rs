@@ -657,6 +657,7 @@ fn usage_event(i: usize, source: schemas::events::UsageSource) -> schemas::event
         output_format: Some("webp".into()),
         latency_us: 5000,
         source,
+        source_host: None,
     }
 }
 

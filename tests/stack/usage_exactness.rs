@@ -57,6 +57,7 @@ fn usage(i: usize, event_ms: i64) -> UsageRecorded {
         } else {
             UsageSource::Api
         },
+        source_host: None,
     }
 }
 
@@ -433,6 +434,7 @@ async fn tenant_query_matches_clickhouse_and_sees_only_its_tenant() {
             output_format: (!format.is_empty()).then(|| format.into()),
             latency_us: 10,
             source: UsageSource::Resizer,
+            source_host: None,
         };
         aggregators::sink::UsageRow::new(0, offset, event)
     };

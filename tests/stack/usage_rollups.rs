@@ -64,6 +64,7 @@ fn records(i: usize, t: i64) -> Vec<UsageRecorded> {
         output_format: Some(format.into()),
         latency_us: 5000 + (i % 999) as i64,
         source: UsageSource::Resizer,
+        source_host: None,
     };
     let api = |outcome: &str, status: i32, delay: i64, delivered: bool| UsageRecorded {
         event_time_ms: (t + delay) * 1000 + 7,
@@ -958,6 +959,7 @@ async fn a_requests_two_records_survive_merges_of_usage_raw() {
                     output_format: Some("webp".into()),
                     latency_us: 1,
                     source,
+                    source_host: None,
                 };
                 rows.push(UsageRow::new(0, offset, event));
                 offset += 1;

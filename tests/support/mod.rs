@@ -309,6 +309,7 @@ pub fn resize_request(
         image: images::jpeg(16, 16),
         reply_topic: config.kafka.name(schemas::topics::IMAGE_RESULTS),
         reply_partition,
+        source_url: None,
     }
 }
 

@@ -330,6 +330,7 @@ async fn publish_request(
         image: read.image.to_vec(),
         reply_topic: state.replies.topic().to_owned(),
         reply_partition: slot.partition,
+        source_url: None,
     };
     let traceparent = trace.header();
     let produce_started = Instant::now();
@@ -541,6 +542,7 @@ impl UsageDraft {
             output_format: output.map(|(_, f)| f.name().to_owned()),
             latency_us: self.received.latency_us(),
             source: UsageSource::Api,
+            source_host: None,
         }
     }
 

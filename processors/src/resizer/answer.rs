@@ -113,6 +113,7 @@ pub(super) fn answer(
             .map(|i| ImageFormat::name(i.format).to_owned()),
         latency_us: now_ms.saturating_sub(request.received_at_ms).max(0) * 1000,
         source: UsageSource::Resizer,
+        source_host: None,
     };
     let reply = ResizeResult {
         request_id: request.request_id.clone(),
@@ -158,6 +159,7 @@ mod tests {
             image: Vec::new(),
             reply_topic: "image.results".into(),
             reply_partition: 3,
+            source_url: None,
         }
     }
 
