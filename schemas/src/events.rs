@@ -382,6 +382,19 @@ impl Event for UsageRecorded {
     const SCHEMA: &'static str = include_str!("../avro/usage_recorded.avsc");
 }
 
+/// The billing dimension of a source URL ([`UsageRecorded::source_host`]): its host as the URL
+/// parser normalises it (lowercase, IPv6 in brackets), with the port when it is not the scheme's
+/// default. Never the path or query, which may carry a tenant's secrets. `None` for a string
+/// that is not an absolute URL with a host.
+pub fn source_host(source_url: &str) -> Option<String> {
+    let url = url::Url::parse(source_url).ok()?;
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
 /// Tenant lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -581,6 +594,21 @@ pub(crate) mod samples {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_host_is_the_host_and_a_non_default_port() {
+        for (url, host) in [
+            ("https://Images.Example.com/a/b.jpg?sig=secret", Some("images.example.com")),
+            ("https://images.example.com:443/a.jpg", Some("images.example.com")),
+            ("http://127.0.0.1:8070/a.jpg", Some("127.0.0.1:8070")),
+            ("http://[::1]:80/a.jpg", Some("[::1]")),
+            ("http://user:pw@cdn.example.com:8080/", Some("cdn.example.com:8080")),
+            ("not a url", None),
+            ("data:image/png;base64,AAAA", None),
+        ] {
+            assert_eq!(source_host(url).as_deref(), host, "{url}");
+        }
+    }
     use apache_avro::reader::datum::GenericDatumReader;
     use apache_avro::writer::datum::GenericDatumWriter;
     use apache_avro::{Schema, from_value};

@@ -1,7 +1,8 @@
 //! The api's HTTP routes. `POST /v1/resize` authenticates, validates, produces the request and
 //! answers with the reply from the correlation topic, in three steps (`read_request` →
 //! `publish_request` → `await_reply`); everything refused on the way gets a problem+json answer
-//! and (when the tenant is known) a usage record. `GET /v1/usage` answers the caller's own usage.
+//! and (when the tenant is known) a usage record. Signed GETs (`signed_get`) read their request
+//! differently and share the rest ([`Call`]). `GET /v1/usage` answers the caller's own usage.
 //!
 //! Billing follows what the client got, not what a resizer did: once a request is produced, the
 //! api writes the final usage record itself (`Delivery`): `ok` only when the 200's body was
@@ -58,35 +59,81 @@ pub fn app(state: AppState, http: &chassis::http::HttpConfig) -> Router {
 const RESIZE_ROUTE: &str = "/v1/resize";
 
 async fn resize(State(state): State<AppState>, request: Request) -> Response {
-    let received = Received::now();
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .cloned()
-        .unwrap_or_else(RequestId::generate);
-    // The client's trace continued (or a new one): sent on with the request, and on every log
-    // line of it.
-    let mut trace = TraceContext::continue_or_start(
-        request
-            .headers()
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let span = trace.span(request_id.as_str());
-    let handled = handle_resize(&state, request, request_id.as_str(), received, &trace);
-    let (response, outcome) = match handled.instrument(span).await {
-        Ok(response) => (response, outcomes::OK.to_owned()),
-        Err(problem) => {
-            let code = problem.code.to_string();
-            (problem.into_response(), code)
+    let call = Call::start(&request);
+    let (request_id, received) = (call.request_id().to_owned(), call.received());
+    let read = read_request(&state, request, &request_id, received);
+    call.serve(&state, RESIZE_ROUTE, read).await
+}
+
+/// One image request from arrival to answer, whichever route read it: its id, its arrival, its
+/// trace; [`Call::serve`] produces what the route read, waits for the reply and answers.
+pub(super) struct Call {
+    request_id: RequestId,
+    received: Received,
+    trace: TraceContext,
+}
+
+impl Call {
+    /// The request's id (from the HTTP face), arrival time and trace (the client's, continued,
+    /// or a new one).
+    pub(super) fn start(request: &Request) -> Self {
+        let received = Received::now();
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate);
+        let trace = TraceContext::continue_or_start(
+            request
+                .headers()
+                .get(TRACEPARENT)
+                .and_then(|v| v.to_str().ok()),
+        );
+        Self {
+            request_id,
+            received,
+            trace,
         }
-    };
-    state
-        .metrics
-        .request_seconds
-        .with_label_values(&[RESIZE_ROUTE, outcome.as_str()])
-        .observe(received.at.elapsed().as_secs_f64());
-    response
+    }
+
+    pub(super) fn request_id(&self) -> &str {
+        self.request_id.as_str()
+    }
+
+    pub(super) fn received(&self) -> Received {
+        self.received
+    }
+
+    /// Awaits `read` (the route's checks), then produces the request and answers with its
+    /// reply; every log line of it carries the trace, and `route` labels its duration.
+    pub(super) async fn serve(
+        mut self,
+        state: &AppState,
+        route: &str,
+        read: impl Future<Output = Result<ReadRequest, Problem>>,
+    ) -> Response {
+        let span = self.trace.span(self.request_id.as_str());
+        let request_id = self.request_id.as_str();
+        let (received, trace) = (self.received, &self.trace);
+        let handled = async {
+            let read = read.await?;
+            let published = publish_request(state, read, request_id, received, trace).await?;
+            await_reply(state, published, received).await
+        };
+        let (response, outcome) = match handled.instrument(span).await {
+            Ok(response) => (response, outcomes::OK.to_owned()),
+            Err(problem) => {
+                let code = problem.code.to_string();
+                (problem.into_response(), code)
+            }
+        };
+        state
+            .metrics
+            .request_seconds
+            .with_label_values(&[route, outcome.as_str()])
+            .observe(self.received.at.elapsed().as_secs_f64());
+        response
+    }
 }
 
 /// `GET /v1/usage`: the caller's own usage ([`UsageApi`](super::usage::UsageApi)); the tenant
@@ -139,13 +186,13 @@ async fn get_usage(State(state): State<AppState>, request: Request) -> Response 
 
 /// When a request arrived: its deadline counts from here, before the body is read.
 #[derive(Debug, Clone, Copy)]
-struct Received {
-    at: Instant,
+pub(super) struct Received {
+    pub(super) at: Instant,
     at_ms: i64,
 }
 
 impl Received {
-    fn now() -> Self {
+    pub(super) fn now() -> Self {
         Self {
             at: Instant::now(),
             at_ms: now_ms(),
@@ -157,26 +204,41 @@ impl Received {
     }
 }
 
-async fn handle_resize(
-    state: &AppState,
-    request: Request,
-    request_id: &str,
-    received: Received,
-    trace: &TraceContext,
-) -> Result<Response, Problem> {
-    let read = read_request(state, request, request_id, received).await?;
-    let published = publish_request(state, read, request_id, received, trace).await?;
-    await_reply(state, published, received).await
+/// A request read and checked: who sent it, what to do, and the image.
+pub(super) struct ReadRequest {
+    /// The tenant's usage record so far (every answer from here on is also a usage record).
+    pub(super) usage: UsageDraft,
+    pub(super) params: ResizeParams,
+    pub(super) input: Input,
 }
 
-/// A request read and checked: who sent it, what to do, and the image.
-struct ReadRequest {
-    /// The tenant's usage record so far (every answer from here on is also a usage record).
-    usage: UsageDraft,
-    params: ResizeParams,
-    content_type: Option<String>,
-    image: bytes::Bytes,
-    input_format: ImageFormat,
+/// Where the image of a request is.
+pub(super) enum Input {
+    /// In the request's body (`POST /v1/resize`), already sniffed.
+    Inline {
+        image: bytes::Bytes,
+        format: ImageFormat,
+        /// As the client sent it; the resizer sniffs regardless.
+        content_type: Option<String>,
+    },
+    /// At an origin (a signed GET): the resizer fetches it, so only the URL rides Kafka.
+    Source { url: url::Url },
+}
+
+impl Input {
+    fn bytes_in(&self) -> usize {
+        match self {
+            Self::Inline { image, .. } => image.len(),
+            Self::Source { .. } => 0,
+        }
+    }
+
+    fn format(&self) -> Option<ImageFormat> {
+        match self {
+            Self::Inline { format, .. } => Some(*format),
+            Self::Source { .. } => None,
+        }
+    }
 }
 
 /// Authenticates the caller, parses the parameters and reads the body within the request's
@@ -201,6 +263,7 @@ async fn read_request(
         tenant_id: principal.tenant_id.to_string(),
         key_id: principal.key_id.to_string(),
         received,
+        source_host: None,
     };
     let refused = |problem: Problem, bytes_in: usize, format: Option<ImageFormat>| {
         let record = usage.answered(&problem, bytes_in, format);
@@ -279,14 +342,16 @@ async fn read_request(
     Ok(ReadRequest {
         usage,
         params,
-        content_type,
-        image,
-        input_format,
+        input: Input::Inline {
+            image,
+            format: input_format,
+            content_type,
+        },
     })
 }
 
 /// A request the broker acknowledged, waiting for its reply.
-struct Published {
+pub(super) struct Published {
     slot: ReplySlot,
     /// Writes the request's final usage record, whatever happens from here.
     delivery: Delivery,
@@ -299,7 +364,7 @@ struct Published {
 }
 
 /// Reserves the reply slot and produces the request within what is left of its deadline.
-async fn publish_request(
+pub(super) async fn publish_request(
     state: &AppState,
     read: ReadRequest,
     request_id: &str,
@@ -319,6 +384,15 @@ async fn publish_request(
 
     let timeout = state.config.request_timeout;
     let deadline_at_ms = received.at_ms + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    let (bytes_in, input_format) = (read.input.bytes_in(), read.input.format());
+    let (image, content_type, source_url) = match read.input {
+        Input::Inline {
+            image,
+            content_type,
+            ..
+        } => (image.to_vec(), content_type, None),
+        Input::Source { url } => (Vec::new(), None, Some(url.into())),
+    };
     let event = ResizeRequested {
         request_id: request_id.to_owned(),
         tenant_id: read.usage.tenant_id.clone(),
@@ -326,11 +400,11 @@ async fn publish_request(
         received_at_ms: received.at_ms,
         deadline_at_ms,
         params: read.params,
-        content_type: read.content_type,
-        image: read.image.to_vec(),
+        content_type,
+        image,
         reply_topic: state.replies.topic().to_owned(),
         reply_partition: slot.partition,
-        source_url: None,
+        source_url,
     };
     let traceparent = trace.header();
     let produce_started = Instant::now();
@@ -339,12 +413,7 @@ async fn publish_request(
     let produced = tokio::time::timeout(remaining, state.publisher.publish(&event, &traceparent));
     // Whatever happens from here (the client leaving included), the api writes this request's
     // final usage record.
-    let delivery = Delivery::new(
-        state.publisher.clone(),
-        read.usage,
-        read.image.len(),
-        read.input_format,
-    );
+    let delivery = Delivery::new(state.publisher.clone(), read.usage, bytes_in, input_format);
     match produced.await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
@@ -377,7 +446,7 @@ async fn publish_request(
 }
 
 /// Waits for the resizer's reply within what is left of the deadline and answers with it.
-async fn await_reply(
+pub(super) async fn await_reply(
     state: &AppState,
     mut published: Published,
     received: Received,
@@ -499,6 +568,7 @@ async fn refused_at_authentication(
         tenant_id: claimed.tenant_id.to_string(),
         key_id: claimed.key_id.to_string(),
         received,
+        source_host: None,
     };
     state
         .publisher
@@ -508,11 +578,13 @@ async fn refused_at_authentication(
 
 /// What the api knows of a request for its usage record, once the tenant is authenticated.
 #[derive(Debug, Clone)]
-struct UsageDraft {
-    request_id: String,
-    tenant_id: String,
-    key_id: String,
-    received: Received,
+pub(super) struct UsageDraft {
+    pub(super) request_id: String,
+    pub(super) tenant_id: String,
+    pub(super) key_id: String,
+    pub(super) received: Received,
+    /// Host of a signed GET's source URL (a billing dimension); `None` for an inline image.
+    pub(super) source_host: Option<String>,
 }
 
 impl UsageDraft {
@@ -542,12 +614,12 @@ impl UsageDraft {
             output_format: output.map(|(_, f)| f.name().to_owned()),
             latency_us: self.received.latency_us(),
             source: UsageSource::Api,
-            source_host: None,
+            source_host: self.source_host.clone(),
         }
     }
 
     /// The record of a request answered with `problem`.
-    fn answered(
+    pub(super) fn answered(
         &self,
         problem: &Problem,
         bytes_in: usize,
@@ -571,7 +643,7 @@ struct Delivery {
     publisher: Arc<dyn RequestPublisher>,
     usage: UsageDraft,
     bytes_in: usize,
-    input_format: ImageFormat,
+    input_format: Option<ImageFormat>,
     output: Option<(usize, ImageFormat)>,
     settled: bool,
 }
@@ -584,7 +656,7 @@ impl Delivery {
         publisher: Arc<dyn RequestPublisher>,
         usage: UsageDraft,
         bytes_in: usize,
-        input_format: ImageFormat,
+        input_format: Option<ImageFormat>,
     ) -> Self {
         Self {
             publisher,
@@ -600,7 +672,7 @@ impl Delivery {
     fn refused(mut self, problem: Problem) -> Problem {
         let record = self
             .usage
-            .answered(&problem, self.bytes_in, Some(self.input_format));
+            .answered(&problem, self.bytes_in, self.input_format);
         self.settle(record);
         problem
     }
@@ -619,7 +691,7 @@ impl Delivery {
             outcomes::OK,
             200,
             self.bytes_in,
-            Some(self.input_format),
+            self.input_format,
             self.output,
         );
         self.settle(record);
@@ -642,7 +714,7 @@ impl Drop for Delivery {
                 outcomes::CLIENT_CLOSED,
                 CLIENT_CLOSED_STATUS,
                 self.bytes_in,
-                Some(self.input_format),
+                self.input_format,
                 None,
             );
             self.settle(record);
