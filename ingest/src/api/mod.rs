@@ -6,11 +6,13 @@
 //! - [`replies`]: reply partition ownership and routing ([`ReplyRouter`]).
 //! - [`publisher`]: producing requests and api-side usage records.
 //! - [`params`]: query parameters → the contract's `ResizeParams`.
+//! - [`imgproxy`]: signed GET URLs in imgproxy's format → the contract's `ResizeParams`.
 //! - [`problem`]: the api's refusals (the shared `chassis::http::Problem`).
 //! - [`usage`]: `GET /v1/usage`.
 //! - [`openapi`]: the `/openapi.json` document.
 
 pub mod config;
+pub mod imgproxy;
 pub mod metrics;
 pub mod openapi;
 pub mod params;

@@ -44,18 +44,22 @@ pub fn parse(query: Option<&str>) -> Result<ResizeParams, String> {
     }
     // Checked here only when the format is named; with the input's format kept, the resizer
     // checks again once it has sniffed the input.
-    if params.lossless
-        && matches!(
-            params.format,
-            Some(ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::Avif)
-        )
-    {
+    if params.lossless && !lossless_allowed(params.format) {
         return Err("`lossless=true` needs `format=webp` or `png`".into());
     }
     Ok(params)
 }
 
-fn side(name: &str, value: &str) -> Result<i32, String> {
+/// Whether lossless output can be asked of `format` (`None`: the input's, checked by the resizer
+/// once it has sniffed the input).
+pub(crate) fn lossless_allowed(format: Option<ImageFormat>) -> bool {
+    !matches!(
+        format,
+        Some(ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::Avif)
+    )
+}
+
+pub(crate) fn side(name: &str, value: &str) -> Result<i32, String> {
     match value.parse::<i32>() {
         Ok(n) if (1..=MAX_SIDE).contains(&n) => Ok(n),
         _ => Err(format!(
@@ -64,7 +68,7 @@ fn side(name: &str, value: &str) -> Result<i32, String> {
     }
 }
 
-fn quality(value: &str) -> Result<i32, String> {
+pub(crate) fn quality(value: &str) -> Result<i32, String> {
     match value.parse::<i32>() {
         Ok(n) if (1..=100).contains(&n) => Ok(n),
         _ => Err(format!(
@@ -73,7 +77,7 @@ fn quality(value: &str) -> Result<i32, String> {
     }
 }
 
-fn effort(value: &str) -> Result<i32, String> {
+pub(crate) fn effort(value: &str) -> Result<i32, String> {
     match value.parse::<i32>() {
         Ok(n) if (0..=MAX_EFFORT).contains(&n) => Ok(n),
         _ => Err(format!(
@@ -82,7 +86,7 @@ fn effort(value: &str) -> Result<i32, String> {
     }
 }
 
-fn frames(value: &str) -> Result<Frames, String> {
+pub(crate) fn frames(value: &str) -> Result<Frames, String> {
     match value {
         "all" => Ok(Frames::All),
         "first" => Ok(Frames::First),
@@ -130,7 +134,7 @@ fn gravity(value: &str) -> Result<Gravity, String> {
     })
 }
 
-fn format(value: &str) -> Result<ImageFormat, String> {
+pub(crate) fn format(value: &str) -> Result<ImageFormat, String> {
     match value {
         "jpeg" | "jpg" => Ok(ImageFormat::Jpeg),
         "png" => Ok(ImageFormat::Png),
