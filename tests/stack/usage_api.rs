@@ -143,6 +143,9 @@ async fn each_tenant_sees_exactly_its_own_usage_seconds_later() {
         .unwrap()
         .as_secs();
     let range = format!("from={}&to={}", now - 3600, now + 60);
+    // A resizer sends its reply before its transaction with the usage record commits, so the
+    // api's `ok` can be stored a moment before the record carrying the work: wait for both.
+    let pixels_out = 5 * 100 * 75;
     let report = support::eventually(
         Duration::from_secs(20),
         "usage of tenant A in ClickHouse",
@@ -156,7 +159,8 @@ async fn each_tenant_sees_exactly_its_own_usage_seconds_later() {
             .await;
             (status == StatusCode::OK
                 && sum(&report, "requests") == a_requests
-                && sum(&report, "refused") == a_refused)
+                && sum(&report, "refused") == a_refused
+                && sum(&report, "pixels_out") == pixels_out)
                 .then_some(report)
         },
     )
@@ -169,7 +173,7 @@ async fn each_tenant_sees_exactly_its_own_usage_seconds_later() {
     let sent = i64::try_from(photo.len()).unwrap();
     // A parameter typo is refused before the body is read: only the five resizes count bytes.
     assert_eq!(bytes_in, 5 * sent);
-    assert_eq!(sum(&report, "pixels_out"), 5 * 100 * 75, "{report}");
+    assert_eq!(sum(&report, "pixels_out"), pixels_out, "{report}");
 
     // By outcome: five ok, two refused with bad_parameters. `ok` comes from the api's record of
     // each delivered image, which may land a moment after the resizer's `resized`.
