@@ -11,6 +11,7 @@
 --   11: usage_recent_from_raw re-created on the re-keyed usage_raw (current servers)
 --   13: usage_offsets_from_recent reads usage_recent again (current servers, after 12)
 --   14: usage_raw compressed with ZSTD (current servers)
+--   17: usage_raw.source_host compressed with ZSTD; materialized views in current servers' form (after 16)
 
 CREATE TABLE imgpipe.admin_audit (
     tenant_id String,
@@ -68,6 +69,7 @@ CREATE TABLE imgpipe.usage_raw (
     output_format String,
     latency_us Int64,
     source String,
+    source_host String DEFAULT '',
     inserted_at DateTime('UTC') DEFAULT now(),
     event_time_ms Int64 ALIAS (toInt64(toUInt32(event_time)) * 1000) + event_ms
 )
@@ -90,7 +92,8 @@ CREATE TABLE imgpipe.usage_recent (
     latency_us Int64,
     from_api UInt8,
     kafka_partition Int32,
-    kafka_offset Int64
+    kafka_offset Int64,
+    source_host String DEFAULT ''
 )
 ENGINE = MergeTree()
 PARTITION BY intDiv(toUInt32(event_time), 300)
@@ -114,6 +117,7 @@ CREATE TABLE imgpipe.usage_rollup (
     bucket DateTime('UTC'),
     outcome String,
     format String,
+    source_host String DEFAULT '',
     requests AggregateFunction(sum, UInt64),
     bytes_in AggregateFunction(sum, Int64),
     bytes_out AggregateFunction(sum, Int64),
@@ -126,7 +130,7 @@ CREATE TABLE imgpipe.usage_rollup (
 )
 ENGINE = AggregatingMergeTree()
 PARTITION BY toYYYYMM(bucket)
-ORDER BY (granularity, tenant_id, bucket, outcome, format)
+ORDER BY (granularity, tenant_id, bucket, outcome, format, source_host)
 SETTINGS index_granularity = 8192;
 
 CREATE VIEW imgpipe.usage_by_request (
@@ -147,11 +151,12 @@ CREATE VIEW imgpipe.usage_by_request (
     output_format String,
     latency_us Int64,
     source String,
+    source_host String,
     deliveries Int64
 ) AS
-SELECT tenant_id, request_id, any(request_id_text) AS request_id_text, any(key_id) AS key_id, argMax(event_time, from_api) AS event_time, argMax(event_time_ms, from_api) AS event_time_ms, argMax(outcome, from_api) AS outcome, argMax(status, from_api) AS status, max(bytes_in) AS bytes_in, max(bytes_out) AS bytes_out, max(pixels_in) AS pixels_in, max(pixels_out) AS pixels_out, max(cpu_time_us) AS cpu_time_us, max(input_format) AS input_format, max(output_format) AS output_format, argMax(latency_us, from_api) AS latency_us, argMax(source, from_api) AS source, (count() - uniqExact(from_api)) + 1 AS deliveries
+SELECT tenant_id, request_id, any(request_id_text) AS request_id_text, any(key_id) AS key_id, argMax(event_time, from_api) AS event_time, argMax(event_time_ms, from_api) AS event_time_ms, argMax(outcome, from_api) AS outcome, argMax(status, from_api) AS status, max(bytes_in) AS bytes_in, max(bytes_out) AS bytes_out, max(pixels_in) AS pixels_in, max(pixels_out) AS pixels_out, max(cpu_time_us) AS cpu_time_us, max(input_format) AS input_format, max(output_format) AS output_format, argMax(latency_us, from_api) AS latency_us, argMax(source, from_api) AS source, max(source_host) AS source_host, (count() - uniqExact(from_api)) + 1 AS deliveries
 FROM (
-    SELECT tenant_id, request_id, request_id_text, key_id, event_time, event_time_ms, outcome, status, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, input_format, output_format, latency_us, source, source = 'API' AS from_api
+    SELECT tenant_id, request_id, request_id_text, key_id, event_time, event_time_ms, outcome, status, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, input_format, output_format, latency_us, source, source_host, source = 'API' AS from_api
     FROM imgpipe.usage_raw)
 GROUP BY tenant_id, request_id;
 
@@ -160,6 +165,7 @@ CREATE VIEW imgpipe.usage_day (
     day DateTime('UTC'),
     outcome String,
     format String,
+    source_host String,
     requests UInt64,
     refused UInt64,
     bytes_in Int64,
@@ -171,15 +177,15 @@ CREATE VIEW imgpipe.usage_day (
     latency_us_max Int64,
     latency_us_digest AggregateFunction(quantilesTDigest(0.5, 0.9, 0.99), Int64)
 ) AS
-SELECT tenant_id, bucket AS day, outcome, format, if(has(['ok', 'resized'], outcome), finalizeAggregation(requests_state), toUInt64(0)) AS requests, if(has(['ok', 'resized'], outcome), toUInt64(0), finalizeAggregation(requests_state)) AS refused, finalizeAggregation(bytes_in) AS bytes_in, finalizeAggregation(bytes_out) AS bytes_out, finalizeAggregation(pixels_in) AS pixels_in, finalizeAggregation(pixels_out) AS pixels_out, finalizeAggregation(cpu_time_us) AS cpu_time_us, finalizeAggregation(latency_us_sum) AS latency_us_sum, finalizeAggregation(latency_us_max) AS latency_us_max, latency_us_digest
+SELECT tenant_id, bucket AS day, outcome, format, source_host, if(has(['ok', 'resized'], outcome), finalizeAggregation(requests_state), toUInt64(0)) AS requests, if(has(['ok', 'resized'], outcome), toUInt64(0), finalizeAggregation(requests_state)) AS refused, finalizeAggregation(bytes_in) AS bytes_in, finalizeAggregation(bytes_out) AS bytes_out, finalizeAggregation(pixels_in) AS pixels_in, finalizeAggregation(pixels_out) AS pixels_out, finalizeAggregation(cpu_time_us) AS cpu_time_us, finalizeAggregation(latency_us_sum) AS latency_us_sum, finalizeAggregation(latency_us_max) AS latency_us_max, latency_us_digest
 FROM (
-    SELECT tenant_id, bucket, outcome, format, requests AS requests_state, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, latency_us_sum, latency_us_max, latency_us_digest
+    SELECT tenant_id, bucket, outcome, format, source_host, requests AS requests_state, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, latency_us_sum, latency_us_max, latency_us_digest
     FROM imgpipe.usage_rollup
     WHERE granularity = 3)
 UNION ALL
-SELECT tenant_id, toStartOfDay(request_time) AS day, request_outcome AS outcome, request_format AS format, countIf(has(['ok', 'resized'], request_outcome)) AS requests, countIf(NOT has(['ok', 'resized'], request_outcome)) AS refused, sum(request_bytes_in) AS bytes_in, sum(request_bytes_out) AS bytes_out, sum(request_pixels_in) AS pixels_in, sum(request_pixels_out) AS pixels_out, sum(request_cpu_time_us) AS cpu_time_us, sum(request_latency_us) AS latency_us_sum, max(request_latency_us) AS latency_us_max, quantilesTDigestStateIf(0.5, 0.9, 0.99)(request_latency_us, 1) AS latency_us_digest
+SELECT tenant_id, toStartOfDay(request_time) AS day, request_outcome AS outcome, request_format AS format, request_source_host AS source_host, countIf(has(['ok', 'resized'], request_outcome)) AS requests, countIf(NOT has(['ok', 'resized'], request_outcome)) AS refused, sum(request_bytes_in) AS bytes_in, sum(request_bytes_out) AS bytes_out, sum(request_pixels_in) AS pixels_in, sum(request_pixels_out) AS pixels_out, sum(request_cpu_time_us) AS cpu_time_us, sum(request_latency_us) AS latency_us_sum, max(request_latency_us) AS latency_us_max, quantilesTDigestStateIf(0.5, 0.9, 0.99)(request_latency_us, 1) AS latency_us_digest
 FROM (
-    SELECT tenant_id, request_id, argMax(event_time, from_api) AS request_time, argMax(outcome, from_api) AS request_outcome, max(output_format) AS request_format, max(bytes_in) AS request_bytes_in, max(bytes_out) AS request_bytes_out, max(pixels_in) AS request_pixels_in, max(pixels_out) AS request_pixels_out, max(cpu_time_us) AS request_cpu_time_us, argMax(latency_us, from_api) AS request_latency_us
+    SELECT tenant_id, request_id, argMax(event_time, from_api) AS request_time, argMax(outcome, from_api) AS request_outcome, max(output_format) AS request_format, max(bytes_in) AS request_bytes_in, max(bytes_out) AS request_bytes_out, max(pixels_in) AS request_pixels_in, max(pixels_out) AS request_pixels_out, max(cpu_time_us) AS request_cpu_time_us, argMax(latency_us, from_api) AS request_latency_us, max(source_host) AS request_source_host
     FROM imgpipe.usage_recent
     WHERE event_time >= toDateTime(greatest(toUInt32((
                     SELECT max(bucket)
@@ -190,13 +196,14 @@ FROM (
         SELECT max(bucket) + 1
         FROM imgpipe.usage_rollup
         WHERE granularity = 0))
-GROUP BY tenant_id, day, outcome, format;
+GROUP BY tenant_id, day, outcome, format, source_host;
 
 CREATE VIEW imgpipe.usage_hour (
     tenant_id String,
     hour DateTime('UTC'),
     outcome String,
     format String,
+    source_host String,
     requests UInt64,
     refused UInt64,
     bytes_in Int64,
@@ -208,15 +215,15 @@ CREATE VIEW imgpipe.usage_hour (
     latency_us_max Int64,
     latency_us_digest AggregateFunction(quantilesTDigest(0.5, 0.9, 0.99), Int64)
 ) AS
-SELECT tenant_id, bucket AS hour, outcome, format, if(has(['ok', 'resized'], outcome), finalizeAggregation(requests_state), toUInt64(0)) AS requests, if(has(['ok', 'resized'], outcome), toUInt64(0), finalizeAggregation(requests_state)) AS refused, finalizeAggregation(bytes_in) AS bytes_in, finalizeAggregation(bytes_out) AS bytes_out, finalizeAggregation(pixels_in) AS pixels_in, finalizeAggregation(pixels_out) AS pixels_out, finalizeAggregation(cpu_time_us) AS cpu_time_us, finalizeAggregation(latency_us_sum) AS latency_us_sum, finalizeAggregation(latency_us_max) AS latency_us_max, latency_us_digest
+SELECT tenant_id, bucket AS hour, outcome, format, source_host, if(has(['ok', 'resized'], outcome), finalizeAggregation(requests_state), toUInt64(0)) AS requests, if(has(['ok', 'resized'], outcome), toUInt64(0), finalizeAggregation(requests_state)) AS refused, finalizeAggregation(bytes_in) AS bytes_in, finalizeAggregation(bytes_out) AS bytes_out, finalizeAggregation(pixels_in) AS pixels_in, finalizeAggregation(pixels_out) AS pixels_out, finalizeAggregation(cpu_time_us) AS cpu_time_us, finalizeAggregation(latency_us_sum) AS latency_us_sum, finalizeAggregation(latency_us_max) AS latency_us_max, latency_us_digest
 FROM (
-    SELECT tenant_id, bucket, outcome, format, requests AS requests_state, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, latency_us_sum, latency_us_max, latency_us_digest
+    SELECT tenant_id, bucket, outcome, format, source_host, requests AS requests_state, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, latency_us_sum, latency_us_max, latency_us_digest
     FROM imgpipe.usage_rollup
     WHERE granularity = 2)
 UNION ALL
-SELECT tenant_id, toStartOfHour(request_time) AS hour, request_outcome AS outcome, request_format AS format, countIf(has(['ok', 'resized'], request_outcome)) AS requests, countIf(NOT has(['ok', 'resized'], request_outcome)) AS refused, sum(request_bytes_in) AS bytes_in, sum(request_bytes_out) AS bytes_out, sum(request_pixels_in) AS pixels_in, sum(request_pixels_out) AS pixels_out, sum(request_cpu_time_us) AS cpu_time_us, sum(request_latency_us) AS latency_us_sum, max(request_latency_us) AS latency_us_max, quantilesTDigestStateIf(0.5, 0.9, 0.99)(request_latency_us, 1) AS latency_us_digest
+SELECT tenant_id, toStartOfHour(request_time) AS hour, request_outcome AS outcome, request_format AS format, request_source_host AS source_host, countIf(has(['ok', 'resized'], request_outcome)) AS requests, countIf(NOT has(['ok', 'resized'], request_outcome)) AS refused, sum(request_bytes_in) AS bytes_in, sum(request_bytes_out) AS bytes_out, sum(request_pixels_in) AS pixels_in, sum(request_pixels_out) AS pixels_out, sum(request_cpu_time_us) AS cpu_time_us, sum(request_latency_us) AS latency_us_sum, max(request_latency_us) AS latency_us_max, quantilesTDigestStateIf(0.5, 0.9, 0.99)(request_latency_us, 1) AS latency_us_digest
 FROM (
-    SELECT tenant_id, request_id, argMax(event_time, from_api) AS request_time, argMax(outcome, from_api) AS request_outcome, max(output_format) AS request_format, max(bytes_in) AS request_bytes_in, max(bytes_out) AS request_bytes_out, max(pixels_in) AS request_pixels_in, max(pixels_out) AS request_pixels_out, max(cpu_time_us) AS request_cpu_time_us, argMax(latency_us, from_api) AS request_latency_us
+    SELECT tenant_id, request_id, argMax(event_time, from_api) AS request_time, argMax(outcome, from_api) AS request_outcome, max(output_format) AS request_format, max(bytes_in) AS request_bytes_in, max(bytes_out) AS request_bytes_out, max(pixels_in) AS request_pixels_in, max(pixels_out) AS request_pixels_out, max(cpu_time_us) AS request_cpu_time_us, argMax(latency_us, from_api) AS request_latency_us, max(source_host) AS request_source_host
     FROM imgpipe.usage_recent
     WHERE event_time >= toDateTime(greatest(toUInt32((
                     SELECT max(bucket)
@@ -227,13 +234,14 @@ FROM (
         SELECT max(bucket) + 1
         FROM imgpipe.usage_rollup
         WHERE granularity = 0))
-GROUP BY tenant_id, hour, outcome, format;
+GROUP BY tenant_id, hour, outcome, format, source_host;
 
 CREATE VIEW imgpipe.usage_minute (
     tenant_id String,
     minute DateTime('UTC'),
     outcome String,
     format String,
+    source_host String,
     requests UInt64,
     refused UInt64,
     bytes_in Int64,
@@ -245,15 +253,15 @@ CREATE VIEW imgpipe.usage_minute (
     latency_us_max Int64,
     latency_us_digest AggregateFunction(quantilesTDigest(0.5, 0.9, 0.99), Int64)
 ) AS
-SELECT tenant_id, bucket AS minute, outcome, format, if(has(['ok', 'resized'], outcome), finalizeAggregation(requests_state), toUInt64(0)) AS requests, if(has(['ok', 'resized'], outcome), toUInt64(0), finalizeAggregation(requests_state)) AS refused, finalizeAggregation(bytes_in) AS bytes_in, finalizeAggregation(bytes_out) AS bytes_out, finalizeAggregation(pixels_in) AS pixels_in, finalizeAggregation(pixels_out) AS pixels_out, finalizeAggregation(cpu_time_us) AS cpu_time_us, finalizeAggregation(latency_us_sum) AS latency_us_sum, finalizeAggregation(latency_us_max) AS latency_us_max, latency_us_digest
+SELECT tenant_id, bucket AS minute, outcome, format, source_host, if(has(['ok', 'resized'], outcome), finalizeAggregation(requests_state), toUInt64(0)) AS requests, if(has(['ok', 'resized'], outcome), toUInt64(0), finalizeAggregation(requests_state)) AS refused, finalizeAggregation(bytes_in) AS bytes_in, finalizeAggregation(bytes_out) AS bytes_out, finalizeAggregation(pixels_in) AS pixels_in, finalizeAggregation(pixels_out) AS pixels_out, finalizeAggregation(cpu_time_us) AS cpu_time_us, finalizeAggregation(latency_us_sum) AS latency_us_sum, finalizeAggregation(latency_us_max) AS latency_us_max, latency_us_digest
 FROM (
-    SELECT tenant_id, bucket, outcome, format, requests AS requests_state, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, latency_us_sum, latency_us_max, latency_us_digest
+    SELECT tenant_id, bucket, outcome, format, source_host, requests AS requests_state, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, latency_us_sum, latency_us_max, latency_us_digest
     FROM imgpipe.usage_rollup
     WHERE granularity = 1)
 UNION ALL
-SELECT tenant_id, toStartOfMinute(request_time) AS minute, request_outcome AS outcome, request_format AS format, countIf(has(['ok', 'resized'], request_outcome)) AS requests, countIf(NOT has(['ok', 'resized'], request_outcome)) AS refused, sum(request_bytes_in) AS bytes_in, sum(request_bytes_out) AS bytes_out, sum(request_pixels_in) AS pixels_in, sum(request_pixels_out) AS pixels_out, sum(request_cpu_time_us) AS cpu_time_us, sum(request_latency_us) AS latency_us_sum, max(request_latency_us) AS latency_us_max, quantilesTDigestStateIf(0.5, 0.9, 0.99)(request_latency_us, 0) AS latency_us_digest
+SELECT tenant_id, toStartOfMinute(request_time) AS minute, request_outcome AS outcome, request_format AS format, request_source_host AS source_host, countIf(has(['ok', 'resized'], request_outcome)) AS requests, countIf(NOT has(['ok', 'resized'], request_outcome)) AS refused, sum(request_bytes_in) AS bytes_in, sum(request_bytes_out) AS bytes_out, sum(request_pixels_in) AS pixels_in, sum(request_pixels_out) AS pixels_out, sum(request_cpu_time_us) AS cpu_time_us, sum(request_latency_us) AS latency_us_sum, max(request_latency_us) AS latency_us_max, quantilesTDigestStateIf(0.5, 0.9, 0.99)(request_latency_us, 0) AS latency_us_digest
 FROM (
-    SELECT tenant_id, request_id, argMax(event_time, from_api) AS request_time, argMax(outcome, from_api) AS request_outcome, max(output_format) AS request_format, max(bytes_in) AS request_bytes_in, max(bytes_out) AS request_bytes_out, max(pixels_in) AS request_pixels_in, max(pixels_out) AS request_pixels_out, max(cpu_time_us) AS request_cpu_time_us, argMax(latency_us, from_api) AS request_latency_us
+    SELECT tenant_id, request_id, argMax(event_time, from_api) AS request_time, argMax(outcome, from_api) AS request_outcome, max(output_format) AS request_format, max(bytes_in) AS request_bytes_in, max(bytes_out) AS request_bytes_out, max(pixels_in) AS request_pixels_in, max(pixels_out) AS request_pixels_out, max(cpu_time_us) AS request_cpu_time_us, argMax(latency_us, from_api) AS request_latency_us, max(source_host) AS request_source_host
     FROM imgpipe.usage_recent
     WHERE event_time >= toDateTime(greatest(toUInt32((
                     SELECT max(bucket)
@@ -264,7 +272,7 @@ FROM (
         SELECT max(bucket) + 1
         FROM imgpipe.usage_rollup
         WHERE granularity = 0))
-GROUP BY tenant_id, minute, outcome, format;
+GROUP BY tenant_id, minute, outcome, format, source_host;
 
 CREATE MATERIALIZED VIEW imgpipe.usage_offsets_from_recent TO imgpipe.usage_offsets (
     kafka_partition Int32,
@@ -298,8 +306,9 @@ CREATE MATERIALIZED VIEW imgpipe.usage_recent_from_raw TO imgpipe.usage_recent (
     latency_us Int64,
     from_api UInt8,
     kafka_partition Int32,
-    kafka_offset Int64
+    kafka_offset Int64,
+    source_host String
 ) AS
-SELECT tenant_id, request_id, event_time, outcome, output_format, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, latency_us, source = 'API' AS from_api, kafka_partition, kafka_offset
+SELECT tenant_id, request_id, event_time, outcome, output_format, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, latency_us, source = 'API' AS from_api, kafka_partition, kafka_offset, source_host
 FROM imgpipe.usage_raw;
 

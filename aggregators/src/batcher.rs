@@ -381,6 +381,7 @@ mod tests {
             output_format: String::new(),
             latency_us: 1,
             source: "RESIZER".into(),
+            source_host: String::new(),
         }
     }
 

@@ -21,6 +21,8 @@
 //! `usage_recent` tenant-first and only the unsettled tail (5-minute partitions the rollup job
 //! drops), latency digests in the rollup; 14 adds ZSTD where the server has codecs.
 //! Version 15 splits the views' `requests` into billed work (`requests`) and `refused`.
+//! Version 16 adds `source_host` (a signed GET's source host; `''` for an inline image) to the
+//! records, the rollup's key and the views; 17 gives current servers their forms of it.
 
 use chassis::clickhouse::{ClickHouseConfig, ClickHouseError, DatabaseName, ServerVersion};
 use clickhouse::Client;
@@ -37,6 +39,38 @@ struct Migration {
     statements: &'static [&'static str],
     /// Only for servers where [`ServerVersion::is_modern`] holds.
     modern_only: bool,
+}
+
+/// The `SELECT` of one row per request from `{db}.usage_recent` as versions 8 to 15 wrote it
+/// (before `source_host`): their views are created from it on a fresh database, where that
+/// column does not exist yet. Frozen; `crate::rollup::per_request!` is the current form.
+macro_rules! per_request_before_16 {
+    ($where:literal, $having:literal) => {
+        concat!(
+            "
+    SELECT
+        tenant_id,
+        request_id,
+        argMax(event_time, from_api) AS request_time,
+        argMax(outcome, from_api) AS request_outcome,
+        max(output_format) AS request_format,
+        max(bytes_in) AS request_bytes_in,
+        max(bytes_out) AS request_bytes_out,
+        max(pixels_in) AS request_pixels_in,
+        max(pixels_out) AS request_pixels_out,
+        max(cpu_time_us) AS request_cpu_time_us,
+        argMax(latency_us, from_api) AS request_latency_us
+    FROM {db}.usage_recent
+    WHERE ",
+            $where,
+            "
+    GROUP BY tenant_id, request_id
+    HAVING ",
+            $having,
+            "
+"
+        )
+    };
 }
 
 /// `CREATE VIEW` of one time rollup of `usage_by_request`: per tenant, `$bucket` (named by the
@@ -122,7 +156,7 @@ SELECT
     sum(request_latency_us) AS latency_us_sum,
     max(request_latency_us) AS latency_us_max
 FROM (",
-            crate::rollup::per_request!(
+            per_request_before_16!(
                 // The mark less 59 s, computed unsigned-safe: with no mark yet (0) DateTime
                 // arithmetic would wrap to 2106 and hide every row.
                 "event_time >= toDateTime(greatest(toUInt32((SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0)), 59) - 59, 'UTC')",
@@ -215,7 +249,7 @@ SELECT
             $digest,
             ") AS latency_us_digest
 FROM (",
-            crate::rollup::per_request!(
+            per_request_before_16!(
                 "event_time >= toDateTime(greatest(toUInt32((SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0)), 59) - 59, 'UTC')",
                 "request_time >= (SELECT max(bucket) + 1 FROM {db}.usage_rollup WHERE granularity = 0)"
             ),
@@ -310,7 +344,7 @@ SELECT
             $digest,
             ") AS latency_us_digest
 FROM (",
-            crate::rollup::per_request!(
+            per_request_before_16!(
                 "event_time >= toDateTime(greatest(toUInt32((SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0)), 59) - 59, 'UTC')",
                 "request_time >= (SELECT max(bucket) + 1 FROM {db}.usage_rollup WHERE granularity = 0)"
             ),
@@ -319,6 +353,101 @@ GROUP BY tenant_id, ",
             $bucket,
             ", outcome, format"
         )
+    };
+}
+
+/// `CREATE VIEW` of one time rollup as analysts see it, from version 16 on: like
+/// `billed_rollup_view`, with `source_host` (the host of a signed GET's source URL, `''` for an
+/// image sent in the request body) a key beside outcome and format, in the settled rows (a key
+/// column of `usage_rollup`) and in the live tail (the request's host, as the rollup job takes
+/// it: `crate::rollup::per_request!`).
+macro_rules! host_rollup_view {
+    ($view:literal, $bucket:literal, $start_of:literal, $g:literal, $digest:literal) => {
+        concat!(
+            "CREATE VIEW IF NOT EXISTS {db}.",
+            $view,
+            " AS
+SELECT
+    tenant_id,
+    bucket AS ",
+            $bucket,
+            ",
+    outcome,
+    format,
+    source_host,
+    if(has(",
+            billed_outcomes!(),
+            ", outcome), finalizeAggregation(requests_state), toUInt64(0)) AS requests,
+    if(has(",
+            billed_outcomes!(),
+            ", outcome), toUInt64(0), finalizeAggregation(requests_state)) AS refused,
+    finalizeAggregation(bytes_in) AS bytes_in,
+    finalizeAggregation(bytes_out) AS bytes_out,
+    finalizeAggregation(pixels_in) AS pixels_in,
+    finalizeAggregation(pixels_out) AS pixels_out,
+    finalizeAggregation(cpu_time_us) AS cpu_time_us,
+    finalizeAggregation(latency_us_sum) AS latency_us_sum,
+    finalizeAggregation(latency_us_max) AS latency_us_max,
+    latency_us_digest
+FROM (
+    SELECT tenant_id, bucket, outcome, format, source_host, requests AS requests_state, bytes_in,
+           bytes_out, pixels_in, pixels_out, cpu_time_us, latency_us_sum, latency_us_max,
+           latency_us_digest
+    FROM {db}.usage_rollup
+    WHERE granularity = ",
+            $g,
+            "
+)
+UNION ALL
+SELECT
+    tenant_id,
+    ",
+            $start_of,
+            "(request_time) AS ",
+            $bucket,
+            ",
+    request_outcome AS outcome,
+    request_format AS format,
+    request_source_host AS source_host,
+    countIf(has(",
+            billed_outcomes!(),
+            ", request_outcome)) AS requests,
+    countIf(NOT has(",
+            billed_outcomes!(),
+            ", request_outcome)) AS refused,
+    sum(request_bytes_in) AS bytes_in,
+    sum(request_bytes_out) AS bytes_out,
+    sum(request_pixels_in) AS pixels_in,
+    sum(request_pixels_out) AS pixels_out,
+    sum(request_cpu_time_us) AS cpu_time_us,
+    sum(request_latency_us) AS latency_us_sum,
+    max(request_latency_us) AS latency_us_max,
+    quantilesTDigestStateIf(0.5, 0.9, 0.99)(request_latency_us, ",
+            $digest,
+            ") AS latency_us_digest
+FROM (",
+            crate::rollup::per_request!(
+                "event_time >= toDateTime(greatest(toUInt32((SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0)), 59) - 59, 'UTC')",
+                "request_time >= (SELECT max(bucket) + 1 FROM {db}.usage_rollup WHERE granularity = 0)"
+            ),
+            ")
+GROUP BY tenant_id, ",
+            $bucket,
+            ", outcome, format, source_host"
+        )
+    };
+}
+
+/// The materialized view copying each block inserted into `usage_raw` into `usage_recent`, from
+/// version 16 on (with `source_host`, last in both, as `ALTER … ADD COLUMN` put it there).
+macro_rules! recent_from_raw_with_host {
+    () => {
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_recent_from_raw
+TO {db}.usage_recent AS
+SELECT tenant_id, request_id, event_time, outcome, output_format, bytes_in, bytes_out, pixels_in,
+       pixels_out, cpu_time_us, latency_us, source = 'API' AS from_api, kafka_partition,
+       kafka_offset, source_host
+FROM {db}.usage_raw"
     };
 }
 
@@ -867,6 +996,127 @@ GROUP BY kafka_partition",
         modern_only: false,
     },
     Migration {
+        version: 16,
+        name: "source_host: the host of a signed GET's source, a usage dimension",
+        // Issue 23: a GET names its source image by URL, and its host is billed as a
+        // dimension (`''` for an image sent in the body, and for every record stored before
+        // this). Run it with the aggregators stopped, like versions 10 and 12: a settle that
+        // lands in `usage_rollup` between its copy and the swap stays in the dropped table.
+        // - `usage_raw` and `usage_recent` gain the column (`ALTER … ADD COLUMN`: metadata
+        //   only, whatever the history; 18.16 has no `IF NOT EXISTS` there, so [`apply`] skips
+        //   the statement when the column exists). Records stored before keep `''`; a rebuild
+        //   from Kafka (`imgpipe ops usage rebuild`) restores the hosts of records written by
+        //   producers that already sent them.
+        // - The materialized views are dropped and created again as version 12 left them, the
+        //   first one now copying `source_host` (on 18.16 the second reads the first by name;
+        //   version 17 puts current servers' form back).
+        // - `usage_rollup` gets `source_host` as a key column, so it is a dimension of settled
+        //   buckets: copied into the new sort key and swapped in by name, like version 12 (rows
+        //   settled before get `''`). `DROP … IF EXISTS` of both side tables first, so a run that
+        //   crashed anywhere before its record can simply run again.
+        // - `usage_by_request` shows the request's host (whichever record names one: the api's
+        //   and the resizer's agree); the three views carry it as a key.
+        statements: &[
+            "DROP TABLE IF EXISTS {db}.usage_offsets_from_recent",
+            "DROP TABLE IF EXISTS {db}.usage_recent_from_raw",
+            "ALTER TABLE {db}.usage_raw ADD COLUMN source_host String DEFAULT '' AFTER source",
+            "ALTER TABLE {db}.usage_recent ADD COLUMN source_host String DEFAULT ''",
+            recent_from_raw_with_host!(),
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_offsets_from_recent
+TO {db}.usage_offsets AS
+SELECT kafka_partition, maxState(kafka_offset) AS max_offset, maxState(event_time) AS max_event_time
+FROM {db}.usage_recent_from_raw
+GROUP BY kafka_partition",
+            "DROP TABLE IF EXISTS {db}.usage_rollup_next",
+            "DROP TABLE IF EXISTS {db}.usage_rollup_previous",
+            "CREATE TABLE {db}.usage_rollup_next (
+    granularity UInt8,
+    tenant_id String,
+    bucket DateTime('UTC'),
+    outcome String,
+    format String,
+    source_host String DEFAULT '',
+    requests AggregateFunction(sum, UInt64),
+    bytes_in AggregateFunction(sum, Int64),
+    bytes_out AggregateFunction(sum, Int64),
+    pixels_in AggregateFunction(sum, Int64),
+    pixels_out AggregateFunction(sum, Int64),
+    cpu_time_us AggregateFunction(sum, Int64),
+    latency_us_sum AggregateFunction(sum, Int64),
+    latency_us_max AggregateFunction(max, Int64),
+    latency_us_digest AggregateFunction(quantilesTDigest(0.5, 0.9, 0.99), Int64)
+) ENGINE = AggregatingMergeTree()
+PARTITION BY toYYYYMM(bucket)
+ORDER BY (granularity, tenant_id, bucket, outcome, format, source_host)",
+            // Columns named, not `*`: a run repeated after the swap reads the new table.
+            "INSERT INTO {db}.usage_rollup_next (granularity, tenant_id, bucket, outcome, format,
+    requests, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, latency_us_sum,
+    latency_us_max, latency_us_digest)
+SELECT granularity, tenant_id, bucket, outcome, format, requests, bytes_in, bytes_out, pixels_in,
+       pixels_out, cpu_time_us, latency_us_sum, latency_us_max, latency_us_digest
+FROM {db}.usage_rollup",
+            "RENAME TABLE {db}.usage_rollup TO {db}.usage_rollup_previous,
+    {db}.usage_rollup_next TO {db}.usage_rollup",
+            "DROP TABLE IF EXISTS {db}.usage_rollup_previous",
+            "DROP TABLE IF EXISTS {db}.usage_by_request",
+            "CREATE VIEW IF NOT EXISTS {db}.usage_by_request AS
+SELECT
+    tenant_id,
+    request_id,
+    any(request_id_text) AS request_id_text,
+    any(key_id) AS key_id,
+    argMax(event_time, from_api) AS event_time,
+    argMax(event_time_ms, from_api) AS event_time_ms,
+    argMax(outcome, from_api) AS outcome,
+    argMax(status, from_api) AS status,
+    max(bytes_in) AS bytes_in,
+    max(bytes_out) AS bytes_out,
+    max(pixels_in) AS pixels_in,
+    max(pixels_out) AS pixels_out,
+    max(cpu_time_us) AS cpu_time_us,
+    max(input_format) AS input_format,
+    max(output_format) AS output_format,
+    argMax(latency_us, from_api) AS latency_us,
+    argMax(source, from_api) AS source,
+    max(source_host) AS source_host,
+    count() - uniqExact(from_api) + 1 AS deliveries
+FROM (
+    SELECT
+        tenant_id, request_id, request_id_text, key_id, event_time,
+        event_time_ms, outcome, status, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us,
+        input_format, output_format, latency_us, source, source_host, source = 'API' AS from_api
+    FROM {db}.usage_raw
+)
+GROUP BY tenant_id, request_id",
+            "DROP TABLE IF EXISTS {db}.usage_minute",
+            "DROP TABLE IF EXISTS {db}.usage_hour",
+            "DROP TABLE IF EXISTS {db}.usage_day",
+            host_rollup_view!("usage_minute", "minute", "toStartOfMinute", "1", "0"),
+            host_rollup_view!("usage_hour", "hour", "toStartOfHour", "2", "1"),
+            host_rollup_view!("usage_day", "day", "toStartOfDay", "3", "1"),
+        ],
+        modern_only: false,
+    },
+    Migration {
+        version: 17,
+        name: "usage_raw.source_host compressed with ZSTD; materialized views in current servers' form (after 16)",
+        // Version 16 left `usage_offsets_from_recent` in 18.16's form, as version 12 did (13
+        // put it back then). A server upgraded from 18.16 after 16 also runs 11 late, which
+        // creates `usage_recent_from_raw` without `source_host`: created again here with it.
+        statements: &[
+            "ALTER TABLE {db}.usage_raw MODIFY COLUMN source_host String DEFAULT '' CODEC(ZSTD(3))",
+            "DROP TABLE IF EXISTS {db}.usage_offsets_from_recent",
+            "DROP TABLE IF EXISTS {db}.usage_recent_from_raw",
+            recent_from_raw_with_host!(),
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_offsets_from_recent
+TO {db}.usage_offsets AS
+SELECT kafka_partition, maxState(kafka_offset) AS max_offset, maxState(event_time) AS max_event_time
+FROM {db}.usage_recent
+GROUP BY kafka_partition",
+        ],
+        modern_only: true,
+    },
+    Migration {
         // Numbered apart from the usage migrations: the audit trail evolves on its own.
         version: 50,
         name: "create admin_audit",
@@ -1126,6 +1376,46 @@ fn tokens(text: &str) -> Vec<&str> {
     tokens
 }
 
+/// The `(table, column)` a statement `ALTER TABLE {db}.<table> ADD COLUMN <column> …` adds, for
+/// a statement adding exactly one column. 18.16 has no `ADD COLUMN IF NOT EXISTS`, so [`apply`]
+/// runs such a statement only while the column is missing, which keeps a migration safe to
+/// repeat after a crash between its statements.
+fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let rest = statement.strip_prefix("ALTER TABLE {db}.")?;
+    let (table, rest) = rest.split_once(" ADD COLUMN ")?;
+    let column = rest.split_whitespace().next()?;
+    let identifier = |name: &str| {
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    (identifier(table) && identifier(column) && !rest.contains("ADD COLUMN"))
+        .then_some((table, column))
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct ColumnCount {
+    columns: u64,
+}
+
+/// Whether `database.table` has `column`.
+async fn has_column(
+    client: &Client,
+    database: &DatabaseName,
+    table: &str,
+    column: &str,
+) -> Result<bool, clickhouse::error::Error> {
+    let row = client
+        .query(
+            "SELECT count() AS columns FROM system.columns
+             WHERE database = ? AND table = ? AND name = ?",
+        )
+        .bind(database.as_str())
+        .bind(table)
+        .bind(column)
+        .fetch_one::<ColumnCount>()
+        .await?;
+    Ok(row.columns > 0)
+}
+
 /// Applies every pending migration over an existing client.
 pub(crate) async fn apply(
     client: &Client,
@@ -1184,6 +1474,13 @@ ORDER BY version"
             source,
         };
         for statement in migration.statements {
+            if let Some((table, column)) = added_column(statement)
+                && has_column(client, database, table, column)
+                    .await
+                    .map_err(failed)?
+            {
+                continue;
+            }
             client
                 .query(&statement.replace("{db}", database.as_str()))
                 .execute()
@@ -1267,6 +1564,31 @@ SELECT 1"
             billed_outcomes!(),
             format!("['{}', '{}']", outcomes::OK, outcomes::RESIZED)
         );
+    }
+
+    #[test]
+    fn every_added_column_is_guarded() {
+        assert_eq!(
+            added_column("ALTER TABLE {db}.usage_raw ADD COLUMN source_host String DEFAULT ''"),
+            Some(("usage_raw", "source_host"))
+        );
+        assert_eq!(
+            added_column("ALTER TABLE {db}.t ADD COLUMN a String, ADD COLUMN b String"),
+            None,
+            "two columns cannot be skipped as one"
+        );
+        assert_eq!(
+            added_column("ALTER TABLE {db}.t MODIFY COLUMN a String"),
+            None
+        );
+        // Every ADD COLUMN of a migration is one the runner can skip when it was applied.
+        for migration in MIGRATIONS {
+            for statement in migration.statements {
+                if statement.contains("ADD COLUMN") {
+                    assert!(added_column(statement).is_some(), "{statement}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub const LOOKAROUND_SECONDS: u32 = 60;
 
 /// The `SELECT` of one row per request from `{db}.usage_recent`, filtered by `$where` before
 /// grouping and `$having` after, with the rules of `usage_by_request`: the api's record decides
-/// time, outcome and latency; the work dimensions and format are the largest of the records.
+/// time, outcome and latency; the work dimensions, format and source host are the largest of the
+/// records (a host is `''` only where no record names one: an inline image).
 macro_rules! per_request {
     ($where:literal, $having:literal) => {
         concat!(
@@ -61,7 +62,8 @@ macro_rules! per_request {
         max(pixels_in) AS request_pixels_in,
         max(pixels_out) AS request_pixels_out,
         max(cpu_time_us) AS request_cpu_time_us,
-        argMax(latency_us, from_api) AS request_latency_us
+        argMax(latency_us, from_api) AS request_latency_us,
+        max(source_host) AS request_source_host
     FROM {db}.usage_recent
     WHERE ",
             $where,
@@ -82,7 +84,9 @@ pub(crate) use per_request;
 /// (at 10,000 requests/s they made the rollup ~3 bytes per usage record and a p99 over an hour
 /// of minute digests took seconds to merge); minute rows carry an empty one.
 const SETTLE_SQL: &str = concat!(
-    "INSERT INTO {db}.usage_rollup
+    "INSERT INTO {db}.usage_rollup (granularity, tenant_id, bucket, outcome, format, source_host,
+    requests, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, latency_us_sum,
+    latency_us_max, latency_us_digest)
 SELECT
     granularity,
     tenant_id,
@@ -91,6 +95,7 @@ SELECT
             toStartOfDay(request_time)) AS bucket,
     request_outcome AS outcome,
     request_format AS format,
+    request_source_host AS source_host,
     sumState(toUInt64(1)) AS requests,
     sumState(request_bytes_in) AS bytes_in,
     sumState(request_bytes_out) AS bytes_out,
@@ -109,9 +114,9 @@ FROM (",
     ")
 ARRAY JOIN [1, 2, 3] AS granularity
 WHERE (SELECT max(bucket) FROM {db}.usage_rollup WHERE granularity = 0) < toDateTime({lo}, 'UTC')
-GROUP BY granularity, tenant_id, bucket, outcome, format
+GROUP BY granularity, tenant_id, bucket, outcome, format, source_host
 UNION ALL
-SELECT 0, '', toDateTime({hi} - 1, 'UTC'), '', '', sumState(toUInt64(0)), sumState(toInt64(0)),
+SELECT 0, '', toDateTime({hi} - 1, 'UTC'), '', '', '', sumState(toUInt64(0)), sumState(toInt64(0)),
        sumState(toInt64(0)), sumState(toInt64(0)), sumState(toInt64(0)), sumState(toInt64(0)),
        sumState(toInt64(0)), maxState(toInt64(0)),
        quantilesTDigestState(0.5, 0.9, 0.99)(toInt64(0))

@@ -66,6 +66,9 @@ pub struct UsageRow {
     pub latency_us: i64,
     /// `API` or `RESIZER`.
     pub source: String,
+    /// Host of a signed GET's source URL; empty for an image sent in the request body (and for
+    /// records written before the field existed).
+    pub source_host: String,
 }
 
 impl UsageRow {
@@ -99,6 +102,7 @@ impl UsageRow {
                 UsageSource::Resizer => "RESIZER",
             }
             .to_owned(),
+            source_host: event.source_host.unwrap_or_default(),
         }
     }
 }
@@ -443,6 +447,16 @@ mod tests {
         assert_eq!(row.source, "API");
         assert_eq!(row.event_ms, 999);
         assert_eq!(row.request_id_text, "r", "not a UUID: the text is kept");
+        assert_eq!(row.source_host, "", "an inline image has no source host");
+        let fetched = UsageRow::new(
+            0,
+            0,
+            UsageRecorded {
+                source_host: Some("images.example.com:8443".into()),
+                ..event.clone()
+            },
+        );
+        assert_eq!(fetched.source_host, "images.example.com:8443");
         let early = UsageRow::new(
             0,
             0,

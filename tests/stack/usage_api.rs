@@ -143,6 +143,9 @@ async fn each_tenant_sees_exactly_its_own_usage_seconds_later() {
         .unwrap()
         .as_secs();
     let range = format!("from={}&to={}", now - 3600, now + 60);
+    // A resizer sends its reply before its transaction with the usage record commits, so the
+    // api's `ok` can be stored a moment before the record carrying the work: wait for both.
+    let pixels_out = 5 * 100 * 75;
     let report = support::eventually(
         Duration::from_secs(20),
         "usage of tenant A in ClickHouse",
@@ -156,7 +159,8 @@ async fn each_tenant_sees_exactly_its_own_usage_seconds_later() {
             .await;
             (status == StatusCode::OK
                 && sum(&report, "requests") == a_requests
-                && sum(&report, "refused") == a_refused)
+                && sum(&report, "refused") == a_refused
+                && sum(&report, "pixels_out") == pixels_out)
                 .then_some(report)
         },
     )
@@ -169,7 +173,7 @@ async fn each_tenant_sees_exactly_its_own_usage_seconds_later() {
     let sent = i64::try_from(photo.len()).unwrap();
     // A parameter typo is refused before the body is read: only the five resizes count bytes.
     assert_eq!(bytes_in, 5 * sent);
-    assert_eq!(sum(&report, "pixels_out"), 5 * 100 * 75, "{report}");
+    assert_eq!(sum(&report, "pixels_out"), pixels_out, "{report}");
 
     // By outcome: five ok, two refused with bad_parameters. `ok` comes from the api's record of
     // each delivered image, which may land a moment after the resizer's `resized`.
@@ -441,5 +445,308 @@ async fn requests_count_delivered_images_and_refusals_are_their_own_column() {
         (got == expected).then_some(())
     })
     .await;
+    hosted.stop().await;
+}
+
+/// A usage record of `tenant` at `at_ms`: the api's (`ok`, or `outcome` with no image) or the
+/// resizer's (`resized`, with the work), for an image from `host` (`None`: sent in the body).
+fn record(
+    tenant: &str,
+    id: &str,
+    at_ms: i64,
+    source: schemas::events::UsageSource,
+    outcome: &str,
+    host: Option<&str>,
+) -> schemas::events::UsageRecorded {
+    use schemas::events::UsageSource;
+    let image = outcome == "ok" || outcome == "resized";
+    schemas::events::UsageRecorded {
+        request_id: id.into(),
+        tenant_id: tenant.into(),
+        key_id: "k".into(),
+        event_time_ms: at_ms,
+        outcome: outcome.into(),
+        status: if image { 200 } else { 404 },
+        bytes_in: 0,
+        bytes_out: if image { 1000 } else { 0 },
+        pixels_in: if source == UsageSource::Resizer {
+            40_000
+        } else {
+            0
+        },
+        pixels_out: if source == UsageSource::Resizer {
+            10_000
+        } else {
+            0
+        },
+        cpu_time_us: if source == UsageSource::Resizer {
+            2000
+        } else {
+            0
+        },
+        input_format: image.then(|| "jpeg".to_owned()),
+        output_format: image.then(|| "webp".to_owned()),
+        latency_us: 9000,
+        source,
+        source_host: host.map(str::to_owned),
+    }
+}
+
+/// `record` encoded as a producer from before `source_host` wrote it: with the schema less
+/// that field, registered under the topic's subject (a BACKWARD-compatible version, as the
+/// previous one was).
+async fn old_shape(config: &imgpipe::Config, event: &schemas::events::UsageRecorded) -> Vec<u8> {
+    use schemas::events::{Event, UsageRecorded};
+    let mut schema: Value = serde_json::from_str(UsageRecorded::SCHEMA).unwrap();
+    schema["fields"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|f| f["name"] != "source_host");
+    let subject = schemas::registry::value_subject(&config.kafka.name(UsageRecorded::TOPIC));
+    let id = config
+        .registry
+        .register(&subject, &schema.to_string())
+        .await
+        .expect("the schema before source_host is a compatible version");
+    let previous = apache_avro::Schema::parse_str(&schema.to_string()).unwrap();
+    let apache_avro::types::Value::Record(mut fields) = apache_avro::to_value(event).unwrap()
+    else {
+        panic!("a record");
+    };
+    fields.retain(|(name, _)| name != "source_host");
+    let value = apache_avro::types::Value::Record(fields)
+        .resolve(&previous)
+        .unwrap();
+    let body = apache_avro::writer::datum::GenericDatumWriter::builder(&previous)
+        .build()
+        .unwrap()
+        .write_value_to_vec(value)
+        .unwrap();
+    let mut payload = vec![0];
+    payload.extend_from_slice(&id.to_be_bytes());
+    payload.extend_from_slice(&body);
+    payload
+}
+
+/// `(source_host, requests, refused, bytes_out, cpu_time_us)` of every bucket of a
+/// `group_by=source_host` report, summed per host.
+fn by_host(report: &Value) -> Vec<(String, i64, i64, i64, i64)> {
+    let mut hosts: std::collections::BTreeMap<String, (i64, i64, i64, i64)> = Default::default();
+    for bucket in report["buckets"].as_array().into_iter().flatten() {
+        let host = bucket["source_host"]
+            .as_str()
+            .expect("every bucket names its host")
+            .to_owned();
+        let sums = hosts.entry(host).or_default();
+        sums.0 += bucket["requests"].as_i64().unwrap();
+        sums.1 += bucket["refused"].as_i64().unwrap();
+        sums.2 += bucket["bytes_out"].as_i64().unwrap();
+        sums.3 += bucket["cpu_time_us"].as_i64().unwrap();
+    }
+    hosts
+        .into_iter()
+        .map(|(host, (n, r, b, c))| (host, n, r, b, c))
+        .collect()
+}
+
+/// The source host is a billing dimension from `usage.events` to `GET /v1/usage`: records of
+/// signed GETs name their source's host, the aggregator stores it, and `group_by=source_host`
+/// gives each host its exact counts, first from the live tail, then from the settled rollup,
+/// and for a range inside one minute (recounted from `usage_raw`). Images sent in the body,
+/// and records of a producer from before the field (the previous schema, no `source_host`),
+/// count under the empty host. Each request counts once: its two records, a duplicate
+/// delivery, or a resizer's record naming the host that its api's record lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_splits_by_source_host_live_and_settled() {
+    use schemas::events::UsageSource::{Api, Resizer};
+    let mut config = support::provisioned("usage_hosts").await;
+    let api = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let identity = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    config.api.listen = api;
+    config.identity.listen = identity;
+    config.identity.admin_token = support::ADMIN_TOKEN.into();
+    config.aggregator.batch_max_age = Duration::from_millis(200);
+    config.aggregator.rollup_interval = Duration::from_millis(200);
+    config.aggregator.rollup_lateness = Duration::from_secs(1);
+    let hosted = support::host(
+        config.clone(),
+        &[Service::Identity, Service::Aggregator, Service::Api],
+    )
+    .await;
+    let tenant = support::create_tenant_key(identity, "hosts", 1000, 1000).await;
+    support::wait_for_key(api, &tenant.api_key).await;
+    let t = tenant.tenant_id.as_str();
+    let http = reqwest::Client::new();
+
+    // Every record in one second, `at`, a few hundred milliseconds in.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let at = now_ms / 1000;
+    let ms = at * 1000 + 300;
+    let (images, cdn) = ("images.example.com", "cdn.example.org:8443");
+    let mut events = Vec::new();
+    for i in 0..3 {
+        let id = format!("get-images-{i}");
+        events.push(record(t, &id, ms, Resizer, "resized", Some(images)));
+        events.push(record(t, &id, ms + 5, Api, "ok", Some(images)));
+    }
+    for i in 0..2 {
+        let id = format!("get-cdn-{i}");
+        events.push(record(t, &id, ms, Resizer, "resized", Some(cdn)));
+        events.push(record(t, &id, ms + 5, Api, "ok", Some(cdn)));
+    }
+    // The origin answered 404: refused, never billed, still the host's.
+    events.push(record(
+        t,
+        "get-cdn-missing",
+        ms,
+        Api,
+        "source_not_found",
+        Some(cdn),
+    ));
+    // The resizer names the host, the api's record does not: still one request of that host.
+    events.push(record(
+        t,
+        "get-images-3",
+        ms,
+        Resizer,
+        "resized",
+        Some(images),
+    ));
+    events.push(record(t, "get-images-3", ms + 5, Api, "ok", None));
+    // Delivered twice.
+    events.push(events[0].clone());
+    for i in 0..2 {
+        let id = format!("post-{i}");
+        events.push(record(t, &id, ms, Resizer, "resized", None));
+        events.push(record(t, &id, ms + 5, Api, "ok", None));
+    }
+    let producer = support::UsageProducer::new(&config);
+    producer.send(&events).await;
+    let old = [
+        record(t, "old-0", ms, Resizer, "resized", None),
+        record(t, "old-0", ms + 5, Api, "ok", None),
+    ];
+    let mut raw = Vec::new();
+    for event in &old {
+        raw.push((t.to_owned(), old_shape(&config, event).await));
+    }
+    producer.send_raw(&raw).await;
+
+    let expected: Vec<(String, i64, i64, i64, i64)> = vec![
+        (String::new(), 3, 0, 3000, 6000),
+        (cdn.to_owned(), 2, 1, 2000, 4000),
+        (images.to_owned(), 4, 0, 4000, 8000),
+    ];
+    let db = config.clickhouse.database.as_str().to_owned();
+    let mark = || {
+        let config = &config;
+        let db = &db;
+        async move {
+            support::clickhouse(
+                config,
+                &format!(
+                    "SELECT toUInt32(max(bucket)) FROM {db}.usage_rollup WHERE granularity = 0"
+                ),
+            )
+            .await
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+        }
+    };
+    let minute = at - at.rem_euclid(60);
+    let ranges = [
+        // Whole minutes around `at`: rollup rows and the live tail.
+        format!(
+            "from={}&to={}&granularity=minute&group_by=source_host",
+            at - 600,
+            at + 600
+        ),
+        // One second: recounted from usage_raw.
+        format!(
+            "from={at}&to={}&granularity=hour&group_by=source_host",
+            at + 1
+        ),
+    ];
+    let reports = |what: &'static str| {
+        let http = &http;
+        let key = &tenant.api_key;
+        let ranges = &ranges;
+        let expected = &expected;
+        async move {
+            for range in ranges {
+                support::eventually(Duration::from_secs(30), what, || async {
+                    let (status, report) = usage(http, api, key, range).await;
+                    (status == StatusCode::OK
+                        && report["group_by"] == "source_host"
+                        && by_host(&report) == *expected)
+                        .then_some(())
+                })
+                .await;
+            }
+        }
+    };
+    reports("every host's counts from the live tail").await;
+    assert!(
+        mark().await < minute,
+        "answered before `at`'s minute was settled"
+    );
+
+    // Without grouping: the same requests, once each.
+    let (_, total) = usage(
+        &http,
+        api,
+        &tenant.api_key,
+        &format!("from={}&to={}", at - 600, at + 600),
+    )
+    .await;
+    assert_eq!((sum(&total, "requests"), sum(&total, "refused")), (9, 1));
+    assert!(total["buckets"][0].get("source_host").is_none());
+
+    // Settled: the rollup holds the host as a key, and the reports do not change.
+    support::eventually(
+        Duration::from_secs(150),
+        "`at`'s minute settled",
+        || async { (mark().await >= minute + 59).then_some(()) },
+    )
+    .await;
+    let settled = support::clickhouse(
+        &config,
+        &format!(
+            "SELECT source_host, sumMerge(requests) FROM {db}.usage_rollup
+             WHERE granularity = 1 AND tenant_id = '{t}'
+             GROUP BY source_host ORDER BY source_host FORMAT TSV"
+        ),
+    )
+    .await;
+    assert_eq!(
+        settled,
+        format!("\t3\n{cdn}\t3\n{images}\t4\n"),
+        "settled minute rows by host (requests and refusals)"
+    );
+    reports("every host's counts from the settled rollup").await;
+
+    // The analysts' view and per-request view agree.
+    let analysts = support::clickhouse(
+        &config,
+        &format!(
+            "SELECT source_host, sum(requests), sum(refused) FROM {db}.usage_day
+             WHERE tenant_id = '{t}' GROUP BY source_host ORDER BY source_host FORMAT TSV"
+        ),
+    )
+    .await;
+    assert_eq!(analysts, format!("\t3\t0\n{cdn}\t2\t1\n{images}\t4\t0\n"));
+    let per_request = support::clickhouse(
+        &config,
+        &format!(
+            "SELECT source_host, count() FROM {db}.usage_by_request
+             WHERE tenant_id = '{t}' GROUP BY source_host ORDER BY source_host FORMAT TSV"
+        ),
+    )
+    .await;
+    assert_eq!(per_request, format!("\t3\n{cdn}\t3\n{images}\t4\n"));
     hosted.stop().await;
 }

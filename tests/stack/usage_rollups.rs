@@ -44,10 +44,16 @@ fn now_s() -> i64 {
 
 /// Request `i`'s records, at `t` seconds: most have the resizer's then the api's (up to 8 s
 /// later, so some cross a minute or an hour), every 10th only the api's (a refusal), every
-/// 37th only the resizer's (its api died).
+/// 37th only the resizer's (its api died). Three in four are signed GETs from one of two
+/// source hosts (both records name it), the rest images sent in the body (no host).
 fn records(i: usize, t: i64) -> Vec<UsageRecorded> {
     let tenant = format!("tenant-{}", (i * i) % TENANTS);
     let format = ["webp", "png", "jpeg"][i % 3];
+    let source_host = match i % 4 {
+        0 => None,
+        2 => Some("cdn.example.org:8443".to_owned()),
+        _ => Some("images.example.com".to_owned()),
+    };
     let base = UsageRecorded {
         request_id: format!("req-{i}"),
         tenant_id: tenant,
@@ -64,7 +70,7 @@ fn records(i: usize, t: i64) -> Vec<UsageRecorded> {
         output_format: Some(format.into()),
         latency_us: 5000 + (i % 999) as i64,
         source: UsageSource::Resizer,
-        source_host: None,
+        source_host,
     };
     let api = |outcome: &str, status: i32, delay: i64, delivered: bool| UsageRecorded {
         event_time_ms: (t + delay) * 1000 + 7,
@@ -93,7 +99,7 @@ fn records(i: usize, t: i64) -> Vec<UsageRecorded> {
     }
 }
 
-/// `(granularity, tenant, bucket, outcome, format) → sums` as TSV lines, sorted.
+/// `(granularity, tenant, bucket, outcome, format, source host) → sums` as TSV lines, sorted.
 async fn keyed(config: &Config, sql: &str) -> BTreeMap<String, String> {
     support::clickhouse(config, &format!("{sql} FORMAT TSV"))
         .await
@@ -110,7 +116,8 @@ async fn keyed(config: &Config, sql: &str) -> BTreeMap<String, String> {
 fn records_sql(db: &str) -> String {
     format!(
         "(SELECT tenant_id, request_id, event_time, outcome, output_format, bytes_in, bytes_out,
-                 pixels_in, pixels_out, cpu_time_us, latency_us, source = 'API' AS from_api
+                 pixels_in, pixels_out, cpu_time_us, latency_us, source_host,
+                 source = 'API' AS from_api
           FROM {db}.usage_raw)"
     )
 }
@@ -122,18 +129,19 @@ fn recount_sql(db: &str, g: u8, until: i64) -> String {
     let records = records_sql(db);
     let start_of = ["", "toStartOfMinute", "toStartOfHour", "toStartOfDay"][usize::from(g)];
     format!(
-        "SELECT tenant_id, toUInt32({start_of}(t)) AS b, o, f, '#', count(), sum(bi), sum(bo),
+        "SELECT tenant_id, toUInt32({start_of}(t)) AS b, o, f, h, '#', count(), sum(bi), sum(bo),
                 sum(pi), sum(po), sum(c), sum(l), max(l)
          FROM (
              SELECT tenant_id, request_id, argMax(event_time, from_api) AS t,
                     argMax(outcome, from_api) AS o, max(output_format) AS f,
+                    max(source_host) AS h,
                     max(bytes_in) AS bi, max(bytes_out) AS bo, max(pixels_in) AS pi,
                     max(pixels_out) AS po, max(cpu_time_us) AS c,
                     argMax(latency_us, from_api) AS l
              FROM {records} GROUP BY tenant_id, request_id
              HAVING t < toDateTime({until}, 'UTC')
          )
-         GROUP BY tenant_id, b, o, f ORDER BY tenant_id, b, o, f"
+         GROUP BY tenant_id, b, o, f, h ORDER BY tenant_id, b, o, f, h"
     )
 }
 
@@ -403,13 +411,13 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
         let rollup = keyed(
             &config,
             &format!(
-                "SELECT tenant_id, toUInt32(bucket), outcome, format, '#', sumMerge(requests),
-                        sumMerge(bytes_in), sumMerge(bytes_out), sumMerge(pixels_in),
-                        sumMerge(pixels_out), sumMerge(cpu_time_us), sumMerge(latency_us_sum),
-                        maxMerge(latency_us_max)
+                "SELECT tenant_id, toUInt32(bucket), outcome, format, source_host, '#',
+                        sumMerge(requests), sumMerge(bytes_in), sumMerge(bytes_out),
+                        sumMerge(pixels_in), sumMerge(pixels_out), sumMerge(cpu_time_us),
+                        sumMerge(latency_us_sum), maxMerge(latency_us_max)
                  FROM {db}.usage_rollup WHERE granularity = {g}
-                 GROUP BY tenant_id, bucket, outcome, format
-                 ORDER BY tenant_id, bucket, outcome, format"
+                 GROUP BY tenant_id, bucket, outcome, format, source_host
+                 ORDER BY tenant_id, bucket, outcome, format, source_host"
             ),
         )
         .await;
@@ -533,12 +541,12 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
         let live = keyed(
             &config,
             &format!(
-                "SELECT tenant_id, toUInt32({bucket}), outcome, format, '#',
+                "SELECT tenant_id, toUInt32({bucket}), outcome, format, source_host, '#',
                         sum(requests) + sum(refused), sum(bytes_in), sum(bytes_out), sum(pixels_in), sum(pixels_out),
                         sum(cpu_time_us), sum(latency_us_sum), max(latency_us_max)
                  FROM {db}.{view}
-                 GROUP BY tenant_id, {bucket}, outcome, format
-                 ORDER BY tenant_id, {bucket}, outcome, format
+                 GROUP BY tenant_id, {bucket}, outcome, format, source_host
+                 ORDER BY tenant_id, {bucket}, outcome, format, source_host
                  SETTINGS enable_optimize_predicate_expression = 1"
             ),
         )
@@ -579,14 +587,24 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
     let to = Timestamp::from_epoch_seconds(now_s() + 60).unwrap();
     for tenant in ["tenant-1", "tenant-2"] {
         for granularity in [Granularity::Minute, Granularity::Hour, Granularity::Day] {
-            for group_by in [None, Some(GroupBy::Format), Some(GroupBy::Outcome)] {
+            for group_by in [
+                None,
+                Some(GroupBy::Format),
+                Some(GroupBy::Outcome),
+                Some(GroupBy::SourceHost),
+            ] {
                 let request = UsageRequest::new(from, to, granularity, group_by).unwrap();
                 let report = query.buckets(tenant, &request).await.unwrap();
                 let got: BTreeMap<(String, String), Sums> = report
                     .buckets
                     .iter()
                     .map(|b| {
-                        let key = b.format.clone().or(b.outcome.clone()).unwrap_or_default();
+                        let key = b
+                            .format
+                            .clone()
+                            .or(b.outcome.clone())
+                            .or(b.source_host.clone())
+                            .unwrap_or_default();
                         (
                             (b.start.clone(), key),
                             (
@@ -610,6 +628,7 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
                     None => "''",
                     Some(GroupBy::Format) => "f",
                     Some(GroupBy::Outcome) => "o",
+                    Some(GroupBy::SourceHost) => "h",
                 };
                 let expected: BTreeMap<(String, String), Sums> = support::clickhouse(
                     &config,
@@ -620,7 +639,8 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
                              FROM (
                                  SELECT request_id, argMax(event_time, from_api) AS t,
                                         argMax(outcome, from_api) AS o,
-                                        max(output_format) AS f, max(bytes_in) AS bi,
+                                        max(output_format) AS f, max(source_host) AS h,
+                                        max(bytes_in) AS bi,
                                         max(bytes_out) AS bo, max(pixels_in) AS pi,
                                         max(pixels_out) AS po, max(cpu_time_us) AS c
                                  FROM {records} WHERE tenant_id = '{tenant}'
@@ -646,6 +666,15 @@ async fn rollups_equal_a_deduplicated_recount_of_raw_rows() {
                 })
                 .collect();
                 assert!(!expected.is_empty());
+                if group_by == Some(GroupBy::SourceHost) {
+                    let hosts: std::collections::BTreeSet<&str> =
+                        expected.keys().map(|(_, host)| host.as_str()).collect();
+                    assert_eq!(
+                        hosts.into_iter().collect::<Vec<_>>(),
+                        ["", "cdn.example.org:8443", "images.example.com"],
+                        "both hosts and inline images in {tenant}'s range"
+                    );
+                }
                 assert_eq!(got, expected, "{tenant} {granularity:?} {group_by:?}");
             }
         }
@@ -779,13 +808,13 @@ async fn idle_partitions_do_not_hold_settling_back() {
     let rollup = keyed(
         &config,
         &format!(
-            "SELECT tenant_id, toUInt32(bucket), outcome, format, '#', sumMerge(requests),
-                    sumMerge(bytes_in), sumMerge(bytes_out), sumMerge(pixels_in),
-                    sumMerge(pixels_out), sumMerge(cpu_time_us), sumMerge(latency_us_sum),
-                    maxMerge(latency_us_max)
+            "SELECT tenant_id, toUInt32(bucket), outcome, format, source_host, '#',
+                    sumMerge(requests), sumMerge(bytes_in), sumMerge(bytes_out),
+                    sumMerge(pixels_in), sumMerge(pixels_out), sumMerge(cpu_time_us),
+                    sumMerge(latency_us_sum), maxMerge(latency_us_max)
              FROM {db}.usage_rollup WHERE granularity = 1
-             GROUP BY tenant_id, bucket, outcome, format
-             ORDER BY tenant_id, bucket, outcome, format"
+             GROUP BY tenant_id, bucket, outcome, format, source_host
+             ORDER BY tenant_id, bucket, outcome, format, source_host"
         ),
     )
     .await;
@@ -1047,4 +1076,311 @@ async fn schema_sql_is_what_the_migrations_make() {
         text.lines().nth(first_difference),
         stored.lines().nth(first_difference),
     );
+}
+
+/// Migration 16 (`source_host`) on a database that version 15 left with data, settled and
+/// unsettled: every row of `usage_raw`, `usage_recent`, `usage_rollup` and `usage_offsets` is
+/// kept as it was (the rollup copied into its new sort key), with the empty host; the exact
+/// views answer the same; a run repeated as after a crash before its record changes nothing;
+/// and then the aggregator's sink and rollup job write hosts through to the views.
+#[tokio::test]
+async fn migration_16_keeps_every_row_of_version_15() {
+    let config = support::test_config("usage_migration_16");
+    let db = config.clickhouse.database.as_str().to_owned();
+    let version = support::clickhouse(&config, "SELECT version()").await;
+    let modern = chassis::clickhouse::ServerVersion::parse(&version)
+        .unwrap()
+        .is_modern();
+    // Version 15's schema, as `imgpipe migrate` of that release left it on this server.
+    support::clickhouse(&config, &format!("CREATE DATABASE {db}")).await;
+    support::clickhouse(
+        &config,
+        &format!(
+            "CREATE TABLE {db}.schema_migrations (version UInt32, name String,
+             applied_at DateTime('UTC') DEFAULT now()) ENGINE = ReplacingMergeTree() ORDER BY version"
+        ),
+    )
+    .await;
+    let mut applied = std::collections::BTreeSet::new();
+    for (version, modern_only, statement) in
+        aggregators::migrations::statements(&config.clickhouse.database)
+    {
+        if version <= 15 && (modern || !modern_only) {
+            support::clickhouse(&config, &statement).await;
+            applied.insert(version);
+        }
+    }
+    for version in &applied {
+        support::clickhouse(
+            &config,
+            &format!("INSERT INTO {db}.schema_migrations (version, name) VALUES ({version}, 'v')"),
+        )
+        .await;
+    }
+    // 300 requests of three tenants, a resizer and an api record each, 7 s apart, from two
+    // hours ago; the first 20 minutes settled as version 15's rollup job wrote them.
+    let start = (now_s() - 7200) / 60 * 60;
+    support::clickhouse(
+        &config,
+        &format!(
+            "INSERT INTO {db}.usage_raw (kafka_partition, kafka_offset, request_id,
+                 request_id_text, tenant_id, key_id, event_time, event_ms, outcome, status,
+                 bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us, input_format,
+                 output_format, latency_us, source)
+             SELECT 0, toInt64(number),
+                    toUUID(UUIDNumToString(MD5(concat('r', toString(intDiv(number, 2)))))), '',
+                    concat('tenant-', toString(intDiv(number, 2) % 3)), 'k',
+                    toDateTime({start} + intDiv(number, 2) * 7 + number % 2, 'UTC'),
+                    toUInt16(number % 1000), if(number % 2 = 1, 'ok', 'resized'), 200,
+                    toInt64(100 + number % 7), toInt64(10), toInt64(if(number % 2 = 1, 0, 5000)),
+                    toInt64(if(number % 2 = 1, 0, 500)), toInt64(if(number % 2 = 1, 0, 70)),
+                    'jpeg', 'webp', toInt64(1000 + number % 50),
+                    if(number % 2 = 1, 'API', 'RESIZER')
+             FROM system.numbers LIMIT 600"
+        ),
+    )
+    .await;
+    let settled_until = start + 1200;
+    support::clickhouse(
+        &config,
+        &format!(
+            "INSERT INTO {db}.usage_rollup (granularity, tenant_id, bucket, outcome, format,
+                 requests, bytes_in, bytes_out, pixels_in, pixels_out, cpu_time_us,
+                 latency_us_sum, latency_us_max, latency_us_digest)
+             SELECT g, tenant_id,
+                    multiIf(g = 1, toStartOfMinute(t), g = 2, toStartOfHour(t), toStartOfDay(t)) AS b,
+                    o, f, sumState(toUInt64(1)), sumState(bi), sumState(bo), sumState(pi),
+                    sumState(po), sumState(c), sumState(l), maxState(l),
+                    quantilesTDigestStateIf(0.5, 0.9, 0.99)(l, g != 1)
+             FROM (
+                 SELECT tenant_id, request_id, argMax(event_time, from_api) AS t,
+                        argMax(outcome, from_api) AS o, max(output_format) AS f,
+                        max(bytes_in) AS bi, max(bytes_out) AS bo, max(pixels_in) AS pi,
+                        max(pixels_out) AS po, max(cpu_time_us) AS c,
+                        argMax(latency_us, from_api) AS l
+                 FROM {db}.usage_recent GROUP BY tenant_id, request_id
+                 HAVING t < toDateTime({settled_until}, 'UTC')
+             )
+             ARRAY JOIN [1, 2, 3] AS g
+             GROUP BY g, tenant_id, b, o, f"
+        ),
+    )
+    .await;
+    support::clickhouse(
+        &config,
+        &format!(
+            "INSERT INTO {db}.usage_rollup (granularity, tenant_id, bucket, outcome, format, requests)
+             SELECT 0, '', toDateTime({}, 'UTC'), '', '', sumState(toUInt64(0))",
+            settled_until - 1
+        ),
+    )
+    .await;
+
+    // Everything stored, as text: each table's rows, the merged rollup, the views' sums.
+    let snapshot = || {
+        let config = &config;
+        let db = &db;
+        async move {
+            let mut tables = Vec::new();
+            for sql in [
+                format!(
+                    "SELECT kafka_partition, kafka_offset, request_id, request_id_text, tenant_id,
+                            key_id, event_time, event_ms, outcome, status, bytes_in, bytes_out,
+                            pixels_in, pixels_out, cpu_time_us, input_format, output_format,
+                            latency_us, source, inserted_at
+                     FROM {db}.usage_raw ORDER BY kafka_partition, kafka_offset"
+                ),
+                format!(
+                    "SELECT tenant_id, request_id, event_time, outcome, output_format, bytes_in,
+                            bytes_out, pixels_in, pixels_out, cpu_time_us, latency_us, from_api,
+                            kafka_partition, kafka_offset
+                     FROM {db}.usage_recent ORDER BY kafka_partition, kafka_offset"
+                ),
+                format!(
+                    "SELECT granularity, tenant_id, bucket, outcome, format, sumMerge(requests),
+                            sumMerge(bytes_in), sumMerge(bytes_out), sumMerge(pixels_in),
+                            sumMerge(pixels_out), sumMerge(cpu_time_us), sumMerge(latency_us_sum),
+                            maxMerge(latency_us_max),
+                            quantilesTDigestMerge(0.5, 0.9, 0.99)(latency_us_digest)
+                     FROM {db}.usage_rollup GROUP BY granularity, tenant_id, bucket, outcome, format
+                     ORDER BY granularity, tenant_id, bucket, outcome, format"
+                ),
+                format!(
+                    "SELECT kafka_partition, maxMerge(max_offset), maxMerge(max_event_time)
+                     FROM {db}.usage_offsets GROUP BY kafka_partition ORDER BY kafka_partition"
+                ),
+                format!(
+                    "SELECT tenant_id, request_id, event_time_ms, outcome, status, bytes_in,
+                            pixels_in, cpu_time_us, latency_us, source, deliveries
+                     FROM {db}.usage_by_request ORDER BY tenant_id, request_id"
+                ),
+            ] {
+                tables.push(support::clickhouse(config, &format!("{sql} FORMAT TSV")).await);
+            }
+            for (view, bucket) in [
+                ("usage_minute", "minute"),
+                ("usage_hour", "hour"),
+                ("usage_day", "day"),
+            ] {
+                tables.push(
+                    support::clickhouse(
+                        config,
+                        &format!(
+                            "SELECT tenant_id, {bucket}, outcome, format, sum(requests),
+                                    sum(refused), sum(bytes_in), sum(bytes_out), sum(pixels_in),
+                                    sum(pixels_out), sum(cpu_time_us), sum(latency_us_sum),
+                                    max(latency_us_max)
+                             FROM {db}.{view} GROUP BY tenant_id, {bucket}, outcome, format
+                             ORDER BY tenant_id, {bucket}, outcome, format FORMAT TSV"
+                        ),
+                    )
+                    .await,
+                );
+            }
+            tables
+        }
+    };
+    let before = snapshot().await;
+    assert_eq!(before[0].lines().count(), 600);
+    assert!(
+        before[2].lines().count() > 20,
+        "settled rows: {}",
+        before[2]
+    );
+    let hosts = |table: &'static str| {
+        let config = &config;
+        let sql = format!("SELECT count(), countIf(source_host = '') FROM {db}.{table} FORMAT TSV");
+        async move { support::clickhouse(config, &sql).await }
+    };
+
+    let report = aggregators::migrate(&config.clickhouse).await.unwrap();
+    assert!(
+        report.applied.iter().any(|(version, _)| *version == 16),
+        "{report:?}"
+    );
+    assert_eq!(snapshot().await, before, "every row kept by migration 16");
+    assert_eq!(hosts("usage_raw").await, "600\t600\n");
+    assert_eq!(hosts("usage_recent").await, "600\t600\n");
+    let rollup_rows = support::clickhouse(
+        &config,
+        &format!("SELECT count() FROM {db}.usage_rollup FORMAT TSV"),
+    )
+    .await;
+    assert_eq!(
+        hosts("usage_rollup").await,
+        format!("{}\t{}\n", rollup_rows.trim(), rollup_rows.trim())
+    );
+
+    // A crash after its statements and before its record: the next run repeats them all.
+    support::clickhouse(
+        &config,
+        &format!("CREATE TABLE {db}.schema_migrations_kept AS {db}.schema_migrations"),
+    )
+    .await;
+    support::clickhouse(
+        &config,
+        &format!(
+            "INSERT INTO {db}.schema_migrations_kept
+             SELECT * FROM {db}.schema_migrations WHERE version < 16 OR version >= 50"
+        ),
+    )
+    .await;
+    support::clickhouse(&config, &format!("DROP TABLE {db}.schema_migrations")).await;
+    support::clickhouse(
+        &config,
+        &format!("RENAME TABLE {db}.schema_migrations_kept TO {db}.schema_migrations"),
+    )
+    .await;
+    let again = aggregators::migrate(&config.clickhouse).await.unwrap();
+    assert!(
+        again.applied.iter().any(|(version, _)| *version == 16),
+        "{again:?}"
+    );
+    assert_eq!(
+        snapshot().await,
+        before,
+        "a repeated run keeps every row too"
+    );
+
+    // New records name their hosts; the rollup job settles them into host rows.
+    let sink = UsageSink::connect(&config.clickhouse, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let first = start + 2400;
+    let mut rows = Vec::new();
+    for i in 0..40_i64 {
+        let host = ["images.example.com", "cdn.example.org:8443"][(i % 2) as usize];
+        for (source, outcome) in [(UsageSource::Resizer, "resized"), (UsageSource::Api, "ok")] {
+            let event = UsageRecorded {
+                request_id: format!("new-{i}"),
+                tenant_id: "tenant-1".into(),
+                key_id: "k".into(),
+                event_time_ms: (first + i * 20) * 1000,
+                outcome: outcome.into(),
+                status: 200,
+                bytes_in: 1,
+                bytes_out: 1,
+                pixels_in: 1,
+                pixels_out: 1,
+                cpu_time_us: 1,
+                input_format: None,
+                output_format: Some("webp".into()),
+                latency_us: 1,
+                source,
+                source_host: Some(host.into()),
+            };
+            rows.push(UsageRow::new(0, 600 + rows.len() as i64, event));
+        }
+    }
+    sink.insert_rows(0, &rows, &format!("hosts-{db}"))
+        .await
+        .unwrap();
+    let rollup = aggregators::rollup::Rollup::new(
+        sink.client().clone(),
+        &config.clickhouse.database,
+        1,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    );
+    while rollup.step().await.unwrap().is_some() {}
+    let settled = support::clickhouse(
+        &config,
+        &format!(
+            "SELECT source_host, sumMerge(requests) FROM {db}.usage_rollup
+             WHERE granularity = 3 GROUP BY source_host ORDER BY source_host FORMAT TSV"
+        ),
+    )
+    .await;
+    let settled: Vec<(String, i64)> = settled
+        .lines()
+        .map(|l| {
+            let (h, n) = l.split_once('\t').unwrap();
+            (h.to_owned(), n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        settled[0],
+        (String::new(), 300),
+        "every old request, once: {settled:?}"
+    );
+    assert_eq!(settled.len(), 3, "both hosts settled: {settled:?}");
+    let views = support::clickhouse(
+        &config,
+        &format!(
+            "SELECT source_host, sum(requests), sum(refused) FROM {db}.usage_day
+             GROUP BY source_host ORDER BY source_host FORMAT TSV"
+        ),
+    )
+    .await;
+    assert_eq!(
+        views, "\t300\t0\ncdn.example.org:8443\t20\t0\nimages.example.com\t20\t0\n",
+        "the views: settled and live tail, by host"
+    );
+    let offsets = sink.stored_offsets(&[0]).await.unwrap();
+    assert_eq!(
+        offsets.get(&0),
+        Some(&679),
+        "the resume point follows new rows"
+    );
+    support::clickhouse(&config, &format!("DROP DATABASE {db}")).await;
 }

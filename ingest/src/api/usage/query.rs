@@ -1,5 +1,5 @@
 //! Tenant usage reports for the api: buckets of one tenant's usage by minute, hour or day,
-//! optionally split by output format or outcome.
+//! optionally split by output format, outcome or source host.
 //!
 //! Exact: each request counts once, however many times it was delivered. Whole minutes, hours
 //! and days that the rollup job has settled are read from `usage_rollup` (a few rows per bucket,
@@ -87,7 +87,7 @@ impl FromStr for Granularity {
 
 /// A second dimension to split buckets by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum GroupBy {
     /// The output format (`jpeg`, `webp`, …; empty when no image was produced).
     Format,
@@ -95,15 +95,21 @@ pub enum GroupBy {
     /// stable error code (`unauthenticated`, `forbidden`, `rate_limited`, `bad_parameters`, …):
     /// every outcome gets its row, billed (`requests`) or not (`refused`).
     Outcome,
+    /// The host of a signed GET's source URL (`images.example.com`, with the port when it is
+    /// not the scheme's default), as the api recorded it; `""` for an image sent in the
+    /// request body (`POST /v1/resize`), and for usage recorded before hosts were.
+    SourceHost,
 }
 
 impl GroupBy {
     /// The request's value of this key over its records, by the rules of `usage_by_request`:
-    /// the api's record decides the outcome; the format is whichever record names one.
+    /// the api's record decides the outcome; the format and the source host are whichever
+    /// record names one.
     fn per_request(self) -> &'static str {
         match self {
             Self::Format => "request_format",
             Self::Outcome => "request_outcome",
+            Self::SourceHost => "request_source_host",
         }
     }
 
@@ -112,6 +118,7 @@ impl GroupBy {
         match self {
             Self::Format => "format",
             Self::Outcome => "outcome",
+            Self::SourceHost => "source_host",
         }
     }
 }
@@ -123,9 +130,10 @@ impl FromStr for GroupBy {
         match s {
             "format" => Ok(Self::Format),
             "outcome" => Ok(Self::Outcome),
+            "source_host" => Ok(Self::SourceHost),
             _ => Err(UsageQueryError::BadParameter {
                 name: "group_by",
-                reason: "must be format or outcome".into(),
+                reason: "must be format, outcome or source_host".into(),
             }),
         }
     }
@@ -142,7 +150,7 @@ pub struct UsageParams {
     pub to: String,
     /// `minute`, `hour` (default) or `day`.
     pub granularity: Option<String>,
-    /// `format` or `outcome`; none for one row per bucket.
+    /// `format`, `outcome` or `source_host`; none for one row per bucket.
     pub group_by: Option<String>,
 }
 
@@ -357,6 +365,10 @@ pub struct UsageBucket {
     /// Outcome, when grouped by outcome.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    /// Source host, when grouped by source host: the host (and non-default port) of a signed
+    /// GET's source URL, `""` for images sent in the request body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_host: Option<String>,
 }
 
 /// Where a row of the report query comes from.
@@ -503,17 +515,18 @@ FROM (
             max(bytes_out) AS request_bytes_out,
             max(pixels_in) AS request_pixels_in,
             max(pixels_out) AS request_pixels_out,
-            max(cpu_time_us) AS request_cpu_time_us
+            max(cpu_time_us) AS request_cpu_time_us,
+            max(source_host) AS request_source_host
         FROM (
             SELECT request_id, event_time, outcome, output_format, bytes_in, bytes_out,
-                   pixels_in, pixels_out, cpu_time_us, source = 'API' AS from_api
+                   pixels_in, pixels_out, cpu_time_us, source_host, source = 'API' AS from_api
             FROM {db}.usage_raw
             WHERE tenant_id = ? AND (
                    (event_time >= {from_t} - 60 AND event_time < {m1_t} + 60)
                 OR (event_time >= {m2_t} - 60 AND event_time < {to_t} + 60))
             UNION ALL
             SELECT request_id, event_time, outcome, output_format, bytes_in, bytes_out,
-                   pixels_in, pixels_out, cpu_time_us, from_api
+                   pixels_in, pixels_out, cpu_time_us, source_host, from_api
             FROM {db}.usage_recent
             WHERE tenant_id = ? AND event_time >= {live_from} - 60 AND event_time < {m2_t} + 60
         )
@@ -599,7 +612,10 @@ GROUP BY kind, start, group_key",
                     format: key
                         .clone()
                         .filter(|_| request.group_by == Some(GroupBy::Format)),
-                    outcome: key.filter(|_| request.group_by == Some(GroupBy::Outcome)),
+                    outcome: key
+                        .clone()
+                        .filter(|_| request.group_by == Some(GroupBy::Outcome)),
+                    source_host: key.filter(|_| request.group_by == Some(GroupBy::SourceHost)),
                 }
             })
             .collect();
@@ -672,6 +688,14 @@ mod tests {
         .expect("valid");
         assert_eq!(ok.granularity(), Granularity::Minute);
         assert_eq!(ok.group_by(), Some(GroupBy::Outcome));
+        let by_host = UsageRequest::from_params(&UsageParams {
+            from: "1".into(),
+            to: "2".into(),
+            group_by: Some("source_host".into()),
+            ..UsageParams::default()
+        })
+        .expect("valid");
+        assert_eq!(by_host.group_by(), Some(GroupBy::SourceHost));
         for params in [
             UsageParams {
                 from: "soon".into(),
@@ -716,12 +740,38 @@ mod tests {
                 cpu_time_us: 6,
                 format: Some("webp".into()),
                 outcome: None,
+                source_host: None,
             }],
         };
         let json = serde_json::to_value(&report).expect("serializes");
         assert_eq!(json["buckets"][0]["format"], "webp");
         assert_eq!(json["buckets"][0]["refused"], 7);
         assert!(json["buckets"][0].get("outcome").is_none());
+        assert!(json["buckets"][0].get("source_host").is_none());
         assert_eq!(json["granularity"], "minute");
+        assert_eq!(json["group_by"], "format");
+
+        // By source host: every row names its host, "" for images sent in the body.
+        let by_host = UsageReport {
+            group_by: Some(GroupBy::SourceHost),
+            buckets: vec![
+                UsageBucket {
+                    format: None,
+                    source_host: Some(String::new()),
+                    ..report.buckets[0].clone()
+                },
+                UsageBucket {
+                    format: None,
+                    source_host: Some("images.example.com".into()),
+                    ..report.buckets[0].clone()
+                },
+            ],
+            ..report
+        };
+        let json = serde_json::to_value(&by_host).expect("serializes");
+        assert_eq!(json["group_by"], "source_host");
+        assert_eq!(json["buckets"][0]["source_host"], "");
+        assert_eq!(json["buckets"][1]["source_host"], "images.example.com");
+        assert!(json["buckets"][1].get("format").is_none());
     }
 }
