@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 /// Every route the api serves, as `(method, path)`; the router and this document must agree.
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/resize"),
+    ("get", "/v1/img/{key_id}/{signature}/{path}"),
     ("get", "/v1/usage"),
     ("get", "/openapi.json"),
 ];
@@ -20,8 +21,43 @@ fn problem(description: &str) -> Value {
     json!({"description": description, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
 }
 
+fn in_path(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
+}
+
+/// Every processing option of a signed GET: `(names, arguments, meaning)`. The names are
+/// imgproxy's (full and short), and ours that imgproxy lacks carry the `imgpipe_` prefix.
+pub const GET_OPTIONS: &[(&str, &str, &str)] = &[
+    ("resize, rs", "%resizing_type:%width:%height:%enlarge:%extend", "Shorthand for resizing_type, width, height, enlarge and extend; empty arguments keep their defaults."),
+    ("size, s", "%width:%height:%enlarge:%extend", "Shorthand for width, height, enlarge and extend."),
+    ("resizing_type, rt", "%type", "fit (default: inside the box, keep the ratio), fill (cover the box, crop the overflow by gravity), fill-down (fill, but a box larger than the source shrinks keeping its ratio), force (stretch to the box), auto (fill when source and box have the same orientation, fit otherwise)."),
+    ("width, w", "%width", "Target width in pixels, 0 (default) for none; at most 8192 after dpr."),
+    ("height, h", "%height", "Target height in pixels, 0 (default) for none; at most 8192 after dpr."),
+    ("dpr", "%dpr", "Device pixel ratio, above 0 and at most 8 (default 1): multiplies width and height, and the products must still be at most 8192 (400 bad_option naming dpr otherwise, never a silent clamp)."),
+    ("enlarge, el", "%enlarge", "1 or true: the output may be larger than the source (default false)."),
+    ("extend, ex", "%extend:%gravity", "With fit: pad the output to exactly the box, the image placed by gravity (default centre), padding in background (transparent, or white for JPEG, by default)."),
+    ("gravity, g", "%type", "Which part fill keeps: ce (default), no, so, ea, we, noea, nowe, soea, sowe. Offsets must be 0; fp and sm are refused with 400 unsupported_option for now."),
+    ("quality, q", "%quality", "Encoder quality 1-100 for JPEG, lossy WebP and AVIF; 0 for the default (80)."),
+    ("format, f, ext", "%extension", "Output format: jpg/jpeg, png, webp, avif or gif; the source's @extension (plain) or .extension (base64) sets it too. Default: the input's (a still GIF becomes PNG)."),
+    ("background, bg", "%R:%G:%B or %hex", "Colour of extend's padding and of transparency flattened for a format without alpha."),
+    ("cachebuster, cb", "%string", "Changes the URL (and so its signature and any cache key), nothing else."),
+    ("expires, exp", "%timestamp", "Unix seconds after which the URL is refused with 403 url_expired; 0 or less never expires."),
+    ("imgpipe_effort", "%effort", "Encoder effort 0 (fastest) to 9 (smallest) for WebP and AVIF, as POST's effort."),
+    ("imgpipe_lossless", "%lossless", "WebP output: lossless instead of lossy, as POST's lossless."),
+    ("imgpipe_frames", "%frames", "Animated input: all (default) or first, as POST's frames."),
+];
+
 fn query(name: &str, description: &str, schema: Value) -> Value {
     json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema})
+}
+
+/// The description of `GET /v1/img/...`, listing every option.
+fn get_description() -> String {
+    let mut text = String::from("A signed URL in imgproxy's format (v3), for web pages and CDNs, which can send neither a body nor an API key: everything after `/v1/img/{key_id}` is imgproxy's URL, so imgproxy's own URL builders (npm `@imgproxy/imgproxy-node`, PyPI `imgproxy`, ...) given the base URL `http://host:8080/v1/img/{key_id}` and the signing key's `key` and `salt` (hex, from `POST /admin/v1/tenants/{tenant_id}/signing-keys`) produce URLs accepted unchanged.\n\nShape: `/v1/img/{key_id}/{signature}/{option}/.../plain/{percent-encoded source URL}[@{extension}]`, or `.../{URL-safe base64 of the source URL, may be split by /}[.{extension}]`. `signature` is URL-safe base64 without padding of HMAC-SHA256(key, salt || the path from the / after the signature). Options are `name:arg1:arg2`, separated by `/`, applied left to right (a later one wins); an option imgpipe does not implement is a 400 naming it, never ignored.\n\nThe source is fetched by a resizer (the request event carries only the URL): it must be an absolute http or https URL under one of the tenant's `allowed_sources`; its content is sniffed, never taken from Content-Type; destinations in loopback, private, link-local, CGNAT, multicast or reserved ranges (IPv4 and IPv6, mapped forms included) are refused after DNS resolution and on every redirect, unless the operator's `resizer.sources` configuration allows a range. A GET is billed to the signing key's tenant, with the source's host as a usage dimension.\n\nOptions:\n");
+    for (names, arguments, meaning) in GET_OPTIONS {
+        text.push_str(&format!("- `{names}` (`{arguments}`): {meaning}\n"));
+    }
+    text
 }
 
 /// The document.
@@ -51,7 +87,7 @@ pub fn spec() -> Value {
                     "properties": {
                         "tenant_id": {"type": "string"}, "from": {"type": "string"}, "to": {"type": "string"},
                         "granularity": {"type": "string"},
-                        "group_by": {"type": "string", "description": "Present when the request split buckets by format or outcome."},
+                        "group_by": {"type": "string", "description": "Present when the request split buckets by format, outcome or source_host."},
                         "buckets": {"type": "array", "description": "Buckets with usage, by start then group key; empty buckets are omitted.", "items": {"$ref": "#/components/schemas/UsageBucket"}}
                     }
                 },
@@ -68,7 +104,8 @@ pub fn spec() -> Value {
                         "pixels_out": {"type": "integer", "description": "Sum of output pixels."},
                         "cpu_time_us": {"type": "integer", "description": "Sum of decode, resize and encode CPU time (every request, refused ones that reached a resizer included)."},
                         "format": {"type": "string", "description": "Output format, with group_by=format ('' when no image was made)."},
-                        "outcome": {"type": "string", "description": "Outcome, with group_by=outcome."}
+                        "outcome": {"type": "string", "description": "Outcome, with group_by=outcome."},
+                        "source_host": {"type": "string", "description": "Source host, with group_by=source_host: the host (with the port when not the scheme's default) of a signed GET's source URL, never its path; '' for images sent in the request body (POST /v1/resize) and for usage recorded before hosts were."}
                     }
                 }
             }
@@ -116,13 +153,39 @@ pub fn spec() -> Value {
                     "504": problem("deadline_exceeded: no reply within the deadline.")
                 }
             }},
+            "/v1/img/{key_id}/{signature}/{path}": {"get": {
+                "summary": "Resize an image named by a signed URL (imgproxy's format)",
+                "description": get_description(),
+                "security": [],
+                "parameters": [
+                    in_path("key_id", "The signing key's id (not secret)."),
+                    in_path("signature", "URL-safe base64, unpadded, of HMAC-SHA256(key, salt || the path after this segment, from its leading /)."),
+                    in_path("path", "Processing options, then `plain/{source URL}[@ext]` or the base64 source `[.ext]`; spans several path segments.")
+                ],
+                "responses": {
+                    "200": {"description": "The resized image, as for POST /v1/resize (same headers, Server-Timing included).",
+                            "headers": {"X-Request-Id": {"schema": {"type": "string"}}, "Server-Timing": {"schema": {"type": "string"}}},
+                            "content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}, "image/avif": {}, "image/gif": {}}},
+                    "400": problem("bad_url (the path's shape), bad_option (an invalid value; dpr products over 8192), unsupported_option (an option or value imgpipe does not implement, named in the message: fp and sm gravity, presets, every imgproxy option not listed above), bad_source_url (missing, undecodable, or not an absolute http or https URL)."),
+                    "403": problem("invalid_signature (unknown or revoked signing key, tampered path, wrong signature: never says which), url_expired, source_not_allowed (not under the tenant's allowed_sources), forbidden (the tenant is suspended), source_forbidden (the origin answered 401 or 403), source_address_refused (the source resolves to, or redirects to, an address in a refused range)."),
+                    "404": problem("source_not_found: the origin answered 404 or 410."),
+                    "413": problem("source_too_large: the source is over the resizers' input limit (Content-Length or the bytes read)."),
+                    "415": problem("unsupported_media_type: the fetched source is not JPEG, PNG, WebP or GIF."),
+                    "422": problem("As for POST /v1/resize: undecodable_image, truncated_image, too_many_pixels, too_many_output_pixels, too_many_frames, output_too_large."),
+                    "429": problem("rate_limited: the tenant's quota, shared with its API keys; see Retry-After."),
+                    "500": problem("internal_error."),
+                    "502": problem("source_unreachable: DNS failure, connection refused or reset, the origin answered 5xx or another unexpected status, or more redirects than the configured bound."),
+                    "503": problem("kafka_unavailable, overloaded, not_ready or auth_unavailable: retry shortly."),
+                    "504": problem("source_timeout (the origin did not answer within the request's deadline) or deadline_exceeded.")
+                }
+            }},
             "/v1/usage": {"get": {
                 "summary": "The caller's own usage",
                 "parameters": [
                     {"name": "from", "in": "query", "required": true, "description": "Start (inclusive): epoch seconds or RFC 3339 with an offset (Z or ±hh:mm, + written %2B in a URL), whole seconds.", "schema": {"type": "string"}},
                     {"name": "to", "in": "query", "required": true, "description": "End (exclusive), in the same forms as from.", "schema": {"type": "string"}},
                     query("granularity", "minute, hour (default) or day.", json!({"type": "string", "enum": ["minute", "hour", "day"]})),
-                    query("group_by", "format or outcome.", json!({"type": "string", "enum": ["format", "outcome"]}))
+                    query("group_by", "format, outcome or source_host.", json!({"type": "string", "enum": ["format", "outcome", "source_host"]}))
                 ],
                 "responses": {
                     "200": {"description": "Usage buckets.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/UsageReport"}}}},
@@ -178,7 +241,14 @@ mod tests {
     #[test]
     fn usage_buckets_describe_billed_and_refused_requests() {
         let bucket = &spec()["components"]["schemas"]["UsageBucket"];
-        for field in ["requests", "refused", "cpu_time_us", "format", "outcome"] {
+        for field in [
+            "requests",
+            "refused",
+            "cpu_time_us",
+            "format",
+            "outcome",
+            "source_host",
+        ] {
             assert!(
                 bucket["properties"][field]["description"].is_string(),
                 "{field} missing"
