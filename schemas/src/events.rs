@@ -24,6 +24,20 @@ pub enum Fit {
     Contain,
     /// Stretch to exactly the box.
     Fill,
+    /// Like `Cover`, but without `enlarge` an axis on which the source is smaller than the box
+    /// is not padded nor enlarged but kept: the output is the box clipped to the source on each
+    /// axis, so it need not have the box's aspect ratio (`Cover` shrinks the box to keep it).
+    /// With `enlarge`, the same as `Cover`. imgproxy's `fill` resizing type.
+    CoverClip,
+    /// `CoverClip` when the source (upright, after EXIF orientation) and the box have the same
+    /// orientation, a square counting as landscape; `Inside` otherwise. imgproxy's `auto`
+    /// resizing type.
+    Auto,
+    /// Fit within the box, then pad to exactly the box by gravity; without `enlarge` a smaller
+    /// source keeps its size and is padded to the whole box (`Contain` shrinks the box to the
+    /// source's scale instead). With one side given, only that side is padded. imgproxy's `fit`
+    /// resizing type with `extend`.
+    Pad,
 }
 
 /// Which part of the image `cover` keeps.
@@ -174,7 +188,7 @@ pub struct ResizeParams {
     pub height: Option<i32>,
     /// Fit mode.
     pub fit: Fit,
-    /// Crop anchor for `cover`.
+    /// Crop anchor for `cover` and `cover_clip`, placement anchor for `contain` and `pad`.
     pub gravity: Gravity,
     /// Output format; `None` keeps the input's.
     pub format: Option<ImageFormat>,
@@ -191,8 +205,9 @@ pub struct ResizeParams {
     /// Animated input: every frame, or a still of the first.
     #[serde(default)]
     pub frames: Frames,
-    /// Colour of padding and of transparency flattened for a format without alpha; `None` for
-    /// white (JPEG) or transparent padding.
+    /// Colour of padding and of transparency: when set, the output is flattened onto it in
+    /// every format (opaque, as imgproxy does with `background`); `None` pads transparent where
+    /// the format has alpha and flattens onto white for JPEG.
     #[serde(default)]
     pub background: Option<Rgb>,
 }
@@ -684,6 +699,32 @@ mod tests {
             None,
             "AVIF is not read"
         );
+    }
+
+    #[test]
+    fn every_fit_round_trips_and_the_new_ones_keep_the_schema_backward_compatible() {
+        let fits = [
+            Fit::Inside,
+            Fit::Cover,
+            Fit::Contain,
+            Fit::Fill,
+            Fit::CoverClip,
+            Fit::Auto,
+            Fit::Pad,
+        ];
+        for fit in fits {
+            let mut request = samples::request();
+            request.params.fit = fit;
+            round_trip(request);
+        }
+        // The schema before `COVER_CLIP`, `AUTO` and `PAD`: the new one must read what it wrote.
+        let before = ResizeRequested::SCHEMA
+            .replace(r#""FILL", "COVER_CLIP", "AUTO", "PAD"]"#, r#""FILL"]"#);
+        assert_ne!(before, ResizeRequested::SCHEMA);
+        let before = Schema::parse_str(&before).expect("previous schema parses");
+        let now = Schema::parse_str(ResizeRequested::SCHEMA).expect("schema parses");
+        apache_avro::schema_compatibility::SchemaCompatibility::can_read(&before, &now)
+            .expect("the new schema reads events written with the previous one");
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub fn parse(query: Option<&str>) -> Result<ResizeParams, String> {
     if params.width.is_none() && params.height.is_none() {
         return Err("give `width`, `height` or both".into());
     }
-    if params.fit != Fit::Inside && (params.width.is_none() || params.height.is_none()) {
+    let needs_both = matches!(params.fit, Fit::Cover | Fit::Contain | Fit::Fill);
+    if needs_both && (params.width.is_none() || params.height.is_none()) {
         return Err("`fit=cover`, `contain` and `fill` need both `width` and `height`".into());
     }
     // Checked here only when the format is named; with the input's format kept, the resizer
@@ -108,8 +109,11 @@ fn fit(value: &str) -> Result<Fit, String> {
         "cover" => Ok(Fit::Cover),
         "contain" => Ok(Fit::Contain),
         "fill" => Ok(Fit::Fill),
+        "cover_clip" => Ok(Fit::CoverClip),
+        "auto" => Ok(Fit::Auto),
+        "pad" => Ok(Fit::Pad),
         _ => Err(format!(
-            "`fit` must be inside, cover, contain or fill, got `{value}`"
+            "`fit` must be inside, cover, contain, fill, cover_clip, auto or pad, got `{value}`"
         )),
     }
 }
@@ -195,6 +199,20 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_imgproxy_fit_modes_with_one_side_or_both() {
+        for (value, fit) in [
+            ("cover_clip", Fit::CoverClip),
+            ("auto", Fit::Auto),
+            ("pad", Fit::Pad),
+        ] {
+            let p = parse(Some(&format!("width=300&height=200&fit={value}"))).expect(value);
+            assert_eq!((p.width, p.height, p.fit), (Some(300), Some(200), fit));
+            let p = parse(Some(&format!("height=200&fit={value}"))).expect(value);
+            assert_eq!((p.width, p.height, p.fit), (None, Some(200), fit));
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_parameter() {
         for (query, needle) in [
             ("", "width"),
@@ -216,6 +234,7 @@ mod tests {
             ("width=10&enlarge=maybe", "enlarge"),
             ("widht=10", "widht"),
             ("width=10&fit=cover", "both"),
+            ("width=10&height=10&fit=fill-down", "fit"),
             ("width=10&width=20", "more than once"),
             ("width=10&WIDTH=20", "more than once"),
         ] {

@@ -151,7 +151,11 @@ pub fn resize(
         // Colour: as for a still, on the resampled pixels and before padding.
         to_srgb.apply(&mut image);
         let image = resample::orient(image, orientation);
-        let image = resample::pad(image, plan.canvas, plan.offset, true);
+        let image = resample::finish(
+            image,
+            &plan,
+            super::backdrop(request.background, output_format),
+        );
         let resized_at = Instant::now();
 
         sink.push(image.into_rgba8().into_raw(), delay_ms)

@@ -515,6 +515,61 @@ fn an_enlarged_animation_is_bounded_on_the_output_side_too() {
     assert!(e.to_string().contains("frames=first"), "{e}");
 }
 
+#[test]
+fn animation_frames_are_padded_transparent_or_with_the_background() {
+    // 200×100 frames on a 200×200 box: padded above and below.
+    let gif = animated_gif(200, 100, &[10, 10, 10], gif::Repeat::Infinite);
+    let webp = animated_webp(200, 100, &[100, 100, 100], 0);
+    for (input, format) in [(gif, ImageFormat::Gif), (webp, ImageFormat::Webp)] {
+        for (background, pad) in [
+            (None, [0, 0, 0, 0]),
+            (
+                Some(schemas::events::Rgb {
+                    r: 20,
+                    g: 40,
+                    b: 220,
+                }),
+                [20, 40, 220, 255],
+            ),
+        ] {
+            let p = ResizeParams {
+                height: Some(200),
+                fit: Fit::Pad,
+                background,
+                ..params(200, Some(format))
+            };
+            let r = run(&input, &p);
+            assert_eq!((r.format, r.width, r.height), (format, 200, 200));
+            // WebP as libwebp (and browsers) compose it: `image` paints the canvas with the
+            // ANIM background colour, which the specification makes only a hint.
+            let frames = match format {
+                ImageFormat::Gif => GifDecoder::new(Cursor::new(&r.bytes))
+                    .expect("gif")
+                    .into_frames()
+                    .collect_frames()
+                    .expect("frames decode")
+                    .into_iter()
+                    .map(image::Frame::into_buffer)
+                    .collect(),
+                _ => libwebp_frames(&r.bytes),
+            };
+            assert_eq!(frames.len(), 3);
+            for (buffer, colour) in frames.iter().zip(COLOURS) {
+                let got = buffer.get_pixel(50, 10).0;
+                // Transparent: whatever colour is under alpha 0.
+                let close = if pad[3] == 0 {
+                    got[3] == 0
+                } else {
+                    got.iter().zip(pad).all(|(a, b)| a.abs_diff(b) <= 24)
+                };
+                assert!(close, "{format:?} {background:?}: pad {got:?}");
+                let got = buffer.get_pixel(50, 100).0;
+                assert!(near(got, colour, 40), "{format:?}: image {got:?}");
+            }
+        }
+    }
+}
+
 const SQUARE: [u8; 4] = [230, 30, 40, 255];
 const CLEAR: [u8; 4] = [0, 0, 0, 0];
 

@@ -16,7 +16,7 @@ pub struct Target {
     pub height: Option<u32>,
     /// Fit mode.
     pub fit: Fit,
-    /// Crop anchor for `cover`, placement anchor for `contain`.
+    /// Crop anchor for `cover` and `cover_clip`, placement anchor for `contain` and `pad`.
     pub gravity: Gravity,
     /// Whether the output may be larger than the source.
     pub enlarge: bool,
@@ -97,7 +97,7 @@ pub struct Plan {
     pub crop: Rect,
     /// Size the crop is resampled to.
     pub size: (u32, u32),
-    /// Size of the output; larger than `size` only for `contain`, which pads.
+    /// Size of the output; larger than `size` only for `contain` and `pad`, which pad.
     pub canvas: (u32, u32),
     /// Top-left corner of the resampled image on the canvas.
     pub offset: (u32, u32),
@@ -128,9 +128,15 @@ fn px(v: f64) -> u32 {
 ///
 /// Without `enlarge`, a box that would need upscaling is shrunk by the same factor first: the
 /// output keeps the box's aspect ratio (cover, contain, fill) or the source's (inside) and the
-/// source is never scaled up along either axis.
+/// source is never scaled up along either axis. `cover_clip` and `pad` instead keep the source's
+/// scale and clip the box to it (`cover_clip`) or pad to the whole box (`pad`), as imgproxy's
+/// `fill` and `fit` with `extend` do; `auto` is `cover_clip` or `inside` by orientation.
 pub fn plan(src: (u32, u32), target: &Target) -> Plan {
     let (sw, sh) = (f64::from(src.0), f64::from(src.1));
+    if target.fit == Fit::Pad {
+        // Before the one-side rule below: `pad` pads the side it is given.
+        return pad(sw, sh, target);
+    }
     let whole = Rect {
         x: 0.0,
         y: 0.0,
@@ -200,6 +206,75 @@ pub fn plan(src: (u32, u32), target: &Target) -> Plan {
                 ),
             }
         }
+        Fit::CoverClip => {
+            let scale = (bw / sw).max(bh / sh);
+            let scale = if target.enlarge {
+                scale
+            } else {
+                scale.min(1.0)
+            };
+            // The box, clipped on each axis to the scaled source.
+            let size = (px(bw).min(px(sw * scale)), px(bh).min(px(sh * scale)));
+            let cw = (f64::from(size.0) / scale).min(sw);
+            let ch = (f64::from(size.1) / scale).min(sh);
+            Plan {
+                crop: Rect {
+                    x: (sw - cw) * gx,
+                    y: (sh - ch) * gy,
+                    w: cw,
+                    h: ch,
+                },
+                size,
+                canvas: size,
+                offset: (0, 0),
+            }
+        }
+        Fit::Auto => {
+            // imgproxy decides on the signs of width − height: a square counts as a landscape.
+            let fit = if (sw >= sh) == (bw >= bh) {
+                Fit::CoverClip
+            } else {
+                Fit::Inside
+            };
+            plan(src, &Target { fit, ..*target })
+        }
+        Fit::Pad => pad(sw, sh, target),
+    }
+}
+
+/// `pad`: the source fitted inside the box (never enlarged without `enlarge`), on a canvas of
+/// the box's given sides (the fitted size on a side not given), placed by gravity.
+fn pad(sw: f64, sh: f64, target: &Target) -> Plan {
+    let scale = match (target.width, target.height) {
+        (Some(w), Some(h)) => (f64::from(w) / sw).min(f64::from(h) / sh),
+        (Some(w), None) => f64::from(w) / sw,
+        (None, Some(h)) => f64::from(h) / sh,
+        (None, None) => 1.0,
+    };
+    let (w, h) = inside(sw, sh, scale, target.enlarge);
+    // Fitted inside the box, so never larger than a given side, whatever the rounding.
+    let size = (
+        target.width.map_or(w, |bw| w.min(bw)),
+        target.height.map_or(h, |bh| h.min(bh)),
+    );
+    let canvas = (
+        target.width.unwrap_or(size.0),
+        target.height.unwrap_or(size.1),
+    );
+    let (gx, gy) = anchor(target.gravity);
+    Plan {
+        crop: Rect {
+            x: 0.0,
+            y: 0.0,
+            w: sw,
+            h: sh,
+        },
+        size,
+        canvas,
+        offset: (
+            (f64::from(canvas.0 - size.0) * gx).round() as u32,
+            (f64::from(canvas.1 - size.1) * gy).round() as u32,
+        ),
     }
 }
 
@@ -281,6 +356,16 @@ pub fn jpeg_shrink(crop: (f64, f64), size: (u32, u32), headroom: f64) -> u32 {
 mod tests {
     use super::*;
 
+    const FITS: [Fit; 7] = [
+        Fit::Inside,
+        Fit::Cover,
+        Fit::Contain,
+        Fit::Fill,
+        Fit::CoverClip,
+        Fit::Auto,
+        Fit::Pad,
+    ];
+
     fn target(width: Option<u32>, height: Option<u32>, fit: Fit) -> Target {
         Target {
             width,
@@ -313,7 +398,7 @@ mod tests {
 
     #[test]
     fn one_side_keeps_aspect_in_every_mode() {
-        for fit in [Fit::Inside, Fit::Cover, Fit::Contain, Fit::Fill] {
+        for fit in FITS {
             assert_eq!(
                 plan((2000, 1000), &target(Some(500), None, fit)).size,
                 (500, 250)
@@ -507,6 +592,214 @@ mod tests {
         assert_eq!(plan((400, 300), &t).size, (800, 200));
     }
 
+    fn whole(w: f64, h: f64) -> Rect {
+        Rect {
+            x: 0.0,
+            y: 0.0,
+            w,
+            h,
+        }
+    }
+
+    #[test]
+    fn cover_clip_is_cover_for_a_larger_source() {
+        for gravity in [Gravity::Centre, Gravity::East, Gravity::SouthWest] {
+            for (src, bw, bh) in [((1500, 1000), 100, 100), ((1000, 1000), 200, 100)] {
+                let t = Target {
+                    gravity,
+                    ..target(Some(bw), Some(bh), Fit::CoverClip)
+                };
+                let cover = Target {
+                    fit: Fit::Cover,
+                    ..t
+                };
+                assert_eq!(plan(src, &t), plan(src, &cover), "{src:?} {gravity:?}");
+                assert_eq!(plan(src, &t).size, (bw, bh));
+            }
+        }
+    }
+
+    #[test]
+    fn cover_clip_without_enlarge_clips_the_box_to_the_source() {
+        // Smaller on both axes: the source as it is.
+        let p = plan((400, 300), &target(Some(800), Some(800), Fit::CoverClip));
+        assert_eq!(
+            (p.size, p.canvas, p.crop),
+            ((400, 300), (400, 300), whole(400.0, 300.0))
+        );
+        // Smaller on one axis only: that axis is kept, the other cropped to the box by gravity,
+        // at the source's scale; the output does not have the box's aspect ratio.
+        for (gravity, x) in [
+            (Gravity::Centre, 250.0),
+            (Gravity::West, 0.0),
+            (Gravity::NorthEast, 500.0),
+        ] {
+            let t = Target {
+                gravity,
+                ..target(Some(500), Some(500), Fit::CoverClip)
+            };
+            let p = plan((1000, 300), &t);
+            assert_eq!((p.size, p.canvas), ((500, 300), (500, 300)), "{gravity:?}");
+            assert_eq!(
+                p.crop,
+                Rect {
+                    x,
+                    y: 0.0,
+                    w: 500.0,
+                    h: 300.0
+                },
+                "{gravity:?}"
+            );
+        }
+        // `cover` keeps the box's aspect ratio instead (imgproxy's `fill-down`).
+        assert_eq!(
+            plan((1000, 300), &target(Some(500), Some(500), Fit::Cover)).size,
+            (300, 300)
+        );
+    }
+
+    #[test]
+    fn cover_clip_with_enlarge_is_cover() {
+        for src in [(400, 300), (1000, 300), (50, 2000), (3000, 2000)] {
+            for (bw, bh) in [(800, 800), (500, 500), (100, 700)] {
+                let t = Target {
+                    enlarge: true,
+                    ..target(Some(bw), Some(bh), Fit::CoverClip)
+                };
+                let cover = Target {
+                    fit: Fit::Cover,
+                    ..t
+                };
+                assert_eq!(plan(src, &t), plan(src, &cover), "{src:?} {bw}x{bh}");
+                assert_eq!(plan(src, &t).size, (bw, bh));
+            }
+        }
+    }
+
+    #[test]
+    fn auto_covers_the_same_orientation_and_fits_the_other() {
+        let cases = [
+            // Landscape source and box: cover_clip.
+            ((1500, 1000), (200, 100), (200, 100)),
+            // Landscape source, portrait box: inside.
+            ((1500, 1000), (100, 200), (100, 67)),
+            // Portrait source and box: cover_clip.
+            ((1000, 1500), (100, 200), (100, 200)),
+            // Portrait source, square box (a landscape): inside.
+            ((1000, 1500), (100, 100), (67, 100)),
+            // A square source counts as a landscape.
+            ((1000, 1000), (200, 100), (200, 100)),
+            ((1000, 1000), (100, 200), (100, 100)),
+            // Smaller than the box without enlarge: clipped, never padded nor enlarged.
+            ((300, 200), (400, 100), (300, 100)),
+            ((150, 100), (300, 200), (150, 100)),
+        ];
+        for (src, (bw, bh), size) in cases {
+            let p = plan(src, &target(Some(bw), Some(bh), Fit::Auto));
+            assert_eq!((p.size, p.canvas), (size, size), "{src:?} {bw}x{bh}");
+            let fit = if (src.0 >= src.1) == (bw >= bh) {
+                Fit::CoverClip
+            } else {
+                Fit::Inside
+            };
+            assert_eq!(p, plan(src, &target(Some(bw), Some(bh), fit)), "{src:?}");
+        }
+        let t = Target {
+            enlarge: true,
+            ..target(Some(300), Some(200), Fit::Auto)
+        };
+        assert_eq!(plan((150, 100), &t).size, (300, 200));
+        assert_eq!(plan((100, 150), &t).size, (133, 200));
+    }
+
+    #[test]
+    fn pad_pads_to_the_whole_box_by_gravity() {
+        // A larger source: as `contain`.
+        for gravity in [Gravity::Centre, Gravity::North, Gravity::SouthEast] {
+            let t = Target {
+                gravity,
+                ..target(Some(100), Some(100), Fit::Pad)
+            };
+            let contain = Target {
+                fit: Fit::Contain,
+                ..t
+            };
+            assert_eq!(
+                plan((1000, 500), &t),
+                plan((1000, 500), &contain),
+                "{gravity:?}"
+            );
+        }
+        // A smaller source without enlarge keeps its size on the whole box.
+        let cases = [
+            (Gravity::Centre, (200, 250)),
+            (Gravity::NorthWest, (0, 0)),
+            (Gravity::SouthEast, (400, 500)),
+            (Gravity::East, (400, 250)),
+            (Gravity::North, (200, 0)),
+        ];
+        for (gravity, offset) in cases {
+            let t = Target {
+                gravity,
+                ..target(Some(800), Some(800), Fit::Pad)
+            };
+            let p = plan((400, 300), &t);
+            assert_eq!(
+                (p.crop, p.size, p.canvas, p.offset),
+                (whole(400.0, 300.0), (400, 300), (800, 800), offset),
+                "{gravity:?}"
+            );
+        }
+        // `contain` pads to the box's aspect ratio at the source's scale instead.
+        assert_eq!(
+            plan((400, 300), &target(Some(800), Some(800), Fit::Contain)).canvas,
+            (400, 400)
+        );
+        // With enlarge: as `contain`.
+        let t = Target {
+            enlarge: true,
+            ..target(Some(800), Some(800), Fit::Pad)
+        };
+        let p = plan((400, 300), &t);
+        assert_eq!(
+            (p.size, p.canvas, p.offset),
+            ((800, 600), (800, 800), (0, 100))
+        );
+    }
+
+    #[test]
+    fn pad_with_one_side_pads_that_side_only() {
+        let p = plan((400, 300), &target(Some(800), None, Fit::Pad));
+        assert_eq!(
+            (p.size, p.canvas, p.offset),
+            ((400, 300), (800, 300), (200, 0))
+        );
+        let t = Target {
+            gravity: Gravity::South,
+            ..target(None, Some(500), Fit::Pad)
+        };
+        let p = plan((400, 300), &t);
+        assert_eq!(
+            (p.size, p.canvas, p.offset),
+            ((400, 300), (400, 500), (0, 200))
+        );
+        // Nothing to pad once the side is reached.
+        let p = plan((2000, 1000), &target(Some(500), None, Fit::Pad));
+        assert_eq!(
+            (p.size, p.canvas, p.offset),
+            ((500, 250), (500, 250), (0, 0))
+        );
+        let t = Target {
+            enlarge: true,
+            ..target(Some(800), None, Fit::Pad)
+        };
+        assert_eq!(plan((400, 300), &t).canvas, (800, 600));
+        assert_eq!(
+            plan((400, 300), &target(None, None, Fit::Pad)).canvas,
+            (400, 300)
+        );
+    }
+
     #[test]
     fn tiny_results_are_at_least_one_pixel() {
         assert_eq!(
@@ -576,13 +869,18 @@ mod tests {
                 let upright = upright_size(stored, orientation);
                 for &bw in &boxes {
                     for &bh in &boxes {
-                        for fit in [Fit::Inside, Fit::Cover, Fit::Contain, Fit::Fill] {
+                        for fit in FITS {
                             for enlarge in [false, true] {
                                 let t = Target {
                                     enlarge,
                                     ..target(Some(bw), Some(bh), fit)
                                 };
                                 let p = plan(upright, &t);
+                                assert!(
+                                    p.offset.0 + p.size.0 <= p.canvas.0
+                                        && p.offset.1 + p.size.1 <= p.canvas.1,
+                                    "{stored:?} {orientation:?} box {bw}x{bh} {fit:?}: {p:?}"
+                                );
                                 let crop = rect_to_stored(p.crop, orientation, stored);
                                 for denom in [1, 2, 4, 8] {
                                     let bounds = (scaled(stored.0, denom), scaled(stored.1, denom));

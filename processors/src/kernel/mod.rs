@@ -9,7 +9,8 @@
 //! 3. [`decode`] decodes, JPEG with DCT shrink-on-load to the smallest size that still leaves the
 //!    resampler a real reduction to do;
 //! 4. [`resample`] filters the crop down to size on SIMD, [`colour`] converts the small result
-//!    from its embedded ICC profile to sRGB, then it is oriented and padded;
+//!    from its embedded ICC profile to sRGB, then it is oriented, padded and, when the request
+//!    names a background, flattened onto it;
 //! 5. [`encode`] writes JPEG, PNG, WebP (lossy or lossless), AVIF or GIF from pixels only, so no
 //!    input metadata survives.
 //!
@@ -384,8 +385,7 @@ pub fn resize(
     // Colour: converted on the small image, before padding adds pure white or transparency.
     colour::to_srgb(&mut image, decoded.profile.as_deref());
     let image = resample::orient(image, decoded.orientation);
-    let transparent = output_format != ImageFormat::Jpeg;
-    let image = resample::pad(image, plan.canvas, plan.offset, transparent);
+    let image = resample::finish(image, &plan, backdrop(request.background, output_format));
     let resized_at = Instant::now();
 
     let (width, height) = (image.width(), image.height());
@@ -521,6 +521,17 @@ fn check_animation(header: &probe::Header, limits: &Limits) -> Result<(), Kernel
     Ok(())
 }
 
+/// What padding and transparency become: the request's background (the output is flattened
+/// onto it, in every format, as imgproxy does), else transparent where the format has alpha and
+/// white for JPEG (whose encoder flattens onto white).
+fn backdrop(background: Option<[u8; 3]>, format: ImageFormat) -> resample::Backdrop {
+    match background {
+        Some(colour) => resample::Backdrop::Flatten(colour),
+        None if format == ImageFormat::Jpeg => resample::Backdrop::PadWhite,
+        None => resample::Backdrop::Transparent,
+    }
+}
+
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
@@ -531,6 +542,9 @@ struct Request {
     format: Option<ImageFormat>,
     encoding: encode::Settings,
     frames: Frames,
+    /// sRGB colour to flatten onto and pad with; `None`: transparent padding where the format
+    /// has alpha, white for JPEG.
+    background: Option<[u8; 3]>,
 }
 
 /// Checks the parameters alone (before looking at the image) and reports every problem at once.
@@ -575,6 +589,19 @@ fn validate(params: &ResizeParams, limits: &Limits) -> Result<Request, KernelErr
             }
         },
     };
+    let background = params.background.and_then(|c| {
+        let channel = |v: i32| u8::try_from(v).ok();
+        match (channel(c.r), channel(c.g), channel(c.b)) {
+            (Some(r), Some(g), Some(b)) => Some([r, g, b]),
+            _ => {
+                problems.push(format!(
+                    "background channels must be 0–255, got {}, {}, {}",
+                    c.r, c.g, c.b
+                ));
+                None
+            }
+        }
+    });
     if !problems.is_empty() {
         return Err(KernelError::BadParameters(problems.join("; ")));
     }
@@ -593,5 +620,6 @@ fn validate(params: &ResizeParams, limits: &Limits) -> Result<Request, KernelErr
             effort,
         },
         frames: params.frames,
+        background,
     })
 }

@@ -412,6 +412,271 @@ fn contain_pads_transparent_for_png_and_white_for_jpeg() {
     assert!(near(out.get_pixel(50, 50).0, [0, 0, 255, 255], 8));
 }
 
+#[test]
+fn cover_clip_auto_and_pad_produce_their_exact_sizes() {
+    let input = jpeg(&card(300, 200));
+    let cases = [
+        // Clipped to the source on the axis where it is smaller, cropped on the other.
+        (Fit::CoverClip, (400, 100), (300, 100)),
+        (Fit::CoverClip, (150, 150), (150, 150)),
+        // Same orientation: cover_clip; the other: inside.
+        (Fit::Auto, (120, 40), (120, 40)),
+        (Fit::Auto, (100, 200), (100, 67)),
+        // The whole box, the source at its own size.
+        (Fit::Pad, (400, 400), (400, 400)),
+        (Fit::Pad, (100, 100), (100, 100)),
+    ];
+    for (fit, (w, h), size) in cases {
+        let r = run(&input, &params(Some(w), Some(h), fit));
+        assert_eq!((r.width, r.height), size, "{fit:?} {w}x{h}");
+        decoded(&r);
+    }
+    let r = run(&input, &params(Some(500), None, Fit::Pad));
+    assert_eq!(
+        (r.width, r.height),
+        (500, 200),
+        "one side: padded on it only"
+    );
+    for fit in [Fit::CoverClip, Fit::Auto] {
+        let r = run(&input, &params(None, Some(100), fit));
+        assert_eq!(
+            (r.width, r.height),
+            (150, 100),
+            "{fit:?}: one side is inside"
+        );
+    }
+}
+
+#[test]
+fn pad_places_the_unenlarged_source_on_the_whole_box_by_gravity() {
+    let source = DynamicImage::ImageRgb8(RgbImage::from_pixel(40, 20, Rgb(BLUE)));
+    for (gravity, inside, outside) in [
+        (Gravity::Centre, (50, 50), (5, 5)),
+        (Gravity::NorthWest, (5, 5), (50, 50)),
+        (Gravity::SouthEast, (95, 95), (50, 50)),
+    ] {
+        let p = ResizeParams {
+            gravity,
+            ..params(Some(100), Some(100), Fit::Pad)
+        };
+        let out = decoded(&run(&png(&source), &p));
+        assert_eq!((out.width(), out.height()), (100, 100));
+        assert_eq!(
+            out.get_pixel(inside.0, inside.1).0,
+            [0, 0, 255, 255],
+            "{gravity:?}"
+        );
+        assert_eq!(
+            out.get_pixel(outside.0, outside.1).0,
+            [0, 0, 0, 0],
+            "{gravity:?}"
+        );
+    }
+}
+
+#[test]
+fn auto_decides_on_the_upright_source() {
+    // Stored 60×40 (a landscape), displayed 40×60 (a portrait) with EXIF 6.
+    let stored = jpeg(&halves(60, 40, RED, BLUE));
+    let rotated = with_exif_orientation(&stored, 6);
+    let cases = [
+        // Portrait box: the upright portrait is covered, the stored landscape fitted.
+        ((20, 30), (20, 30), (20, 13)),
+        // Landscape box: the other way round.
+        ((30, 20), (13, 20), (30, 20)),
+    ];
+    for ((w, h), upright, landscape) in cases {
+        let r = run(&rotated, &params(Some(w), Some(h), Fit::Auto));
+        assert_eq!((r.width, r.height), upright, "EXIF 6, box {w}x{h}");
+        let r = run(&stored, &params(Some(w), Some(h), Fit::Auto));
+        assert_eq!((r.width, r.height), landscape, "no EXIF, box {w}x{h}");
+    }
+}
+
+// ---------- background ----------
+
+const GREEN: [u8; 3] = [0, 160, 0];
+
+fn on(background: [u8; 3], p: ResizeParams) -> ResizeParams {
+    let [r, g, b] = background.map(i32::from);
+    ResizeParams {
+        background: Some(schemas::events::Rgb { r, g, b }),
+        ..p
+    }
+}
+
+/// Left half fully transparent (and red underneath, which must never show), right half opaque
+/// blue.
+fn half_transparent(w: u32, h: u32) -> Vec<u8> {
+    png(&DynamicImage::ImageRgba8(RgbaImage::from_fn(
+        w,
+        h,
+        |x, _| {
+            Rgba(if x < w / 2 {
+                [255, 0, 0, 0]
+            } else {
+                [0, 0, 255, 255]
+            })
+        },
+    )))
+}
+
+/// Every still output format, with the tolerance of its lossy encoding.
+const STILL_FORMATS: [(ImageFormat, u8); 4] = [
+    (ImageFormat::Png, 0),
+    (ImageFormat::Jpeg, 8),
+    (ImageFormat::Webp, 12),
+    (ImageFormat::Gif, 24),
+];
+
+#[test]
+fn background_colours_the_padding_in_every_format() {
+    let source = DynamicImage::ImageRgb8(RgbImage::from_pixel(200, 100, Rgb(BLUE)));
+    for fit in [Fit::Contain, Fit::Pad] {
+        for (format, tolerance) in STILL_FORMATS {
+            let p = on(
+                GREEN,
+                ResizeParams {
+                    format: Some(format),
+                    ..params(Some(100), Some(100), fit)
+                },
+            );
+            let out = decoded(&run(&png(&source), &p));
+            let [r, g, b] = GREEN;
+            assert!(
+                near(out.get_pixel(50, 5).0, [r, g, b, 255], tolerance),
+                "{fit:?} {format:?}: pad {:?}",
+                out.get_pixel(50, 5)
+            );
+            assert!(
+                near(out.get_pixel(50, 50).0, [0, 0, 255, 255], tolerance),
+                "{fit:?} {format:?}: image {:?}",
+                out.get_pixel(50, 50)
+            );
+        }
+    }
+}
+
+#[test]
+fn background_flattens_transparency_in_every_format() {
+    for (format, tolerance) in STILL_FORMATS {
+        let p = on(
+            GREEN,
+            ResizeParams {
+                format: Some(format),
+                ..params(Some(100), None, Fit::Inside)
+            },
+        );
+        let out = decoded(&run(&half_transparent(200, 100), &p));
+        let [r, g, b] = GREEN;
+        assert!(
+            near(out.get_pixel(10, 25).0, [r, g, b, 255], tolerance),
+            "{format:?}: transparent → background, got {:?}",
+            out.get_pixel(10, 25)
+        );
+        assert!(
+            near(out.get_pixel(90, 25).0, [0, 0, 255, 255], tolerance),
+            "{format:?}: opaque stays"
+        );
+        if format != ImageFormat::Gif {
+            assert!(
+                !out.color().has_alpha(),
+                "{format:?}: flattened, no alpha left"
+            );
+        }
+    }
+    // Half-transparent blue over the background: blended on straight values.
+    let input = png(&DynamicImage::ImageRgba8(RgbaImage::from_pixel(
+        8,
+        8,
+        Rgba([0, 0, 255, 128]),
+    )));
+    let p = on(
+        [200, 100, 0],
+        ResizeParams {
+            format: Some(ImageFormat::Png),
+            ..params(Some(8), None, Fit::Inside)
+        },
+    );
+    assert_eq!(
+        decoded(&run(&input, &p)).get_pixel(4, 4).0,
+        [100, 50, 128, 255]
+    );
+}
+
+#[test]
+fn without_a_background_nothing_changes_and_white_is_what_jpeg_always_had() {
+    let input = half_transparent(200, 100);
+    let jpeg_out = |background: Option<[u8; 3]>| {
+        let p = ResizeParams {
+            format: Some(ImageFormat::Jpeg),
+            ..params(Some(100), Some(100), Fit::Contain)
+        };
+        run(&input, &background.map_or(p.clone(), |c| on(c, p))).bytes
+    };
+    assert_eq!(jpeg_out(None), jpeg_out(Some([255; 3])));
+    let out = decoded(&run(&input, &params(Some(100), Some(100), Fit::Pad)));
+    assert_eq!(
+        out.get_pixel(50, 5).0,
+        [0, 0, 0, 0],
+        "pad stays transparent"
+    );
+    assert_eq!(out.get_pixel(10, 50).0[3], 0, "alpha is kept");
+}
+
+#[test]
+fn gray_stays_gray_on_a_gray_background_and_becomes_rgb_on_a_colour() {
+    let gray = DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_fn(40, 20, |x, _| {
+        image::LumaA(if x < 20 { [0, 0] } else { [50, 255] })
+    }));
+    let cases = [
+        ([90, 90, 90], image::ColorType::L8, [90, 90, 90, 255]),
+        (GREEN, image::ColorType::Rgb8, [0, 160, 0, 255]),
+    ];
+    for (background, color, pad) in cases {
+        let p = on(
+            background,
+            ResizeParams {
+                format: Some(ImageFormat::Png),
+                ..params(Some(40), Some(40), Fit::Pad)
+            },
+        );
+        let out = decoded(&run(&png(&gray), &p));
+        assert_eq!(out.color(), color, "{background:?}");
+        assert_eq!(out.get_pixel(20, 2).0, pad, "{background:?}: padding");
+        assert_eq!(out.get_pixel(5, 20).0, pad, "{background:?}: flattened");
+        assert_eq!(out.get_pixel(30, 20).0, [50, 50, 50, 255], "{background:?}");
+    }
+    // An opaque gray image padded with a colour.
+    let opaque = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(40, 20, image::Luma([50])));
+    let out = decoded(&run(
+        &png(&opaque),
+        &on(GREEN, params(Some(40), Some(40), Fit::Pad)),
+    ));
+    assert_eq!(out.color(), image::ColorType::Rgb8);
+    assert_eq!(out.get_pixel(20, 2).0, [0, 160, 0, 255]);
+}
+
+#[test]
+fn sixteen_bit_images_flatten_at_sixteen_bits() {
+    let img = DynamicImage::ImageRgba16(image::ImageBuffer::from_pixel(
+        8,
+        8,
+        Rgba([0u16, 0, 65_535, 32_768]),
+    ));
+    let p = on(
+        [255, 0, 0],
+        ResizeParams {
+            format: Some(ImageFormat::Png),
+            ..params(Some(8), None, Fit::Inside)
+        },
+    );
+    let out = decoded(&run(&png(&img), &p));
+    assert_eq!(out.color(), image::ColorType::Rgb16);
+    let px = out.to_rgb16().get_pixel(4, 4).0;
+    assert_eq!(px, [32_767, 0, 32_768]);
+}
+
 // ---------- orientation and alpha ----------
 
 #[test]
@@ -728,6 +993,14 @@ fn bad_parameters_are_refused() {
         params(Some(100), None, Fit::Cover),
         params(None, Some(100), Fit::Contain),
         params(Some(100), None, Fit::Fill),
+        ResizeParams {
+            background: Some(schemas::events::Rgb { r: 0, g: 256, b: 0 }),
+            ..params(Some(10), None, Fit::Inside)
+        },
+        ResizeParams {
+            background: Some(schemas::events::Rgb { r: -1, g: 0, b: 0 }),
+            ..params(Some(10), None, Fit::Inside)
+        },
         ResizeParams {
             quality: Some(0),
             ..params(Some(10), None, Fit::Inside)
