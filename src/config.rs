@@ -213,6 +213,27 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_signing_secret_stops_the_api_and_identity_without_being_printed() {
+        let mut config = valid();
+        config.signing.secret = "0123456789abcdef".into();
+        for service in [Service::Api, Service::Identity] {
+            let problems = config.problems_for(&[service]);
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with("signing.secret") && p.contains("at least 32 bytes")),
+                "{service:?}: {problems:?}"
+            );
+            assert!(!format!("{problems:?}").contains("0123456789abcdef"));
+        }
+        assert_eq!(
+            config.problems_for(&[Service::Resizer]),
+            Vec::<String>::new()
+        );
+        assert!(!format!("{config:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
     fn only_the_selected_services_sections_are_checked_and_all_at_once() {
         let mut config = valid();
         config.identity.admin_token = String::new();
