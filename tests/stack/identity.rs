@@ -958,7 +958,10 @@ async fn signing_keys_and_allowed_sources_are_a_backward_compatible_evolution() 
             stripped = true;
         }
     }
-    assert!(stripped, "the tenant written as the previous version writes it");
+    assert!(
+        stripped,
+        "the tenant written as the previous version writes it"
+    );
     let value = apache_avro::types::Value::Record(fields)
         .resolve(&previous_schema)
         .expect("fits the previous schema");
