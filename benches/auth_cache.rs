@@ -26,6 +26,7 @@ fn key_change(tenant_id: &str) -> (IdentityChange, String) {
             status: KeyStatus::Active,
             created_at_ms: 0,
         }),
+        signing_key: None,
     };
     (change, issued.api_key)
 }
@@ -50,8 +51,10 @@ fn auth(c: &mut Criterion) {
                     rate_limit_per_second: i32::MAX,
                     burst: i32::MAX,
                     created_at_ms: 0,
+                    allowed_sources: Vec::new(),
                 }),
                 api_key: None,
+                signing_key: None,
             }),
         );
         for _ in 0..100 {

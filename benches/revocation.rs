@@ -73,9 +73,15 @@ async fn run() {
     let mut contexts = Vec::new();
     for _ in 0..2 {
         let ctx = ServiceContext::new(identity_ctx.shutdown.clone());
-        let view = IdentityView::start(&config.kafka, &config.registry, &auth_config, &ctx)
-            .await
-            .expect("view starts");
+        let view = IdentityView::start(
+            &config.kafka,
+            &config.registry,
+            &auth_config,
+            &Default::default(),
+            &ctx,
+        )
+        .await
+        .expect("view starts");
         tokio::time::timeout(Duration::from_secs(30), view.wait_caught_up())
             .await
             .expect("view catches up");

@@ -14,6 +14,7 @@ use chassis::telemetry::TelemetryConfig;
 use ingest::api::ApiConfig;
 use ingest::auth::AuthConfig;
 use ingest::identity::IdentityConfig;
+use ingest::signing::SigningConfig;
 use processors::ResizerConfig;
 use schemas::RegistryConfig;
 use schemas::topics::{IMAGE_TOPIC_MAX_MESSAGE_BYTES, RECORD_ENVELOPE_BYTES};
@@ -41,6 +42,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The identity service (management plane).
     pub identity: IdentityConfig,
+    /// Signed GET URLs: the secret signing keys are derived from (identity and every api).
+    pub signing: SigningConfig,
     /// Resizers.
     pub resizer: ResizerConfig,
     /// The usage aggregator.
@@ -120,6 +123,7 @@ impl Config {
                 Service::Api => {
                     self.api.validate(&mut errors);
                     self.auth.validate(&mut errors);
+                    self.signing.validate(&mut errors);
                     let room = kafka
                         .max_message_bytes
                         .saturating_sub(RECORD_ENVELOPE_BYTES);
@@ -139,7 +143,10 @@ impl Config {
                         ));
                     }
                 }
-                Service::Identity => self.identity.validate(&mut errors),
+                Service::Identity => {
+                    self.identity.validate(&mut errors);
+                    self.signing.validate(&mut errors);
+                }
                 Service::Resizer => self.resizer.validate(&mut errors),
                 Service::Aggregator => self.aggregator.validate(&mut errors),
             }
@@ -203,6 +210,27 @@ mod tests {
                 .any(|p| p.contains("resizer.max_input_bytes")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn a_bad_signing_secret_stops_the_api_and_identity_without_being_printed() {
+        let mut config = valid();
+        config.signing.secret = "0123456789abcdef".into();
+        for service in [Service::Api, Service::Identity] {
+            let problems = config.problems_for(&[service]);
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with("signing.secret") && p.contains("at least 32 bytes")),
+                "{service:?}: {problems:?}"
+            );
+            assert!(!format!("{problems:?}").contains("0123456789abcdef"));
+        }
+        assert_eq!(
+            config.problems_for(&[Service::Resizer]),
+            Vec::<String>::new()
+        );
+        assert!(!format!("{config:?}").contains("0123456789abcdef"));
     }
 
     #[test]

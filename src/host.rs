@@ -179,9 +179,20 @@ async fn run_one(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     match service {
         Service::Api => {
-            ingest::api::run(c.kafka, c.registry, c.clickhouse, c.api, c.auth, ctx).await?
+            ingest::api::run(
+                c.kafka,
+                c.registry,
+                c.clickhouse,
+                c.api,
+                c.auth,
+                c.signing,
+                ctx,
+            )
+            .await?
         }
-        Service::Identity => ingest::identity::run(c.kafka, c.registry, c.identity, ctx).await?,
+        Service::Identity => {
+            ingest::identity::run(c.kafka, c.registry, c.identity, c.signing, ctx).await?
+        }
         Service::Resizer => processors::run(c.kafka, c.registry, c.resizer, ctx).await?,
         Service::Aggregator => {
             aggregators::run(c.kafka, c.registry, c.clickhouse, c.aggregator, ctx).await?

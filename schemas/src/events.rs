@@ -435,9 +435,13 @@ pub struct Tenant {
     pub burst: i32,
     /// Creation time.
     pub created_at_ms: i64,
+    /// URL prefixes (absolute http(s), normalised) the tenant's signed GET URLs may fetch from;
+    /// empty: none. Absent in records written before it existed: read as empty.
+    #[serde(default)]
+    pub allowed_sources: Vec<String>,
 }
 
-/// API key lifecycle state.
+/// API key and signing key lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum KeyStatus {
@@ -466,17 +470,34 @@ pub struct ApiKey {
     pub created_at_ms: i64,
 }
 
+/// A signing key of signed GET URLs: its id, owner and status only. Its `key` and `salt` are
+/// derived from the deployment's signing secret and the key id, never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    /// Public id, the first segment of every URL signed with it.
+    pub key_id: String,
+    /// Owner, billed for every GET.
+    pub tenant_id: String,
+    /// Status.
+    pub status: KeyStatus,
+    /// Creation time.
+    pub created_at_ms: i64,
+}
+
 /// The current state of one identity entity on `identity.changes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityChange {
-    /// `tenant:<id>` or `key:<id>`; the record key.
+    /// `tenant:<id>`, `key:<id>` or `signing-key:<id>`; the record key.
     pub entity_id: String,
     /// When it changed.
     pub changed_at_ms: i64,
     /// Set for tenants.
     pub tenant: Option<Tenant>,
-    /// Set for keys.
+    /// Set for API keys.
     pub api_key: Option<ApiKey>,
+    /// Set for signing keys. Absent in records written before it existed: read as `None`.
+    #[serde(default)]
+    pub signing_key: Option<SigningKey>,
 }
 
 impl Event for IdentityChange {
@@ -600,6 +621,40 @@ pub(crate) mod samples {
                 salt: vec![9; 16],
                 secret_hash: vec![7; 32],
                 status: KeyStatus::Revoked,
+                created_at_ms: 0,
+            }),
+            signing_key: None,
+        }
+    }
+
+    pub fn identity_tenant() -> IdentityChange {
+        IdentityChange {
+            entity_id: "tenant:t-1".into(),
+            changed_at_ms: 1,
+            tenant: Some(Tenant {
+                id: "t-1".into(),
+                name: "acme".into(),
+                status: TenantStatus::Suspended,
+                rate_limit_per_second: 5,
+                burst: 10,
+                created_at_ms: 0,
+                allowed_sources: vec!["https://images.example.com/".into()],
+            }),
+            api_key: None,
+            signing_key: None,
+        }
+    }
+
+    pub fn identity_signing_key() -> IdentityChange {
+        IdentityChange {
+            entity_id: "signing-key:s-1".into(),
+            changed_at_ms: 1,
+            tenant: None,
+            api_key: None,
+            signing_key: Some(SigningKey {
+                key_id: "s-1".into(),
+                tenant_id: "t-1".into(),
+                status: KeyStatus::Active,
                 created_at_ms: 0,
             }),
         }
@@ -745,6 +800,8 @@ mod tests {
             request_id: "r-1".into(),
         });
         round_trip(samples::identity());
+        round_trip(samples::identity_tenant());
+        round_trip(samples::identity_signing_key());
         let failed = ResizeResult {
             image: None,
             error: Some(ResizeError {

@@ -1,6 +1,7 @@
 //! Identity end to end, against the real Kafka and schema registry: the identity service writes
 //! `identity.changes` through its fenced transactional producer, and independent api-side
 //! `IdentityView`s (one per simulated api instance, each with its own consumer) replicate it.
+//! API keys, signing keys of signed GET URLs and tenants' allowed sources alike.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -8,14 +9,25 @@ use std::time::Duration;
 
 use chassis::{ServiceContext, Shutdown};
 use imgpipe::Config;
-use ingest::auth::{AuthConfig, AuthError, Authenticator, IdentityView};
+use ingest::auth::{AuthConfig, AuthError, Authenticator, IdentityView, SigningPrincipal};
 use ingest::identity::{self, IdentityConfig};
+use ingest::signing::{SigningConfig, SigningKey};
 use serde_json::{Value, json};
 
 use crate::support::{eventually, provisioned};
 
 const ADMIN_TOKEN: &str = "integration-admin-token-0123456789";
 const PROPAGATION: Duration = Duration::from_secs(10);
+/// The deployment's signing secret, on the identity service and on every api-side view.
+const SIGNING_SECRET: &str = "5f4dcc3b5aa765d61d8327deb882cf99a1b2c3d4e5f60718293a4b5c6d7e8f90";
+/// The revocation bound of the design: a revoked key is refused everywhere within 1 s at p99.
+const REVOCATION_P99_BOUND: Duration = Duration::from_secs(1);
+
+fn signing() -> SigningConfig {
+    SigningConfig {
+        secret: SIGNING_SECRET.into(),
+    }
+}
 
 /// An identity service serving on a random local port.
 struct Identity {
@@ -37,7 +49,8 @@ impl Identity {
         )
         .await
         .expect("identity start timed out")
-        .expect("identity starts");
+        .expect("identity starts")
+        .with_signing(signing().secret().expect("a valid secret"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = ctx.shutdown.clone();
@@ -107,6 +120,31 @@ impl Identity {
         )
     }
 
+    /// Issues a signing key; returns (key_id, the key and salt the URL builders are given).
+    async fn issue_signing_key(&self, tenant_id: &str) -> (String, SigningKey) {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/admin/v1/tenants/{tenant_id}/signing-keys"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let bytes = |field: &str| -> [u8; 32] {
+            hex::decode(body[field].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        };
+        (
+            body["key_id"].as_str().unwrap().to_owned(),
+            SigningKey {
+                key: bytes("key"),
+                salt: bytes("salt"),
+            },
+        )
+    }
+
     fn stop(&self) {
         self.ctx.shutdown.trigger();
     }
@@ -125,6 +163,7 @@ impl View {
             &config.kafka,
             &config.registry,
             &AuthConfig::default(),
+            &signing(),
             &ctx,
         )
         .await
@@ -506,4 +545,435 @@ async fn poison_records_are_counted_and_skipped() {
     );
     view.stop();
     identity.stop();
+}
+
+/// A signed request's check on `view`, as the api makes it: the signature matches only if it was
+/// made with the key and salt identity handed out for `key_id`.
+fn check_signed(
+    view: &IdentityView,
+    key_id: &str,
+    issued: &SigningKey,
+) -> Result<SigningPrincipal, AuthError> {
+    view.authenticate_signed(key_id, &|derived: &SigningKey| derived == issued)
+}
+
+/// Waits until every view gives `expected` for signing key `key_id`.
+async fn until_all_signed(
+    views: &[&View],
+    key_id: &str,
+    issued: &SigningKey,
+    what: &str,
+    expected: fn(&Result<SigningPrincipal, AuthError>) -> bool,
+) {
+    for (i, view) in views.iter().enumerate() {
+        eventually(PROPAGATION, &format!("{what} on instance {i}"), || {
+            let result = check_signed(&view.view, key_id, issued);
+            std::future::ready(expected(&result).then_some(()))
+        })
+        .await;
+    }
+}
+
+/// Polls every view on its own thread until it refuses signing key `key_id`; returns each
+/// view's time from `since` (as `benches/revocation.rs` measures API keys).
+async fn until_refused(
+    views: &[&View],
+    key_id: &str,
+    issued: &SigningKey,
+    since: std::time::Instant,
+) -> Vec<Duration> {
+    let pollers: Vec<_> = views
+        .iter()
+        .map(|view| {
+            let (view, key_id, issued) = (view.view.clone(), key_id.to_owned(), issued.clone());
+            tokio::task::spawn_blocking(move || {
+                loop {
+                    let result = check_signed(&view, &key_id, &issued);
+                    let now = std::time::Instant::now();
+                    if result == Err(AuthError::InvalidKey) {
+                        return now - since;
+                    }
+                    assert!(
+                        now - since < PROPAGATION,
+                        "revocation not seen within {PROPAGATION:?}: {result:?}"
+                    );
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for poller in pollers {
+        times.push(poller.await.unwrap());
+    }
+    times
+}
+
+fn percentile(samples: &mut [Duration], q: f64) -> Duration {
+    samples.sort();
+    let index = ((samples.len() as f64 * q).ceil() as usize).saturating_sub(1);
+    samples[index.min(samples.len() - 1)]
+}
+
+#[tokio::test]
+async fn a_signing_key_resolves_on_every_instance_and_its_revocation_reaches_all_within_the_bound()
+{
+    const KEYS: usize = 100;
+    let config = provisioned("identity_signing_keys").await;
+    let identity = Identity::start(&config).await;
+    let (a, b) = (View::start(&config).await, View::start(&config).await);
+    let (status, tenant) = identity
+        .call(
+            "POST",
+            "/admin/v1/tenants",
+            Some(json!({
+                "name": "web",
+                "rate_limit_per_second": 1_000_000,
+                "burst": 1_000_000,
+                "allowed_sources": ["http://127.0.0.1:8081/img/"]
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{tenant}");
+    let tenant = tenant["id"].as_str().unwrap().to_owned();
+    let mut issued = Vec::new();
+    for _ in 0..KEYS {
+        issued.push(identity.issue_signing_key(&tenant).await);
+    }
+
+    // The listing names every key, active, and never a key or salt.
+    let (status, list) = identity
+        .call(
+            "GET",
+            &format!("/admin/v1/tenants/{tenant}/signing-keys"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let listed = list["signing_keys"].as_array().unwrap();
+    assert_eq!(listed.len(), KEYS, "{list}");
+    assert!(listed.iter().all(|k| k["status"] == "active"));
+    let text = list.to_string();
+    assert!(!text.contains(&hex::encode(issued[0].1.key)) && !text.contains("salt"));
+
+    // Every instance resolves every key to the tenant, with its allowed sources.
+    for (key_id, key) in &issued {
+        until_all_signed(
+            &[&a, &b],
+            key_id,
+            key,
+            "new signing key accepted",
+            Result::is_ok,
+        )
+        .await;
+    }
+    for view in [&a, &b] {
+        let (key_id, key) = &issued[0];
+        let principal = check_signed(&view.view, key_id, key).unwrap();
+        assert_eq!(
+            (&*principal.tenant_id, &*principal.key_id),
+            (tenant.as_str(), key_id.as_str())
+        );
+        assert_eq!(&*principal.allowed_sources, ["http://127.0.0.1:8081/img/"]);
+        // A URL signed with another key's values is refused.
+        assert_eq!(
+            check_signed(&view.view, key_id, &issued[1].1),
+            Err(AuthError::InvalidKey)
+        );
+    }
+
+    // Revocation, one key at a time: from the admin call's answer until both instances refuse.
+    let mut every = Vec::new();
+    for (key_id, key) in &issued {
+        let (status, _) = identity
+            .call("DELETE", &format!("/admin/v1/signing-keys/{key_id}"), None)
+            .await;
+        let returned = std::time::Instant::now();
+        assert_eq!(status, 204);
+        let times = until_refused(&[&a, &b], key_id, key, returned).await;
+        every.push(times.into_iter().max().unwrap());
+    }
+    let p50 = percentile(&mut every, 0.50);
+    let p99 = percentile(&mut every, 0.99);
+    println!(
+        "signing key revocation, {KEYS} keys, 2 api-side views: every view refuses after p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        every[every.len() - 1].as_secs_f64() * 1e3
+    );
+    assert!(
+        p99 < REVOCATION_P99_BOUND,
+        "revocation p99 {p99:?} is over the bound {REVOCATION_P99_BOUND:?}"
+    );
+    let (_, list) = identity
+        .call(
+            "GET",
+            &format!("/admin/v1/tenants/{tenant}/signing-keys"),
+            None,
+        )
+        .await;
+    assert!(
+        list["signing_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["status"] == "revoked")
+    );
+    for v in [&a, &b] {
+        v.stop();
+    }
+    identity.stop();
+}
+
+#[tokio::test]
+async fn allowed_sources_round_trip_and_signing_keys_survive_rebuilds() {
+    let config = provisioned("identity_allowed_sources").await;
+    let identity = Identity::start(&config).await;
+    let view = View::start(&config).await;
+    let (status, created) = identity
+        .call(
+            "POST",
+            "/admin/v1/tenants",
+            Some(json!({
+                "name": "web",
+                "allowed_sources": ["HTTP://127.0.0.1:8081/img/", "https://images.example.com"]
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let tenant = created["id"].as_str().unwrap().to_owned();
+    let normalised = json!(["http://127.0.0.1:8081/img/", "https://images.example.com/"]);
+    assert_eq!(created["allowed_sources"], normalised);
+    let path = format!("/admin/v1/tenants/{tenant}");
+    let (_, got) = identity.call("GET", &path, None).await;
+    assert_eq!(got["allowed_sources"], normalised);
+
+    let (key_id, key) = identity.issue_signing_key(&tenant).await;
+    until_all_signed(
+        &[&view],
+        &key_id,
+        &key,
+        "signing key accepted",
+        Result::is_ok,
+    )
+    .await;
+    let principal = check_signed(&view.view, &key_id, &key).unwrap();
+    assert_eq!(
+        &*principal.allowed_sources,
+        ["http://127.0.0.1:8081/img/", "https://images.example.com/"]
+    );
+    let source = |s: &str| url::Url::parse(s).unwrap();
+    assert!(principal.allows(&source("http://127.0.0.1:8081/img/a.jpg")));
+    assert!(!principal.allows(&source("http://127.0.0.1:8081/private/a.jpg")));
+
+    // A PATCH replaces the list on every instance.
+    let (status, patched) = identity
+        .call(
+            "PATCH",
+            &path,
+            Some(json!({"allowed_sources": ["http://127.0.0.1:9/other/"]})),
+        )
+        .await;
+    assert_eq!(
+        (status, &patched["allowed_sources"]),
+        (200, &json!(["http://127.0.0.1:9/other/"]))
+    );
+    eventually(PROPAGATION, "new allowed sources seen", || {
+        let sources = check_signed(&view.view, &key_id, &key)
+            .map(|p| p.allowed_sources.to_vec())
+            .unwrap_or_default();
+        std::future::ready((sources == ["http://127.0.0.1:9/other/"]).then_some(()))
+    })
+    .await;
+
+    // Suspension forbids the tenant's signed URLs; reactivation restores them.
+    identity
+        .call("PATCH", &path, Some(json!({"status": "suspended"})))
+        .await;
+    until_all_signed(&[&view], &key_id, &key, "suspended tenant forbidden", |r| {
+        *r == Err(AuthError::Forbidden)
+    })
+    .await;
+    identity
+        .call("PATCH", &path, Some(json!({"status": "active"})))
+        .await;
+    until_all_signed(
+        &[&view],
+        &key_id,
+        &key,
+        "reactivated tenant accepted",
+        Result::is_ok,
+    )
+    .await;
+    let (revoked_id, revoked_key) = identity.issue_signing_key(&tenant).await;
+    assert_eq!(
+        identity
+            .call(
+                "DELETE",
+                &format!("/admin/v1/signing-keys/{revoked_id}"),
+                None
+            )
+            .await
+            .0,
+        204
+    );
+    until_all_signed(
+        &[&view],
+        &revoked_id,
+        &revoked_key,
+        "revoked key refused",
+        |r| *r == Err(AuthError::InvalidKey),
+    )
+    .await;
+
+    // A new identity instance rebuilds the same tenant and signing keys from the topic, and a
+    // new view derives the same values for them.
+    let successor = Identity::start(&config).await;
+    let (_, got) = successor.call("GET", &path, None).await;
+    assert_eq!(got["allowed_sources"], json!(["http://127.0.0.1:9/other/"]));
+    let (_, list) = successor
+        .call("GET", &format!("{path}/signing-keys"), None)
+        .await;
+    let states: Vec<(&str, &str)> = list["signing_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["key_id"].as_str().unwrap(), k["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (key_id.as_str(), "active"),
+            (revoked_id.as_str(), "revoked")
+        ]
+    );
+    let fresh = View::start(&config).await;
+    assert_eq!(fresh.view.snapshot(), view.view.snapshot());
+    assert!(check_signed(&fresh.view, &key_id, &key).is_ok());
+    assert_eq!(
+        check_signed(&fresh.view, &revoked_id, &revoked_key),
+        Err(AuthError::InvalidKey)
+    );
+
+    // Deleting the tenant refuses its signing keys and tombstones them.
+    assert_eq!(successor.call("DELETE", &path, None).await.0, 204);
+    until_all_signed(
+        &[&view, &fresh],
+        &key_id,
+        &key,
+        "deleted tenant's key refused",
+        |r| *r == Err(AuthError::InvalidKey),
+    )
+    .await;
+    eventually(PROPAGATION, "tombstones applied", || {
+        std::future::ready(fresh.view.snapshot().is_empty().then_some(()))
+    })
+    .await;
+    for v in [&view, &fresh] {
+        v.stop();
+    }
+    identity.stop();
+    successor.stop();
+}
+
+/// Today's `IdentityChange` without what signed URLs added (`Tenant.allowed_sources`, the
+/// `signing_key` record): the schema the registry held before.
+fn identity_change_before_signing_keys() -> Value {
+    let mut schema: Value =
+        serde_json::from_str(<schemas::events::IdentityChange as schemas::Event>::SCHEMA).unwrap();
+    let fields = schema["fields"].as_array_mut().unwrap();
+    fields.retain(|f| f["name"] != "signing_key");
+    let tenant = fields.iter_mut().find(|f| f["name"] == "tenant").unwrap();
+    tenant["type"][1]["fields"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|f| f["name"] != "allowed_sources");
+    schema
+}
+
+#[tokio::test]
+async fn signing_keys_and_allowed_sources_are_a_backward_compatible_evolution() {
+    use schemas::events::{IdentityChange, Tenant, TenantStatus};
+    let config = provisioned("identity_schema_evolution").await;
+    let registry = &config.registry;
+    let subject = schemas::registry::value_subject(&format!(
+        "{}.signing-keys",
+        config.kafka.name(schemas::topics::IDENTITY_CHANGES)
+    ));
+    registry
+        .set_compatibility(&subject, "BACKWARD")
+        .await
+        .unwrap();
+    let previous = identity_change_before_signing_keys();
+    let previous_id = registry
+        .register(&subject, &previous.to_string())
+        .await
+        .expect("the previous schema registers");
+    // Without its default, the new tenant field could not read older records: refused.
+    let mut no_default: Value =
+        serde_json::from_str(<IdentityChange as schemas::Event>::SCHEMA).unwrap();
+    let tenant_fields = no_default["fields"][2]["type"][1]["fields"]
+        .as_array_mut()
+        .unwrap();
+    for field in tenant_fields.iter_mut() {
+        field.as_object_mut().unwrap().remove("default");
+    }
+    let refused = registry.register(&subject, &no_default.to_string()).await;
+    assert!(!refused.expect_err("refused").is_retryable());
+    let current_id = registry
+        .register(&subject, <IdentityChange as schemas::Event>::SCHEMA)
+        .await
+        .expect("today's schema is a BACKWARD-compatible evolution");
+    assert_ne!(previous_id, current_id);
+
+    // A tenant record an identity service of the previous version wrote reads with no sources.
+    let previous_schema = apache_avro::Schema::parse_str(&previous.to_string()).unwrap();
+    let tenant = Tenant {
+        id: "t-old".into(),
+        name: "old".into(),
+        status: TenantStatus::Active,
+        rate_limit_per_second: 5,
+        burst: 10,
+        created_at_ms: 1,
+        allowed_sources: Vec::new(),
+    };
+    let old = IdentityChange {
+        entity_id: "tenant:t-old".into(),
+        changed_at_ms: 1,
+        tenant: Some(tenant),
+        api_key: None,
+        signing_key: None,
+    };
+    let apache_avro::types::Value::Record(mut fields) = apache_avro::to_value(&old).unwrap() else {
+        panic!("a record");
+    };
+    fields.retain(|(name, _)| name != "signing_key");
+    let mut stripped = false;
+    for (name, value) in &mut fields {
+        if name == "tenant"
+            && let apache_avro::types::Value::Union(_, inner) = value
+            && let apache_avro::types::Value::Record(tenant) = inner.as_mut()
+        {
+            tenant.retain(|(n, _)| n != "allowed_sources");
+            stripped = true;
+        }
+    }
+    assert!(
+        stripped,
+        "the tenant written as the previous version writes it"
+    );
+    let value = apache_avro::types::Value::Record(fields)
+        .resolve(&previous_schema)
+        .expect("fits the previous schema");
+    let body = apache_avro::writer::datum::GenericDatumWriter::builder(&previous_schema)
+        .build()
+        .unwrap()
+        .write_value_to_vec(value)
+        .unwrap();
+    let mut payload = vec![0];
+    payload.extend_from_slice(&previous_id.to_be_bytes());
+    payload.extend_from_slice(&body);
+    let codec = schemas::Codec::new(registry, &config.kafka.namespace);
+    let decoded: IdentityChange = codec.decode(&payload).await.expect("decodes");
+    assert_eq!(decoded, old);
 }

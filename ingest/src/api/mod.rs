@@ -70,6 +70,7 @@ pub async fn run(
     clickhouse: ClickHouseConfig,
     config: ApiConfig,
     auth: AuthConfig,
+    signing: crate::signing::SigningConfig,
     ctx: ServiceContext,
 ) -> Result<(), ApiError> {
     let mut errors = Vec::new();
@@ -79,7 +80,7 @@ pub async fn run(
     }
     let metrics = metrics::ApiMetrics::register(&ctx.metrics)?;
     let codec = Arc::new(Codec::new(&registry, &kafka.namespace));
-    let view = IdentityView::start(&kafka, &registry, &auth, &ctx).await?;
+    let view = IdentityView::start(&kafka, &registry, &auth, &signing, &ctx).await?;
     let publisher = Arc::new(publisher::KafkaPublisher::new(
         &kafka,
         codec.clone(),

@@ -1,6 +1,7 @@
-//! The authentication seam of the api. Every request's bearer key goes through one
-//! [`Authenticator`]; the production one answers from a local, continuously replicated view of
-//! `identity.changes`, so the data plane never makes a network call to authenticate.
+//! The authentication seam of the api. Every request's bearer key, and every signed URL's key id
+//! and signature, goes through one [`Authenticator`]; the production one answers from a local,
+//! continuously replicated view of `identity.changes`, so the data plane never makes a network
+//! call to authenticate.
 //!
 //! - [`view`]: [`IdentityView`], the replica and its verified-key cache (the [`Authenticator`]).
 //! - [`changes`](crate::identity_log::changes): reading `identity.changes` (shared with the identity service's rebuild).
@@ -19,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 pub use view::IdentityView;
 
+use crate::signing::SigningKey;
+
 /// Who is calling, once the key checked out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -28,6 +31,33 @@ pub struct Principal {
     pub key_id: Arc<str>,
 }
 
+/// Who a signed request is billed to, once its signature checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningPrincipal {
+    /// The tenant that pays for the request.
+    pub tenant_id: Arc<str>,
+    /// The id of the signing key the URL names.
+    pub key_id: Arc<str>,
+    /// The tenant's allowed source prefixes as of this request (normalised; empty: none).
+    pub allowed_sources: Arc<[String]>,
+}
+
+impl SigningPrincipal {
+    /// The tenant and key, as usage records and logs name them.
+    pub fn principal(&self) -> Principal {
+        Principal {
+            tenant_id: self.tenant_id.clone(),
+            key_id: self.key_id.clone(),
+        }
+    }
+
+    /// Whether the tenant may fetch `source`: it starts with one of the allowed prefixes (see
+    /// [`sources::allows`](crate::identity_log::sources::allows); fetch exactly `source.as_str()`).
+    pub fn allows(&self, source: &url::Url) -> bool {
+        crate::identity_log::sources::allows(&self.allowed_sources, source)
+    }
+}
+
 /// Why a request is refused before any work. The messages never say whether a tenant or key
 /// exists: an attacker learns nothing from the difference between unknown and revoked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,10 +65,12 @@ pub enum AuthError {
     /// No `Authorization: Bearer …` header. 401.
     #[error("missing bearer API key")]
     MissingCredentials,
-    /// Unknown, malformed, revoked or deleted key. 401.
+    /// Unknown, malformed, revoked or deleted key, or a signature that does not match. 401 for
+    /// a bearer key.
     #[error("invalid API key")]
     InvalidKey,
-    /// The key is valid but its tenant is suspended. 403.
+    /// The key is valid but its tenant is suspended (or, for a signed URL, signing is not
+    /// configured on this api). 403.
     #[error("tenant is not allowed to make requests")]
     Forbidden,
     /// Over the tenant's rate limit. 429 with `Retry-After`.
@@ -62,6 +94,29 @@ pub trait Authenticator: Send + Sync + 'static {
     /// its secret: only for recording a refused request against the key under attack or over
     /// its limit, never for granting anything. `None` for a key id nobody owns.
     fn claimed(&self, _api_key: &str) -> Option<Principal> {
+        None
+    }
+
+    /// Who a signed request with key `key_id` is billed to, or why it is refused (including rate
+    /// limits). `signature_matches` is given the key's derived `key` and `salt` and says whether
+    /// the request's signature is theirs; it runs before the tenant's quota is charged, so bad
+    /// signatures cannot spend it. The same rules as [`Self::authenticate`]: unknown, revoked or
+    /// deleted key or a signature that does not match → [`AuthError::InvalidKey`] (or
+    /// [`AuthError::Unavailable`] for a key the view has not seen while it is stale); suspended
+    /// tenant → [`AuthError::Forbidden`]; over quota → [`AuthError::RateLimited`]. The default
+    /// refuses every signed request (an authenticator without signing keys).
+    fn authenticate_signed(
+        &self,
+        _key_id: &str,
+        _signature_matches: &dyn Fn(&SigningKey) -> bool,
+    ) -> Result<SigningPrincipal, AuthError> {
+        Err(AuthError::Forbidden)
+    }
+
+    /// Whose signing key `key_id` is, without checking anything: only for recording a refused
+    /// signed request against the key's tenant, never for granting anything. `None` for a key
+    /// id nobody owns.
+    fn claimed_signing_key(&self, _key_id: &str) -> Option<Principal> {
         None
     }
 }

@@ -3,10 +3,13 @@
 //!
 //! Guarantees, and where they are kept:
 //! - **No network call per request.** Every answer comes from memory: the view (tenants, salted
-//!   key hashes) and a cache of keys already verified.
+//!   key hashes, signing keys with their values derived once from `signing.secret` when their
+//!   record is applied) and a cache of API keys already verified.
 //! - **Revocation is immediate once seen.** Applying a change invalidates the cache entries it
 //!   affects while the view's write lock is held, and the slow path inserts into the cache only
-//!   under the read lock, so a stale entry can never be inserted after its invalidation.
+//!   under the read lock, so a stale entry can never be inserted after its invalidation. Signing
+//!   keys are not cached apart from the view: every signed request reads the key's and its
+//!   tenant's current state under the read lock.
 //! - **Bounded staleness, fail closed.** A watcher confirms progress against the brokers'
 //!   watermarks; when the last confirmation is older than `auth.max_staleness`, a key the view has
 //!   not seen is refused with [`AuthError::Unavailable`] (it may have been created moments ago
@@ -27,11 +30,12 @@ use tokio::sync::watch;
 
 use super::metrics::AuthMetrics;
 use super::rate_limit::TokenBucket;
-use super::{AuthConfig, AuthError, AuthSetupError, Authenticator, Principal};
+use super::{AuthConfig, AuthError, AuthSetupError, Authenticator, Principal, SigningPrincipal};
 use crate::identity_log::changes::{
     ChangeRecord, ChangesError, ChangesReader, EntityId, Watermark,
 };
 use crate::identity_log::keys::{self, Secret};
+use crate::signing::{SigningConfig, SigningKey, SigningSecret};
 
 /// Name of the view's readiness check on `/readyz`: the consumer name of its metrics.
 pub const READINESS_CHECK: &str = super::metrics::LAG_CONSUMER;
@@ -51,6 +55,16 @@ struct VerifiedKey {
 struct TenantEntry {
     status: TenantStatus,
     bucket: Arc<TokenBucket>,
+    allowed_sources: Arc<[String]>,
+}
+
+#[derive(Debug)]
+struct SigningKeyEntry {
+    key_id: Arc<str>,
+    tenant_id: Arc<str>,
+    active: bool,
+    /// Derived from `signing.secret` when the record is applied; `None` without a secret.
+    derived: Option<SigningKey>,
 }
 
 #[derive(Debug)]
@@ -66,6 +80,7 @@ struct KeyEntry {
 struct ViewState {
     tenants: HashMap<Arc<str>, TenantEntry>,
     keys: HashMap<Arc<str>, KeyEntry>,
+    signing_keys: HashMap<Arc<str>, SigningKeyEntry>,
     /// Which keys each tenant owns, so a tenant change invalidates exactly its keys.
     keys_by_tenant: HashMap<Arc<str>, HashSet<Arc<str>>>,
 }
@@ -110,28 +125,39 @@ pub struct IdentityView {
     freshness: Freshness,
     caught_up: watch::Sender<bool>,
     metrics: AuthMetrics,
+    /// What signing keys' values are derived from; `None`: signed requests are refused (403).
+    signing: Option<SigningSecret>,
 }
 
 impl IdentityView {
     /// Starts a view: assigns every partition of `identity.changes` from the beginning, registers
     /// the `identity_view` readiness check (not ready until caught up), and spawns the tailing and
     /// watermark tasks, which stop on `ctx.shutdown`. Returns before the view has caught up; see
-    /// [`IdentityView::wait_caught_up`].
+    /// [`IdentityView::wait_caught_up`]. Signed requests are checked with keys derived from
+    /// `signing.secret`, and refused while it is unset.
     pub async fn start(
         kafka: &KafkaConfig,
         registry: &RegistryConfig,
         config: &AuthConfig,
+        signing: &SigningConfig,
         ctx: &ServiceContext,
     ) -> Result<Arc<Self>, AuthSetupError> {
         let mut errors = Vec::new();
         config.check(&mut errors);
+        let secret = signing.secret().unwrap_or_else(|error| {
+            errors.push(error);
+            None
+        });
         if !errors.is_empty() {
             return Err(AuthSetupError::InvalidConfig(errors));
+        }
+        if secret.is_none() {
+            tracing::warn!("signing.secret is not set; signed GET URLs are refused with 403");
         }
         ctx.readiness
             .register(READINESS_CHECK, "catching up on identity.changes");
         let metrics = AuthMetrics::new(&ctx.metrics).map_err(AuthSetupError::Metrics)?;
-        let view = Arc::new(Self::with_metrics(config, metrics));
+        let view = Arc::new(Self::with_metrics(config, metrics).with_signing(secret));
         let reader = ChangesReader::open(kafka, config.fetch_wait_max, &ctx.shutdown)
             .await
             .map_err(AuthSetupError::Consumer)?;
@@ -174,7 +200,16 @@ impl IdentityView {
             },
             caught_up: watch::Sender::new(false),
             metrics,
+            signing: None,
         }
+    }
+
+    /// The same view, checking signed requests with keys derived from `secret` (`None`: refused).
+    /// Set before any record is applied: values are derived when a signing key's record is.
+    #[must_use]
+    pub fn with_signing(mut self, secret: Option<SigningSecret>) -> Self {
+        self.signing = secret;
+        self
     }
 
     /// Resolves once the view has first caught up with `identity.changes`.
@@ -219,12 +254,14 @@ impl IdentityView {
                 }),
             ) => {
                 self.metrics.records_tenant.inc();
+                let allowed_sources: Arc<[String]> = Arc::from(t.allowed_sources.as_slice());
                 match state.tenants.get_mut(id) {
                     Some(entry) => {
                         entry.status = t.status;
                         entry
                             .bucket
                             .reconfigure(t.rate_limit_per_second, t.burst, now);
+                        entry.allowed_sources = allowed_sources;
                     }
                     None => {
                         let bucket = TokenBucket::new(t.rate_limit_per_second, t.burst, now);
@@ -233,6 +270,7 @@ impl IdentityView {
                             TenantEntry {
                                 status: t.status,
                                 bucket: Arc::new(bucket),
+                                allowed_sources,
                             },
                         );
                     }
@@ -283,6 +321,40 @@ impl IdentityView {
                 }
                 self.cache.invalidate(id);
             }
+            (
+                Some(EntityId::SigningKey(id)),
+                Some(IdentityChange {
+                    signing_key: Some(k),
+                    ..
+                }),
+            ) => {
+                self.metrics.records_signing_key.inc();
+                let key_id: Arc<str> = Arc::from(id);
+                let tenant_id: Arc<str> = state
+                    .tenants
+                    .get_key_value(k.tenant_id.as_str())
+                    .map_or_else(|| Arc::from(k.tenant_id.as_str()), |(t, _)| t.clone());
+                let active = k.status == KeyStatus::Active;
+                // A revoked key's values are not kept: nothing may ever verify with them again.
+                let derived = self
+                    .signing
+                    .as_ref()
+                    .filter(|_| active)
+                    .map(|secret| secret.derive(id));
+                state.signing_keys.insert(
+                    key_id.clone(),
+                    SigningKeyEntry {
+                        key_id,
+                        tenant_id,
+                        active,
+                        derived,
+                    },
+                );
+            }
+            (Some(EntityId::SigningKey(id)), None) => {
+                self.metrics.records_tombstone.inc();
+                state.signing_keys.remove(id);
+            }
             (entity, Some(_)) => {
                 // `changes::decode` only yields consistent records; this guards hand-fed input.
                 self.metrics.poison_records.inc();
@@ -299,6 +371,9 @@ impl IdentityView {
         }
         self.metrics.tenants.set(state.tenants.len() as i64);
         self.metrics.keys.set(state.keys.len() as i64);
+        self.metrics
+            .signing_keys
+            .set(state.signing_keys.len() as i64);
     }
 
     /// Drops every cached key of `tenant_id`. Called with the write lock held.
@@ -311,7 +386,8 @@ impl IdentityView {
     }
 
     /// Everything the view holds, in a comparable form (no salts or hashes): for tests and
-    /// operators' debugging. `tenant:<id>` → `status`, `key:<id>` → `tenant_id status`.
+    /// operators' debugging. `tenant:<id>` → `status`, `key:<id>` and `signing-key:<id>` →
+    /// `tenant_id status`.
     pub fn snapshot(&self) -> BTreeMap<String, String> {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
         let tenants = state.tenants.iter().map(|(id, t)| {
@@ -330,7 +406,17 @@ impl IdentityView {
                 ),
             )
         });
-        tenants.chain(keys).collect()
+        let signing_keys = state.signing_keys.values().map(|k| {
+            (
+                crate::identity_log::changes::signing_key_entity(&k.key_id),
+                format!(
+                    "{} {}",
+                    k.tenant_id,
+                    if k.active { "Active" } else { "Revoked" }
+                ),
+            )
+        });
+        tenants.chain(keys).chain(signing_keys).collect()
     }
 
     /// Verifies a key the cache does not hold, and caches it if it is usable.
@@ -397,6 +483,64 @@ impl IdentityView {
     }
 }
 
+impl IdentityView {
+    /// [`Authenticator::authenticate_signed`], before it is counted. The same rules, in the same
+    /// order, as an API key: unknown (fail closed while stale), then the signature and the key's
+    /// status, then the tenant, its status, and last its quota, so a request with a bad signature
+    /// never spends the tenant's tokens.
+    fn decide_signed(
+        &self,
+        key_id: &str,
+        signature_matches: &dyn Fn(&SigningKey) -> bool,
+    ) -> Result<SigningPrincipal, AuthError> {
+        if self.signing.is_none() {
+            return Err(AuthError::Forbidden);
+        }
+        let (principal, bucket) = {
+            let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(key) = state.signing_keys.get(key_id) else {
+                return Err(self.unknown());
+            };
+            let verified = key
+                .derived
+                .as_ref()
+                .is_some_and(|derived| key.active && signature_matches(derived));
+            if !verified {
+                return Err(AuthError::InvalidKey);
+            }
+            let Some(tenant) = state.tenants.get(&key.tenant_id) else {
+                return Err(self.unknown());
+            };
+            if tenant.status == TenantStatus::Suspended {
+                return Err(AuthError::Forbidden);
+            }
+            (
+                SigningPrincipal {
+                    tenant_id: key.tenant_id.clone(),
+                    key_id: key.key_id.clone(),
+                    allowed_sources: tenant.allowed_sources.clone(),
+                },
+                tenant.bucket.clone(),
+            )
+        };
+        bucket
+            .try_acquire(Instant::now())
+            .map_err(|retry_after| AuthError::RateLimited { retry_after })?;
+        Ok(principal)
+    }
+
+    fn count(&self, decision: Result<(), &AuthError>) {
+        let counter = match decision {
+            Ok(()) => &self.metrics.ok,
+            Err(AuthError::InvalidKey | AuthError::MissingCredentials) => &self.metrics.invalid_key,
+            Err(AuthError::Forbidden) => &self.metrics.forbidden,
+            Err(AuthError::RateLimited { .. }) => &self.metrics.rate_limited,
+            Err(AuthError::Unavailable) => &self.metrics.unavailable,
+        };
+        counter.inc();
+    }
+}
+
 impl Authenticator for IdentityView {
     fn claimed(&self, api_key: &str) -> Option<Principal> {
         let parsed = keys::parse(api_key)?;
@@ -410,15 +554,27 @@ impl Authenticator for IdentityView {
 
     fn authenticate(&self, api_key: &str) -> Result<Principal, AuthError> {
         let decision = self.decide(api_key);
-        let counter = match &decision {
-            Ok(_) => &self.metrics.ok,
-            Err(AuthError::InvalidKey | AuthError::MissingCredentials) => &self.metrics.invalid_key,
-            Err(AuthError::Forbidden) => &self.metrics.forbidden,
-            Err(AuthError::RateLimited { .. }) => &self.metrics.rate_limited,
-            Err(AuthError::Unavailable) => &self.metrics.unavailable,
-        };
-        counter.inc();
+        self.count(decision.as_ref().map(|_| ()));
         decision
+    }
+
+    fn authenticate_signed(
+        &self,
+        key_id: &str,
+        signature_matches: &dyn Fn(&SigningKey) -> bool,
+    ) -> Result<SigningPrincipal, AuthError> {
+        let decision = self.decide_signed(key_id, signature_matches);
+        self.count(decision.as_ref().map(|_| ()));
+        decision
+    }
+
+    fn claimed_signing_key(&self, key_id: &str) -> Option<Principal> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let key = state.signing_keys.get(key_id)?;
+        Some(Principal {
+            tenant_id: key.tenant_id.clone(),
+            key_id: key.key_id.clone(),
+        })
     }
 }
 
@@ -579,8 +735,10 @@ mod tests {
                 rate_limit_per_second: rate,
                 burst,
                 created_at_ms: 0,
+                allowed_sources: vec!["https://images.example.com/".into()],
             }),
             api_key: None,
+            signing_key: None,
         }
     }
 
@@ -599,6 +757,7 @@ mod tests {
                 status,
                 created_at_ms: 0,
             }),
+            signing_key: None,
         };
         (change, issued.api_key)
     }
@@ -782,6 +941,240 @@ mod tests {
         view.apply(&k.entity_id, None);
         view.apply("tenant:a", None);
         assert!(view.snapshot().is_empty());
+    }
+
+    const SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    fn secret() -> SigningSecret {
+        SigningSecret::parse(SECRET).unwrap()
+    }
+
+    fn signing_key(tenant_id: &str, status: KeyStatus) -> IdentityChange {
+        let key_id = crate::signing::new_key_id();
+        IdentityChange {
+            entity_id: format!("signing-key:{key_id}"),
+            changed_at_ms: 0,
+            tenant: None,
+            api_key: None,
+            signing_key: Some(schemas::events::SigningKey {
+                key_id,
+                tenant_id: tenant_id.into(),
+                status,
+                created_at_ms: 0,
+            }),
+        }
+    }
+
+    fn key_id_of(change: &IdentityChange) -> &str {
+        &change.signing_key.as_ref().unwrap().key_id
+    }
+
+    /// A request signed with the key and salt identity handed out for `key_id`.
+    fn signed_by(key_id: &str) -> impl Fn(&SigningKey) -> bool + use<> {
+        let issued = secret().derive(key_id);
+        move |key: &SigningKey| *key == issued
+    }
+
+    fn signing_view(config: &AuthConfig) -> IdentityView {
+        let view = IdentityView::in_memory(config)
+            .unwrap()
+            .with_signing(Some(secret()));
+        view.apply(
+            "tenant:a",
+            Some(&tenant("a", TenantStatus::Active, 1000, 1000)),
+        );
+        view
+    }
+
+    #[test]
+    fn a_signing_key_resolves_to_its_tenant_and_sources_only_with_its_own_signature() {
+        let view = signing_view(&AuthConfig::default());
+        view.confirm_fresh();
+        let change = signing_key("a", KeyStatus::Active);
+        view.apply(&change.entity_id, Some(&change));
+        let key_id = key_id_of(&change);
+        let principal = view
+            .authenticate_signed(key_id, &signed_by(key_id))
+            .unwrap();
+        assert_eq!((&*principal.tenant_id, &*principal.key_id), ("a", key_id));
+        assert_eq!(&*principal.allowed_sources, ["https://images.example.com/"]);
+        assert_eq!(principal.principal().key_id, principal.key_id);
+        assert!(principal.allows(&url::Url::parse("https://images.example.com/x.jpg").unwrap()));
+        assert!(!principal.allows(&url::Url::parse("https://other.example/x.jpg").unwrap()));
+        // Another key's values (a tampered URL, or one signed for another key id) do not match.
+        let other = crate::signing::new_key_id();
+        assert_eq!(
+            view.authenticate_signed(key_id, &signed_by(&other)),
+            Err(AuthError::InvalidKey)
+        );
+        assert_eq!(
+            view.claimed_signing_key(key_id).unwrap().tenant_id,
+            principal.tenant_id
+        );
+        assert_eq!(view.claimed_signing_key(&other), None);
+        assert_eq!(view.metrics.ok.get(), 1);
+        assert_eq!(view.metrics.invalid_key.get(), 1);
+        assert_eq!(view.snapshot()[&change.entity_id], "a Active");
+    }
+
+    #[test]
+    fn revoked_deleted_and_unknown_signing_keys_are_refused_at_once() {
+        let view = signing_view(&AuthConfig::default());
+        view.confirm_fresh();
+        let (k1, k2) = (
+            signing_key("a", KeyStatus::Active),
+            signing_key("a", KeyStatus::Active),
+        );
+        view.apply(&k1.entity_id, Some(&k1));
+        view.apply(&k2.entity_id, Some(&k2));
+        let (id1, id2) = (key_id_of(&k1), key_id_of(&k2));
+        view.authenticate_signed(id1, &signed_by(id1)).unwrap();
+        view.authenticate_signed(id2, &signed_by(id2)).unwrap();
+
+        let mut revoked = k1.clone();
+        revoked.signing_key.as_mut().unwrap().status = KeyStatus::Revoked;
+        view.apply(&k1.entity_id, Some(&revoked));
+        assert_eq!(
+            view.authenticate_signed(id1, &signed_by(id1)),
+            Err(AuthError::InvalidKey)
+        );
+        assert_eq!(view.snapshot()[&k1.entity_id], "a Revoked");
+        view.authenticate_signed(id2, &signed_by(id2)).unwrap();
+        view.apply(&k2.entity_id, None);
+        assert_eq!(
+            view.authenticate_signed(id2, &signed_by(id2)),
+            Err(AuthError::InvalidKey)
+        );
+        let unknown = crate::signing::new_key_id();
+        assert_eq!(
+            view.authenticate_signed(&unknown, &signed_by(&unknown)),
+            Err(AuthError::InvalidKey)
+        );
+    }
+
+    #[test]
+    fn a_suspended_or_deleted_tenant_s_signing_keys_are_refused() {
+        let view = signing_view(&AuthConfig::default());
+        view.confirm_fresh();
+        let change = signing_key("a", KeyStatus::Active);
+        view.apply(&change.entity_id, Some(&change));
+        let id = key_id_of(&change);
+        view.apply(
+            "tenant:a",
+            Some(&tenant("a", TenantStatus::Suspended, 1000, 1000)),
+        );
+        assert_eq!(
+            view.authenticate_signed(id, &signed_by(id)),
+            Err(AuthError::Forbidden)
+        );
+        view.apply(
+            "tenant:a",
+            Some(&tenant("a", TenantStatus::Active, 1000, 1000)),
+        );
+        view.authenticate_signed(id, &signed_by(id)).unwrap();
+        // Deleting the tenant stops its signing keys before their own tombstones arrive.
+        view.apply("tenant:a", None);
+        assert_eq!(
+            view.authenticate_signed(id, &signed_by(id)),
+            Err(AuthError::InvalidKey)
+        );
+    }
+
+    #[test]
+    fn unknown_signing_keys_fail_closed_only_while_the_view_is_stale() {
+        let config = AuthConfig {
+            max_staleness: Duration::from_millis(50),
+            watermark_interval: Duration::from_millis(10),
+            ..AuthConfig::default()
+        };
+        let view = signing_view(&config);
+        let known = signing_key("a", KeyStatus::Active);
+        view.apply(&known.entity_id, Some(&known));
+        let known = key_id_of(&known);
+        let unknown = crate::signing::new_key_id();
+        assert_eq!(
+            view.authenticate_signed(&unknown, &signed_by(&unknown)),
+            Err(AuthError::Unavailable)
+        );
+        view.authenticate_signed(known, &signed_by(known)).unwrap();
+        view.confirm_fresh();
+        assert_eq!(
+            view.authenticate_signed(&unknown, &signed_by(&unknown)),
+            Err(AuthError::InvalidKey)
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(
+            view.authenticate_signed(&unknown, &signed_by(&unknown)),
+            Err(AuthError::Unavailable)
+        );
+        view.authenticate_signed(known, &signed_by(known)).unwrap();
+        assert_eq!(view.metrics.unavailable.get(), 2);
+    }
+
+    #[test]
+    fn signed_requests_spend_the_tenant_s_quota_but_bad_signatures_do_not() {
+        let view = IdentityView::in_memory(&AuthConfig::default())
+            .unwrap()
+            .with_signing(Some(secret()));
+        view.confirm_fresh();
+        view.apply("tenant:a", Some(&tenant("a", TenantStatus::Active, 1, 2)));
+        let change = signing_key("a", KeyStatus::Active);
+        view.apply(&change.entity_id, Some(&change));
+        let (api, api_key) = key("a", KeyStatus::Active);
+        view.apply(&api.entity_id, Some(&api));
+        let id = key_id_of(&change);
+        let forged = signed_by(&crate::signing::new_key_id());
+        for _ in 0..10 {
+            assert_eq!(
+                view.authenticate_signed(id, &forged),
+                Err(AuthError::InvalidKey)
+            );
+        }
+        // The bucket (burst 2) is whole: one signed GET and one API-key call take it.
+        view.authenticate_signed(id, &signed_by(id)).unwrap();
+        view.authenticate(&api_key).unwrap();
+        match view.authenticate_signed(id, &signed_by(id)) {
+            Err(AuthError::RateLimited { retry_after }) => {
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
+            }
+            other => panic!("expected a rate limit, got {other:?}"),
+        }
+        assert_eq!(view.metrics.rate_limited.get(), 1);
+    }
+
+    #[test]
+    fn allowed_sources_follow_the_tenant_s_changes() {
+        let view = signing_view(&AuthConfig::default());
+        view.confirm_fresh();
+        let change = signing_key("a", KeyStatus::Active);
+        view.apply(&change.entity_id, Some(&change));
+        let id = key_id_of(&change);
+        let mut updated = tenant("a", TenantStatus::Active, 1000, 1000);
+        updated.tenant.as_mut().unwrap().allowed_sources = Vec::new();
+        view.apply("tenant:a", Some(&updated));
+        let principal = view.authenticate_signed(id, &signed_by(id)).unwrap();
+        assert!(principal.allowed_sources.is_empty());
+        assert!(!principal.allows(&url::Url::parse("https://images.example.com/x.jpg").unwrap()));
+    }
+
+    #[test]
+    fn without_a_signing_secret_every_signed_request_is_forbidden() {
+        let view = fresh_view();
+        view.apply(
+            "tenant:a",
+            Some(&tenant("a", TenantStatus::Active, 1000, 1000)),
+        );
+        let change = signing_key("a", KeyStatus::Active);
+        view.apply(&change.entity_id, Some(&change));
+        let id = key_id_of(&change);
+        assert_eq!(
+            view.authenticate_signed(id, &signed_by(id)),
+            Err(AuthError::Forbidden)
+        );
+        // API keys are unaffected.
+        let (api, api_key) = key("a", KeyStatus::Active);
+        view.apply(&api.entity_id, Some(&api));
+        view.authenticate(&api_key).unwrap();
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! The identity service (management plane): tenants, API keys and quotas, behind an admin HTTP
-//! API; the only writer of `identity.changes`, the compacted topic that is the system of record
+//! The identity service (management plane): tenants, API keys, signing keys of signed GET URLs,
+//! quotas and allowed sources, behind an admin HTTP API; the only writer of `identity.changes`, the compacted topic that is the system of record
 //! and that every api instance replicates into its [`IdentityView`](crate::auth::IdentityView).
 //!
 //! - [`config`]: the `[identity]` section.
@@ -30,6 +30,8 @@ pub use config::IdentityConfig;
 pub use routes::app;
 pub use state::AppState;
 use store::{IdentityStore, KafkaSink, READINESS_CHECK};
+
+use crate::signing::SigningConfig;
 
 /// The fixed transactional id (namespaced): every instance uses it, so the newest fences the rest.
 pub const TRANSACTIONAL_ID: &str = "identity";
@@ -112,14 +114,25 @@ pub async fn open(
 }
 
 /// Runs the identity service until shutdown: [`open`], then serves the admin API on
-/// `config.listen`.
+/// `config.listen`, issuing signing keys derived from `signing.secret` (refused while unset).
 pub async fn run(
     kafka: KafkaConfig,
     registry: RegistryConfig,
     config: IdentityConfig,
+    signing: SigningConfig,
     ctx: ServiceContext,
 ) -> Result<(), IdentityError> {
-    let state = open(&kafka, &registry, &config, &ctx).await?;
+    let secret = signing
+        .secret()
+        .map_err(|error| IdentityError::InvalidConfig(vec![error]))?;
+    if secret.is_none() {
+        tracing::warn!(
+            "signing.secret is not set; signing keys cannot be issued (503 signing_disabled)"
+        );
+    }
+    let state = open(&kafka, &registry, &config, &ctx)
+        .await?
+        .with_signing(secret);
     let router = app(state, &ctx.http);
     chassis::http::bind_and_serve(
         "Identity admin API",

@@ -3,14 +3,17 @@
 //!
 //! | route | |
 //! |---|---|
-//! | `POST /admin/v1/tenants` | create `{name, rate_limit_per_second?, burst?}` → 201 |
+//! | `POST /admin/v1/tenants` | create `{name, rate_limit_per_second?, burst?, allowed_sources?}` → 201 |
 //! | `GET /admin/v1/tenants?after=&limit=` | list in id order, a page at a time → `{tenants, next_after}` |
 //! | `GET /admin/v1/tenants/{id}` | read |
-//! | `PATCH /admin/v1/tenants/{id}` | `{name?, status? (active/suspended), rate_limit_per_second?, burst?}` |
-//! | `DELETE /admin/v1/tenants/{id}` | delete the tenant and all its keys → 204 |
+//! | `PATCH /admin/v1/tenants/{id}` | `{name?, status? (active/suspended), rate_limit_per_second?, burst?, allowed_sources?}` |
+//! | `DELETE /admin/v1/tenants/{id}` | delete the tenant and all its API and signing keys → 204 |
 //! | `POST /admin/v1/tenants/{id}/keys` | issue a key → 201 `{key_id, api_key, …}` (shown once) |
 //! | `GET /admin/v1/tenants/{id}/keys` | list (no secrets, no hashes) |
 //! | `DELETE /admin/v1/keys/{key_id}` | revoke → 204 |
+//! | `POST /admin/v1/tenants/{id}/signing-keys` | issue a signing key → 201 `{key_id, key, salt, …}` (shown once) |
+//! | `GET /admin/v1/tenants/{id}/signing-keys` | list (never a key or salt) |
+//! | `DELETE /admin/v1/signing-keys/{key_id}` | revoke → 204 |
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use schemas::events::{AdminAudited, ApiKey, KeyStatus, Tenant, TenantStatus};
+use schemas::events::{AdminAudited, ApiKey, KeyStatus, SigningKey, Tenant, TenantStatus};
 use serde::{Deserialize, Serialize};
 use tower::ServiceBuilder;
 
@@ -34,6 +37,7 @@ use super::audit;
 use super::config::MAX_RATE_LIMIT;
 use super::state::AppState;
 use super::store::{StoreError, TenantUpdate};
+use crate::identity_log::sources;
 
 /// Longest tenant name.
 const MAX_NAME_CHARS: usize = 200;
@@ -62,6 +66,14 @@ pub fn app(state: AppState, http: &chassis::http::HttpConfig) -> Router {
             post(issue_key).get(list_keys),
         )
         .route("/admin/v1/keys/{key_id}", delete(revoke_key))
+        .route(
+            "/admin/v1/tenants/{tenant_id}/signing-keys",
+            post(issue_signing_key).get(list_signing_keys),
+        )
+        .route(
+            "/admin/v1/signing-keys/{key_id}",
+            delete(revoke_signing_key),
+        )
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), require_admin))
         // Outside the admin check, so refused calls are recorded too.
@@ -91,6 +103,11 @@ impl From<StoreError> for Problem {
             StoreError::KeyNotFound => {
                 Problem::new(StatusCode::NOT_FOUND, "key_not_found", "no such API key")
             }
+            StoreError::SigningKeyNotFound => Problem::new(
+                StatusCode::NOT_FOUND,
+                "signing_key_not_found",
+                "no such signing key",
+            ),
             StoreError::Fenced => Self::new(
                 StatusCode::CONFLICT,
                 "fenced",
@@ -238,14 +255,22 @@ async fn audit_call(State(state): State<AppState>, request: Request, next: Next)
     let mut key_id = audit::path_param(&route, &path, "key_id");
     // A key's routes name only the key: its owner is looked up, so the trail of a tenant shows
     // its keys' revocations too.
-    let mut tenant_id = audit::path_param(&route, &path, "tenant_id")
-        .or_else(|| key_id.as_deref().and_then(|k| state.store().key_owner(k)));
+    let signing = route.starts_with("/admin/v1/signing-keys/");
+    let mut tenant_id = audit::path_param(&route, &path, "tenant_id").or_else(|| {
+        key_id.as_deref().and_then(|k| {
+            if signing {
+                state.store().signing_key_owner(k)
+            } else {
+                state.store().key_owner(k)
+            }
+        })
+    });
 
     let response = next.run(request).await;
     let status = response.status();
     // What a call created is named only in its answer (a new tenant's or key's id): read the
     // small JSON body back for those two ids, and nothing else of it (a new key's body also
-    // holds the key itself, which must never reach the trail).
+    // holds the key itself, or a signing key's key and salt, which must never reach the trail).
     let response = if status.is_success() && (tenant_id.is_none() || key_id.is_none()) {
         let (parts, body) = response.into_parts();
         match axum::body::to_bytes(body, audit::MAX_BODY_INSPECTED).await {
@@ -302,6 +327,8 @@ pub struct TenantBody {
     pub rate_limit_per_second: i32,
     /// Burst size.
     pub burst: i32,
+    /// URL prefixes the tenant's signed GET URLs may fetch from, normalised; empty: none.
+    pub allowed_sources: Vec<String>,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -348,6 +375,42 @@ pub struct KeyList {
     pub keys: Vec<KeyBody>,
 }
 
+/// A signing key as listings show it: never its key or salt.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SigningKeyBody {
+    /// Public id, the first path segment of every URL signed with it.
+    pub key_id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// `active` or `revoked`.
+    pub status: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// A newly issued signing key, with its key and salt shown this once: what imgproxy's URL
+/// builders take as `IMGPROXY_KEY` and `IMGPROXY_SALT`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IssuedSigningKeyBody {
+    /// Public id, the first path segment of every URL signed with it.
+    pub key_id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// HMAC key of the URL signature, 32 bytes as hex.
+    pub key: String,
+    /// Salt of the URL signature, 32 bytes as hex.
+    pub salt: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// A tenant's signing keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SigningKeyList {
+    /// Oldest first, revoked ones included.
+    pub signing_keys: Vec<SigningKeyBody>,
+}
+
 /// Tenant status on the wire.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -389,9 +452,18 @@ impl From<Tenant> for TenantBody {
             status: t.status.into(),
             rate_limit_per_second: t.rate_limit_per_second,
             burst: t.burst,
+            allowed_sources: t.allowed_sources,
             created_at: rfc3339(t.created_at_ms),
         }
     }
+}
+
+fn key_status(status: KeyStatus) -> String {
+    match status {
+        KeyStatus::Active => "active",
+        KeyStatus::Revoked => "revoked",
+    }
+    .to_owned()
 }
 
 impl From<ApiKey> for KeyBody {
@@ -399,11 +471,18 @@ impl From<ApiKey> for KeyBody {
         Self {
             key_id: k.key_id,
             tenant_id: k.tenant_id,
-            status: match k.status {
-                KeyStatus::Active => "active",
-                KeyStatus::Revoked => "revoked",
-            }
-            .to_owned(),
+            status: key_status(k.status),
+            created_at: rfc3339(k.created_at_ms),
+        }
+    }
+}
+
+impl From<SigningKey> for SigningKeyBody {
+    fn from(k: SigningKey) -> Self {
+        Self {
+            key_id: k.key_id,
+            tenant_id: k.tenant_id,
+            status: key_status(k.status),
             created_at: rfc3339(k.created_at_ms),
         }
     }
@@ -415,6 +494,7 @@ struct CreateTenant {
     name: String,
     rate_limit_per_second: Option<i32>,
     burst: Option<i32>,
+    allowed_sources: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -424,6 +504,7 @@ struct PatchTenant {
     status: Option<StatusValue>,
     rate_limit_per_second: Option<i32>,
     burst: Option<i32>,
+    allowed_sources: Option<Vec<String>>,
 }
 
 fn check_name(name: &str) -> Result<String, Problem> {
@@ -444,6 +525,34 @@ fn check_quota(field: &str, value: i32) -> Result<i32, Problem> {
             "{field} must be between 1 and {MAX_RATE_LIMIT}"
         )))
     }
+}
+
+/// Validates and normalises a tenant's allowed source prefixes (duplicates dropped, order kept).
+fn check_sources(prefixes: &[String]) -> Result<Vec<String>, Problem> {
+    if prefixes.len() > sources::MAX_PREFIXES {
+        return Err(invalid(format!(
+            "allowed_sources may hold at most {} prefixes",
+            sources::MAX_PREFIXES
+        )));
+    }
+    let mut normalised: Vec<String> = Vec::with_capacity(prefixes.len());
+    for prefix in prefixes {
+        let prefix = sources::normalise_prefix(prefix)
+            .map_err(|rule| invalid(format!("allowed_sources: {rule}")))?;
+        if !normalised.contains(&prefix) {
+            normalised.push(prefix);
+        }
+    }
+    Ok(normalised)
+}
+
+/// 503 for a signing-key creation while `signing.secret` is not configured.
+fn signing_disabled() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "signing_disabled",
+        "signing keys cannot be issued: this identity service has no signing.secret configured",
+    )
 }
 
 /// Runs a write to completion even if the request is dropped (client gone, timeout): an
@@ -471,8 +580,14 @@ async fn create_tenant(
             .unwrap_or(state.default_rate_limit_per_second),
     )?;
     let burst = check_quota("burst", body.burst.unwrap_or(state.default_burst))?;
+    let allowed_sources = check_sources(body.allowed_sources.as_deref().unwrap_or_default())?;
     let store = state.store.clone();
-    let tenant = detached(async move { store.create_tenant(name, rate, burst).await }).await?;
+    let tenant = detached(async move {
+        store
+            .create_tenant(name, rate, burst, allowed_sources)
+            .await
+    })
+    .await?;
     tracing::info!(tenant_id = %tenant.id, "Tenant created");
     Ok((StatusCode::CREATED, Json(tenant.into())))
 }
@@ -531,6 +646,11 @@ async fn update_tenant(
             .map(|v| check_quota("rate_limit_per_second", v))
             .transpose()?,
         burst: body.burst.map(|v| check_quota("burst", v)).transpose()?,
+        allowed_sources: body
+            .allowed_sources
+            .as_deref()
+            .map(check_sources)
+            .transpose()?,
     };
     let store = state.store.clone();
     let id = tenant_id.clone();
@@ -586,5 +706,50 @@ async fn revoke_key(
     let id = key_id.clone();
     detached(async move { store.revoke_key(&id).await }).await?;
     tracing::info!(%key_id, "API key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn issue_signing_key(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> Result<(StatusCode, Json<IssuedSigningKeyBody>), Problem> {
+    // Refused before anything is written: a key nobody can be told the values of is useless.
+    let Some(secret) = state.signing.clone() else {
+        return Err(signing_disabled());
+    };
+    let store = state.store.clone();
+    let key = detached(async move { store.issue_signing_key(&tenant_id).await }).await?;
+    let derived = secret.derive(&key.key_id);
+    tracing::info!(tenant_id = %key.tenant_id, key_id = %key.key_id, "Signing key issued");
+    Ok((
+        StatusCode::CREATED,
+        Json(IssuedSigningKeyBody {
+            created_at: rfc3339(key.created_at_ms),
+            key: hex::encode(derived.key),
+            salt: hex::encode(derived.salt),
+            key_id: key.key_id,
+            tenant_id: key.tenant_id,
+        }),
+    ))
+}
+
+async fn list_signing_keys(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<SigningKeyList>, Problem> {
+    let keys = state.store.signing_keys(&tenant_id)?;
+    Ok(Json(SigningKeyList {
+        signing_keys: keys.into_iter().map(SigningKeyBody::from).collect(),
+    }))
+}
+
+async fn revoke_signing_key(
+    State(state): State<AppState>,
+    Path(key_id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let store = state.store.clone();
+    let id = key_id.clone();
+    detached(async move { store.revoke_signing_key(&id).await }).await?;
+    tracing::info!(%key_id, "Signing key revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,5 @@
 //! What every admin handler shares ([`AppState`]): the store, the admin token's digest, the
-//! limits and the audit writer. Its own module, as the api's, so the routes and the audit
+//! limits, the signing secret and the audit writer. Its own module, as the api's, so the routes and the audit
 //! middleware both depend on it and not on each other.
 
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use super::audit::AuditWriter;
 use super::config::IdentityConfig;
 use super::metrics::IdentityMetrics;
 use super::store::IdentityStore;
+use crate::signing::SigningSecret;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -28,6 +29,8 @@ pub struct AppState {
     pub(super) metrics: IdentityMetrics,
     /// Where every admin call is recorded; `None` in handler tests.
     audit: Option<Arc<AuditWriter>>,
+    /// What signing keys' values are derived from; `None`: signing keys cannot be issued.
+    pub(super) signing: Option<SigningSecret>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -53,7 +56,16 @@ impl AppState {
             concurrency_limit: config.concurrency_limit,
             metrics,
             audit: None,
+            signing: None,
         }
+    }
+
+    /// The same state, issuing signing keys derived from `secret` (`None`: refused with 503
+    /// `signing_disabled`).
+    #[must_use]
+    pub fn with_signing(mut self, secret: Option<SigningSecret>) -> Self {
+        self.signing = secret;
+        self
     }
 
     /// The same state, recording every admin call with `writer`.

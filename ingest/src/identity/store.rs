@@ -2,7 +2,8 @@
 //!
 //! `identity.changes` is the system of record. On start the state is rebuilt by reading the topic
 //! from the beginning to the end offsets; afterwards every change goes through one Kafka
-//! transaction (a tenant deletion tombstones the tenant and all its keys atomically) and reaches
+//! transaction (a tenant deletion tombstones the tenant and all its API and signing keys
+//! atomically) and reaches
 //! memory only once committed, so memory never holds what the topic does not. Writes are
 //! serialised: one transactional producer runs one transaction at a time, and the order of
 //! commits is the order of the log.
@@ -22,11 +23,12 @@ use rdkafka::Message;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use schemas::Codec;
-use schemas::events::{ApiKey, IdentityChange, KeyStatus, Tenant, TenantStatus};
+use schemas::events::{ApiKey, IdentityChange, KeyStatus, SigningKey, Tenant, TenantStatus};
 
 use super::metrics::IdentityMetrics;
 use crate::identity_log::changes::{
-    ChangeRecord, ChangesError, ChangesReader, EntityId, key_entity, tenant_entity,
+    ChangeRecord, ChangesError, ChangesReader, EntityId, key_entity, signing_key_entity,
+    tenant_entity,
 };
 use crate::identity_log::keys;
 
@@ -36,7 +38,7 @@ pub const READINESS_CHECK: &str = "identity";
 /// One record to write: an entity's full new state, or `None` to delete it (tombstone).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
-    /// `tenant:<id>` or `key:<id>`.
+    /// `tenant:<id>`, `key:<id>` or `signing-key:<id>`.
     pub entity_id: String,
     /// The new state; `None` writes a tombstone.
     pub value: Option<IdentityChange>,
@@ -69,6 +71,9 @@ pub enum StoreError {
     /// No such key.
     #[error("API key not found")]
     KeyNotFound,
+    /// No such signing key.
+    #[error("signing key not found")]
+    SigningKeyNotFound,
 }
 
 impl StoreError {
@@ -78,11 +83,12 @@ impl StoreError {
     }
 }
 
-/// Tenants and keys by id, as committed to `identity.changes`.
+/// Tenants, API keys and signing keys by id, as committed to `identity.changes`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoreState {
     tenants: BTreeMap<String, Tenant>,
     keys: BTreeMap<String, ApiKey>,
+    signing_keys: BTreeMap<String, SigningKey>,
 }
 
 impl StoreState {
@@ -111,6 +117,18 @@ impl StoreState {
             (Some(EntityId::Key(id)), None) => {
                 self.keys.remove(id);
             }
+            (
+                Some(EntityId::SigningKey(id)),
+                Some(IdentityChange {
+                    signing_key: Some(k),
+                    ..
+                }),
+            ) => {
+                self.signing_keys.insert(id.to_owned(), k.clone());
+            }
+            (Some(EntityId::SigningKey(id)), None) => {
+                self.signing_keys.remove(id);
+            }
             // `changes::decode` and this module only produce consistent records.
             _ => tracing::warn!(
                 entity_id,
@@ -131,6 +149,8 @@ pub struct TenantUpdate {
     pub rate_limit_per_second: Option<i32>,
     /// New burst.
     pub burst: Option<i32>,
+    /// New allowed source prefixes (already validated and normalised), replacing the old list.
+    pub allowed_sources: Option<Vec<String>>,
 }
 
 /// A newly issued key: its stored state and the full key string, shown once.
@@ -178,6 +198,7 @@ impl IdentityStore {
     ) -> Self {
         metrics.tenants.set(state.tenants.len() as i64);
         metrics.keys.set(state.keys.len() as i64);
+        metrics.signing_keys.set(state.signing_keys.len() as i64);
         Self {
             state: RwLock::new(state),
             sink,
@@ -221,6 +242,30 @@ impl IdentityStore {
         self.read().keys.get(key_id).map(|k| k.tenant_id.clone())
     }
 
+    /// The tenant that owns signing key `key_id` (revoked keys included).
+    pub fn signing_key_owner(&self, key_id: &str) -> Option<String> {
+        self.read()
+            .signing_keys
+            .get(key_id)
+            .map(|k| k.tenant_id.clone())
+    }
+
+    /// A tenant's signing keys (revoked ones too), oldest first.
+    pub fn signing_keys(&self, tenant_id: &str) -> Result<Vec<SigningKey>, StoreError> {
+        let state = self.read();
+        if !state.tenants.contains_key(tenant_id) {
+            return Err(StoreError::TenantNotFound);
+        }
+        let mut keys: Vec<SigningKey> = state
+            .signing_keys
+            .values()
+            .filter(|k| k.tenant_id == tenant_id)
+            .cloned()
+            .collect();
+        keys.sort_by(|a, b| (a.created_at_ms, &a.key_id).cmp(&(b.created_at_ms, &b.key_id)));
+        Ok(keys)
+    }
+
     /// A tenant's keys (revoked ones too), oldest first.
     pub fn keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
         let state = self.read();
@@ -243,6 +288,7 @@ impl IdentityStore {
         name: String,
         rate_limit_per_second: i32,
         burst: i32,
+        allowed_sources: Vec<String>,
     ) -> Result<Tenant, StoreError> {
         let _write = self.writes.lock().await;
         let tenant = Tenant {
@@ -252,12 +298,13 @@ impl IdentityStore {
             rate_limit_per_second,
             burst,
             created_at_ms: now_ms(),
+            allowed_sources,
         };
         self.write(vec![tenant_change(&tenant)]).await?;
         Ok(tenant)
     }
 
-    /// Changes a tenant's name, status or quota.
+    /// Changes a tenant's name, status, quota or allowed sources.
     pub async fn update_tenant(
         &self,
         tenant_id: &str,
@@ -272,6 +319,9 @@ impl IdentityStore {
                 .rate_limit_per_second
                 .unwrap_or(current.rate_limit_per_second),
             burst: update.burst.unwrap_or(current.burst),
+            allowed_sources: update
+                .allowed_sources
+                .unwrap_or_else(|| current.allowed_sources.clone()),
             ..current.clone()
         };
         if updated != current {
@@ -280,7 +330,8 @@ impl IdentityStore {
         Ok(updated)
     }
 
-    /// Deletes a tenant and every key it owns in one transaction: its keys stop working at once.
+    /// Deletes a tenant and every API and signing key it owns in one transaction: its keys stop
+    /// working at once.
     pub async fn delete_tenant(&self, tenant_id: &str) -> Result<(), StoreError> {
         let _write = self.writes.lock().await;
         let owned: Vec<String> = {
@@ -288,17 +339,22 @@ impl IdentityStore {
             if !state.tenants.contains_key(tenant_id) {
                 return Err(StoreError::TenantNotFound);
             }
-            state
+            let api_keys = state
                 .keys
                 .values()
                 .filter(|k| k.tenant_id == tenant_id)
-                .map(|k| k.key_id.clone())
-                .collect()
+                .map(|k| key_entity(&k.key_id));
+            let signing_keys = state
+                .signing_keys
+                .values()
+                .filter(|k| k.tenant_id == tenant_id)
+                .map(|k| signing_key_entity(&k.key_id));
+            api_keys.chain(signing_keys).collect()
         };
         let mut changes: Vec<Change> = owned
-            .iter()
-            .map(|key_id| Change {
-                entity_id: key_entity(key_id),
+            .into_iter()
+            .map(|entity_id| Change {
+                entity_id,
                 value: None,
             })
             .collect();
@@ -348,6 +404,41 @@ impl IdentityStore {
         self.write(vec![key_change(&revoked)]).await
     }
 
+    /// Records a new signing key for a tenant. Only its id, owner and status are written: its key
+    /// and salt are derived from the id by whoever holds the signing secret. Rotation is issuing
+    /// a new key, then revoking the old one.
+    pub async fn issue_signing_key(&self, tenant_id: &str) -> Result<SigningKey, StoreError> {
+        let _write = self.writes.lock().await;
+        self.tenant(tenant_id)?;
+        let key = SigningKey {
+            key_id: crate::signing::new_key_id(),
+            tenant_id: tenant_id.to_owned(),
+            status: KeyStatus::Active,
+            created_at_ms: now_ms(),
+        };
+        self.write(vec![signing_key_change(&key)]).await?;
+        Ok(key)
+    }
+
+    /// Revokes a signing key; revoking a revoked key changes nothing.
+    pub async fn revoke_signing_key(&self, key_id: &str) -> Result<(), StoreError> {
+        let _write = self.writes.lock().await;
+        let current = self
+            .read()
+            .signing_keys
+            .get(key_id)
+            .cloned()
+            .ok_or(StoreError::SigningKeyNotFound)?;
+        if current.status == KeyStatus::Revoked {
+            return Ok(());
+        }
+        let revoked = SigningKey {
+            status: KeyStatus::Revoked,
+            ..current
+        };
+        self.write(vec![signing_key_change(&revoked)]).await
+    }
+
     /// Commits `changes`, then applies them to memory. Callers hold `self.writes`.
     async fn write(&self, changes: Vec<Change>) -> Result<(), StoreError> {
         if self.dead.load(Ordering::Acquire) {
@@ -367,6 +458,9 @@ impl IdentityStore {
                 }
                 self.metrics.tenants.set(state.tenants.len() as i64);
                 self.metrics.keys.set(state.keys.len() as i64);
+                self.metrics
+                    .signing_keys
+                    .set(state.signing_keys.len() as i64);
             }
             Err(StoreError::Fenced) => {
                 self.metrics.writes.with_label_values(&["fenced"]).inc();
@@ -414,6 +508,7 @@ fn tenant_change(tenant: &Tenant) -> Change {
             changed_at_ms: now_ms(),
             tenant: Some(tenant.clone()),
             api_key: None,
+            signing_key: None,
         }),
         entity_id,
     }
@@ -427,6 +522,21 @@ fn key_change(key: &ApiKey) -> Change {
             changed_at_ms: now_ms(),
             tenant: None,
             api_key: Some(key.clone()),
+            signing_key: None,
+        }),
+        entity_id,
+    }
+}
+
+fn signing_key_change(key: &SigningKey) -> Change {
+    let entity_id = signing_key_entity(&key.key_id);
+    Change {
+        value: Some(IdentityChange {
+            entity_id: entity_id.clone(),
+            changed_at_ms: now_ms(),
+            tenant: None,
+            api_key: None,
+            signing_key: Some(key.clone()),
         }),
         entity_id,
     }

@@ -16,8 +16,10 @@ use super::metrics::IdentityMetrics;
 use super::routes::app;
 use super::state::AppState;
 use super::store::{Change, ChangeSink, IdentityStore, StoreError, StoreState};
+use crate::signing::SigningSecret;
 
 const TOKEN: &str = "test-admin-token-0123456789";
+const SIGNING_SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 /// Records committed changes; fails with a chosen error when told to.
 #[derive(Default)]
@@ -45,6 +47,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_signing(Some(SIGNING_SECRET))
+}
+
+/// A fixture whose identity service derives signing keys from `secret` (`None`: not configured).
+fn fixture_signing(secret: Option<&str>) -> Fixture {
     let sink = Arc::new(FakeSink::default());
     let readiness = Readiness::default();
     readiness.ready(super::store::READINESS_CHECK);
@@ -61,7 +68,8 @@ fn fixture() -> Fixture {
     };
     Fixture {
         app: app(
-            AppState::new(Arc::new(store), &config, metrics),
+            AppState::new(Arc::new(store), &config, metrics)
+                .with_signing(secret.map(|s| SigningSecret::parse(s).unwrap())),
             &chassis::http::HttpConfig::default(),
         ),
         sink,
@@ -485,4 +493,274 @@ async fn the_request_id_is_echoed() {
         .unwrap();
     let body: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(body["request_id"], "req-123");
+}
+
+#[tokio::test]
+async fn signing_keys_are_issued_once_listed_without_values_and_revoked() {
+    let f = fixture();
+    let tenant = create_tenant(&f.app, "acme").await;
+    let id = tenant["id"].as_str().unwrap();
+    let uri = format!("/admin/v1/tenants/{id}/signing-keys");
+    let (status, issued, _) = call(&f.app, admin("POST", &uri, None)).await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let key_id = issued["key_id"].as_str().unwrap();
+    assert_eq!(issued["tenant_id"], id);
+    assert!(issued["created_at"].as_str().unwrap().ends_with('Z'));
+    // Hex, 32 bytes each, and exactly what every holder of the secret derives.
+    let derived = SigningSecret::parse(SIGNING_SECRET).unwrap().derive(key_id);
+    assert_eq!(issued["key"], hex::encode(derived.key));
+    assert_eq!(issued["salt"], hex::encode(derived.salt));
+    let (key_hex, salt_hex) = (hex::encode(derived.key), hex::encode(derived.salt));
+
+    // identity.changes gets the id, owner and status, never the values.
+    {
+        let committed = f.sink.committed.lock().unwrap();
+        let change = committed.last().unwrap();
+        assert_eq!(change.entity_id, format!("signing-key:{key_id}"));
+        let written = change.value.as_ref().unwrap().signing_key.as_ref().unwrap();
+        assert_eq!(
+            (
+                written.key_id.as_str(),
+                written.tenant_id.as_str(),
+                written.status
+            ),
+            (key_id, id, KeyStatus::Active)
+        );
+        let text = format!("{committed:?}");
+        assert!(!text.contains(&key_hex[..16]) && !text.contains(&salt_hex[..16]));
+    }
+
+    let (_, second, _) = call(&f.app, admin("POST", &uri, None)).await;
+    assert_ne!(second["key_id"], issued["key_id"]);
+    assert_ne!(second["key"], issued["key"]);
+    let (status, list, _) = call(&f.app, admin("GET", &uri, None)).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = list["signing_keys"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{list}");
+    assert_eq!(listed[0]["key_id"], issued["key_id"]);
+    assert_eq!(listed[0]["status"], "active");
+    assert_eq!(listed[0]["tenant_id"], id);
+    assert_eq!(listed[0]["created_at"], issued["created_at"]);
+    let text = list.to_string();
+    assert!(!text.contains("\"key\"") && !text.contains("salt") && !text.contains(&key_hex));
+    // API keys and signing keys are listed apart.
+    let (_, api_keys, _) = call(
+        &f.app,
+        admin("GET", &format!("/admin/v1/tenants/{id}/keys"), None),
+    )
+    .await;
+    assert_eq!(api_keys["keys"].as_array().unwrap().len(), 0);
+
+    // Revocation is idempotent (one write) and shows in the listing.
+    let revoke = format!("/admin/v1/signing-keys/{key_id}");
+    for _ in 0..2 {
+        let (status, body, _) = call(&f.app, admin("DELETE", &revoke, None)).await;
+        assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+    }
+    let (_, list, _) = call(&f.app, admin("GET", &uri, None)).await;
+    assert_eq!(list["signing_keys"][0]["status"], "revoked");
+    assert_eq!(list["signing_keys"][1]["status"], "active");
+    let revocations = f
+        .sink
+        .committed
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c.value
+                .as_ref()
+                .and_then(|v| v.signing_key.as_ref())
+                .is_some_and(|k| k.status == KeyStatus::Revoked)
+        })
+        .count();
+    assert_eq!(revocations, 1);
+
+    // An API key's revocation route does not reach signing keys, nor the other way round.
+    let (status, problem, ct) = call(
+        &f.app,
+        admin("DELETE", &format!("/admin/v1/keys/{key_id}"), None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_problem(&problem, &ct, "key_not_found");
+    let (status, problem, ct) =
+        call(&f.app, admin("DELETE", "/admin/v1/signing-keys/0000", None)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_problem(&problem, &ct, "signing_key_not_found");
+    for method in ["POST", "GET"] {
+        let (status, problem, ct) = call(
+            &f.app,
+            admin(method, "/admin/v1/tenants/nope/signing-keys", None),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method}");
+        assert_problem(&problem, &ct, "tenant_not_found");
+    }
+}
+
+#[tokio::test]
+async fn without_a_signing_secret_creation_is_a_503_and_nothing_is_written() {
+    let f = fixture_signing(None);
+    let tenant = create_tenant(&f.app, "acme").await;
+    let uri = format!(
+        "/admin/v1/tenants/{}/signing-keys",
+        tenant["id"].as_str().unwrap()
+    );
+    let writes = f.sink.committed.lock().unwrap().len();
+    let (status, problem, ct) = call(&f.app, admin("POST", &uri, None)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_problem(&problem, &ct, "signing_disabled");
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("signing.secret")
+    );
+    assert_eq!(f.sink.committed.lock().unwrap().len(), writes);
+    // Listing needs no secret.
+    let (status, list, _) = call(&f.app, admin("GET", &uri, None)).await;
+    assert_eq!(
+        (status, list),
+        (StatusCode::OK, json!({"signing_keys": []}))
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_tenant_tombstones_its_signing_keys_in_the_same_commit() {
+    let f = fixture();
+    let tenant = create_tenant(&f.app, "acme").await;
+    let id = tenant["id"].as_str().unwrap();
+    let (_, issued, _) = call(
+        &f.app,
+        admin(
+            "POST",
+            &format!("/admin/v1/tenants/{id}/signing-keys"),
+            None,
+        ),
+    )
+    .await;
+    let (_, api_key, _) = call(
+        &f.app,
+        admin("POST", &format!("/admin/v1/tenants/{id}/keys"), None),
+    )
+    .await;
+    let (status, _, _) = call(
+        &f.app,
+        admin("DELETE", &format!("/admin/v1/tenants/{id}"), None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let committed = f.sink.committed.lock().unwrap();
+    let tail: std::collections::BTreeSet<(String, bool)> = committed[3..]
+        .iter()
+        .map(|c| (c.entity_id.clone(), c.value.is_some()))
+        .collect();
+    let expected: std::collections::BTreeSet<(String, bool)> = [
+        format!("tenant:{id}"),
+        format!("key:{}", api_key["key_id"].as_str().unwrap()),
+        format!("signing-key:{}", issued["key_id"].as_str().unwrap()),
+    ]
+    .into_iter()
+    .map(|e| (e, false))
+    .collect();
+    assert_eq!(tail, expected);
+}
+
+#[tokio::test]
+async fn allowed_sources_are_validated_normalised_and_replaced_by_patch() {
+    let f = fixture();
+    let tenant = create_tenant(&f.app, "no-sources").await;
+    assert_eq!(tenant["allowed_sources"], json!([]));
+
+    let body = json!({
+        "name": "acme",
+        "allowed_sources": [
+            "https://Images.Example.com",
+            "http://127.0.0.1:8081/img/",
+            "https://images.example.com/"
+        ]
+    });
+    let (status, created, _) = call(&f.app, admin("POST", "/admin/v1/tenants", Some(body))).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        created["allowed_sources"],
+        json!(["https://images.example.com/", "http://127.0.0.1:8081/img/"])
+    );
+    let uri = format!("/admin/v1/tenants/{}", created["id"].as_str().unwrap());
+    let (_, got, _) = call(&f.app, admin("GET", &uri, None)).await;
+    assert_eq!(got["allowed_sources"], created["allowed_sources"]);
+    let written = f.sink.committed.lock().unwrap().last().unwrap().clone();
+    assert_eq!(
+        written.value.unwrap().tenant.unwrap().allowed_sources,
+        ["https://images.example.com/", "http://127.0.0.1:8081/img/"]
+    );
+
+    // PATCH replaces the list; other fields leave it alone; [] allows nothing.
+    let patch = json!({"allowed_sources": ["https://cdn.example/img/"]});
+    let (status, patched, _) = call(&f.app, admin("PATCH", &uri, Some(patch))).await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(
+        patched["allowed_sources"],
+        json!(["https://cdn.example/img/"])
+    );
+    let (_, renamed, _) = call(
+        &f.app,
+        admin("PATCH", &uri, Some(json!({"name": "acme 2"}))),
+    )
+    .await;
+    assert_eq!(
+        renamed["allowed_sources"],
+        json!(["https://cdn.example/img/"])
+    );
+    let (_, emptied, _) = call(
+        &f.app,
+        admin("PATCH", &uri, Some(json!({"allowed_sources": []}))),
+    )
+    .await;
+    assert_eq!(emptied["allowed_sources"], json!([]));
+
+    let too_many: Vec<String> = (0..=crate::identity_log::sources::MAX_PREFIXES)
+        .map(|i| format!("https://s{i}.example/"))
+        .collect();
+    for sources in [
+        json!(["ftp://images.example.com/"]),
+        json!(["/relative/"]),
+        json!(["https://user:pw@images.example.com/"]),
+        json!(["https://images.example.com/?q=1"]),
+        json!(too_many),
+    ] {
+        for (method, uri, body) in [
+            (
+                "POST",
+                "/admin/v1/tenants",
+                json!({"name": "x", "allowed_sources": sources}),
+            ),
+            ("PATCH", uri.as_str(), json!({"allowed_sources": sources})),
+        ] {
+            let (status, problem, ct) = call(&f.app, admin(method, uri, Some(body))).await;
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{method} {sources}: {problem}"
+            );
+            assert_problem(&problem, &ct, "invalid_field");
+            assert!(
+                problem["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("allowed_sources")
+            );
+        }
+    }
+    let (status, problem, ct) = call(
+        &f.app,
+        admin(
+            "PATCH",
+            &uri,
+            Some(json!({"allowed_sources": "https://x.example/"})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_problem(&problem, &ct, "invalid_body");
 }

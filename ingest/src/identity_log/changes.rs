@@ -1,4 +1,4 @@
-//! Reading `identity.changes`: entity ids, a consumer that is assigned every partition from the
+//! Reading `identity.changes`: entity ids (`tenant:<id>`, `key:<id>`, `signing-key:<id>`), a consumer that is assigned every partition from the
 //! beginning (no consumer group: every reader needs the whole topic, and nothing is committed),
 //! watermark checks that say how far behind a reader is, and decoding with poison handling.
 //! Shared by the api's view (which tails forever) and the identity service (which rebuilds its
@@ -18,6 +18,8 @@ use schemas::{Codec, CodecError, topics};
 const TENANT_PREFIX: &str = "tenant:";
 /// Entity id prefix of API keys.
 const KEY_PREFIX: &str = "key:";
+/// Entity id prefix of signing keys (of signed GET URLs).
+const SIGNING_KEY_PREFIX: &str = "signing-key:";
 
 /// The record key of a tenant.
 pub fn tenant_entity(tenant_id: &str) -> String {
@@ -29,13 +31,20 @@ pub fn key_entity(key_id: &str) -> String {
     format!("{KEY_PREFIX}{key_id}")
 }
 
+/// The record key of a signing key.
+pub fn signing_key_entity(key_id: &str) -> String {
+    format!("{SIGNING_KEY_PREFIX}{key_id}")
+}
+
 /// What a record key names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntityId<'a> {
     /// `tenant:<id>`.
     Tenant(&'a str),
-    /// `key:<id>`.
+    /// `key:<id>`: an API key.
     Key(&'a str),
+    /// `signing-key:<id>`: a signing key of signed GET URLs.
+    SigningKey(&'a str),
 }
 
 impl<'a> EntityId<'a> {
@@ -45,6 +54,8 @@ impl<'a> EntityId<'a> {
             (!id.is_empty()).then_some(Self::Tenant(id))
         } else if let Some(id) = entity_id.strip_prefix(KEY_PREFIX) {
             (!id.is_empty()).then_some(Self::Key(id))
+        } else if let Some(id) = entity_id.strip_prefix(SIGNING_KEY_PREFIX) {
+            (!id.is_empty()).then_some(Self::SigningKey(id))
         } else {
             None
         }
@@ -293,7 +304,9 @@ pub async fn decode(
     let entity_id = key
         .and_then(|k| std::str::from_utf8(k).ok())
         .filter(|k| EntityId::parse(k).is_some())
-        .ok_or_else(|| ChangesError::Poison("record key is not a tenant:/key: entity id".into()))?
+        .ok_or_else(|| {
+            ChangesError::Poison("record key is not a tenant:/key:/signing-key: entity id".into())
+        })?
         .to_owned();
     let Some(value) = value else {
         return Ok(ChangeRecord {
@@ -314,6 +327,9 @@ pub async fn decode(
     let consistent = match EntityId::parse(&entity_id) {
         Some(EntityId::Tenant(id)) => change.tenant.as_ref().is_some_and(|t| t.id == id),
         Some(EntityId::Key(id)) => change.api_key.as_ref().is_some_and(|k| k.key_id == id),
+        Some(EntityId::SigningKey(id)) => {
+            change.signing_key.as_ref().is_some_and(|k| k.key_id == id)
+        }
         None => false,
     };
     if !consistent || change.entity_id != entity_id {
@@ -342,7 +358,19 @@ mod tests {
             EntityId::parse(&key_entity("k1")),
             Some(EntityId::Key("k1"))
         );
-        for bad in ["", "tenant:", "key:", "user:1", "t1"] {
+        assert_eq!(
+            EntityId::parse(&signing_key_entity("s1")),
+            Some(EntityId::SigningKey("s1"))
+        );
+        for bad in [
+            "",
+            "tenant:",
+            "key:",
+            "signing-key:",
+            "signing:1",
+            "user:1",
+            "t1",
+        ] {
             assert_eq!(EntityId::parse(bad), None, "{bad}");
         }
     }
