@@ -10,16 +10,26 @@ use crate::sweep::{self, SweepSettings};
 /// Load generator options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadgenArgs {
-    /// Base URL of the api.
+    /// Base URL of the api (POST mode).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// API key (Bearer).
-    #[arg(long, env = "IMGPIPE_API_KEY", hide_env_values = true)]
-    pub key: String,
-    /// Folder of JPEG/PNG/WebP/GIF images to send, round robin.
-    #[arg(long)]
-    pub images: PathBuf,
-    /// Query string of every request.
+    /// API key (Bearer; POST mode).
+    #[arg(
+        long,
+        env = "IMGPIPE_API_KEY",
+        hide_env_values = true,
+        required_unless_present = "urls"
+    )]
+    pub key: Option<String>,
+    /// POST mode: folder of JPEG/PNG/WebP/GIF images to send to `POST /v1/resize`, round robin.
+    #[arg(long, required_unless_present = "urls", conflicts_with = "urls")]
+    pub images: Option<PathBuf>,
+    /// GET mode: file of absolute URLs, one per line (blank lines and `#` comments skipped),
+    /// fetched round robin with `GET` and no credentials: signed image URLs of imgpipe
+    /// (`/v1/img/...`) or of any other image server. Replaces --images, --key, --url and --query.
+    #[arg(long, value_name = "FILE")]
+    pub urls: Option<PathBuf>,
+    /// Query string of every request (POST mode).
     #[arg(long, default_value = "width=512&height=512&format=jpeg&quality=80")]
     pub query: String,
     /// Requests per second (open loop). Without it, runs closed loop at --concurrency.
@@ -109,7 +119,12 @@ mod tests {
     }
 
     fn parse(extra: &[&str]) -> Result<LoadgenArgs, clap::Error> {
-        let mut argv = vec!["loadgen", "--key", "k", "--images", "photos"];
+        parse_from(&["--key", "k", "--images", "photos"], extra)
+    }
+
+    fn parse_from(base: &[&'static str], extra: &[&str]) -> Result<LoadgenArgs, clap::Error> {
+        let mut argv = vec!["loadgen"];
+        argv.extend_from_slice(base);
         argv.extend_from_slice(extra);
         Cli::try_parse_from(argv).map(|cli| cli.args)
     }
@@ -155,5 +170,21 @@ mod tests {
             let args = parse(bad).unwrap();
             assert!(validate(&args).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn get_mode_needs_a_url_file_and_no_key() {
+        let args = parse_from(&["--urls", "urls.txt"], &["--rate", "40"]).unwrap();
+        assert_eq!(args.urls.as_deref(), Some(std::path::Path::new("urls.txt")));
+        assert_eq!((args.key, args.images), (None, None));
+        assert!(
+            parse_from(&["--urls", "urls.txt", "--images", "photos"], &[]).is_err(),
+            "--urls and --images are two modes"
+        );
+        assert!(parse_from(&["--key", "k"], &[]).is_err(), "neither mode");
+        assert!(
+            parse_from(&["--images", "photos"], &[]).is_err(),
+            "POST without a key"
+        );
     }
 }

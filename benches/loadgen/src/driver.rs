@@ -18,16 +18,34 @@ use crate::sweep::{self, StepMeasure, SweepSettings};
 /// What every request needs, built once for the whole run (every step of a sweep).
 struct Target {
     client: reqwest::Client,
-    url: String,
-    key: String,
-    images: Vec<Vec<u8>>,
+    load: Load,
     concurrency: usize,
 }
 
+/// What is sent: images to the resize endpoint, or GETs of a list of URLs.
+enum Load {
+    /// `POST {url}` with each image in turn as the body and the API key as bearer.
+    Post {
+        url: String,
+        key: String,
+        images: Vec<Vec<u8>>,
+    },
+    /// `GET` of each URL in turn, without credentials (a signed URL carries its own).
+    Get { urls: Vec<reqwest::Url> },
+}
+
 impl Target {
-    /// The body of the `n`-th request: the images round robin.
-    fn body(&self, n: u64) -> Vec<u8> {
-        self.images[usize::try_from(n).unwrap_or(0) % self.images.len()].clone()
+    /// The `n`-th request: the images (or URLs) round robin.
+    fn request(&self, n: u64) -> reqwest::RequestBuilder {
+        let pick = |len: usize| usize::try_from(n).unwrap_or(0) % len;
+        match &self.load {
+            Load::Post { url, key, images } => self
+                .client
+                .post(url)
+                .bearer_auth(key)
+                .body(images[pick(images.len())].clone()),
+            Load::Get { urls } => self.client.get(urls[pick(urls.len())].clone()),
+        }
     }
 }
 
@@ -71,13 +89,66 @@ fn load_images(dir: &Path) -> Result<Vec<Vec<u8>>, LoadgenError> {
     Ok(images)
 }
 
+/// The URLs of a `--urls` file: one absolute http(s) URL per line; blank lines and lines
+/// starting with `#` are skipped. Errors name the first bad line (1-based).
+pub fn parse_url_list(text: &str) -> Result<Vec<reqwest::Url>, String> {
+    let mut urls = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let url = reqwest::Url::parse(line).map_err(|e| format!("line {}: {e}", index + 1))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("line {}: not an http(s) URL", index + 1));
+        }
+        urls.push(url);
+    }
+    if urls.is_empty() {
+        return Err("no URL in it".into());
+    }
+    Ok(urls)
+}
+
+fn load_urls(path: &Path) -> Result<Vec<reqwest::Url>, LoadgenError> {
+    let error = |reason: String| LoadgenError::Urls {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    parse_url_list(&text).map_err(error)
+}
+
+/// What `args` asks to send: `--urls` (GET) or `--images` with `--key` (POST).
+fn load_of(args: &LoadgenArgs) -> Result<Load, LoadgenError> {
+    if let Some(path) = &args.urls {
+        return Ok(Load::Get {
+            urls: load_urls(path)?,
+        });
+    }
+    let (Some(dir), Some(key)) = (&args.images, &args.key) else {
+        return Err(LoadgenError::Options(
+            "give --urls FILE (GET), or --images DIR and --key (POST)".into(),
+        ));
+    };
+    Ok(Load::Post {
+        url: format!(
+            "{}/v1/resize?{}",
+            args.url.trim_end_matches('/'),
+            args.query
+        ),
+        key: key.clone(),
+        images: load_images(dir)?,
+    })
+}
+
 /// Runs the load (one run, or a sweep), prints the results, then writes the `--report` folder
-/// if asked. Errors: bad options, unreadable images, an HTTP client that cannot be built, and a
-/// report folder that cannot be created (before any load) or written (after the results were
-/// printed).
+/// if asked. Errors: bad options, unreadable images or URLs, an HTTP client that cannot be
+/// built, and a report folder that cannot be created (before any load) or written (after the
+/// results were printed).
 pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
     let sweep_settings = validate(&args)?;
-    let images = load_images(&args.images)?;
+    let load = load_of(&args)?;
     if let Some(dir) = &args.report {
         // Made before the run, so a bad path fails at once rather than after a long sweep.
         std::fs::create_dir_all(dir).map_err(|e| LoadgenError::Report {
@@ -89,11 +160,6 @@ pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
         .timeout(args.timeout)
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
-    let url = format!(
-        "{}/v1/resize?{}",
-        args.url.trim_end_matches('/'),
-        args.query
-    );
     let mode = match (&sweep_settings, args.rate) {
         (Some(s), _) => format!(
             "open-loop sweep from {} req/s, ×{} per step, at most {} in flight",
@@ -105,18 +171,25 @@ pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
         ),
         (None, None) => format!("closed loop, {} concurrent", args.concurrency),
     };
+    let (inputs, target_url, what) = match &load {
+        Load::Post { url, images, .. } => (images.len(), url.clone(), "images"),
+        Load::Get { urls } => (urls.len(), urls[0].to_string(), "URLs (GET)"),
+    };
     eprintln!(
-        "loadgen: {} images, {mode}, {:?}, {url}",
-        images.len(),
-        args.duration
+        "loadgen: {inputs} {what}, {mode}, {:?}, {target_url}{}",
+        args.duration,
+        if inputs > 1 && what != "images" {
+            ", …"
+        } else {
+            ""
+        }
     );
-    let parameters = report::Parameters::of(&args, images.len(), &mode, sweep_settings.clone());
+    let parameters =
+        report::Parameters::of(&args, &target_url, inputs, &mode, sweep_settings.clone());
     let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let target = Target {
         client,
-        url,
-        key: args.key.clone(),
-        images,
+        load,
         concurrency: args.concurrency,
     };
 
@@ -236,7 +309,7 @@ async fn drive(
             && in_flight.len() < target.concurrency
             && sent < phase.limit
         {
-            in_flight.push(one_request(target, target.body(sent)));
+            in_flight.push(one_request(target.request(sent)));
             sent += 1;
             window.offered += 1;
         }
@@ -248,7 +321,7 @@ async fn drive(
             () = next_tick(&mut pacer), if running => {
                 window.offered += 1;
                 if in_flight.len() < target.concurrency {
-                    in_flight.push(one_request(target, target.body(sent)));
+                    in_flight.push(one_request(target.request(sent)));
                     sent += 1;
                 } else {
                     totals.dropped += 1;
@@ -286,15 +359,9 @@ async fn next_tick(pacer: &mut Option<tokio::time::Interval>) {
     }
 }
 
-async fn one_request(target: &Target, body: Vec<u8>) -> Sample {
+async fn one_request(request: reqwest::RequestBuilder) -> Sample {
     let started = Instant::now();
-    let response = target
-        .client
-        .post(&target.url)
-        .bearer_auth(&target.key)
-        .body(body)
-        .send()
-        .await;
+    let response = request.send().await;
     let (outcome, stages) = match response {
         Ok(response) => {
             let status = response.status();
@@ -336,5 +403,34 @@ fn error_kind(error: &reqwest::Error) -> &'static str {
         "connect"
     } else {
         "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url_list;
+
+    #[test]
+    fn a_url_list_skips_blanks_and_comments_and_names_a_bad_line() {
+        let urls = parse_url_list(
+            "# made by signed_urls.js\n\nhttp://127.0.0.1:8080/v1/img/k/sig/rs:fill:512:512/plain/http://127.0.0.1:8070/a.jpg@jpg\n  http://127.0.0.1:9000/x/y  \n",
+        )
+        .unwrap();
+        assert_eq!(urls.len(), 2);
+        assert_eq!(
+            urls[0].path(),
+            "/v1/img/k/sig/rs:fill:512:512/plain/http://127.0.0.1:8070/a.jpg@jpg"
+        );
+        assert_eq!(urls[1].as_str(), "http://127.0.0.1:9000/x/y");
+
+        assert_eq!(
+            parse_url_list("http://127.0.0.1/a\n/relative/path\n").unwrap_err(),
+            "line 2: relative URL without a base"
+        );
+        assert_eq!(
+            parse_url_list("ftp://127.0.0.1/a").unwrap_err(),
+            "line 1: not an http(s) URL"
+        );
+        assert_eq!(parse_url_list("# nothing\n\n").unwrap_err(), "no URL in it");
     }
 }

@@ -28,9 +28,9 @@ pub struct Parameters {
     pub target: String,
     /// Query string of every request.
     pub query: String,
-    /// Name of the image folder.
+    /// Name of the image folder (GET mode: of the URL file).
     pub images_folder: String,
-    /// Images in it.
+    /// Images in it (GET mode: URLs in it).
     pub images: usize,
     /// Loop kind in words.
     pub mode: String,
@@ -49,10 +49,18 @@ pub struct Parameters {
 }
 
 impl Parameters {
-    /// The parameters of a run with `args` over `images` images.
-    pub fn of(args: &LoadgenArgs, images: usize, mode: &str, sweep: Option<SweepSettings>) -> Self {
-        // Only host and port: the URL could carry credentials, and the path is always the same.
-        let target = reqwest::Url::parse(&args.url)
+    /// The parameters of a run with `args` against `target_url` (the api's base URL, or the first
+    /// GET URL) over `inputs` images or URLs.
+    pub fn of(
+        args: &LoadgenArgs,
+        target_url: &str,
+        inputs: usize,
+        mode: &str,
+        sweep: Option<SweepSettings>,
+    ) -> Self {
+        // Only host and port: the URL could carry credentials (or a signature), and the path is
+        // always the same or one of many.
+        let target = reqwest::Url::parse(target_url)
             .ok()
             .and_then(|url| {
                 let host = url.host_str()?.to_owned();
@@ -62,15 +70,23 @@ impl Parameters {
                 })
             })
             .unwrap_or_else(|| "(unparsable URL)".to_owned());
-        let images_folder = args.images.file_name().map_or_else(
-            || args.images.display().to_string(),
-            |name| name.to_string_lossy().into_owned(),
-        );
+        let source = args.urls.as_ref().or(args.images.as_ref());
+        let images_folder = source.map_or_else(String::new, |path| {
+            path.file_name().map_or_else(
+                || path.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            )
+        });
+        let query = if args.urls.is_some() {
+            "(GET: options in each URL)".to_owned()
+        } else {
+            args.query.clone()
+        };
         Self {
             target,
-            query: args.query.clone(),
+            query,
             images_folder,
-            images,
+            images: inputs,
             mode: mode.to_owned(),
             rate_per_s: args.rate,
             concurrency: args.concurrency,
