@@ -3,6 +3,7 @@
 //! Stateless apart from its identity view and the requests waiting for replies.
 //!
 //! - [`routes`]: the HTTP handlers (`app(state) -> Router`).
+//! - [`signed_get`]: `GET /v1/img/...`, signed URLs in imgproxy's format ([`imgproxy`] parses them).
 //! - [`replies`]: reply partition ownership and routing ([`ReplyRouter`]).
 //! - [`publisher`]: producing requests and api-side usage records.
 //! - [`params`]: query parameters → the contract's `ResizeParams`.
@@ -20,6 +21,7 @@ pub mod problem;
 pub mod publisher;
 pub mod replies;
 pub mod routes;
+pub mod signed_get;
 pub mod state;
 pub mod usage;
 

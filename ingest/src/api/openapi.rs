@@ -28,23 +28,91 @@ fn in_path(name: &str, description: &str) -> Value {
 /// Every processing option of a signed GET: `(names, arguments, meaning)`. The names are
 /// imgproxy's (full and short), and ours that imgproxy lacks carry the `imgpipe_` prefix.
 pub const GET_OPTIONS: &[(&str, &str, &str)] = &[
-    ("resize, rs", "%resizing_type:%width:%height:%enlarge:%extend", "Shorthand for resizing_type, width, height, enlarge and extend; empty arguments keep their defaults."),
-    ("size, s", "%width:%height:%enlarge:%extend", "Shorthand for width, height, enlarge and extend."),
-    ("resizing_type, rt", "%type", "fit (default: inside the box, keep the ratio), fill (cover the box, crop the overflow by gravity), fill-down (fill, but a box larger than the source shrinks keeping its ratio), force (stretch to the box), auto (fill when source and box have the same orientation, fit otherwise)."),
-    ("width, w", "%width", "Target width in pixels, 0 (default) for none; at most 8192 after dpr."),
-    ("height, h", "%height", "Target height in pixels, 0 (default) for none; at most 8192 after dpr."),
-    ("dpr", "%dpr", "Device pixel ratio, above 0 and at most 8 (default 1): multiplies width and height, and the products must still be at most 8192 (400 bad_option naming dpr otherwise, never a silent clamp)."),
-    ("enlarge, el", "%enlarge", "1 or true: the output may be larger than the source (default false)."),
-    ("extend, ex", "%extend:%gravity", "With fit: pad the output to exactly the box, the image placed by gravity (default centre), padding in background (transparent, or white for JPEG, by default)."),
-    ("gravity, g", "%type", "Which part fill keeps: ce (default), no, so, ea, we, noea, nowe, soea, sowe. Offsets must be 0; fp and sm are refused with 400 unsupported_option for now."),
-    ("quality, q", "%quality", "Encoder quality 1-100 for JPEG, lossy WebP and AVIF; 0 for the default (80)."),
-    ("format, f, ext", "%extension", "Output format: jpg/jpeg, png, webp, avif or gif; the source's @extension (plain) or .extension (base64) sets it too. Default: the input's (a still GIF becomes PNG)."),
-    ("background, bg", "%R:%G:%B or %hex", "Colour of extend's padding and of transparency flattened for a format without alpha."),
-    ("cachebuster, cb", "%string", "Changes the URL (and so its signature and any cache key), nothing else."),
-    ("expires, exp", "%timestamp", "Unix seconds after which the URL is refused with 403 url_expired; 0 or less never expires."),
-    ("imgpipe_effort", "%effort", "Encoder effort 0 (fastest) to 9 (smallest) for WebP and AVIF, as POST's effort."),
-    ("imgpipe_lossless", "%lossless", "WebP output: lossless instead of lossy, as POST's lossless."),
-    ("imgpipe_frames", "%frames", "Animated input: all (default) or first, as POST's frames."),
+    (
+        "resize, rs",
+        "%resizing_type:%width:%height:%enlarge:%extend",
+        "Shorthand for resizing_type, width, height, enlarge and extend; empty arguments keep their defaults.",
+    ),
+    (
+        "size, s",
+        "%width:%height:%enlarge:%extend",
+        "Shorthand for width, height, enlarge and extend.",
+    ),
+    (
+        "resizing_type, rt",
+        "%type",
+        "fit (default: inside the box, keep the ratio), fill (cover the box, crop the overflow by gravity), fill-down (fill, but a box larger than the source shrinks keeping its ratio), force (stretch to the box), auto (fill when source and box have the same orientation, fit otherwise).",
+    ),
+    (
+        "width, w",
+        "%width",
+        "Target width in pixels, 0 (default) for none; at most 8192 after dpr.",
+    ),
+    (
+        "height, h",
+        "%height",
+        "Target height in pixels, 0 (default) for none; at most 8192 after dpr.",
+    ),
+    (
+        "dpr",
+        "%dpr",
+        "Device pixel ratio, above 0 and at most 8 (default 1): multiplies width and height, and the products must still be at most 8192 (400 bad_option naming dpr otherwise, never a silent clamp).",
+    ),
+    (
+        "enlarge, el",
+        "%enlarge",
+        "1 or true: the output may be larger than the source (default false).",
+    ),
+    (
+        "extend, ex",
+        "%extend:%gravity",
+        "With fit: pad the output to exactly the box, the image placed by gravity (default centre), padding in background (transparent, or white for JPEG, by default).",
+    ),
+    (
+        "gravity, g",
+        "%type",
+        "Which part fill keeps: ce (default), no, so, ea, we, noea, nowe, soea, sowe. Offsets must be 0; fp and sm are refused with 400 unsupported_option for now.",
+    ),
+    (
+        "quality, q",
+        "%quality",
+        "Encoder quality 1-100 for JPEG, lossy WebP and AVIF; 0 for the default (80).",
+    ),
+    (
+        "format, f, ext",
+        "%extension",
+        "Output format: jpg/jpeg, png, webp, avif or gif; the source's @extension (plain) or .extension (base64) sets it too. Default: the input's (a still GIF becomes PNG).",
+    ),
+    (
+        "background, bg",
+        "%R:%G:%B or %hex",
+        "Colour of extend's padding and of transparency flattened for a format without alpha.",
+    ),
+    (
+        "cachebuster, cb",
+        "%string",
+        "Changes the URL (and so its signature and any cache key), nothing else.",
+    ),
+    (
+        "expires, exp",
+        "%timestamp",
+        "Unix seconds after which the URL is refused with 403 url_expired; 0 or less never expires.",
+    ),
+    (
+        "imgpipe_effort",
+        "%effort",
+        "Encoder effort 0 (fastest) to 9 (smallest) for WebP and AVIF, as POST's effort.",
+    ),
+    (
+        "imgpipe_lossless",
+        "%lossless",
+        "WebP output: lossless instead of lossy, as POST's lossless.",
+    ),
+    (
+        "imgpipe_frames",
+        "%frames",
+        "Animated input: all (default) or first, as POST's frames.",
+    ),
 ];
 
 fn query(name: &str, description: &str, schema: Value) -> Value {
@@ -53,7 +121,9 @@ fn query(name: &str, description: &str, schema: Value) -> Value {
 
 /// The description of `GET /v1/img/...`, listing every option.
 fn get_description() -> String {
-    let mut text = String::from("A signed URL in imgproxy's format (v3), for web pages and CDNs, which can send neither a body nor an API key: everything after `/v1/img/{key_id}` is imgproxy's URL, so imgproxy's own URL builders (npm `@imgproxy/imgproxy-node`, PyPI `imgproxy`, ...) given the base URL `http://host:8080/v1/img/{key_id}` and the signing key's `key` and `salt` (hex, from `POST /admin/v1/tenants/{tenant_id}/signing-keys`) produce URLs accepted unchanged.\n\nShape: `/v1/img/{key_id}/{signature}/{option}/.../plain/{percent-encoded source URL}[@{extension}]`, or `.../{URL-safe base64 of the source URL, may be split by /}[.{extension}]`. `signature` is URL-safe base64 without padding of HMAC-SHA256(key, salt || the path from the / after the signature). Options are `name:arg1:arg2`, separated by `/`, applied left to right (a later one wins); an option imgpipe does not implement is a 400 naming it, never ignored.\n\nThe source is fetched by a resizer (the request event carries only the URL): it must be an absolute http or https URL under one of the tenant's `allowed_sources`; its content is sniffed, never taken from Content-Type; destinations in loopback, private, link-local, CGNAT, multicast or reserved ranges (IPv4 and IPv6, mapped forms included) are refused after DNS resolution and on every redirect, unless the operator's `resizer.sources` configuration allows a range. A GET is billed to the signing key's tenant, with the source's host as a usage dimension.\n\nOptions:\n");
+    let mut text = String::from(
+        "A signed URL in imgproxy's format (v3), for web pages and CDNs, which can send neither a body nor an API key: everything after `/v1/img/{key_id}` is imgproxy's URL, so imgproxy's own URL builders (npm `@imgproxy/imgproxy-node`, PyPI `imgproxy`, ...) given the base URL `http://host:8080/v1/img/{key_id}` and the signing key's `key` and `salt` (hex, from `POST /admin/v1/tenants/{tenant_id}/signing-keys`) produce URLs accepted unchanged.\n\nShape: `/v1/img/{key_id}/{signature}/{option}/.../plain/{percent-encoded source URL}[@{extension}]`, or `.../{URL-safe base64 of the source URL, may be split by /}[.{extension}]`. `signature` is URL-safe base64 without padding of HMAC-SHA256(key, salt || the path from the / after the signature). Options are `name:arg1:arg2`, separated by `/`, applied left to right (a later one wins); an option imgpipe does not implement is a 400 naming it, never ignored.\n\nThe source is fetched by a resizer (the request event carries only the URL): it must be an absolute http or https URL under one of the tenant's `allowed_sources`; its content is sniffed, never taken from Content-Type; destinations in loopback, private, link-local, CGNAT, multicast or reserved ranges (IPv4 and IPv6, mapped forms included) are refused after DNS resolution and on every redirect, unless the operator's `resizer.sources` configuration allows a range. A GET is billed to the signing key's tenant, with the source's host as a usage dimension.\n\nOptions:\n",
+    );
     for (names, arguments, meaning) in GET_OPTIONS {
         text.push_str(&format!("- `{names}` (`{arguments}`): {meaning}\n"));
     }

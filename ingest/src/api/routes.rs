@@ -48,7 +48,11 @@ pub fn app(state: AppState, http: &chassis::http::HttpConfig) -> Router {
         .load_shed()
         .concurrency_limit(state.config.max_concurrent_requests);
     let router = Router::new()
-        .route("/v1/resize", post(resize).layer(shed))
+        .route("/v1/resize", post(resize).layer(shed.clone()))
+        .route(
+            "/v1/img/{*signed}",
+            get(super::signed_get::image).layer(shed),
+        )
         .route("/v1/usage", get(get_usage))
         .route("/openapi.json", get(super::openapi::document))
         .with_state(state);
@@ -188,7 +192,7 @@ async fn get_usage(State(state): State<AppState>, request: Request) -> Response 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Received {
     pub(super) at: Instant,
-    at_ms: i64,
+    pub(super) at_ms: i64,
 }
 
 impl Received {

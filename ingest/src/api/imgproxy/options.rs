@@ -70,20 +70,29 @@ pub enum ResizingType {
     Auto,
 }
 
-/// The contract's fit for imgproxy's resizing type, when both sides are given. `extend` makes
-/// `fit` pad to the box (`Contain`); the other types fill the box already.
-// TODO(kernel): map `FillDown` to `Fit::FillDown` and `Auto` to `Fit::Auto` once the kernel has
-// them; until then `fill-down` is `Cover` (which also shrinks the box, keeping its aspect ratio,
-// when enlarging is off) and `auto` is `Inside`.
-pub fn fit_for(resizing_type: ResizingType, extend: bool) -> Fit {
-    match resizing_type {
-        ResizingType::Fit if extend => Fit::Contain,
+/// The contract's fit for imgproxy's resizing type with both sides given: `fit` → `Inside`
+/// (`Pad` with `extend`), `fill` → `CoverClip`, `fill-down` → `Cover`, `force` → `Fill`,
+/// `auto` → `Auto`. imgproxy's `extend` pads only what `fit` leaves of the box; with the
+/// others it does nothing when enlarging (they fill the box already) and, without enlarging,
+/// pads a source smaller than the box in a way no fit of ours reproduces: a 400 naming `extend`
+/// rather than a different image.
+pub fn fit_for(resizing_type: ResizingType, extend: bool, enlarge: bool) -> Result<Fit, UrlError> {
+    let fit = match resizing_type {
+        ResizingType::Fit if extend => return Ok(Fit::Pad),
         ResizingType::Fit => Fit::Inside,
-        ResizingType::Fill => Fit::Cover,
-        ResizingType::Force => Fit::Fill,
+        ResizingType::Fill => Fit::CoverClip,
         ResizingType::FillDown => Fit::Cover,
-        ResizingType::Auto => Fit::Inside,
+        ResizingType::Force => Fit::Fill,
+        ResizingType::Auto => Fit::Auto,
+    };
+    if extend && !(enlarge && resizing_type != ResizingType::Auto) {
+        return Err(UrlError::unsupported_option(
+            "extend",
+            "`extend` works with resizing type `fit` (with `fill`, `fill-down` and `force` only \
+             together with `enlarge`, where it changes nothing)",
+        ));
     }
+    Ok(fit)
 }
 
 /// The options of one URL, with imgproxy's defaults, before mapping.
@@ -230,17 +239,21 @@ impl Options {
         let width = scaled("width", self.width, self.dpr)?;
         let height = scaled("height", self.height, self.dpr)?;
         let fit = match (width, height) {
-            (Some(_), Some(_)) => fit_for(self.resizing_type, self.extend),
-            (Some(_), None) | (None, Some(_))
-                if self.extend && self.resizing_type == ResizingType::Fit =>
-            {
+            (None, None) => Fit::Inside,
+            (Some(_), Some(_)) => fit_for(self.resizing_type, self.extend, self.enlarge)?,
+            // One side: imgproxy keeps the aspect ratio from it whatever the type, which is our
+            // `Inside` on that side; `extend` pads that side alone (`Pad`). `force` keeps the
+            // source's length on the missing side, which no fit of ours does.
+            _ if self.resizing_type == ResizingType::Force => {
                 return Err(UrlError::unsupported_option(
-                    "extend",
-                    "`extend` needs both width and height",
+                    "resizing_type",
+                    "`force` needs both width and height",
                 ));
             }
-            // One side or none: nothing to crop, pad or stretch, so every type scales inside.
-            _ => Fit::Inside,
+            _ => match fit_for(self.resizing_type, self.extend, self.enlarge)? {
+                Fit::Pad => Fit::Pad,
+                _ => Fit::Inside,
+            },
         };
         if self.lossless && !params::lossless_allowed(self.format) {
             return Err(bad(
@@ -252,7 +265,7 @@ impl Options {
             width,
             height,
             fit,
-            gravity: if fit == Fit::Contain {
+            gravity: if fit == Fit::Pad {
                 self.extend_gravity
             } else {
                 self.gravity

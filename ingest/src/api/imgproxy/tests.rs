@@ -67,7 +67,7 @@ fn the_documentations_example_verifies() {
     );
     assert_eq!(
         (r.params.width, r.params.height, r.params.fit),
-        (Some(300), Some(400), Fit::Cover)
+        (Some(300), Some(400), Fit::CoverClip)
     );
     assert_eq!(
         (r.params.format, r.params.gravity),
@@ -134,7 +134,7 @@ fn urls_from_the_node_builder_verify_and_parse() {
         ResizeParams {
             width: Some(600),
             height: Some(400),
-            fit: Fit::Cover,
+            fit: Fit::CoverClip,
             format: Some(ImageFormat::Webp),
             quality: Some(80),
             ..ResizeParams::default()
@@ -164,7 +164,7 @@ fn urls_from_the_node_builder_verify_and_parse() {
         ResizeParams {
             width: Some(640),
             height: Some(480),
-            fit: Fit::Contain,
+            fit: Fit::Pad,
             gravity: Gravity::SouthEast,
             background: Some(Rgb {
                 r: 255,
@@ -294,7 +294,7 @@ fn every_option_maps_onto_the_contract() {
         ResizeParams {
             width: Some(450),
             height: Some(300),
-            fit: Fit::Cover,
+            fit: Fit::CoverClip,
             gravity: Gravity::NorthWest,
             format: Some(ImageFormat::Webp),
             quality: Some(70),
@@ -327,18 +327,28 @@ fn defaults_without_options() {
 fn resizing_types_map_to_fits() {
     for (rt, fit) in [
         ("fit", Fit::Inside),
-        ("fill", Fit::Cover),
+        ("fill", Fit::CoverClip),
         ("fill-down", Fit::Cover),
         ("force", Fit::Fill),
-        ("auto", Fit::Inside),
+        ("auto", Fit::Auto),
     ] {
         assert_eq!(params(&format!("/rs:{rt}:10:20/{SRC}")).fit, fit, "{rt}");
         assert_eq!(params(&format!("/rt:{rt}/s:10:20/{SRC}")).fit, fit, "{rt}");
     }
-    assert_eq!(fit_for(ResizingType::Fit, true), Fit::Contain);
-    assert_eq!(fit_for(ResizingType::Fill, true), Fit::Cover);
-    // With one side there is nothing to crop, pad or stretch.
-    for rt in ["fit", "fill", "fill-down", "force", "auto"] {
+    assert_eq!(fit_for(ResizingType::Fit, true, false), Ok(Fit::Pad));
+    assert_eq!(fit_for(ResizingType::Fill, true, true), Ok(Fit::CoverClip));
+    for rt in [
+        ResizingType::Fill,
+        ResizingType::FillDown,
+        ResizingType::Force,
+        ResizingType::Auto,
+    ] {
+        let refused = fit_for(rt, true, false).expect_err("extend without enlarge");
+        assert_eq!(refused.option.as_deref(), Some("extend"));
+    }
+    assert!(fit_for(ResizingType::Auto, true, true).is_err());
+    // With one side imgproxy keeps the ratio from it: our inside on that side, or pad with extend.
+    for rt in ["fit", "fill", "fill-down", "auto"] {
         let p = params(&format!("/rs:{rt}:10/{SRC}"));
         assert_eq!(
             (p.fit, p.width, p.height),
@@ -352,6 +362,8 @@ fn resizing_types_map_to_fits() {
             "{rt}"
         );
     }
+    let p = params(&format!("/rs:fit:0:20:0:1/{SRC}"));
+    assert_eq!((p.fit, p.width, p.height), (Fit::Pad, None, Some(20)));
 }
 
 #[test]
@@ -423,11 +435,11 @@ fn the_nine_gravities() {
         );
         // Padding takes the extend gravity, not the crop gravity.
         let p = params(&format!("/g:no/rs:fit:9:9:0:1:{g}/{SRC}"));
-        assert_eq!((p.fit, p.gravity), (Fit::Contain, gravity));
+        assert_eq!((p.fit, p.gravity), (Fit::Pad, gravity));
     }
     // Extend without a gravity pads around the centre, whatever the crop gravity.
     let p = params(&format!("/g:no/s:9:9/ex:1/{SRC}"));
-    assert_eq!((p.fit, p.gravity), (Fit::Contain, Gravity::Centre));
+    assert_eq!((p.fit, p.gravity), (Fit::Pad, Gravity::Centre));
     // Without extend the crop gravity stays.
     let p = params(&format!("/g:no/ex:1:so/ex:0/s:9:9/{SRC}"));
     assert_eq!((p.fit, p.gravity), (Fit::Inside, Gravity::North));
@@ -690,8 +702,14 @@ fn unsupported_options_are_named_never_ignored() {
         );
         assert!(e.message.contains("unknown"), "{name}: {e}");
     }
-    // Extend of a fit needs both sides: imgproxy would pad one side, imgpipe cannot yet.
-    let e = err(&format!("/rs:fit:100:0:0:1/{SRC}"));
+    // Force keeps the source's length on a missing side, which no fit of ours does.
+    let e = err(&format!("/rs:force:100:0/{SRC}"));
+    assert_eq!(
+        (e.code, e.option.as_deref()),
+        ("unsupported_option", Some("resizing_type"))
+    );
+    // Extend with fill and no enlarge pads in a way no fit of ours reproduces.
+    let e = err(&format!("/rs:fill:100:100:0:1/{SRC}"));
     assert_eq!(
         (e.code, e.option.as_deref()),
         ("unsupported_option", Some("extend"))

@@ -1,0 +1,132 @@
+//! `GET /v1/img/{key_id}/{signature}/{options}/{source}`: signed URLs in imgproxy's format, for
+//! web pages (`<img src>`, `srcset`, CSS, CDNs) that can send neither a body nor a bearer key.
+//! The URL names a source image at an origin; the request event carries that URL (not the bytes)
+//! and a resizer fetches it. From the produced request on, a GET is a POST: same reply, same
+//! billing, same `Server-Timing`.
+//!
+//! Checks run cheapest and least revealing first: the signing key is looked up and the signature
+//! verified before any option is parsed, so an unsigned or tampered URL costs one HMAC and learns
+//! nothing (and spends none of the tenant's quota, charged only once the signature matched);
+//! then the options, the expiry and the tenant's allowed sources.
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use super::imgproxy;
+use super::problem::{self, Problem};
+use super::routes::{Call, Input, ReadRequest, Received, UsageDraft};
+use super::state::AppState;
+use crate::auth::{AuthError, Principal};
+
+/// Where signed GETs are served; `{key_id}` follows, then imgproxy's path.
+pub const PREFIX: &str = "/v1/img/";
+
+/// Route template label for metrics.
+const ROUTE: &str = "/v1/img";
+
+/// The handler of `GET /v1/img/...`.
+pub(super) async fn image(State(state): State<AppState>, request: Request) -> Response {
+    let call = Call::start(&request);
+    let (request_id, received) = (call.request_id().to_owned(), call.received());
+    let read = read_signed(&state, request.uri().path(), &request_id, received);
+    call.serve(&state, ROUTE, read).await
+}
+
+/// Checks a signed URL and reads what it asks for. The path is the raw one the client sent: the
+/// signature covers it byte for byte, before any percent-decoding.
+async fn read_signed(
+    state: &AppState,
+    path: &str,
+    request_id: &str,
+    received: Received,
+) -> Result<ReadRequest, Problem> {
+    let rest = path.strip_prefix(PREFIX).unwrap_or_default();
+    let (key_id, signed_path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let draft = |principal: &Principal| UsageDraft {
+        request_id: request_id.to_owned(),
+        tenant_id: principal.tenant_id.to_string(),
+        key_id: principal.key_id.to_string(),
+        received,
+        source_host: None,
+    };
+    let refused = |problem: Problem, usage: &UsageDraft| {
+        let record = usage.answered(&problem, 0, None);
+        async move {
+            state.publisher.record_usage(&record).await;
+            problem
+        }
+    };
+    // Refused before the signature checked out: recorded against the key the URL names, when
+    // it exists, like a refused API key (abuse of a key shows up per key and tenant).
+    let refused_unsigned = |problem: Problem| async {
+        let claimed = (problem.status != StatusCode::SERVICE_UNAVAILABLE)
+            .then(|| state.auth.claimed_signing_key(key_id))
+            .flatten();
+        match claimed {
+            Some(principal) => refused(problem, &draft(&principal)).await,
+            None => problem,
+        }
+    };
+    let Ok(signed) = imgproxy::split(signed_path) else {
+        return Err(refused_unsigned(invalid_signature()).await);
+    };
+    let verified = state.auth.authenticate_signed(key_id, &|key| {
+        imgproxy::signature_matches(&key.key, &key.salt, &signed.signed, signed.signature)
+    });
+    let principal = match verified {
+        Ok(principal) => principal,
+        Err(error) => return Err(refused_unsigned(from_signing_auth(&error)).await),
+    };
+    // From here on the tenant is known and the URL is theirs: every answer is a usage record.
+    let usage = draft(&principal.principal());
+    let img = match imgproxy::parse(&signed.signed) {
+        Ok(img) => img,
+        Err(error) => return Err(refused(Problem::from(error), &usage).await),
+    };
+    let usage = UsageDraft {
+        source_host: schemas::events::source_host(img.source_url.as_str()),
+        ..usage
+    };
+    if img.is_expired(received.at_ms / 1000) {
+        let problem = Problem::new(
+            StatusCode::FORBIDDEN,
+            "url_expired",
+            "This URL has expired (its `expires` option is in the past).",
+        );
+        return Err(refused(problem, &usage).await);
+    }
+    if !principal.allows(&img.source_url) {
+        let problem = Problem::new(
+            StatusCode::FORBIDDEN,
+            "source_not_allowed",
+            "The source URL is not under one of this tenant's allowed sources.",
+        );
+        return Err(refused(problem, &usage).await);
+    }
+    Ok(ReadRequest {
+        usage,
+        params: img.params,
+        input: Input::Source {
+            url: img.source_url,
+        },
+    })
+}
+
+/// 403 for a URL whose key or signature does not check out; never says which.
+fn invalid_signature() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "invalid_signature",
+        "The URL's signature is not valid.",
+    )
+}
+
+/// Signed URLs answer an unknown or revoked key with 403 like a bad signature (a GET has no
+/// credentials to be missing, so never 401); the other refusals as for API keys.
+fn from_signing_auth(error: &AuthError) -> Problem {
+    match error {
+        AuthError::MissingCredentials | AuthError::InvalidKey => invalid_signature(),
+        other => problem::from_auth(other),
+    }
+}
