@@ -668,11 +668,20 @@ mod tests {
     #[test]
     fn source_host_is_the_host_and_a_non_default_port() {
         for (url, host) in [
-            ("https://Images.Example.com/a/b.jpg?sig=secret", Some("images.example.com")),
-            ("https://images.example.com:443/a.jpg", Some("images.example.com")),
+            (
+                "https://Images.Example.com/a/b.jpg?sig=secret",
+                Some("images.example.com"),
+            ),
+            (
+                "https://images.example.com:443/a.jpg",
+                Some("images.example.com"),
+            ),
             ("http://127.0.0.1:8070/a.jpg", Some("127.0.0.1:8070")),
             ("http://[::1]:80/a.jpg", Some("[::1]")),
-            ("http://user:pw@cdn.example.com:8080/", Some("cdn.example.com:8080")),
+            (
+                "http://user:pw@cdn.example.com:8080/",
+                Some("cdn.example.com:8080"),
+            ),
             ("not a url", None),
             ("data:image/png;base64,AAAA", None),
         ] {
