@@ -285,6 +285,18 @@ pub mod resizer {
         "imgpipe_resizer_transaction_records",
         "Results committed per transaction.",
     );
+    /// `{outcome}`: fetching a source given by reference (a signed GET's URL), redirects and
+    /// body included; `ok` or the fetch's error code (`source_not_found`, `source_timeout`,
+    /// `source_address_refused`, …).
+    pub const SOURCE_FETCH_SECONDS: Metric = metric(
+        "imgpipe_resizer_source_fetch_seconds",
+        "Time to fetch a source image by URL, by outcome.",
+    );
+    /// Bytes of source images fetched by URL (bodies handed to the kernel).
+    pub const SOURCE_BYTES_TOTAL: Metric = metric(
+        "imgpipe_resizer_source_bytes_total",
+        "Bytes of source images fetched by URL.",
+    );
     /// Every metric of this module.
     pub const ALL: &[Metric] = &[
         JOBS_TOTAL,
@@ -295,6 +307,8 @@ pub mod resizer {
         TRANSACTIONS_TOTAL,
         TRANSACTION_SECONDS,
         TRANSACTION_RECORDS,
+        SOURCE_FETCH_SECONDS,
+        SOURCE_BYTES_TOTAL,
     ];
 }
 

@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::Limits;
+use crate::source::FetchSettings;
 
 /// Room left in a reply record for everything but the image bytes, so a result that passed the
 /// kernel's check can always be produced.
@@ -63,6 +65,22 @@ pub struct ResizerConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "chassis::config::HumanDuration")]
     pub transaction_timeout: Duration,
+    /// Ranges (CIDR, e.g. `["127.0.0.0/8", "::1/128"]`) a source fetched by reference may be
+    /// on although they are not public. Every other loopback, private, link-local (cloud
+    /// metadata 169.254.169.254), CGNAT, multicast, unspecified, broadcast, documentation,
+    /// benchmarking, reserved or unique-local address, and the IPv6 forms that carry such an
+    /// IPv4 address, is refused with 403 `source_address_refused`, after DNS resolution and on
+    /// every redirect. Empty: public addresses only. Any port is allowed.
+    #[schemars(with = "Vec<String>")]
+    pub source_allow_private: Vec<IpNet>,
+    /// Longest wait for one connection to a source (TCP and TLS); past it 504 `source_timeout`.
+    /// The whole fetch, redirects and body included, is bounded by the request's deadline.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "chassis::config::HumanDuration")]
+    pub source_connect_timeout: Duration,
+    /// Redirects followed at most when fetching a source (each hop checked again); one more is
+    /// 502 `source_unreachable`.
+    pub source_max_redirects: usize,
 }
 
 impl Default for ResizerConfig {
@@ -85,6 +103,9 @@ impl Default for ResizerConfig {
             // Well past a transaction's worst case (delivery timeout plus commit), short enough
             // that an operator hears of a wedged partition within a minute.
             stall_after: Duration::from_secs(30),
+            source_allow_private: Vec::new(),
+            source_connect_timeout: Duration::from_secs(3),
+            source_max_redirects: 5,
         }
     }
 }
@@ -122,6 +143,15 @@ impl ResizerConfig {
         }
     }
 
+    /// How the resizer fetches sources given by reference.
+    pub fn fetch_settings(&self) -> FetchSettings {
+        FetchSettings {
+            allow_private: self.source_allow_private.clone(),
+            connect_timeout: self.source_connect_timeout,
+            max_redirects: self.source_max_redirects,
+        }
+    }
+
     /// Rules that span fields; one message per broken rule.
     pub fn validate(&self, errors: &mut Vec<String>) {
         if self.transaction_max_records == 0 {
@@ -132,6 +162,9 @@ impl ResizerConfig {
         }
         if self.stall_after < Duration::from_secs(1) {
             errors.push("resizer.stall_after must be at least 1s".into());
+        }
+        if self.source_connect_timeout.is_zero() {
+            errors.push("resizer.source_connect_timeout must be more than 0s".into());
         }
         self.limits(usize::MAX).validate(errors);
     }

@@ -1,5 +1,6 @@
 //! The resizer: consumer group `resizers` turns `image.requests` into replies on `image.results`
-//! and usage records, doing the image work in [`kernel`] on a bounded CPU pool.
+//! and usage records, doing the image work in [`kernel`] on a bounded CPU pool, after fetching
+//! sources given by reference in [`source`].
 
 pub mod config;
 /// Images tagged with generated ICC profiles, for the kernel's tests, the differential test
@@ -10,6 +11,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod offsets;
 pub mod resizer;
+pub mod source;
 
 pub use config::ResizerConfig;
 pub use resizer::{ResizerError, run};

@@ -24,6 +24,10 @@ pub struct ResizerMetrics {
     pub transaction_seconds: Histogram,
     /// [`resizer::TRANSACTION_RECORDS`].
     pub transaction_records: Histogram,
+    /// [`resizer::SOURCE_FETCH_SECONDS`] `{outcome}`.
+    pub source_fetch_seconds: HistogramVec,
+    /// [`resizer::SOURCE_BYTES_TOTAL`].
+    pub source_bytes: IntCounter,
     /// [`metrics::consumer::LAG_RECORDS`] `{consumer="resizer", partition}`.
     pub consumer_lag: IntGaugeVec,
 }
@@ -57,6 +61,13 @@ impl ResizerMetrics {
                 resizer::TRANSACTION_RECORDS,
                 BATCH_RECORDS,
             )?,
+            source_fetch_seconds: metrics::histogram_vec(
+                registry,
+                resizer::SOURCE_FETCH_SECONDS,
+                &["outcome"],
+                LATENCY_SECONDS,
+            )?,
+            source_bytes: metrics::counter(registry, resizer::SOURCE_BYTES_TOTAL)?,
             consumer_lag: metrics::consumer_lag(registry, "resizer")?,
         })
     }
@@ -75,6 +86,9 @@ mod tests {
         m.jobs.with_label_values(&["ok"]).inc();
         m.stage_seconds.with_label_values(&["decode"]).observe(0.01);
         m.transactions.with_label_values(&["committed"]).inc();
+        m.source_fetch_seconds
+            .with_label_values(&["source_not_found"])
+            .observe(0.02);
         m.consumer_lag.with_label_values(&["0"]).set(2);
         let expected: Vec<_> = resizer::ALL
             .iter()

@@ -11,6 +11,7 @@ use schemas::events::{
 };
 
 use super::job::{JobDone, JobError};
+use crate::source::source_host;
 
 /// A finished request's reply, usage record and `outcome` label (the jobs metric's).
 #[derive(Debug)]
@@ -23,8 +24,9 @@ pub(super) struct Answer {
 /// The message of every 5xx answer: what failed inside is for the log, not the client.
 const INTERNAL_MESSAGE: &str = "The image could not be processed.";
 
-/// Answers `request` (whose encoded input was `bytes_in` bytes) with its job's result, at
-/// `now_ms`.
+/// Answers `request` (whose encoded input was `bytes_in` bytes, inline or fetched) with its
+/// job's result, at `now_ms`. A request with a `source_url` is billed with that URL's host as
+/// `source_host`.
 pub(super) fn answer(
     request: &ResizeRequested,
     bytes_in: usize,
@@ -74,6 +76,16 @@ pub(super) fn answer(
             };
             (None, Some(failure), None, "internal_error")
         }
+        // The client's problem or the origin's, so its message is shown as it is (it names the
+        // host and at most a range class, never an address or a library's words).
+        Err(JobError::Source(error)) => {
+            let failure = ResizeError {
+                status: i32::from(error.status()),
+                code: error.code().to_owned(),
+                message: error.to_string(),
+            };
+            (None, Some(failure), None, error.code())
+        }
         Err(JobError::DeadlineExceeded) => {
             let failure = ResizeError {
                 status: 504,
@@ -113,7 +125,7 @@ pub(super) fn answer(
             .map(|i| ImageFormat::name(i.format).to_owned()),
         latency_us: now_ms.saturating_sub(request.received_at_ms).max(0) * 1000,
         source: UsageSource::Resizer,
-        source_host: None,
+        source_host: request.source_url.as_deref().and_then(source_host),
     };
     let reply = ResizeResult {
         request_id: request.request_id.clone(),
@@ -334,6 +346,78 @@ mod tests {
             "stamped no later than the deadline, beside the api's record of the same request"
         );
         assert_eq!(a.reply.completed_at_ms, late);
+    }
+
+    fn by_url(url: &str) -> ResizeRequested {
+        ResizeRequested {
+            source_url: Some(url.into()),
+            ..request()
+        }
+    }
+
+    #[test]
+    fn a_fetched_source_is_billed_with_its_host_and_fetched_bytes() {
+        let a = answer(
+            &by_url("https://images.example.com:8443/cat.jpg?v=2"),
+            5_000,
+            done(Ok(resized()), 900),
+            RECEIVED + 80,
+        );
+        assert_eq!(a.outcome, "ok");
+        assert_eq!(
+            a.usage.source_host.as_deref(),
+            Some("images.example.com:8443"),
+            "the host, never the full URL"
+        );
+        assert_eq!(a.usage.bytes_in, 5_000);
+        let inline = answer(&request(), 5_000, done(Ok(resized()), 900), RECEIVED);
+        assert_eq!(inline.usage.source_host, None);
+    }
+
+    #[test]
+    fn a_source_that_could_not_be_fetched_is_answered_with_its_code_and_billed_as_refused() {
+        use crate::source::{FetchError, RangeClass};
+        let cases = [
+            (
+                FetchError::NotFound {
+                    host: "images.example.com".into(),
+                    status: 410,
+                },
+                404,
+                "source_not_found",
+            ),
+            (
+                FetchError::AddressRefused {
+                    host: "images.example.com".into(),
+                    class: RangeClass::LinkLocal,
+                },
+                403,
+                "source_address_refused",
+            ),
+            (FetchError::TooLarge { limit: 10 }, 413, "source_too_large"),
+        ];
+        for (error, status, code) in cases {
+            let message = error.to_string();
+            let a = answer(
+                &by_url("http://images.example.com/a.jpg"),
+                0,
+                done(Err(JobError::Source(error)), 0),
+                RECEIVED + 5,
+            );
+            assert_eq!(a.outcome, code);
+            assert_eq!(a.reply.image, None);
+            let failure = a.reply.error.unwrap();
+            assert_eq!(
+                (failure.status, failure.code.as_str(), failure.message),
+                (status, code, message),
+                "4xx and 5xx alike: the message names the host, never an address"
+            );
+            let u = &a.usage;
+            assert_eq!((u.outcome.as_str(), u.status), (code, status));
+            assert_ne!(u.outcome, outcomes::RESIZED, "billed as refused");
+            assert_eq!(u.source_host.as_deref(), Some("images.example.com"));
+            assert_eq!((u.bytes_in, u.bytes_out, u.cpu_time_us), (0, 0, 0));
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use schemas::events::ResizeRequested;
 use tokio::sync::oneshot;
 
 use crate::kernel::{self, KernelError, Limits, Resized};
+use crate::source::FetchError;
 
 /// A request on the pool, with what is needed to answer it (the image itself moved to the job).
 pub(super) struct Pending {
@@ -43,6 +44,8 @@ pub(super) enum JobError {
     DeadlineExceeded,
     /// The kernel panicked (a bug in it or in a decoder, triggered by this input).
     Panicked(String),
+    /// The source given by reference could not be fetched (no work went to the pool).
+    Source(FetchError),
 }
 
 /// Runs one kernel call, turning a panic into [`JobError::Panicked`]. A panic on the pool would

@@ -22,6 +22,8 @@
 //! One type per job, in the order a record meets them:
 //! - `resize_loop`: `ResizeLoop`, the loop itself (consumer, pool, tracker, `select!` over one
 //!   `Event` enum, one `process_*` method per event);
+//! - `fetches`: `SourceFetches`, the sources given by reference downloading (see
+//!   [`crate::source`]) before their image work goes to the pool;
 //! - `job`: `ResizePool`, the image work on the CPU pool;
 //! - `answer`: the reply and usage record a finished job gets (pure);
 //! - `dead_letter`: the DLQ record of an input or output that cannot go on (pure);
@@ -48,12 +50,14 @@ use crate::metrics::ResizerMetrics;
 mod answer;
 mod commit;
 mod dead_letter;
+mod fetches;
 mod job;
 mod outputs;
 mod resize_loop;
 mod transaction;
 
 use commit::Committer;
+use fetches::SourceFetches;
 use job::ResizePool;
 use resize_loop::{Parts, ResizeLoop};
 use transaction::{ProducerRebuild, Transactions};
@@ -93,6 +97,9 @@ pub enum ResizerError {
     /// The CPU pool could not be built.
     #[error("building the CPU pool: {0}")]
     Pool(#[from] rayon::ThreadPoolBuildError),
+    /// The HTTP client that fetches sources could not be built (its TLS set-up).
+    #[error("building the source fetcher: {0}")]
+    Fetcher(#[from] reqwest::Error),
 }
 
 /// Runs a resizer until shutdown (after draining and committing in-flight work) or a fatal error.
@@ -180,11 +187,13 @@ pub async fn run(
             .max_message_bytes
             .min(schemas::topics::IMAGE_TOPIC_MAX_MESSAGE_BYTES),
     );
+    let fetcher = crate::source::Fetcher::new(&config.fetch_settings())?;
     let resize_loop = ResizeLoop::new(Parts {
         consumer,
         inbox,
         codec: Codec::new(&registry, &kafka.namespace),
         pool: ResizePool::new(pool, limits),
+        fetches: SourceFetches::new(fetcher, limits.max_input_bytes),
         transactions,
         reply_producer,
         dlq_topic,

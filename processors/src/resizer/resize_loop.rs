@@ -3,7 +3,8 @@
 //! method. Nothing else touches that state, so no lock is held and no event races another.
 //!
 //! A record's path through it: [`ResizeLoop::process_record`] decodes it and puts its work on
-//! the pool (or turns it into a dead letter); [`ResizeLoop::process_job_done`] answers it (see
+//! the pool (or turns it into a dead letter), first fetching its source when it comes by
+//! reference ([`ResizeLoop::process_fetched`]); [`ResizeLoop::process_job_done`] answers it (see
 //! `answer`), sends the reply at once and leaves its usage record in the tracker;
 //! [`ResizeLoop::process_flush`] hands the tracker's ready run to a transaction, and
 //! [`ResizeLoop::process_commit`] acts on how that transaction ended.
@@ -29,12 +30,14 @@ use tracing::Instrument as _;
 use super::ResizerError;
 use super::answer::answer;
 use super::dead_letter;
+use super::fetches::SourceFetches;
 use super::job::{JobDone, JobError, Pending, ResizePool, now_ms};
 use super::outputs::{OutRecord, Outputs, SentReply, send};
 use super::transaction::{CommitDone, Transactions};
 use crate::config::ResizerConfig;
 use crate::metrics::ResizerMetrics;
 use crate::offsets::OffsetTracker;
+use crate::source::{FetchError, Fetched};
 
 /// What the loop waits for; each has its `process_*` method.
 enum Event<'c> {
@@ -45,6 +48,8 @@ enum Event<'c> {
     /// A job finished on the pool (boxed: an event is moved on every turn of the loop, and this
     /// one is twice the size of the next).
     JobDone(Box<Pending>, Option<JobDone>),
+    /// A source given by reference was fetched (or failed), after the time given.
+    Fetched(Box<Pending>, Result<Fetched, FetchError>, Duration),
     /// The transaction in flight ended.
     Committed(CommitDone),
     /// `transaction_max_delay` passed: commit what is ready, however little.
@@ -59,6 +64,7 @@ pub(super) struct Parts {
     pub(super) inbox: RebalanceInbox,
     pub(super) codec: Codec,
     pub(super) pool: ResizePool,
+    pub(super) fetches: SourceFetches,
     pub(super) transactions: Transactions,
     pub(super) reply_producer: FutureProducer,
     pub(super) dlq_topic: String,
@@ -76,6 +82,8 @@ pub(super) struct ResizeLoop {
     inbox: RebalanceInbox,
     codec: Codec,
     pool: ResizePool,
+    /// Requests whose source is downloading; they count against `max_in_flight` with the pool.
+    fetches: SourceFetches,
     /// Every record received and not yet committed, in offset order per partition.
     tracker: OffsetTracker<Outputs>,
     transactions: Transactions,
@@ -101,6 +109,7 @@ impl ResizeLoop {
             inbox: parts.inbox,
             codec: parts.codec,
             pool: parts.pool,
+            fetches: parts.fetches,
             tracker: OffsetTracker::default(),
             transactions: parts.transactions,
             reply_producer: parts.reply_producer,
@@ -130,6 +139,12 @@ impl ResizeLoop {
                         .instrument(span)
                         .await?;
                 }
+                Event::Fetched(pending, fetched, took) => {
+                    let span = pending.span.clone();
+                    self.process_fetched(*pending, fetched, took)
+                        .instrument(span)
+                        .await?;
+                }
                 Event::Committed(commit) => self.process_commit(commit).await?,
                 Event::FlushDue => self.process_flush(),
                 Event::LagTick => self.process_lag_tick(),
@@ -137,7 +152,7 @@ impl ResizeLoop {
             if self.tracker.ready_count() >= self.config.transaction_max_records {
                 self.process_flush();
             }
-            if self.tracker.is_empty() && self.pool.is_empty() {
+            if self.tracker.is_empty() && self.pool.is_empty() && self.fetches.is_empty() {
                 self.stall.idle();
             }
         }
@@ -148,12 +163,15 @@ impl ResizeLoop {
         // Finished records wait in the tracker for their transaction; while one is slow to
         // commit (say, a broker failing over) they must not pile up without bound either.
         let has_room =
-            self.pool.len() < self.max_in_flight && self.tracker.len() < self.max_uncommitted();
+            self.in_flight() < self.max_in_flight && self.tracker.len() < self.max_uncommitted();
         self.metrics.pool_saturated.set(i64::from(!has_room));
         tokio::select! {
             () = self.shutdown.wait() => Event::Shutdown,
             received = consumer.recv(), if has_room => Event::Record(received),
             Some((pending, done)) = self.pool.next() => Event::JobDone(Box::new(pending), done),
+            Some((pending, fetched, took)) = self.fetches.next() => {
+                Event::Fetched(Box::new(pending), fetched, took)
+            }
             commit = self.transactions.poll_committed(), if self.transactions.is_committing() => {
                 Event::Committed(commit)
             }
@@ -162,21 +180,45 @@ impl ResizeLoop {
         }
     }
 
-    /// Shutdown: finish what is on the pool (bounded), commit it, stop.
+    /// Requests fetching their source or on the pool: what `max_in_flight` bounds.
+    fn in_flight(&self) -> usize {
+        self.pool.len() + self.fetches.len()
+    }
+
+    /// Shutdown: finish what is fetching or on the pool (bounded), commit it, stop.
     async fn drain(mut self) -> Result<(), ResizerError> {
-        tracing::info!(in_flight = self.pool.len(), "Resizer draining");
+        tracing::info!(in_flight = self.in_flight(), "Resizer draining");
         let deadline = tokio::time::Instant::now() + chassis::shutdown::DRAIN_DEADLINE;
-        while !self.pool.is_empty() {
-            match tokio::time::timeout_at(deadline, self.pool.next()).await {
-                Ok(Some((pending, done))) => {
+        while !(self.pool.is_empty() && self.fetches.is_empty()) {
+            let next = async {
+                tokio::select! {
+                    Some((pending, done)) = self.pool.next() => {
+                        Event::JobDone(Box::new(pending), done)
+                    }
+                    Some((pending, fetched, took)) = self.fetches.next() => {
+                        Event::Fetched(Box::new(pending), fetched, took)
+                    }
+                    else => Event::Shutdown,
+                }
+            };
+            match tokio::time::timeout_at(deadline, next).await {
+                Ok(Event::JobDone(pending, done)) => {
                     let span = pending.span.clone();
-                    self.process_job_done(pending, done)
+                    self.process_job_done(*pending, done)
                         .instrument(span)
                         .await?;
                 }
-                Ok(None) => break,
+                // A fetch that finishes now still has its image work done (or its failure
+                // answered) within the drain deadline.
+                Ok(Event::Fetched(pending, fetched, took)) => {
+                    let span = pending.span.clone();
+                    self.process_fetched(*pending, fetched, took)
+                        .instrument(span)
+                        .await?;
+                }
+                Ok(_) => break,
                 Err(_) => {
-                    tracing::warn!(abandoned = self.pool.len(), "Drain deadline passed");
+                    tracing::warn!(abandoned = self.in_flight(), "Drain deadline passed");
                     break;
                 }
             }
@@ -249,7 +291,8 @@ impl ResizeLoop {
         });
         let mut trace = TraceContext::continue_or_start(traceparent);
         let span = trace.span(&request.request_id);
-        self.pool.submit(Pending {
+        let source_url = request.source_url.clone();
+        let pending = Pending {
             partition,
             offset,
             bytes_in: request.image.len(),
@@ -257,8 +300,54 @@ impl ResizeLoop {
             received,
             trace,
             span,
-        });
+        };
+        match source_url {
+            Some(url) => self.fetches.submit(pending, url),
+            None => self.pool.submit(pending),
+        }
         self.metrics.in_flight.set(self.pool.len() as i64);
+    }
+
+    /// A source finished downloading: its bytes go to the pool as the request's image (the
+    /// kernel sniffs them, as it does inline images; the origin's `Content-Type` is ignored),
+    /// or the fetch's error is the request's answer.
+    async fn process_fetched(
+        &mut self,
+        mut pending: Pending,
+        fetched: Result<Fetched, FetchError>,
+        took: Duration,
+    ) -> Result<(), ResizerError> {
+        let outcome = fetched.as_ref().map_or_else(FetchError::code, |_| "ok");
+        self.metrics
+            .source_fetch_seconds
+            .with_label_values(&[outcome])
+            .observe(took.as_secs_f64());
+        match fetched {
+            Ok(fetched) => {
+                self.metrics.source_bytes.inc_by(fetched.bytes.len() as u64);
+                pending.bytes_in = fetched.bytes.len();
+                pending.request.image = fetched.bytes;
+                // The pool's queue time starts now; the fetch has its own histogram.
+                pending.received = Instant::now();
+                self.pool.submit(pending);
+                self.metrics.in_flight.set(self.pool.len() as i64);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::info!(
+                    request_id = %pending.request.request_id,
+                    code = error.code(),
+                    %error,
+                    "Source not fetched"
+                );
+                let done = JobDone {
+                    result: Err(JobError::Source(error)),
+                    cpu: Duration::ZERO,
+                    queue: Duration::ZERO,
+                };
+                self.process_job_done(pending, Some(done)).await
+            }
+        }
     }
 
     /// A job finished: its answer's reply goes out at once, its usage record (with the reply
@@ -391,6 +480,7 @@ impl ResizeLoop {
         tracing::warn!(
             heads = ?self.tracker.heads(),
             jobs = self.pool.len(),
+            fetches = self.fetches.len(),
             committing = self.transactions.is_committing(),
             "Stalled: (partition, first uncommitted offset, finished, tracked) per partition"
         );
