@@ -400,9 +400,12 @@ impl Event for UsageRecorded {
 /// The billing dimension of a source URL ([`UsageRecorded::source_host`]): its host as the URL
 /// parser normalises it (lowercase, IPv6 in brackets), with the port when it is not the scheme's
 /// default. Never the path or query, which may carry a tenant's secrets. `None` for a string
-/// that is not an absolute URL with a host.
+/// that is not an absolute http or https URL with a host.
 pub fn source_host(source_url: &str) -> Option<String> {
     let url = url::Url::parse(source_url).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
     let host = url.host_str()?;
     Some(match url.port() {
         Some(port) => format!("{host}:{port}"),
@@ -682,6 +685,12 @@ mod tests {
                 "http://user:pw@cdn.example.com:8080/",
                 Some("cdn.example.com:8080"),
             ),
+            (
+                "http://images.example.com:80/a.jpg",
+                Some("images.example.com"),
+            ),
+            ("http://[2001:db8::1]:9000/a", Some("[2001:db8::1]:9000")),
+            ("ftp://example.com/a", None),
             ("not a url", None),
             ("data:image/png;base64,AAAA", None),
         ] {

@@ -19,6 +19,7 @@ mod monitoring;
 mod ops;
 mod resize_pipeline;
 mod resizer_failover;
+mod signed_get;
 mod sources;
 mod supervision;
 mod usage_api;

@@ -169,13 +169,6 @@ impl Fetcher {
     }
 }
 
-/// The host of a source URL as usage records it: the host, with the port when it is not the
-/// scheme's default (`images.example.com`, `127.0.0.1:8080`, `[::1]:9000`). `None` for a URL
-/// that does not parse or has no host.
-pub fn source_host(source: &str) -> Option<String> {
-    parse(source).map(|url| host_of(&url))
-}
-
 fn host_of(url: &Url) -> String {
     let host = url.host_str().unwrap_or_default();
     match url.port() {

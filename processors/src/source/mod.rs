@@ -15,5 +15,6 @@ mod guard;
 mod tests;
 
 pub use error::{FetchError, Timeout, Unreachable, codes};
-pub use fetcher::{FetchSettings, Fetched, Fetcher, source_host};
+pub use fetcher::{FetchSettings, Fetched, Fetcher};
 pub use guard::{AddressGuard, RangeClass, Refused, classify};
+pub use schemas::events::source_host;

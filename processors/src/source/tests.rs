@@ -491,37 +491,6 @@ async fn a_redirect_to_a_refused_address_is_refused_on_the_hop() {
 }
 
 #[test]
-fn source_hosts_keep_a_port_only_when_it_is_not_the_default() {
-    for (url, host) in [
-        (
-            "https://images.example.com/a.jpg",
-            Some("images.example.com"),
-        ),
-        (
-            "https://images.example.com:443/a.jpg",
-            Some("images.example.com"),
-        ),
-        (
-            "http://images.example.com:80/a.jpg",
-            Some("images.example.com"),
-        ),
-        (
-            "http://Images.Example.COM:8080/a.jpg?x=1",
-            Some("images.example.com:8080"),
-        ),
-        (
-            "http://user:secret@cdn.example.org/a.jpg",
-            Some("cdn.example.org"),
-        ),
-        ("http://[2001:db8::1]:9000/a", Some("[2001:db8::1]:9000")),
-        ("ftp://example.com/a", None),
-        ("nonsense", None),
-    ] {
-        assert_eq!(source_host(url).as_deref(), host, "{url}");
-    }
-}
-
-#[test]
 fn every_failure_has_a_stable_code_and_status() {
     let host = || "h".to_owned();
     let all = [
