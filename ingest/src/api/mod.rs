@@ -3,6 +3,7 @@
 //! Stateless apart from its identity view and the requests waiting for replies.
 //!
 //! - [`routes`]: the HTTP handlers (`app(state) -> Router`).
+//! - [`call`]: one image request from arrival to answer (produce, await the reply, answer, bill).
 //! - [`signed_get`]: `GET /v1/img/...`, signed URLs in imgproxy's format ([`imgproxy`] parses them).
 //! - [`replies`]: reply partition ownership and routing ([`ReplyRouter`]).
 //! - [`publisher`]: producing requests and api-side usage records.
@@ -12,6 +13,7 @@
 //! - [`usage`]: `GET /v1/usage`.
 //! - [`openapi`]: the `/openapi.json` document.
 
+pub mod call;
 pub mod config;
 pub mod imgproxy;
 pub mod metrics;

@@ -13,9 +13,9 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 
+use super::call::{Call, Input, ReadRequest, Received, UsageDraft};
 use super::imgproxy;
 use super::problem::{self, Problem};
-use super::routes::{Call, Input, ReadRequest, Received, UsageDraft};
 use super::state::AppState;
 use crate::auth::{AuthError, Principal};
 
