@@ -1,12 +1,16 @@
 //! Revocation propagation: how long after the identity admin API confirms `DELETE
-//! /admin/v1/keys/{id}` every api instance refuses the key.
+//! /admin/v1/keys/{id}` (an API key) or `DELETE /admin/v1/signing-keys/{id}` (a signing key of
+//! signed GET URLs) every api instance refuses the key.
 //!
-//! Runs the real identity service (in process, on a local port), then measures twice:
+//! Runs the real identity service (in process, on a local port), then measures, for API keys and
+//! then for signing keys:
 //! 1. two independent `IdentityView`s, each with its own consumer, as two api instances have,
 //!    polled directly: the propagation itself;
 //! 2. two whole api instances (each hosted as `imgpipe api` is, with its own HTTP listener, view
-//!    and reply-group membership), polled over HTTP: what a client sees. A valid key with an
-//!    empty body gets 400; a revoked one 401.
+//!    and reply-group membership), polled over HTTP: what a client sees. A valid API key with an
+//!    empty body gets 400; a revoked one 401. A URL signed with a valid signing key, for a source
+//!    outside the tenant's `allowed_sources`, gets 403 `source_not_allowed` (nothing is
+//!    fetched); once the key is revoked, 403 `invalid_signature`.
 //!
 //! Each phase issues its own keys, warms the caches with them, then revokes them one at a time,
 //! recording the time from the admin call's return until every instance refuses the key. Needs
@@ -20,11 +24,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chassis::{ServiceContext, Shutdown};
+use ingest::api::imgproxy;
 use ingest::auth::{AuthConfig, AuthError, Authenticator, IdentityView};
 use ingest::identity::{self, IdentityConfig};
+use ingest::signing::{SigningConfig, SigningKey};
 use serde_json::{Value, json};
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+/// The signing secret of identity and of both api instances (hex, 32 bytes).
+const SIGNING_SECRET: &str = "62656e63682d7369676e696e672d7365637265742d3031323334353637383921";
+/// The tenant's only allowed source prefix; the signed URLs name another source, so the api
+/// refuses them before producing anything and no origin is ever asked.
+const ALLOWED_SOURCE: &str = "http://127.0.0.1:9/allowed/";
+/// Signed path of every signing-key probe (imgproxy's format), outside `ALLOWED_SOURCE`.
+const PROBE_PATH: &str = "/rs:fit:64:64/plain/http://127.0.0.1:9/elsewhere.jpg";
 /// A key still accepted after this long counts as a failure of the bound.
 const GIVE_UP: Duration = Duration::from_secs(10);
 
@@ -57,7 +70,8 @@ async fn run() {
         &identity_ctx,
     )
     .await
-    .expect("identity starts");
+    .expect("identity starts")
+    .with_signing(config.signing.secret().expect("a valid signing secret"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = identity_ctx.shutdown.clone();
@@ -77,7 +91,7 @@ async fn run() {
             &config.kafka,
             &config.registry,
             &auth_config,
-            &Default::default(),
+            &config.signing,
             &ctx,
         )
         .await
@@ -93,7 +107,12 @@ async fn run() {
     let tenant: Value = http
         .post(format!("{url}/admin/v1/tenants"))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": "bench", "rate_limit_per_second": 1_000_000, "burst": 1_000_000}))
+        .json(&json!({
+            "name": "bench",
+            "rate_limit_per_second": 1_000_000,
+            "burst": 1_000_000,
+            "allowed_sources": [ALLOWED_SOURCE]
+        }))
         .send()
         .await
         .unwrap()
@@ -156,7 +175,175 @@ async fn run() {
     }
     println!("revocation propagation, {keys} keys, 2 api instances polled over HTTP");
     apis_seen.print("api", "answers 401");
+
+    // Signing keys: the same two measurements.
+    let signing = issue_signing_keys(&http, &url, &tenant_id, keys).await;
+    let warm_until = Instant::now() + GIVE_UP;
+    for view in &views {
+        for (key_id, key) in &signing {
+            while check_signed(view, key_id, key).is_err() {
+                assert!(
+                    Instant::now() < warm_until,
+                    "signing keys did not propagate"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    let mut views_seen = Propagation::new(views.len());
+    for (key_id, key) in &signing {
+        let (_, returned) = revoke_signing(&http, &url, key_id).await;
+        views_seen.record(poll_all_signed(&views, key_id, key, returned).await);
+    }
+    println!("signing key revocation propagation, {keys} keys, 2 api-side views");
+    views_seen.print("view", "rejects");
+
+    let signing = issue_signing_keys(&http, &url, &tenant_id, keys).await;
+    let warm_until = Instant::now() + GIVE_UP;
+    for api in &apis {
+        for (key_id, key) in &signing {
+            while signed_get_code(&http, *api, key_id, key).await != "source_not_allowed" {
+                assert!(
+                    Instant::now() < warm_until,
+                    "signing keys did not reach the apis"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    let mut apis_seen = Propagation::new(apis.len());
+    for (key_id, key) in &signing {
+        let (_, returned) = revoke_signing(&http, &url, key_id).await;
+        let polls = apis.iter().map(|api| async {
+            loop {
+                let code = signed_get_code(&http, *api, key_id, key).await;
+                let elapsed = returned.elapsed();
+                if code == "invalid_signature" {
+                    return elapsed;
+                }
+                assert!(
+                    elapsed < GIVE_UP,
+                    "signing key revocation not seen over HTTP within {GIVE_UP:?} (last: {code})"
+                );
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        });
+        apis_seen.record(futures::future::join_all(polls).await);
+    }
+    println!("signing key revocation propagation, {keys} keys, 2 api instances polled over HTTP");
+    apis_seen.print("api", "answers invalid_signature");
     identity_ctx.shutdown.trigger();
+}
+
+/// Revokes signing key `key_id` through the admin API; returns when the call was sent and when
+/// it returned.
+async fn revoke_signing(http: &reqwest::Client, url: &str, key_id: &str) -> (Instant, Instant) {
+    let sent = Instant::now();
+    let status = http
+        .delete(format!("{url}/admin/v1/signing-keys/{key_id}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let returned = Instant::now();
+    assert_eq!(status.as_u16(), 204);
+    (sent, returned)
+}
+
+async fn issue_signing_keys(
+    http: &reqwest::Client,
+    url: &str,
+    tenant_id: &str,
+    keys: usize,
+) -> Vec<(String, SigningKey)> {
+    let mut issued = Vec::new();
+    for _ in 0..keys {
+        let body: Value = http
+            .post(format!("{url}/admin/v1/tenants/{tenant_id}/signing-keys"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let bytes = |field: &str| -> [u8; 32] {
+            hex::decode(body[field].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        };
+        issued.push((
+            body["key_id"].as_str().unwrap().to_owned(),
+            SigningKey {
+                key: bytes("key"),
+                salt: bytes("salt"),
+            },
+        ));
+    }
+    issued
+}
+
+/// What an api-side view says of signing key `key_id` for a URL signed with `issued`.
+fn check_signed(view: &IdentityView, key_id: &str, issued: &SigningKey) -> Result<(), AuthError> {
+    view.authenticate_signed(key_id, &|derived: &SigningKey| derived == issued)
+        .map(|_| ())
+}
+
+/// The problem code the api answers to a GET of `PROBE_PATH` signed with `key`.
+async fn signed_get_code(
+    http: &reqwest::Client,
+    api: std::net::SocketAddr,
+    key_id: &str,
+    key: &SigningKey,
+) -> String {
+    let signature = imgproxy::sign(&key.key, &key.salt, PROBE_PATH);
+    let Ok(response) = http
+        .get(format!(
+            "http://{api}/v1/img/{key_id}/{signature}{PROBE_PATH}"
+        ))
+        .send()
+        .await
+    else {
+        return String::new();
+    };
+    let body: Value = response.json().await.unwrap_or_default();
+    body["code"].as_str().unwrap_or_default().to_owned()
+}
+
+/// As `poll_all`, for a signing key: each view's time from `since` until it refuses `key_id`.
+async fn poll_all_signed(
+    views: &[Arc<IdentityView>],
+    key_id: &str,
+    issued: &SigningKey,
+    since: Instant,
+) -> Vec<Duration> {
+    let pollers: Vec<_> = views
+        .iter()
+        .map(|view| {
+            let (view, key_id, issued) = (view.clone(), key_id.to_owned(), issued.clone());
+            tokio::task::spawn_blocking(move || {
+                loop {
+                    let result = check_signed(&view, &key_id, &issued);
+                    let now = Instant::now();
+                    if result == Err(AuthError::InvalidKey) {
+                        return now - since;
+                    }
+                    assert!(
+                        now - since < GIVE_UP,
+                        "signing key revocation not seen within {GIVE_UP:?}: {result:?}"
+                    );
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for poller in pollers {
+        times.push(poller.await.unwrap());
+    }
+    times
 }
 
 /// Revokes `key_id` through the admin API; returns when the call was sent and when it returned.
@@ -281,6 +468,9 @@ async fn provisioned() -> imgpipe::Config {
     let mut config = imgpipe::Config::default();
     let id = uuid::Uuid::new_v4().simple().to_string();
     config.kafka.namespace = format!("bench-revocation-{}.", &id[..8]);
+    config.signing = SigningConfig {
+        secret: SIGNING_SECRET.into(),
+    };
     if let Ok(brokers) = std::env::var("IMGPIPE_TEST_KAFKA") {
         config.kafka.brokers = brokers;
     }

@@ -188,8 +188,8 @@ pub fn spec() -> Value {
                 "parameters": [
                     query("width", "Target width, 1–8192. Either width or height may be omitted with fit=inside.", json!({"type": "integer", "minimum": 1, "maximum": 8192})),
                     query("height", "Target height, 1–8192.", json!({"type": "integer", "minimum": 1, "maximum": 8192})),
-                    query("fit", "inside (default), cover, contain or fill.", json!({"type": "string", "enum": ["inside", "cover", "contain", "fill"]})),
-                    query("gravity", "Crop anchor for cover.", json!({"type": "string", "enum": ["centre", "north", "south", "east", "west", "northeast", "northwest", "southeast", "southwest"]})),
+                    query("fit", "inside (default), cover, contain, fill, cover_clip, auto or pad (see docs/api.md).", json!({"type": "string", "enum": ["inside", "cover", "contain", "fill", "cover_clip", "auto", "pad"]})),
+                    query("gravity", "Crop anchor for cover and cover_clip, placement for contain and pad.", json!({"type": "string", "enum": ["centre", "north", "south", "east", "west", "northeast", "northwest", "southeast", "southwest"]})),
                     query("format", "Output format; default keeps the input's (a still GIF becomes PNG, an animated GIF stays GIF). gif and webp can be animated; jpeg, png and avif are stills.", json!({"type": "string", "enum": ["jpeg", "png", "webp", "avif", "gif"]})),
                     query("quality", "Encoder quality 1–100 for JPEG, lossy WebP and AVIF (8-bit 4:4:4, rav1e). Default 80.", json!({"type": "integer", "minimum": 1, "maximum": 100, "default": 80})),
                     query("lossless", "WebP output: lossless instead of lossy (quality and effort then do not apply). Allowed with webp or png output only.", json!({"type": "boolean", "default": false})),
@@ -306,6 +306,42 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing");
         }
+    }
+
+    #[test]
+    fn every_fit_in_the_enum_is_accepted_and_the_parser_accepts_no_other() {
+        let spec = spec();
+        let fit = spec["paths"]["/v1/resize"]["post"]["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "fit")
+            .expect("fit described");
+        let listed: Vec<&str> = fit["schema"]["enum"]
+            .as_array()
+            .expect("an enum")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        for value in &listed {
+            let query = format!("width=8&height=8&fit={value}");
+            assert!(
+                crate::api::params::parse(Some(&query)).is_ok(),
+                "{value} listed but refused"
+            );
+        }
+        // The parser's own error names every fit it accepts: the enum lists the same ones.
+        let refused = crate::api::params::parse(Some("fit=bogus")).unwrap_err();
+        let named = refused
+            .split_once("must be ")
+            .and_then(|(_, rest)| rest.split_once(", got"))
+            .map(|(names, _)| names)
+            .unwrap_or_else(|| panic!("no list in `{refused}`"));
+        let mut accepted: Vec<&str> = named.split(", ").flat_map(|n| n.split(" or ")).collect();
+        let mut listed = listed;
+        accepted.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(accepted, listed);
     }
 
     #[test]
