@@ -584,18 +584,26 @@ async fn dashboards_and_alerts_work_against_running_services() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    // Every panel query returns data from the test's Prometheus (after a few more scrapes, so
-    // rates over the load have two samples on each side).
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut empty = Vec::new();
-    for (title, expr) in &panels {
-        match prometheus.query(expr).await {
-            Ok(result) if !result.is_empty() => {}
-            Ok(_) => empty.push(format!("{title}: no data for {expr}")),
-            Err(error) => empty.push(format!("{title}: {expr} failed: {error}")),
+    // Every panel query returns data from the test's Prometheus. Polled, not read once: rates
+    // need two scrapes on each side of the load, and a consumer's lag series exists only after
+    // librdkafka's next statistics tick (every 5 s) has been scraped, which a name already
+    // exported by another consumer (the identity view) does not prove.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut empty = Vec::new();
+        for (title, expr) in &panels {
+            match prometheus.query(expr).await {
+                Ok(result) if !result.is_empty() => {}
+                Ok(_) => empty.push(format!("{title}: no data for {expr}")),
+                Err(error) => empty.push(format!("{title}: {expr} failed: {error}")),
+            }
         }
+        if empty.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "panels without data: {empty:#?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    assert!(empty.is_empty(), "panels without data: {empty:#?}");
 
     // Healthy: the ClickHouse alert is silent.
     assert_eq!(prometheus.alert_state("ImgpipeClickHouseDown").await, None);

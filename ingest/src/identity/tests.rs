@@ -537,10 +537,22 @@ async fn signing_keys_are_issued_once_listed_without_values_and_revoked() {
     assert_eq!(status, StatusCode::OK);
     let listed = list["signing_keys"].as_array().unwrap();
     assert_eq!(listed.len(), 2, "{list}");
-    assert_eq!(listed[0]["key_id"], issued["key_id"]);
-    assert_eq!(listed[0]["status"], "active");
-    assert_eq!(listed[0]["tenant_id"], id);
-    assert_eq!(listed[0]["created_at"], issued["created_at"]);
+    // Oldest first; two keys issued within one millisecond are ordered by their (random) ids,
+    // so each is looked up by id rather than by position.
+    let listed_key = |list: &Value, key_id: &Value| {
+        list["signing_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key_id"] == *key_id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{key_id} is not in {list}"))
+    };
+    let first = listed_key(&list, &issued["key_id"]);
+    assert_eq!(first["status"], "active");
+    assert_eq!(first["tenant_id"], id);
+    assert_eq!(first["created_at"], issued["created_at"]);
+    assert!(listed[0]["created_at"].as_str() <= listed[1]["created_at"].as_str());
     let text = list.to_string();
     assert!(!text.contains("\"key\"") && !text.contains("salt") && !text.contains(&key_hex));
     // API keys and signing keys are listed apart.
@@ -558,8 +570,8 @@ async fn signing_keys_are_issued_once_listed_without_values_and_revoked() {
         assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
     }
     let (_, list, _) = call(&f.app, admin("GET", &uri, None)).await;
-    assert_eq!(list["signing_keys"][0]["status"], "revoked");
-    assert_eq!(list["signing_keys"][1]["status"], "active");
+    assert_eq!(listed_key(&list, &issued["key_id"])["status"], "revoked");
+    assert_eq!(listed_key(&list, &second["key_id"])["status"], "active");
     let revocations = f
         .sink
         .committed
