@@ -9,7 +9,8 @@
 #      then open loop at 80% of it → p50/p99, as benches/pipeline_load.sh does for POST;
 #   4. Kafka bytes per GET: every record written to image.requests during imgpipe's runs,
 #      read back (key + value + headers), per record and per request;
-#   5. one table: both sides, their ratios, and the Kafka bytes against the goal (< 2 KB).
+#   5. one table: both sides, their ratios, and the Kafka bytes against the goal (< 2 KB); and
+#      imgpipe's p50/p99 at imgproxy's 80% rate, so the latencies are also compared at one rate.
 # Both servers use every core of this machine (imgproxy: GOMAXPROCS = nproc; imgpipe: as
 # started), beside the load generator and the origin, which are the same for both.
 #
@@ -187,6 +188,17 @@ if [[ " $sides " == *" imgpipe "* ]]; then
   "$python" benches/web/topic_bytes.py mark "$topic" >"$work/kafka-mark.json"
   measure imgpipe "$work/imgpipe-urls.txt"
   record_result imgpipe
+  # Each side's p99 at 80% of its own saturation compares them at different rates; this step
+  # also compares them at the same one: imgpipe at imgproxy's 80% rate.
+  if [ -n "${result[imgproxy.rate]:-}" ] && [ "${result[imgproxy.p99]}" != "-" ]; then
+    same_rate="$(python3 -c "print(round(float('${result[imgproxy.rate]}') * 0.8, 1))")"
+    progress "imgpipe: open loop at imgproxy's 80% rate, $same_rate req/s, $step_duration"
+    "$loadgen" --urls "$work/imgpipe-urls.txt" --rate "$same_rate" --concurrency 64 \
+      --duration "$step_duration" | tee "$work/imgpipe-open-same.txt"
+    requests=$(( requests + $(sed -n 's/^requests *\([0-9]*\) in.*/\1/p' "$work/imgpipe-open-same.txt") ))
+    result[imgpipe.same_p50]="$(awk '/^end to end/ {print $4; exit}' "$work/imgpipe-open-same.txt")"
+    result[imgpipe.same_p99]="$(awk '/^end to end/ {print $6; exit}' "$work/imgpipe-open-same.txt")"
+  fi
   progress "imgpipe: reading back what $topic received"
   kafka="$("$python" benches/web/topic_bytes.py since "$topic" "$work/kafka-mark.json")"
   echo "$kafka" >"$work/kafka-bytes.txt"
@@ -214,6 +226,20 @@ def ratio(a, b):
 r, pr, p50, pp50, p99, pp99 = sys.argv[1:]
 print(f"{'imgpipe / imgproxy':<22} {ratio(r, pr):>12} {'':>8} {ratio(p50, pp50):>12} {ratio(p99, pp99):>12}"
       "   (goal: >= 2x req/s, p99 ratio <= 1)")
+PY
+fi
+if [ -n "${result[imgpipe.same_p99]:-}" ]; then
+  python3 - "$same_rate" "${result[imgpipe.same_p50]}" "${result[imgproxy.p50]}" \
+    "${result[imgpipe.same_p99]}" "${result[imgproxy.p99]}" <<'PY'
+import sys
+rate, p50, pp50, p99, pp99 = sys.argv[1:]
+def ratio(a, b):
+    try:
+        return f"{float(a) / float(b):.2f}x"
+    except (ValueError, ZeroDivisionError):
+        return "-"
+print(f"at the same rate, {rate} req/s (imgproxy's 80%): imgpipe p50 {p50} ms, p99 {p99} ms;"
+      f" against imgproxy {ratio(p50, pp50)} p50, {ratio(p99, pp99)} p99")
 PY
 fi
 if [ -n "${kafka:-}" ]; then

@@ -285,8 +285,8 @@ pub struct ResizeError {
 /// How long each stage took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct StageTimings {
-    /// The resizer received the record → its work started on the CPU pool (the in-process queue;
-    /// time in Kafka is the api's `handoff`).
+    /// The resizer received the record (for a source fetched by URL: its last byte arrived) → its
+    /// work started on the CPU pool (the in-process queue; time in Kafka is the api's `handoff`).
     pub queue_us: i64,
     /// Decoding.
     pub decode_us: i64,
@@ -294,18 +294,26 @@ pub struct StageTimings {
     pub resize_us: i64,
     /// Encoding.
     pub encode_us: i64,
+    /// Downloading the source named by `source_url` (0 for an image sent in the request). Comes
+    /// before `queue` in time: the pool's queue starts once the bytes are in.
+    #[serde(default)]
+    pub fetch_us: i64,
 }
 
 impl StageTimings {
     /// Each stage's name and duration in µs, in pipeline order: the names used by metrics and
-    /// the api's `Server-Timing` header.
-    pub fn stages(&self) -> [(&'static str, i64); 4] {
-        [
-            ("queue", self.queue_us),
-            ("decode", self.decode_us),
-            ("resize", self.resize_us),
-            ("encode", self.encode_us),
-        ]
+    /// the api's `Server-Timing` header. `fetch` only when a source was fetched by URL.
+    pub fn stages(&self) -> Vec<(&'static str, i64)> {
+        let fetch = (self.fetch_us > 0).then_some(("fetch", self.fetch_us));
+        fetch
+            .into_iter()
+            .chain([
+                ("queue", self.queue_us),
+                ("decode", self.decode_us),
+                ("resize", self.resize_us),
+                ("encode", self.encode_us),
+            ])
+            .collect()
     }
 }
 
@@ -588,6 +596,7 @@ pub(crate) mod samples {
                 decode_us: 2,
                 resize_us: 3,
                 encode_us: 4,
+                fetch_us: 5,
             },
         }
     }
@@ -798,6 +807,51 @@ mod tests {
         let now = Schema::parse_str(ResizeRequested::SCHEMA).expect("schema parses");
         apache_avro::schema_compatibility::SchemaCompatibility::can_read(&before, &now)
             .expect("the new schema reads events written with the previous one");
+    }
+
+    #[test]
+    fn the_fetch_stage_keeps_the_reply_schema_backward_compatible() {
+        let field = r#",
+        {"name": "fetch_us", "type": "long", "default": 0"#;
+        let at = ResizeResult::SCHEMA
+            .find(field)
+            .expect("the field is in the schema");
+        let end = at + ResizeResult::SCHEMA[at..].find('}').unwrap() + 1;
+        let before = format!(
+            "{}{}",
+            &ResizeResult::SCHEMA[..at],
+            &ResizeResult::SCHEMA[end..]
+        );
+        let before = Schema::parse_str(&before).expect("previous schema parses");
+        let now = Schema::parse_str(ResizeResult::SCHEMA).expect("schema parses");
+        apache_avro::schema_compatibility::SchemaCompatibility::can_read(&before, &now)
+            .expect("the new schema reads replies written with the previous one");
+        // A reply a resizer of the previous version wrote reads with no fetch stage.
+        let mut old = samples::result();
+        old.timings.fetch_us = 0;
+        let apache_avro::types::Value::Record(mut fields) = apache_avro::to_value(&old).unwrap()
+        else {
+            panic!("a record");
+        };
+        for (name, value) in &mut fields {
+            if let ("timings", apache_avro::types::Value::Record(stages)) = (name.as_str(), value) {
+                stages.retain(|(n, _)| n != "fetch_us");
+            }
+        }
+        let bytes = GenericDatumWriter::builder(&before)
+            .build()
+            .unwrap()
+            .write_value_to_vec(apache_avro::types::Value::Record(fields))
+            .expect("encodes with the previous schema");
+        let read = GenericDatumReader::builder(&before)
+            .reader_schema(&now)
+            .build()
+            .unwrap()
+            .read_value(&mut bytes.as_slice())
+            .expect("resolves against the new schema");
+        let read: ResizeResult = from_value(&read).unwrap();
+        assert_eq!(read, old);
+        assert_eq!(read.timings.stages().len(), 4, "no fetch stage");
     }
 
     #[test]

@@ -137,6 +137,10 @@ async fn expect_image(response: reqwest::Response, format: ImageFormat, size: (u
     ] {
         assert!(timing.contains(stage), "{timing}");
     }
+    assert!(
+        !timing.contains("fetch;"),
+        "nothing fetched for a POST: {timing}"
+    );
     let decoded = images::decode(&body, format);
     assert_eq!(decoded.dimensions(), size, "{content_type}");
 }

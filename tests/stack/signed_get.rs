@@ -223,9 +223,30 @@ async fn a_signed_get_is_fetched_by_a_resizer_and_billed_with_the_source_host() 
         &key,
         &format!("/rs:fill:64:48/q:70/plain/{}@webp", origin.photo_url()),
     );
-    let (status, content_type, body) = get(&url).await;
+    let response = reqwest::get(&url).await.unwrap();
+    let (status, content_type) = (
+        response.status(),
+        response.headers()["content-type"].clone(),
+    );
+    let timing = response.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = response.bytes().await.unwrap();
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(content_type, "image/webp");
+    // The origin's download is a stage of its own, between the produce and the pool's queue.
+    let stages: Vec<&str> = timing
+        .split(", ")
+        .map(|entry| entry.split(';').next().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "accept", "produce", "fetch", "queue", "decode", "resize", "encode", "handoff", "total"
+        ],
+        "{timing}"
+    );
     let image = support::images::decode(&body, image::ImageFormat::WebP);
     assert_eq!((image.width(), image.height()), (64, 48));
     assert_eq!(origin.hits.load(Ordering::SeqCst), 1);

@@ -568,7 +568,9 @@ mod tests {
             decode_us: 200,
             resize_us: 300,
             encode_us: 400,
+            fetch_us: 0,
         };
+        // An image sent in the request: no fetch stage.
         assert_eq!(
             timings.stages(&resizer),
             vec![
@@ -579,6 +581,25 @@ mod tests {
                 ("resize", 300),
                 ("encode", 400),
                 ("handoff", 4_000),
+            ]
+        );
+        // A source fetched by URL: its download is a stage of its own, before the pool's
+        // queue, and no longer part of the handoff.
+        let fetched = StageTimings {
+            fetch_us: 1_500,
+            ..resizer
+        };
+        assert_eq!(
+            timings.stages(&fetched),
+            vec![
+                ("accept", 150),
+                ("produce", 700),
+                ("fetch", 1_500),
+                ("queue", 100),
+                ("decode", 200),
+                ("resize", 300),
+                ("encode", 400),
+                ("handoff", 2_500),
             ]
         );
         // A resizer reporting more than the api waited (a clock it cannot have) never makes a

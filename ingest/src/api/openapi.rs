@@ -204,7 +204,7 @@ pub fn spec() -> Value {
                     "image/gif": {"schema": {"type": "string", "format": "binary"}}
                 }},
                 "responses": {
-                    "200": {"description": "The resized image. `Server-Timing` carries eight durations in milliseconds, in this order: accept, produce, queue, decode, resize, encode, handoff, total (see docs/api.md).",
+                    "200": {"description": "The resized image. `Server-Timing` carries durations in milliseconds, in this order: accept, produce, fetch (only for a source fetched by URL), queue, decode, resize, encode, handoff, total (see docs/api.md).",
                             "headers": {"X-Request-Id": {"schema": {"type": "string"}}, "Server-Timing": {"schema": {"type": "string"}}},
                             "content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}, "image/avif": {}, "image/gif": {}}},
                     "400": problem("bad_parameters: invalid, unknown or repeated query parameter (values are percent-decoded), empty body."),

@@ -86,6 +86,7 @@ impl RequestPublisher for FakePublisher {
                     decode_us: 2000,
                     resize_us: 3000,
                     encode_us: 4000,
+                    fetch_us: 0,
                 },
             };
             match self.answer {

@@ -433,6 +433,7 @@ fn finished(
             decode_us: micros(decode),
             resize_us: micros(resize),
             encode_us: micros(encode),
+            fetch_us: 0,
         },
     })
 }

@@ -35,12 +35,14 @@ pub(super) fn answer(
 ) -> Answer {
     let mut timings = StageTimings {
         queue_us: micros(done.queue),
+        fetch_us: micros(done.fetch),
         ..StageTimings::default()
     };
     let (image, error, input, outcome) = match done.result {
         Ok(resized) => {
             timings = StageTimings {
                 queue_us: timings.queue_us,
+                fetch_us: timings.fetch_us,
                 ..resized.timings
             };
             let input = Some((
@@ -180,6 +182,7 @@ mod tests {
             result,
             cpu: Duration::from_micros(cpu_us),
             queue: Duration::from_micros(250),
+            fetch: Duration::ZERO,
         }
     }
 
@@ -197,6 +200,7 @@ mod tests {
                 decode_us: 10,
                 resize_us: 20,
                 encode_us: 30,
+                fetch_us: 0,
             },
         }
     }
@@ -221,6 +225,7 @@ mod tests {
                 decode_us: 10,
                 resize_us: 20,
                 encode_us: 30,
+                fetch_us: 0,
             },
             "the pool's queue time with the kernel's stages"
         );
@@ -372,6 +377,41 @@ mod tests {
         assert_eq!(a.usage.bytes_in, 5_000);
         let inline = answer(&request(), 5_000, done(Ok(resized()), 900), RECEIVED);
         assert_eq!(inline.usage.source_host, None);
+        assert_eq!(inline.reply.timings.fetch_us, 0, "nothing was fetched");
+    }
+
+    #[test]
+    fn the_sources_download_is_a_stage_of_its_own_whatever_the_outcome() {
+        let fetched = |result| JobDone {
+            fetch: Duration::from_micros(7_000),
+            ..done(result, 900)
+        };
+        let a = answer(
+            &by_url("http://images.example.com/a.jpg"),
+            5_000,
+            fetched(Ok(resized())),
+            RECEIVED + 80,
+        );
+        assert_eq!(
+            a.reply.timings,
+            StageTimings {
+                queue_us: 250,
+                decode_us: 10,
+                resize_us: 20,
+                encode_us: 30,
+                fetch_us: 7_000,
+            }
+        );
+        assert_eq!(a.reply.timings.stages()[0], ("fetch", 7_000));
+        let failed = answer(
+            &by_url("http://images.example.com/a.jpg"),
+            0,
+            fetched(Err(JobError::Source(crate::source::FetchError::TooLarge {
+                limit: 10,
+            }))),
+            RECEIVED + 80,
+        );
+        assert_eq!(failed.reply.timings.fetch_us, 7_000);
     }
 
     #[test]

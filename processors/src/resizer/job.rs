@@ -20,8 +20,11 @@ pub(super) struct Pending {
     pub(super) offset: i64,
     pub(super) request: ResizeRequested,
     pub(super) bytes_in: usize,
-    /// When the loop received the record.
+    /// When the loop received the record; for a source fetched by URL, when its bytes arrived
+    /// (the pool's queue starts then).
     pub(super) received: Instant,
+    /// How long the source named by `source_url` took to download; zero for an inline image.
+    pub(super) fetch: Duration,
     /// This resizer's hop of the request's trace (continued from the record's `traceparent`).
     pub(super) trace: TraceContext,
     /// The request's span in this resizer, for the pool job and the outputs.
@@ -33,8 +36,11 @@ pub(super) struct JobDone {
     pub(super) result: Result<Resized, JobError>,
     /// CPU time of the kernel's work on this thread; zero for a request past its deadline.
     pub(super) cpu: Duration,
-    /// From the record's receipt by the loop to its work starting on the pool.
+    /// From the record's receipt by the loop (or its source's arrival) to its work starting on
+    /// the pool.
     pub(super) queue: Duration,
+    /// The source's download, when it was given by URL (the request's [`Pending::fetch`]).
+    pub(super) fetch: Duration,
 }
 
 /// Why a job produced no image.
@@ -91,6 +97,7 @@ impl ResizePool {
         let limits = self.limits;
         let span = pending.span.clone();
         let received = pending.received;
+        let fetch = pending.fetch;
         self.pool.spawn(move || {
             let queue = received.elapsed();
             // The kernel's own log lines carry the request's trace id.
@@ -105,7 +112,12 @@ impl ResizePool {
                 (result, cpu.elapsed())
             };
             // The receiver is gone only if the loop stopped; nothing to do then.
-            let _ = tx.send(JobDone { result, cpu, queue });
+            let _ = tx.send(JobDone {
+                result,
+                cpu,
+                queue,
+                fetch,
+            });
         });
         self.jobs
             .push(Box::pin(async move { (pending, rx.await.ok()) }));

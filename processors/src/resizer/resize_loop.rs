@@ -298,6 +298,7 @@ impl ResizeLoop {
             bytes_in: request.image.len(),
             request,
             received,
+            fetch: Duration::ZERO,
             trace,
             span,
         };
@@ -327,8 +328,9 @@ impl ResizeLoop {
                 self.metrics.source_bytes.inc_by(fetched.bytes.len() as u64);
                 pending.bytes_in = fetched.bytes.len();
                 pending.request.image = fetched.bytes;
-                // The pool's queue time starts now; the fetch has its own histogram.
+                // The pool's queue time starts now; the fetch is its own stage (and histogram).
                 pending.received = Instant::now();
+                pending.fetch = took;
                 self.pool.submit(pending);
                 self.metrics.in_flight.set(self.pool.len() as i64);
                 Ok(())
@@ -344,6 +346,7 @@ impl ResizeLoop {
                     result: Err(JobError::Source(error)),
                     cpu: Duration::ZERO,
                     queue: Duration::ZERO,
+                    fetch: took,
                 };
                 self.process_job_done(pending, Some(done)).await
             }
