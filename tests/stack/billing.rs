@@ -172,6 +172,46 @@ async fn a_client_that_hangs_up_before_its_image_is_not_billed_ok() {
     front.stop().await;
 }
 
+/// Sends one resize request and waits until it is in Kafka, as a client would: a 503 (the api
+/// not ready for a moment, say its reply partitions moving under load) is retried on a new
+/// connection, and any other answer before the record fails the test with that answer. Returns
+/// the connection whose request was produced, its answer still to come.
+async fn send_until_produced(config: &Config, api: SocketAddr, key: &str) -> tokio::net::TcpStream {
+    let image = support::images::jpeg(64, 64);
+    let head = request_head(api, key, "width=32", image.len());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    'attempt: loop {
+        let mut stream = tokio::net::TcpStream::connect(api).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&image).await.unwrap();
+        let mut answer = Vec::new();
+        loop {
+            if records_in(config, schemas::topics::IMAGE_REQUESTS).await == 1 {
+                return stream;
+            }
+            let mut chunk = [0; 4096];
+            if let Ok(read) =
+                tokio::time::timeout(Duration::from_millis(50), stream.read(&mut chunk)).await
+            {
+                answer.extend_from_slice(&chunk[..read.unwrap_or(0)]);
+            }
+            // A status line is judged once it is whole ("HTTP/1.1 503" is 12 bytes).
+            if answer.len() >= 12 {
+                let text = String::from_utf8_lossy(&answer);
+                if text.starts_with("HTTP/1.1 503") && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue 'attempt;
+                }
+                panic!("the api answered before producing the request: {text}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after 30s waiting for the request in Kafka"
+            );
+        }
+    }
+}
+
 /// The api in its own process, killed with SIGKILL on drop if still running.
 struct ApiProcess(Child);
 
@@ -215,17 +255,10 @@ async fn a_request_whose_api_was_killed_stays_unconfirmed_never_ok() {
     assert!(process.0.try_wait().unwrap().is_none(), "api exited");
     support::wait_for_key(api, &tenant.api_key).await;
 
-    // The client waits for its image; no resizer runs yet, so the request sits in Kafka.
-    let image = support::images::jpeg(64, 64);
-    let mut stream = tokio::net::TcpStream::connect(api).await.unwrap();
-    let head = request_head(api, &tenant.api_key, "width=32", image.len());
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&image).await.unwrap();
-    // Kill the api only once its request is in Kafka: a fixed pause raced a slow first produce.
-    support::eventually(Duration::from_secs(30), "the request in Kafka", || async {
-        (records_in(&config, schemas::topics::IMAGE_REQUESTS).await == 1).then_some(())
-    })
-    .await;
+    // The client waits for its image; no resizer runs yet, so the request sits in Kafka. The
+    // api is killed only once its request is in Kafka (a fixed pause raced a slow first
+    // produce).
+    let mut stream = send_until_produced(&config, api, &tenant.api_key).await;
     process.0.kill().expect("SIGKILL");
     process.0.wait().unwrap();
 
