@@ -46,7 +46,8 @@ pub struct SigningConfig {
     /// hex (e.g. `openssl rand -hex 32`) or base64 (standard or URL-safe, padding optional; a
     /// value of hex digits only is read as hex). Set the same value on the identity service and
     /// on every api. Unset: identity answers signing-key creation with 503 `signing_disabled`
-    /// and the api refuses signed URLs with 403. Changing it invalidates every signing key.
+    /// and the api refuses signed URLs with 403 `invalid_signature`. Changing it invalidates
+    /// every signing key.
     /// Never logged and never printed by `imgpipe config`.
     #[serde(skip_serializing)]
     pub secret: String,
