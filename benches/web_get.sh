@@ -86,6 +86,16 @@ mapfile -t sources < <(find "$photos" -maxdepth 1 -type f \( -iname '*.jpg' -o -
 wait_for "${sources[0]}" "the origin"
 signed_urls() { benches/web/signed_urls.sh --type "$resize" --width 512 --height 512 --quality 80 --format jpg "$@" "${sources[@]}"; }
 
+# One open-loop step at `rate` req/s, its output kept in `out`: adds its requests to `requests`
+# and sets p50 and p99 (loadgen's summary row: "end to end  <p50> <p90> <p99> <max>" in ms).
+open_loop() {
+  local urls="$1" rate="$2" out="$3"
+  "$loadgen" --urls "$urls" --rate "$rate" --concurrency 64 --duration "$step_duration" | tee "$out"
+  requests=$(( requests + $(sed -n 's/^requests *\([0-9]*\) in.*/\1/p' "$out") ))
+  p50="$(awk '/^end to end/ {print $4; exit}' "$out")"
+  p99="$(awk '/^end to end/ {print $6; exit}' "$out")"
+}
+
 # Closed loop at each concurrency (the best ok/s is the saturation), then open loop at 80% of it.
 # Sets sat_rate, sat_concurrency, p50, p99 and requests (every request sent, warm-up included).
 measure() {
@@ -108,12 +118,7 @@ measure() {
   target="$(python3 -c "print(round(float('$sat_rate') * 0.8, 1))")"
   if python3 -c "import sys; sys.exit(0 if float('$target') >= 1 else 1)"; then
     progress "$side: open loop at 80% of $sat_rate req/s = $target req/s, $step_duration"
-    "$loadgen" --urls "$urls" --rate "$target" --concurrency 64 --duration "$step_duration" \
-      | tee "$work/$side-open-80.txt"
-    requests=$(( requests + $(sed -n 's/^requests *\([0-9]*\) in.*/\1/p' "$work/$side-open-80.txt") ))
-    # loadgen's summary row: "end to end  <p50> <p90> <p99> <max>" in ms.
-    p50="$(awk '/^end to end/ {print $4; exit}' "$work/$side-open-80.txt")"
-    p99="$(awk '/^end to end/ {print $6; exit}' "$work/$side-open-80.txt")"
+    open_loop "$urls" "$target" "$work/$side-open-80.txt"
   else
     p50="-"; p99="-"
     progress "$side: no open-loop step: under 1 req/s at saturation (every request failing?)"
@@ -193,11 +198,8 @@ if [[ " $sides " == *" imgpipe "* ]]; then
   if [ -n "${result[imgproxy.rate]:-}" ] && [ "${result[imgproxy.p99]}" != "-" ]; then
     same_rate="$(python3 -c "print(round(float('${result[imgproxy.rate]}') * 0.8, 1))")"
     progress "imgpipe: open loop at imgproxy's 80% rate, $same_rate req/s, $step_duration"
-    "$loadgen" --urls "$work/imgpipe-urls.txt" --rate "$same_rate" --concurrency 64 \
-      --duration "$step_duration" | tee "$work/imgpipe-open-same.txt"
-    requests=$(( requests + $(sed -n 's/^requests *\([0-9]*\) in.*/\1/p' "$work/imgpipe-open-same.txt") ))
-    result[imgpipe.same_p50]="$(awk '/^end to end/ {print $4; exit}' "$work/imgpipe-open-same.txt")"
-    result[imgpipe.same_p99]="$(awk '/^end to end/ {print $6; exit}' "$work/imgpipe-open-same.txt")"
+    open_loop "$work/imgpipe-urls.txt" "$same_rate" "$work/imgpipe-open-same.txt"
+    result[imgpipe.same_p50]="$p50"; result[imgpipe.same_p99]="$p99"
   fi
   progress "imgpipe: reading back what $topic received"
   kafka="$("$python" benches/web/topic_bytes.py since "$topic" "$work/kafka-mark.json")"
@@ -215,31 +217,23 @@ for side in imgpipe imgproxy; do
     "${result[$side.p50]}" "${result[$side.p99]}"
 done
 if [ -n "${result[imgpipe.rate]:-}" ] && [ -n "${result[imgproxy.rate]:-}" ]; then
+  # The ratios; then, when it ran, imgpipe at imgproxy's 80% rate against imgproxy there.
   python3 - "${result[imgpipe.rate]}" "${result[imgproxy.rate]}" "${result[imgpipe.p50]}" \
-    "${result[imgproxy.p50]}" "${result[imgpipe.p99]}" "${result[imgproxy.p99]}" <<'PY'
+    "${result[imgproxy.p50]}" "${result[imgpipe.p99]}" "${result[imgproxy.p99]}" \
+    ${result[imgpipe.same_p99]:+"$same_rate" "${result[imgpipe.same_p50]}" "${result[imgpipe.same_p99]}"} <<'PY'
 import sys
 def ratio(a, b):
     try:
         return f"{float(a) / float(b):.2f}x"
     except (ValueError, ZeroDivisionError):
         return "-"
-r, pr, p50, pp50, p99, pp99 = sys.argv[1:]
+r, pr, p50, pp50, p99, pp99 = sys.argv[1:7]
 print(f"{'imgpipe / imgproxy':<22} {ratio(r, pr):>12} {'':>8} {ratio(p50, pp50):>12} {ratio(p99, pp99):>12}"
       "   (goal: >= 2x req/s, p99 ratio <= 1)")
-PY
-fi
-if [ -n "${result[imgpipe.same_p99]:-}" ]; then
-  python3 - "$same_rate" "${result[imgpipe.same_p50]}" "${result[imgproxy.p50]}" \
-    "${result[imgpipe.same_p99]}" "${result[imgproxy.p99]}" <<'PY'
-import sys
-rate, p50, pp50, p99, pp99 = sys.argv[1:]
-def ratio(a, b):
-    try:
-        return f"{float(a) / float(b):.2f}x"
-    except (ValueError, ZeroDivisionError):
-        return "-"
-print(f"at the same rate, {rate} req/s (imgproxy's 80%): imgpipe p50 {p50} ms, p99 {p99} ms;"
-      f" against imgproxy {ratio(p50, pp50)} p50, {ratio(p99, pp99)} p99")
+if len(sys.argv) == 10:
+    rate, same_p50, same_p99 = sys.argv[7:]
+    print(f"at the same rate, {rate} req/s (imgproxy's 80%): imgpipe p50 {same_p50} ms, p99 {same_p99} ms;"
+          f" against imgproxy {ratio(same_p50, pp50)} p50, {ratio(same_p99, pp99)} p99")
 PY
 fi
 if [ -n "${kafka:-}" ]; then

@@ -186,6 +186,18 @@ mod tests {
         }
     }
 
+    /// The reply's timings for [`resized`] after [`done`]'s 250 µs on the pool's queue, with
+    /// `fetch_us` for the source's download.
+    fn replied_timings(fetch_us: i64) -> StageTimings {
+        StageTimings {
+            queue_us: 250,
+            decode_us: 10,
+            resize_us: 20,
+            encode_us: 30,
+            fetch_us,
+        }
+    }
+
     fn resized() -> Resized {
         Resized {
             format: ImageFormat::Webp,
@@ -220,13 +232,7 @@ mod tests {
         assert_eq!(a.reply.completed_at_ms, now);
         assert_eq!(
             a.reply.timings,
-            StageTimings {
-                queue_us: 250,
-                decode_us: 10,
-                resize_us: 20,
-                encode_us: 30,
-                fetch_us: 0,
-            },
+            replied_timings(0),
             "the pool's queue time with the kernel's stages"
         );
         let u = &a.usage;
@@ -392,16 +398,7 @@ mod tests {
             fetched(Ok(resized())),
             RECEIVED + 80,
         );
-        assert_eq!(
-            a.reply.timings,
-            StageTimings {
-                queue_us: 250,
-                decode_us: 10,
-                resize_us: 20,
-                encode_us: 30,
-                fetch_us: 7_000,
-            }
-        );
+        assert_eq!(a.reply.timings, replied_timings(7_000));
         assert_eq!(a.reply.timings.stages()[0], ("fetch", 7_000));
         let failed = answer(
             &by_url("http://images.example.com/a.jpg"),
