@@ -1,6 +1,8 @@
 //! Animated GIF and WebP, resized frame by frame into an animated GIF or WebP. Each frame is
-//! composed onto the full canvas (GIF by `image`, WebP by [`webp_anim`](super::webp_anim)); every composed frame is
-//! resampled with the one plan made for the canvas, so the output frames line up exactly,
+//! composed onto the full canvas (GIF by [`gif_anim`](super::gif_anim), WebP by
+//! [`webp_anim`](super::webp_anim)); every composed frame is
+//! resampled with the one plan made for the canvas (a smart crop placed on the first frame), so
+//! the output frames line up exactly,
 //! converted from the input's embedded ICC profile to sRGB as a still is (after the resample, with
 //! one transform looked up for the whole animation), and handed to the encoder before the next
 //! frame is decoded. Frame delays and the loop count are kept.
@@ -13,15 +15,15 @@
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use image::codecs::gif::GifDecoder;
 use image::codecs::webp::WebPDecoder;
 use image::metadata::Orientation;
-use image::{AnimationDecoder, DynamicImage, ImageDecoder, RgbaImage};
-use schemas::events::ImageFormat;
+use image::{DynamicImage, ImageDecoder, RgbaImage};
+use schemas::events::{Gravity, ImageFormat};
 
 use super::colour::ToSrgb;
 use super::encode::{GifStream, Settings};
 use super::geometry::PixelRect;
+use super::gif_anim::GifAnimation;
 use super::probe::Header;
 use super::webp_anim::WebpAnimation;
 use super::{
@@ -61,11 +63,10 @@ pub fn resize(
     };
     let (frames, orientation, profile) = match header.format {
         ImageFormat::Gif => {
-            let mut decoder = GifDecoder::new(Cursor::new(input)).map_err(undecodable)?;
-            decoder.set_limits(decoder_limits).map_err(undecodable)?;
-            let profile = readable(decoder.icc_profile());
+            let frames = GifAnimation::new(input, header.width, header.height, limits.max_pixels)?;
+            let profile = frames.icc_profile();
             (
-                InputFrames::Gif(decoder.into_frames()),
+                InputFrames::Gif(Box::new(frames)),
                 Orientation::NoTransforms,
                 profile,
             )
@@ -102,7 +103,7 @@ pub fn resize(
         )));
     }
     check_encode_cost(output_format, &request.encoding, output_pixels, limits)?;
-    let crop = geometry::rect_to_stored(plan.crop, orientation, stored);
+    let mut crop = geometry::rect_to_stored(plan.crop, orientation, stored);
     let size = geometry::upright_size(plan.size, orientation);
 
     let encode_failed = |source: BoxError| KernelError::Encode {
@@ -146,6 +147,10 @@ pub fn resize(
             f64::from(bounds.0) / f64::from(stored.0),
             f64::from(bounds.1) / f64::from(stored.1),
         );
+        if count == 1 && request.target.gravity == Gravity::Smart {
+            // One crop for every frame, so the output frames line up: the first frame's.
+            crop = super::smart_crop(crop, &canvas, scale, stored);
+        }
         let frame_crop = PixelRect::within(crop, scale, bounds);
         let mut image = resample::resample(canvas, frame_crop, size)?;
         // Colour: as for a still, on the resampled pixels and before padding.
@@ -185,7 +190,8 @@ pub fn resize(
 
 /// Where composed frames come from.
 enum InputFrames<'a> {
-    Gif(image::Frames<'a>),
+    /// Boxed: the GIF decoder's state is several times the WebP walker's.
+    Gif(Box<GifAnimation<'a>>),
     Webp(WebpAnimation<'a>),
 }
 
@@ -195,15 +201,7 @@ impl Iterator for InputFrames<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            Self::Gif(frames) => Some(
-                frames
-                    .next()?
-                    .map(|frame| {
-                        let (numer, denom) = frame.delay().numer_denom_ms();
-                        (frame.into_buffer(), numer.checked_div(denom).unwrap_or(0))
-                    })
-                    .map_err(|e| KernelError::undecodable(ImageFormat::Gif, e)),
-            ),
+            Self::Gif(frames) => Some(frames.next()?.map(|f| (f.canvas, f.duration_ms))),
             Self::Webp(frames) => Some(frames.next()?.map(|f| (f.canvas, f.duration_ms))),
         }
     }

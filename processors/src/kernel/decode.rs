@@ -1,7 +1,8 @@
 //! Decoding to pixels. JPEG goes through libjpeg-turbo with DCT shrink-on-load (the decoder
 //! produces a 1/2, 1/4 or 1/8 size image for almost the cost of the entropy decoding alone), CMYK
 //! and YCCK JPEGs included: they decode to CMYK, which [`colour`] turns into sRGB straight away.
-//! Every other format goes through `image`. The embedded ICC profile of RGB and gray images is
+//! GIF is drawn on its screen by [`gif_anim`](super::gif_anim); every other format goes
+//! through `image`. The embedded ICC profile of RGB and gray images is
 //! handed on with the pixels, for conversion once they are small.
 
 use std::io::Cursor;
@@ -13,6 +14,7 @@ use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 
 use super::KernelError;
 use super::colour;
+use super::gif_anim::GifAnimation;
 use super::probe::{self, Header};
 
 /// Progressive scans allowed per JPEG. Real encoders use about ten; a crafted file with thousands
@@ -70,7 +72,10 @@ impl<'a> Source<'a> {
             ImageFormat::Png => with_trailer(input, &IEND),
             _ => std::borrow::Cow::Borrowed(input),
         };
-        let (image, orientation, profile) = decode_with_image(&input, header.format, max_pixels)?;
+        let (image, orientation, profile) = match header.format {
+            ImageFormat::Gif => first_gif_frame(&input, header, max_pixels)?,
+            _ => decode_with_image(&input, header.format, max_pixels)?,
+        };
         Ok(Self::Decoded {
             image,
             orientation,
@@ -238,7 +243,26 @@ fn jpeg_error(e: turbojpeg::Error) -> KernelError {
     }
 }
 
-/// Full decode with `image` (first frame only for GIF and animated WebP), with its allocation
+/// The first frame of a GIF, drawn on its screen (the header's size) as browsers show it before
+/// the animation moves on ([`GifAnimation`]), with the embedded ICC profile if any.
+fn first_gif_frame(
+    input: &[u8],
+    header: &Header,
+    max_pixels: u64,
+) -> Result<(DynamicImage, Orientation, Option<Vec<u8>>), KernelError> {
+    let mut frames = GifAnimation::new(input, header.width, header.height, max_pixels)?;
+    let profile = frames.icc_profile();
+    let first = frames
+        .next()
+        .ok_or_else(|| KernelError::undecodable(ImageFormat::Gif, "the GIF has no image"))??;
+    Ok((
+        DynamicImage::ImageRgba8(first.canvas),
+        Orientation::NoTransforms,
+        profile,
+    ))
+}
+
+/// Full decode with `image` (first frame only for animated WebP), with its allocation
 /// capped to what the pixel limit allows; also returns the embedded ICC profile (PNG `iCCP`,
 /// WebP `ICCP`), if any can be read.
 fn decode_with_image(

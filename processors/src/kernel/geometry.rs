@@ -4,7 +4,7 @@
 //! shrink-on-load factor a plan allows. No pixels are touched here.
 
 use image::metadata::Orientation;
-use schemas::events::{Fit, Gravity};
+use schemas::events::{Fit, FocusPoint, Gravity};
 
 /// What the caller asked for, already validated (sides are ≥ 1, both present where the fit mode
 /// needs them).
@@ -17,7 +17,12 @@ pub struct Target {
     /// Fit mode.
     pub fit: Fit,
     /// Crop anchor for `cover` and `cover_clip`, placement anchor for `contain` and `pad`.
+    /// `Smart` crops are planned centred and moved once the pixels are known
+    /// ([`centred_on`] with the point [`attention::focus`](super::attention::focus) finds).
     pub gravity: Gravity,
+    /// The point `FocusPoint` gravity keeps, as fractions of the upright source; present exactly
+    /// when the gravity is `FocusPoint`.
+    pub focus_point: Option<FocusPoint>,
     /// Whether the output may be larger than the source.
     pub enlarge: bool,
 }
@@ -104,9 +109,11 @@ pub struct Plan {
 }
 
 /// Where gravity anchors a crop or a padded image: 0 = left/top, 0.5 = centre, 1 = right/bottom.
+/// Smart and focus-point gravities place as the centre: a crop made with them is moved
+/// afterwards, and they mean nothing for padding.
 pub fn anchor(gravity: Gravity) -> (f64, f64) {
     match gravity {
-        Gravity::Centre => (0.5, 0.5),
+        Gravity::Centre | Gravity::Smart | Gravity::FocusPoint => (0.5, 0.5),
         Gravity::North => (0.5, 0.0),
         Gravity::South => (0.5, 1.0),
         Gravity::East => (1.0, 0.5),
@@ -176,12 +183,7 @@ pub fn plan(src: (u32, u32), target: &Target) -> Plan {
             let cw = (f64::from(bw) / scale).min(sw);
             let ch = (f64::from(bh) / scale).min(sh);
             Plan {
-                crop: Rect {
-                    x: (sw - cw) * gx,
-                    y: (sh - ch) * gy,
-                    w: cw,
-                    h: ch,
-                },
+                crop: crop_at(sw, sh, cw, ch, target),
                 size: (bw, bh),
                 canvas: (bw, bh),
                 offset: (0, 0),
@@ -218,12 +220,7 @@ pub fn plan(src: (u32, u32), target: &Target) -> Plan {
             let cw = (f64::from(size.0) / scale).min(sw);
             let ch = (f64::from(size.1) / scale).min(sh);
             Plan {
-                crop: Rect {
-                    x: (sw - cw) * gx,
-                    y: (sh - ch) * gy,
-                    w: cw,
-                    h: ch,
-                },
+                crop: crop_at(sw, sh, cw, ch, target),
                 size,
                 canvas: size,
                 offset: (0, 0),
@@ -239,6 +236,39 @@ pub fn plan(src: (u32, u32), target: &Target) -> Plan {
             plan(src, &Target { fit, ..*target })
         }
         Fit::Pad => pad(sw, sh, target),
+    }
+}
+
+/// A `cw` × `ch` crop of a `sw` × `sh` source (the crop no larger), placed by the target's
+/// gravity: at its anchor, or centred on its focus point as far as the edges allow.
+fn crop_at(sw: f64, sh: f64, cw: f64, ch: f64, target: &Target) -> Rect {
+    let crop = Rect {
+        x: 0.0,
+        y: 0.0,
+        w: cw,
+        h: ch,
+    };
+    match (target.gravity, target.focus_point) {
+        (Gravity::FocusPoint, Some(p)) => centred_on(crop, (p.x * sw, p.y * sh), (sw, sh)),
+        (gravity, _) => {
+            let (gx, gy) = anchor(gravity);
+            Rect {
+                x: (sw - cw) * gx,
+                y: (sh - ch) * gy,
+                ..crop
+            }
+        }
+    }
+}
+
+/// `rect` moved so that `point` is as near its centre as an image of `bounds` allows: centred
+/// on it, then clamped inside (`rect` is no larger than `bounds`).
+pub fn centred_on(rect: Rect, point: (f64, f64), bounds: (f64, f64)) -> Rect {
+    let axis = |p: f64, len: f64, bound: f64| (p - len / 2.0).min(bound - len).max(0.0);
+    Rect {
+        x: axis(point.0, rect.w, bounds.0),
+        y: axis(point.1, rect.h, bounds.1),
+        ..rect
     }
 }
 
@@ -372,6 +402,7 @@ mod tests {
             height,
             fit,
             gravity: Gravity::Centre,
+            focus_point: None,
             enlarge: false,
         }
     }
@@ -987,5 +1018,94 @@ mod tests {
         assert_eq!(jpeg_shrink((800.0, 600.0), (512, 384), 1.0), 1);
         assert_eq!(jpeg_shrink((8000.0, 8000.0), (100, 100), 2.0), 8);
         assert_eq!(jpeg_shrink((100.0, 100.0), (400, 400), 1.0), 1);
+    }
+
+    fn focused(width: u32, height: u32, fit: Fit, x: f64, y: f64) -> Target {
+        Target {
+            gravity: Gravity::FocusPoint,
+            focus_point: Some(FocusPoint { x, y }),
+            ..target(Some(width), Some(height), fit)
+        }
+    }
+
+    #[test]
+    fn focus_point_centres_the_crop_as_far_as_the_edges_allow() {
+        // 1000×500 to a 200×200 cover: a 500×500 crop, free to move along x only.
+        for (fit, x, y, expected_x) in [
+            (Fit::Cover, 0.5, 0.5, 250.0),
+            (Fit::Cover, 0.6, 0.9, 350.0),
+            (Fit::Cover, 0.9, 0.1, 500.0),
+            (Fit::Cover, 0.1, 0.5, 0.0),
+            (Fit::CoverClip, 0.3, 0.0, 50.0),
+            (Fit::Cover, 1.0, 1.0, 500.0),
+            (Fit::Cover, 0.0, 0.0, 0.0),
+        ] {
+            let p = plan((1000, 500), &focused(200, 200, fit, x, y));
+            let expected = Rect {
+                x: expected_x,
+                y: 0.0,
+                w: 500.0,
+                h: 500.0,
+            };
+            assert_eq!((p.crop, p.size), (expected, (200, 200)), "{fit:?} {x},{y}");
+        }
+        // Portrait crop of a portrait source, free along y: 600×1200 to 300×300.
+        let p = plan((600, 1200), &focused(300, 300, Fit::Cover, 0.5, 0.75));
+        assert_eq!(
+            p.crop,
+            Rect {
+                x: 0.0,
+                y: 600.0,
+                w: 600.0,
+                h: 600.0
+            }
+        );
+        // `auto` crops (as `cover_clip`) when the orientations agree: 750×500 of 1000×500.
+        let p = plan((1000, 500), &focused(300, 200, Fit::Auto, 0.7, 0.5));
+        assert_eq!((p.crop.x, p.crop.w, p.size), (250.0, 750.0, (300, 200)));
+        let p = plan((1000, 500), &focused(300, 200, Fit::Auto, 0.4, 0.5));
+        assert_eq!(p.crop.x, 25.0);
+    }
+
+    #[test]
+    fn smart_and_focus_point_place_padding_as_the_centre() {
+        for gravity in [Gravity::Smart, Gravity::FocusPoint] {
+            for fit in [Fit::Contain, Fit::Pad] {
+                let t = Target {
+                    gravity,
+                    focus_point: (gravity == Gravity::FocusPoint)
+                        .then_some(FocusPoint { x: 0.0, y: 1.0 }),
+                    ..target(Some(200), Some(200), fit)
+                };
+                let centre = plan((1000, 500), &target(Some(200), Some(200), fit));
+                assert_eq!(plan((1000, 500), &t), centre, "{gravity:?} {fit:?}");
+            }
+        }
+        // Smart crops are planned centred; the kernel moves them once it has the pixels.
+        let t = Target {
+            gravity: Gravity::Smart,
+            ..target(Some(200), Some(200), Fit::Cover)
+        };
+        assert_eq!(
+            plan((1000, 500), &t).crop,
+            plan((1000, 500), &target(Some(200), Some(200), Fit::Cover)).crop
+        );
+    }
+
+    #[test]
+    fn centred_on_clamps_inside() {
+        let r = Rect {
+            x: 7.0,
+            y: 7.0,
+            w: 40.0,
+            h: 10.0,
+        };
+        let at = |p| {
+            let c = centred_on(r, p, (100.0, 10.0));
+            (c.x, c.y, c.w, c.h)
+        };
+        assert_eq!(at((50.0, 5.0)), (30.0, 0.0, 40.0, 10.0));
+        assert_eq!(at((-5.0, 99.0)), (0.0, 0.0, 40.0, 10.0));
+        assert_eq!(at((95.0, 0.0)), (60.0, 0.0, 40.0, 10.0));
     }
 }

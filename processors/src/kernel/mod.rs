@@ -4,8 +4,9 @@
 //! The pipeline, by module:
 //! 1. [`probe`] sniffs the format by magic bytes and reads the size from the header alone, so the
 //!    size and pixel limits are enforced before anything is allocated from the image's claims;
-//! 2. [`geometry`] turns fit, gravity and the no-enlargement rule into a crop, a resampled size
-//!    and a canvas, in the upright (EXIF-oriented) frame, and maps the crop onto stored pixels;
+//! 2. [`geometry`] turns fit, gravity (a focus point included) and the no-enlargement rule into a
+//!    crop, a resampled size and a canvas, in the upright (EXIF-oriented) frame, and maps the crop
+//!    onto stored pixels; a smart crop is then placed on the decoded pixels by [`attention`];
 //! 3. [`decode`] decodes, JPEG with DCT shrink-on-load to the smallest size that still leaves the
 //!    resampler a real reduction to do;
 //! 4. [`resample`] filters the crop down to size on SIMD, [`colour`] converts the small result
@@ -16,16 +17,19 @@
 //!
 //! Animated GIF and WebP inputs take the same steps frame by frame in [`animation`], with one plan
 //! for every frame, when the request keeps every frame and the output can be animated; animated
-//! WebP frames are composed per the WebP container specification in [`webp_anim`].
+//! WebP frames are composed per the WebP container specification in [`webp_anim`], GIF frames on
+//! their screen as browsers draw them in [`gif_anim`].
 //!
 //! Every failure is permanent: the same input and parameters fail the same way on any machine,
 //! so the caller answers it (and dead-letters it) rather than retrying.
 
 mod animation;
+mod attention;
 mod colour;
 mod decode;
 mod encode;
 mod geometry;
+mod gif_anim;
 mod probe;
 mod resample;
 mod webp_anim;
@@ -34,10 +38,12 @@ mod webp_anim;
 mod format_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod web_tests;
 
 use std::time::{Duration, Instant};
 
-use schemas::events::{Fit, Frames, ImageFormat, ResizeParams, StageTimings};
+use schemas::events::{AutoFormat, Fit, Frames, Gravity, ImageFormat, ResizeParams, StageTimings};
 
 use geometry::{PixelRect, Target};
 
@@ -307,8 +313,13 @@ impl KernelError {
 
 /// Decodes `input`, resizes it as `params` say and encodes the result.
 ///
-/// Output format: `params.format`, else the input's (a still GIF becomes PNG). JPEG, PNG, WebP
-/// (lossy, or lossless with `params.lossless`), AVIF and GIF can be written.
+/// Output format: `params.format`; else, with `params.auto_format` (what the client's `Accept`
+/// allows), AVIF for a still whose encode the cost model puts within its budget, else WebP;
+/// else the input's (a still GIF becomes PNG). JPEG, PNG, WebP (lossy, or lossless with
+/// `params.lossless`), AVIF and GIF can be written.
+///
+/// Gravity `FocusPoint` centres a crop on `params.focus_point`; `Smart` centres it on the most
+/// interesting point of the decoded image ([`attention`]); both as far as the edges allow.
 ///
 /// An animated GIF or WebP with `params.frames` = all and GIF or WebP output (the default for
 /// them) is resized frame by frame into an animation, once the header's frame count and frames ×
@@ -337,20 +348,14 @@ pub fn resize(
         });
     }
     let animated = header.frames > 1 && request.frames == Frames::All;
-    let output_format = request.format.unwrap_or(match header.format {
-        ImageFormat::Gif if animated => ImageFormat::Gif,
-        ImageFormat::Gif => ImageFormat::Png,
-        other => other,
-    });
-    if request.encoding.lossless && !matches!(output_format, ImageFormat::Webp | ImageFormat::Png) {
-        return Err(KernelError::BadParameters(format!(
-            "lossless=true needs webp or png output, and the output would be {}",
-            output_format.name()
-        )));
-    }
-    if animated && matches!(output_format, ImageFormat::Gif | ImageFormat::Webp) {
-        check_animation(&header, limits)?;
-        return animation::resize(input, &header, &request, output_format, limits, started);
+    if animated {
+        // AVIF is never negotiated for an animation, so no plan is needed to choose.
+        let output_format = output_format(&request, header.format, true, 0);
+        check_lossless(&request, output_format)?;
+        if matches!(output_format, ImageFormat::Gif | ImageFormat::Webp) {
+            check_animation(&header, limits)?;
+            return animation::resize(input, &header, &request, output_format, limits, started);
+        }
     }
 
     let source = decode::Source::open(input, &header, limits.max_pixels)?;
@@ -360,6 +365,13 @@ pub fn resize(
     let plan = geometry::plan(upright, &request.target);
     check_output(&plan, limits)?;
     let (width, height) = plan.canvas;
+    let output_format = output_format(
+        &request,
+        header.format,
+        false,
+        u64::from(width) * u64::from(height),
+    );
+    check_lossless(&request, output_format)?;
     check_encode_cost(
         output_format,
         &request.encoding,
@@ -380,6 +392,10 @@ pub fn resize(
         f64::from(bounds.0) / f64::from(stored.0),
         f64::from(bounds.1) / f64::from(stored.1),
     );
+    let crop = match request.target.gravity {
+        Gravity::Smart => smart_crop(crop, &decoded.image, scale, stored),
+        _ => crop,
+    };
     let crop = PixelRect::within(crop, scale, bounds);
     let mut image = resample::resample(decoded.image, crop, size)?;
     // Colour: converted on the small image, before padding adds pure white or transparency.
@@ -404,6 +420,77 @@ pub fn resize(
         upright,
         timings,
         limits,
+    )
+}
+
+/// The output format: the request's; else, with `auto_format`, AVIF when accepted, the output
+/// is a still (`animated`: an animation is being kept), not lossless, and the cost model puts the
+/// encode of `pixels` within the AVIF budget, else WebP when accepted; else the input's (a still
+/// GIF becomes PNG).
+fn output_format(
+    request: &Request,
+    input: ImageFormat,
+    animated: bool,
+    pixels: u64,
+) -> ImageFormat {
+    if let Some(format) = request.format {
+        return format;
+    }
+    if let Some(auto) = request.auto_format {
+        if auto.avif
+            && !animated
+            && !request.encoding.lossless
+            && avif_within_budget(&auto, &request.encoding, pixels)
+        {
+            return ImageFormat::Avif;
+        }
+        if auto.webp {
+            return ImageFormat::Webp;
+        }
+    }
+    match input {
+        ImageFormat::Gif if animated => ImageFormat::Gif,
+        ImageFormat::Gif => ImageFormat::Png,
+        other => other,
+    }
+}
+
+/// Whether encoding `pixels` as AVIF with `settings` fits `auto.avif_budget_ms` of one core by
+/// the cost model ([`encode::encode_ns_per_pixel`]); a budget of 0 or less never does.
+fn avif_within_budget(auto: &AutoFormat, settings: &encode::Settings, pixels: u64) -> bool {
+    let Ok(budget_ms) = u64::try_from(auto.avif_budget_ms) else {
+        return false;
+    };
+    let cost_ns = encode::encode_ns_per_pixel(ImageFormat::Avif, settings).saturating_mul(pixels);
+    budget_ms > 0 && cost_ns <= budget_ms.saturating_mul(1_000_000)
+}
+
+/// Refuses `lossless` for an output format that has no lossless mode.
+fn check_lossless(request: &Request, format: ImageFormat) -> Result<(), KernelError> {
+    if request.encoding.lossless && !matches!(format, ImageFormat::Webp | ImageFormat::Png) {
+        return Err(KernelError::BadParameters(format!(
+            "lossless=true needs webp or png output, and the output would be {}",
+            format.name()
+        )));
+    }
+    Ok(())
+}
+
+/// `crop` (in stored pixels of an image of `stored` size) moved to centre on the most interesting
+/// point of `image`, the decoded pixels (`scale`: decoded ÷ stored pixels per axis), as far as the
+/// edges allow. The stored frame differs from the upright one by a rotation or flip only, which
+/// moves the point and the crop alike, so placing it here is placing it upright.
+fn smart_crop(
+    crop: geometry::Rect,
+    image: &image::DynamicImage,
+    scale: (f64, f64),
+    stored: (u32, u32),
+) -> geometry::Rect {
+    let (x, y) = attention::focus(image, (crop.w * scale.0, crop.h * scale.1));
+    geometry::centred_on(
+        crop,
+        (x / scale.0, y / scale.1),
+        (f64::from(stored.0), f64::from(stored.1)),
     )
 }
 
@@ -546,6 +633,8 @@ struct Request {
     /// sRGB colour to flatten onto and pad with; `None`: transparent padding where the format
     /// has alpha, white for JPEG.
     background: Option<[u8; 3]>,
+    /// What `Accept` allows when `format` is `None`.
+    auto_format: Option<AutoFormat>,
 }
 
 /// Checks the parameters alone (before looking at the image) and reports every problem at once.
@@ -603,6 +692,29 @@ fn validate(params: &ResizeParams, limits: &Limits) -> Result<Request, KernelErr
             }
         }
     });
+    // The point is kept only with its gravity (another gravity ignores it).
+    let focus_point = match (params.gravity, params.focus_point) {
+        (Gravity::FocusPoint, Some(p))
+            if p.x.is_finite()
+                && p.y.is_finite()
+                && (0.0..=1.0).contains(&p.x)
+                && (0.0..=1.0).contains(&p.y) =>
+        {
+            Some(p)
+        }
+        (Gravity::FocusPoint, Some(p)) => {
+            problems.push(format!(
+                "the focus point must be 0–1 on each axis, got {}, {}",
+                p.x, p.y
+            ));
+            None
+        }
+        (Gravity::FocusPoint, None) => {
+            problems.push("gravity focus_point needs a focus point".into());
+            None
+        }
+        _ => None,
+    };
     if !problems.is_empty() {
         return Err(KernelError::BadParameters(problems.join("; ")));
     }
@@ -612,6 +724,7 @@ fn validate(params: &ResizeParams, limits: &Limits) -> Result<Request, KernelErr
             height,
             fit: params.fit,
             gravity: params.gravity,
+            focus_point,
             enlarge: params.enlarge,
         },
         format: params.format,
@@ -622,5 +735,6 @@ fn validate(params: &ResizeParams, limits: &Limits) -> Result<Request, KernelErr
         },
         frames: params.frames,
         background,
+        auto_format: params.auto_format,
     })
 }

@@ -58,14 +58,26 @@ pub fn probe(input: &[u8]) -> Result<Header, KernelError> {
             KernelError::undecodable(format, "unreadable header")
         }
     })?;
+    let ((width, height), frames, loops) = match format {
+        ImageFormat::Gif => {
+            let walk = gif_frames(input);
+            // The screen grows to take in the first frame, as libvips and browsers draw it.
+            let (right, bottom) = walk.first_extent.unwrap_or_default();
+            (
+                (width.max(right), height.max(bottom)),
+                walk.frames,
+                walk.loops,
+            )
+        }
+        ImageFormat::Webp => {
+            let (frames, loops) = webp_frames(input);
+            ((width, height), frames, loops)
+        }
+        _ => ((width, height), 1, None),
+    };
     if width == 0 || height == 0 {
         return Err(KernelError::undecodable(format, "zero-sized image"));
     }
-    let (frames, loops) = match format {
-        ImageFormat::Gif => gif_frames(input),
-        ImageFormat::Webp => webp_frames(input),
-        _ => (1, None),
-    };
     Ok(Header {
         format,
         width,
@@ -75,12 +87,28 @@ pub fn probe(input: &[u8]) -> Result<Header, KernelError> {
     })
 }
 
-/// Counts a GIF's frames and reads its loop count by walking the block structure: every data
-/// sub-block (LZW data, extension payloads) is jumped over by its length byte, nothing is
-/// decompressed or allocated. A truncated or corrupt file stops the walk; the frames counted so
-/// far are all the decoder could produce anyway.
-fn gif_frames(input: &[u8]) -> (u32, Option<u16>) {
-    let (mut frames, mut loops) = (0u32, None);
+/// What walking a GIF's blocks tells.
+struct GifWalk {
+    /// Image descriptors (at least 1).
+    frames: u32,
+    /// The NETSCAPE2.0 loop count.
+    loops: Option<u16>,
+    /// Right and bottom edge (left + width, top + height) of the first frame.
+    first_extent: Option<(u32, u32)>,
+}
+
+/// Counts a GIF's frames, reads its loop count and the first frame's extent by walking the block
+/// structure: every data sub-block (LZW data, extension payloads) is jumped over by its length
+/// byte, nothing is decompressed or allocated. A truncated or corrupt file stops the walk; the
+/// frames counted so far are all the decoder could produce anyway.
+fn gif_frames(input: &[u8]) -> GifWalk {
+    let (mut frames, mut loops, mut first_extent) = (0u32, None, None);
+    let le = |at: usize| -> Option<u32> {
+        Some(u32::from(u16::from_le_bytes([
+            *input.get(at)?,
+            *input.get(at + 1)?,
+        ])))
+    };
     let colour_table = |flags: u8| {
         if flags & 0x80 != 0 {
             3usize << ((flags & 7) + 1)
@@ -89,7 +117,11 @@ fn gif_frames(input: &[u8]) -> (u32, Option<u16>) {
         }
     };
     let Some(&screen_flags) = input.get(10) else {
-        return (0, None);
+        return GifWalk {
+            frames: 1,
+            loops: None,
+            first_extent: None,
+        };
     };
     // Signature (6), logical screen descriptor (7), optional global colour table.
     let mut at = 13 + colour_table(screen_flags);
@@ -98,6 +130,12 @@ fn gif_frames(input: &[u8]) -> (u32, Option<u16>) {
             // Image descriptor: separator, x, y, w, h (2 bytes each), flags; then an optional
             // local colour table, the LZW minimum code size and the data sub-blocks.
             Some(0x2C) => {
+                if frames == 0
+                    && let (Some(x), Some(y), Some(w), Some(h)) =
+                        (le(at + 1), le(at + 3), le(at + 5), le(at + 7))
+                {
+                    first_extent = Some((x + w, y + h));
+                }
                 frames = frames.saturating_add(1);
                 let Some(&flags) = input.get(at + 9) else {
                     break;
@@ -127,7 +165,11 @@ fn gif_frames(input: &[u8]) -> (u32, Option<u16>) {
             _ => break,
         }
     }
-    (frames.max(1), loops)
+    GifWalk {
+        frames: frames.max(1),
+        loops,
+        first_extent,
+    }
 }
 
 /// The offset just after the zero-length block that ends a chain of GIF data sub-blocks.
@@ -301,7 +343,7 @@ fn png_size(input: &[u8]) -> Option<(u32, u32)> {
     Some((w, h))
 }
 
-/// The logical screen size, which bounds the first frame as the GIF decoder composes it.
+/// The logical screen size as declared (see [`probe`] for how the first frame grows it).
 fn gif_size(input: &[u8]) -> Option<(u32, u32)> {
     let w = u16::from_le_bytes([*input.get(6)?, *input.get(7)?]);
     let h = u16::from_le_bytes([*input.get(8)?, *input.get(9)?]);

@@ -58,7 +58,7 @@ fn jpeg(img: &RgbImage) -> Vec<u8> {
 }
 
 /// Inserts an APP1 Exif segment carrying only an orientation tag right after SOI.
-fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+pub(super) fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
     let mut tiff = Vec::new();
     tiff.extend_from_slice(b"MM\0\x2a\0\0\0\x08"); // big-endian TIFF, IFD0 at offset 8
     tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
