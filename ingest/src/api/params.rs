@@ -2,7 +2,7 @@
 //! [`ResizeParams`]. Everything a client can get wrong about parameters is caught here, before
 //! anything is produced, with a message that names the parameter.
 
-use schemas::events::{Fit, Frames, Gravity, ImageFormat, ResizeParams};
+use schemas::events::{Fit, FocusPoint, Frames, Gravity, ImageFormat, ResizeParams};
 
 /// Largest width or height a client may ask for.
 pub const MAX_SIDE: i32 = 8192;
@@ -17,6 +17,7 @@ pub const MAX_EFFORT: i32 = 9;
 pub fn parse(query: Option<&str>) -> Result<ResizeParams, String> {
     let mut params = ResizeParams::default();
     let mut seen = std::collections::HashSet::new();
+    let (mut focus_x, mut focus_y) = (None, None);
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         let key = key.to_ascii_lowercase();
         if !seen.insert(key.clone()) {
@@ -33,9 +34,19 @@ pub fn parse(query: Option<&str>) -> Result<ResizeParams, String> {
             "lossless" => params.lossless = boolean("lossless", &value)?,
             "effort" => params.effort = Some(effort(&value)?),
             "frames" => params.frames = frames(&value)?,
+            "focus_x" => focus_x = Some(focus_coordinate("focus_x", &value)?),
+            "focus_y" => focus_y = Some(focus_coordinate("focus_y", &value)?),
             other => return Err(format!("unknown parameter `{other}`")),
         }
     }
+    params.focus_point = match (params.gravity, focus_x, focus_y) {
+        (Gravity::FocusPoint, Some(x), Some(y)) => Some(FocusPoint { x, y }),
+        (Gravity::FocusPoint, _, _) => {
+            return Err("`gravity=focus_point` needs both `focus_x` and `focus_y`".into());
+        }
+        (_, None, None) => None,
+        _ => return Err("`focus_x` and `focus_y` need `gravity=focus_point`".into()),
+    };
     if params.width.is_none() && params.height.is_none() {
         return Err("give `width`, `height` or both".into());
     }
@@ -129,13 +140,25 @@ fn gravity(value: &str) -> Result<Gravity, String> {
         "northwest" | "north_west" => Gravity::NorthWest,
         "southeast" | "south_east" => Gravity::SouthEast,
         "southwest" | "south_west" => Gravity::SouthWest,
+        "smart" => Gravity::Smart,
+        "focus_point" => Gravity::FocusPoint,
         _ => {
             return Err(format!(
                 "`gravity` must be centre, north, south, east, west, northeast, northwest, \
-                 southeast or southwest, got `{value}`"
+                 southeast, southwest, smart or focus_point, got `{value}`"
             ));
         }
     })
+}
+
+/// `focus_x` or `focus_y`: a fraction 0–1 of the upright source's width or height.
+fn focus_coordinate(name: &str, value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{name}` must be a number from 0 to 1, got `{value}`"
+        )),
+    }
 }
 
 pub(crate) fn format(value: &str) -> Result<ImageFormat, String> {
@@ -190,6 +213,41 @@ mod tests {
         assert_eq!((p.format, p.frames), (Some(ImageFormat::Gif), Frames::All));
         // Without a format, lossless waits for the resizer to know the input's format.
         assert!(parse(Some("width=64&lossless=1")).expect("valid").lossless);
+    }
+
+    #[test]
+    fn parses_smart_and_focus_point_gravities() {
+        let p = parse(Some("width=300&height=200&fit=cover&gravity=smart")).expect("valid");
+        assert_eq!((p.gravity, p.focus_point), (Gravity::Smart, None));
+        let p = parse(Some(
+            "width=300&height=200&fit=cover&gravity=focus_point&focus_x=0.25&focus_y=1",
+        ))
+        .expect("valid");
+        assert_eq!(
+            (p.gravity, p.focus_point),
+            (Gravity::FocusPoint, Some(FocusPoint { x: 0.25, y: 1.0 }))
+        );
+        for (query, needle) in [
+            ("width=9&gravity=focus_point&focus_x=0.5", "both"),
+            ("width=9&gravity=focus_point", "both"),
+            ("width=9&focus_x=0.5&focus_y=0.5", "gravity=focus_point"),
+            ("width=9&gravity=smart&focus_y=0.5", "gravity=focus_point"),
+            (
+                "width=9&gravity=focus_point&focus_x=1.5&focus_y=0",
+                "focus_x",
+            ),
+            (
+                "width=9&gravity=focus_point&focus_x=0&focus_y=NaN",
+                "focus_y",
+            ),
+            (
+                "width=9&gravity=focus_point&focus_x=-0.1&focus_y=0",
+                "focus_x",
+            ),
+        ] {
+            let error = parse(Some(query)).expect_err(query);
+            assert!(error.contains(needle), "{query}: {error}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! As in imgproxy, options apply left to right and a later one overrides an earlier one
 //! (`rs:fit:300:300/w:200` asks for 200 × 300), and the source's extension overrides `format`.
 
-use schemas::events::{Fit, Frames, Gravity, ImageFormat, ResizeParams, Rgb};
+use schemas::events::{Fit, FocusPoint, Frames, Gravity, ImageFormat, ResizeParams, Rgb};
 
 use super::UrlError;
 use super::path::RawOption;
@@ -106,6 +106,8 @@ pub(super) struct Options {
     pub extend: bool,
     pub extend_gravity: Gravity,
     pub gravity: Gravity,
+    /// The point of `fp` gravity; `None` with any other gravity.
+    pub focus_point: Option<FocusPoint>,
     pub dpr: f64,
     pub quality: Option<i32>,
     pub format: Option<ImageFormat>,
@@ -127,6 +129,7 @@ impl Default for Options {
             extend: false,
             extend_gravity: Gravity::Centre,
             gravity: Gravity::Centre,
+            focus_point: None,
             dpr: 1.0,
             quality: None,
             format: None,
@@ -154,7 +157,7 @@ impl Options {
             "dpr" => self.dpr = dpr(name, one()?)?,
             "enlarge" | "el" => self.enlarge = boolean(name, one()?)?,
             "extend" | "ex" => self.extend(name, args)?,
-            "gravity" | "g" => self.gravity = gravity(name, args)?,
+            "gravity" | "g" => (self.gravity, self.focus_point) = gravity(name, args)?,
             "quality" | "q" => self.quality = quality(name, one()?)?,
             "format" | "f" | "ext" => self.format = Some(format(name, one()?)?),
             "background" | "bg" => self.background = background(name, args)?,
@@ -227,7 +230,7 @@ impl Options {
         max_args(name, args, 4)?;
         self.extend = boolean(name, args[0])?;
         if args.len() > 1 {
-            self.extend_gravity = gravity(name, &args[1..])?;
+            self.extend_gravity = extend_gravity(name, &args[1..])?;
         }
         Ok(())
     }
@@ -261,15 +264,17 @@ impl Options {
                 "`imgpipe_lossless` needs format webp or png",
             ));
         }
+        let (gravity, focus_point) = if fit == Fit::Pad {
+            (self.extend_gravity, None)
+        } else {
+            (self.gravity, self.focus_point)
+        };
         Ok(ResizeParams {
             width,
             height,
             fit,
-            gravity: if fit == Fit::Pad {
-                self.extend_gravity
-            } else {
-                self.gravity
-            },
+            gravity,
+            focus_point,
             format: self.format,
             quality: self.quality,
             enlarge: self.enlarge,
@@ -277,6 +282,8 @@ impl Options {
             effort: self.effort,
             frames: self.frames,
             background: self.background,
+            // Negotiated from `Accept` by the route, which knows the request's headers.
+            auto_format: None,
         })
     }
 }
@@ -354,9 +361,69 @@ fn boolean(name: &str, value: &str) -> Result<bool, UrlError> {
     }
 }
 
-/// `gravity:%type:%x_offset:%y_offset` (also the tail of `extend`): the nine positions, without
-/// offsets.
-fn gravity(name: &str, args: &[&str]) -> Result<Gravity, UrlError> {
+/// `gravity:%type:%x_offset:%y_offset`: the nine positions (without offsets), `sm` (smart: the
+/// crop libvips' `attention` chooses; no arguments) or `fp:%x:%y` (a focus point, each a fraction
+/// 0–1 of the source), with the point for `fp`.
+fn gravity(name: &str, args: &[&str]) -> Result<(Gravity, Option<FocusPoint>), UrlError> {
+    match args[0] {
+        "sm" if args.len() > 1 => Err(bad(
+            name,
+            format!(
+                "smart gravity `sm` takes no arguments, got {}",
+                args.len() - 1
+            ),
+        )),
+        "sm" => Ok((Gravity::Smart, None)),
+        "fp" => match args[1..] {
+            [x, y] => Ok((
+                Gravity::FocusPoint,
+                Some(FocusPoint {
+                    x: focus_coordinate(name, "x", x)?,
+                    y: focus_coordinate(name, "y", y)?,
+                }),
+            )),
+            _ => Err(bad(
+                name,
+                format!(
+                    "focus-point gravity takes `fp:%x:%y`, got {} arguments after `fp`",
+                    args.len() - 1
+                ),
+            )),
+        },
+        _ => position(name, args).map(|g| (g, None)),
+    }
+}
+
+/// One coordinate of `fp`: a finite fraction 0–1 (imgproxy's range).
+fn focus_coordinate(name: &str, axis: &str, value: &str) -> Result<f64, UrlError> {
+    match value.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(bad(
+            name,
+            format!("the focus point's {axis} must be a number from 0 to 1, got `{value}`"),
+        )),
+    }
+}
+
+/// The gravity of `extend` (`extend:%extend:%gravity…`): the nine positions only. imgproxy
+/// refuses `sm` there; it takes `fp`, but imgpipe pads around one of the nine positions only.
+fn extend_gravity(name: &str, args: &[&str]) -> Result<Gravity, UrlError> {
+    match args[0] {
+        "sm" => Err(bad(
+            name,
+            "smart gravity `sm` crops; `extend` takes one of the nine positions",
+        )),
+        "fp" => Err(UrlError::unsupported_option(
+            name,
+            "focus-point gravity `fp` is not supported for `extend`; use one of the nine \
+             positions",
+        )),
+        _ => position(name, args),
+    }
+}
+
+/// One of the nine positions, then optional offsets, which must be 0.
+fn position(name: &str, args: &[&str]) -> Result<Gravity, UrlError> {
     max_args(name, args, 3)?;
     let kind = match args[0] {
         "ce" => Gravity::Centre,
@@ -368,23 +435,12 @@ fn gravity(name: &str, args: &[&str]) -> Result<Gravity, UrlError> {
         "nowe" => Gravity::NorthWest,
         "soea" => Gravity::SouthEast,
         "sowe" => Gravity::SouthWest,
-        "sm" => {
-            return Err(UrlError::unsupported_option(
-                name,
-                "smart gravity `sm` is not supported yet; use one of the nine positions",
-            ));
-        }
-        "fp" => {
-            return Err(UrlError::unsupported_option(
-                name,
-                "focus-point gravity `fp` is not supported yet; use one of the nine positions",
-            ));
-        }
         other => {
             return Err(bad(
                 name,
                 format!(
-                    "gravity must be ce, no, so, ea, we, noea, nowe, soea or sowe, got `{other}`"
+                    "gravity must be ce, no, so, ea, we, noea, nowe, soea, sowe, sm or fp:x:y, \
+                     got `{other}`"
                 ),
             ));
         }

@@ -1,4 +1,4 @@
-use schemas::events::{Fit, Frames, Gravity, ImageFormat, ResizeParams, Rgb};
+use schemas::events::{Fit, FocusPoint, Frames, Gravity, ImageFormat, ResizeParams, Rgb};
 
 use super::*;
 
@@ -52,15 +52,7 @@ fn the_documentations_example_verifies() {
     assert_eq!(s.signature, "oKfUtW34Dvo2BGQehJFR4Nr0_rIjOtdtzJ3QFsUcXH8");
     assert!(signature_matches(&key, &salt, &s.signed, s.signature));
     assert_eq!(sign(&key, &salt, &s.signed), s.signature);
-    // Signed, but smart gravity is not ours yet: refused by name.
-    let error = parse(&s.signed).expect_err("g:sm");
-    assert_eq!(
-        (error.code, error.option.as_deref()),
-        ("unsupported_option", Some("g"))
-    );
-    assert!(error.message.contains("`sm`"), "{error}");
-    // The same path with a supported gravity parses to the documented source.
-    let r = ok(&s.signed.replace("g:sm", "g:no"));
+    let r = ok(&s.signed);
     assert_eq!(
         r.source_url.as_str(),
         "http://example.com/images/curiosity.jpg"
@@ -70,8 +62,8 @@ fn the_documentations_example_verifies() {
         (Some(300), Some(400), Fit::CoverClip)
     );
     assert_eq!(
-        (r.params.format, r.params.gravity),
-        (Some(ImageFormat::Png), Gravity::North)
+        (r.params.format, r.params.gravity, r.params.focus_point),
+        (Some(ImageFormat::Png), Gravity::Smart, None)
     );
 }
 
@@ -307,6 +299,8 @@ fn every_option_maps_onto_the_contract() {
                 g: 170,
                 b: 0
             }),
+            focus_point: None,
+            auto_format: None,
         }
     );
     assert_eq!(
@@ -446,17 +440,61 @@ fn the_nine_gravities() {
 }
 
 #[test]
-fn focus_point_and_smart_gravity_are_named() {
-    for (path, option, needle) in [
-        ("/g:sm", "g", "`sm`"),
-        ("/gravity:fp:0.5:0.5", "gravity", "`fp`"),
-        ("/ex:1:fp:0.1:0.2", "ex", "`fp`"),
-        ("/s:1:1:0:1:sm", "s", "`sm`"),
+fn smart_and_focus_point_gravities() {
+    let p = params(&format!("/rs:fill:300:200/g:sm/{SRC}"));
+    assert_eq!(
+        (p.fit, p.gravity, p.focus_point),
+        (Fit::CoverClip, Gravity::Smart, None)
+    );
+    for path in ["/g:fp:0.25:1", "/gravity:fp:.25:1.0", "/g:sm/g:fp:0.25:1"] {
+        let p = params(&format!("/rs:fill-down:300:200{path}/{SRC}"));
+        assert_eq!(
+            (p.fit, p.gravity, p.focus_point),
+            (
+                Fit::Cover,
+                Gravity::FocusPoint,
+                Some(FocusPoint { x: 0.25, y: 1.0 })
+            ),
+            "{path}"
+        );
+    }
+    // A later gravity replaces the point too.
+    let p = params(&format!("/g:fp:0:0/g:so/{SRC}"));
+    assert_eq!((p.gravity, p.focus_point), (Gravity::South, None));
+    // Padding takes the extend gravity and no point.
+    let p = params(&format!("/g:fp:0.1:0.2/rs:fit:9:9:0:1:no/{SRC}"));
+    assert_eq!(
+        (p.fit, p.gravity, p.focus_point),
+        (Fit::Pad, Gravity::North, None)
+    );
+}
+
+#[test]
+fn bad_smart_and_focus_point_gravities_are_named() {
+    for (path, code, option, needle) in [
+        (
+            "/g:fp:1.5:0.5",
+            "bad_option",
+            "g",
+            "x must be a number from 0 to 1",
+        ),
+        ("/g:fp:0.5:-0.1", "bad_option", "g", "y must be"),
+        ("/gravity:fp:NaN:0.5", "bad_option", "gravity", "`NaN`"),
+        ("/g:fp:inf:0.5", "bad_option", "g", "`inf`"),
+        ("/g:fp:0.5", "bad_option", "g", "fp:%x:%y"),
+        ("/g:fp:0.5:0.5:0", "bad_option", "g", "fp:%x:%y"),
+        ("/g:fp:a:0.5", "bad_option", "g", "`a`"),
+        ("/g:sm:1", "bad_option", "g", "no arguments"),
+        ("/g:up", "bad_option", "g", "sm or fp:x:y"),
+        // imgproxy refuses `sm` for extend; it takes `fp`, which imgpipe does not.
+        ("/ex:1:sm", "bad_option", "ex", "`sm`"),
+        ("/s:1:1:0:1:sm", "bad_option", "s", "`sm`"),
+        ("/ex:1:fp:0.1:0.2", "unsupported_option", "ex", "`fp`"),
     ] {
         let e = err(&format!("{path}/{SRC}"));
         assert_eq!(
             (e.code, e.option.as_deref()),
-            ("unsupported_option", Some(option)),
+            (code, Some(option)),
             "{path}"
         );
         assert!(e.message.contains(needle), "{path}: {e}");
