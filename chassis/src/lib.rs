@@ -14,6 +14,7 @@ pub mod outage;
 pub mod rebalance;
 pub mod retry;
 pub mod shutdown;
+pub mod source;
 pub mod stall;
 pub mod tasks;
 pub mod telemetry;

@@ -112,6 +112,13 @@ pub mod api {
         "imgpipe_api_usage_records_total",
         "Usage records the api produced.",
     );
+    /// `{outcome}`: signed GETs revalidated with their origin for a client's `If-None-Match`:
+    /// `not_modified` (answered 304 with no resize), `changed` (resized again), or the fetch
+    /// error's code (the origin did not say; resized again).
+    pub const REVALIDATIONS_TOTAL: Metric = metric(
+        "imgpipe_api_revalidations_total",
+        "Conditional requests to origins for clients' If-None-Match, by what the origin said.",
+    );
     /// Every metric of this module.
     pub const ALL: &[Metric] = &[
         REQUEST_SECONDS,
@@ -119,6 +126,7 @@ pub mod api {
         IN_FLIGHT_REQUESTS,
         REPLIES_TOTAL,
         USAGE_RECORDS_TOTAL,
+        REVALIDATIONS_TOTAL,
     ];
 }
 

@@ -6,7 +6,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::Limits;
-use crate::source::FetchSettings;
+use chassis::source::FetchSettings;
 
 /// Room left in a reply record for everything but the image bytes, so a result that passed the
 /// kernel's check can always be produced.

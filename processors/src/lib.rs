@@ -1,6 +1,6 @@
 //! The resizer: consumer group `resizers` turns `image.requests` into replies on `image.results`
 //! and usage records, doing the image work in [`kernel`] on a bounded CPU pool, after fetching
-//! sources given by reference in [`source`].
+//! sources given by reference with [`chassis::source`].
 
 pub mod config;
 /// Images tagged with generated ICC profiles, for the kernel's tests, the differential test
@@ -11,7 +11,6 @@ pub mod kernel;
 pub mod metrics;
 pub mod offsets;
 pub mod resizer;
-pub mod source;
 
 pub use config::ResizerConfig;
 pub use resizer::{ResizerError, run};

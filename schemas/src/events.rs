@@ -63,6 +63,12 @@ pub enum Gravity {
     SouthEast,
     /// Keep the bottom-left corner.
     SouthWest,
+    /// Keep the most interesting region, chosen as libvips' `attention` does (edges, skin,
+    /// saturation) on the shrunk image; imgproxy's `sm`. Places as `Centre` for contain and pad.
+    Smart,
+    /// Keep [`ResizeParams::focus_point`] as near the crop's centre as the image allows;
+    /// imgproxy's `fp`. Places as `Centre` for contain and pad.
+    FocusPoint,
 }
 
 /// Which frames of an animated input (GIF, WebP) are resized.
@@ -210,6 +216,37 @@ pub struct ResizeParams {
     /// the format has alpha and flattens onto white for JPEG.
     #[serde(default)]
     pub background: Option<Rgb>,
+    /// With [`Gravity::FocusPoint`]: the point to keep, as fractions of the upright source.
+    #[serde(default)]
+    pub focus_point: Option<FocusPoint>,
+    /// The format negotiated from `Accept`, used only when `format` is `None`.
+    #[serde(default)]
+    pub auto_format: Option<AutoFormat>,
+}
+
+/// A point of the upright source, as fractions 0–1 of its width (from the left) and height (from
+/// the top).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FocusPoint {
+    /// 0 (left edge) – 1 (right edge).
+    pub x: f64,
+    /// 0 (top edge) – 1 (bottom edge).
+    pub y: f64,
+}
+
+// Equality is total here: the api accepts only finite values in 0–1, so no NaN is ever built.
+impl Eq for FocusPoint {}
+
+/// What the client's `Accept` allows when the request names no format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AutoFormat {
+    /// `image/avif` is accepted.
+    pub avif: bool,
+    /// `image/webp` is accepted.
+    pub webp: bool,
+    /// AVIF only when the kernel's cost model puts its encode within this many milliseconds of
+    /// one core; otherwise the next accepted format.
+    pub avif_budget_ms: i32,
 }
 
 /// An sRGB colour, each channel 0–255.
@@ -332,6 +369,10 @@ pub struct ResizeResult {
     pub error: Option<ResizeError>,
     /// Stage durations.
     pub timings: StageTimings,
+    /// The origin's validator of a source fetched by URL (its `ETag` as sent, else its
+    /// `Last-Modified`); `None` without one or for an inline image.
+    #[serde(default)]
+    pub source_validator: Option<String>,
 }
 
 impl Event for ResizeResult {
@@ -349,6 +390,9 @@ pub mod outcomes {
     pub const RESIZED: &str = "resized";
     /// The client went away before its answer (written by the api; status 499 as in nginx).
     pub const CLIENT_CLOSED: &str = "client_closed_request";
+    /// A signed GET revalidated by its client (`If-None-Match`) whose origin said the source had
+    /// not changed: answered 304 by the api with no resize (status 304). Billed as a request.
+    pub const NOT_MODIFIED: &str = "not_modified";
 }
 
 /// Who wrote a usage record.
@@ -562,7 +606,7 @@ pub(crate) mod samples {
                 width: Some(512),
                 height: None,
                 fit: Fit::Cover,
-                gravity: Gravity::SouthWest,
+                gravity: Gravity::FocusPoint,
                 format: Some(ImageFormat::Webp),
                 quality: Some(80),
                 enlarge: true,
@@ -570,6 +614,12 @@ pub(crate) mod samples {
                 effort: Some(7),
                 frames: Frames::First,
                 background: None,
+                focus_point: Some(FocusPoint { x: 0.25, y: 0.75 }),
+                auto_format: Some(AutoFormat {
+                    avif: true,
+                    webp: false,
+                    avif_budget_ms: 250,
+                }),
             },
             content_type: Some("image/jpeg".into()),
             image: vec![0xff, 0xd8, 0xff, 0, 1, 2],
@@ -598,6 +648,7 @@ pub(crate) mod samples {
                 encode_us: 4,
                 fetch_us: 5,
             },
+            source_validator: Some("\"v1\"".into()),
         }
     }
 

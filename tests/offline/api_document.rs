@@ -77,7 +77,7 @@ fn every_source_fetch_code_is_documented() {
     let openapi = ingest::api::openapi::spec().to_string();
     let readme = std::fs::read_to_string(format!("{}/docs/api.md", env!("CARGO_MANIFEST_DIR")))
         .expect("docs/api.md");
-    for code in processors::source::codes::ALL {
+    for code in chassis::source::codes::ALL {
         assert!(
             openapi.contains(code),
             "{code} missing from the OpenAPI document"

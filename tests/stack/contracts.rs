@@ -60,6 +60,8 @@ async fn records_round_trip_through_kafka_and_the_registry() {
             effort: Some(3),
             frames: Frames::First,
             background: None,
+            focus_point: None,
+            auto_format: None,
         },
         content_type: Some("image/gif".into()),
         image: (0..=255).collect(),

@@ -494,6 +494,7 @@ mod tests {
             image: None,
             error: None,
             timings: StageTimings::default(),
+            source_validator: None,
         }
     }
 

@@ -11,7 +11,7 @@ use schemas::events::{
 };
 
 use super::job::{JobDone, JobError};
-use crate::source::source_host;
+use schemas::events::source_host;
 
 /// A finished request's reply, usage record and `outcome` label (the jobs metric's).
 #[derive(Debug)]
@@ -136,6 +136,7 @@ pub(super) fn answer(
         image,
         error,
         timings,
+        source_validator: None,
     };
     Answer {
         reply,
@@ -403,9 +404,9 @@ mod tests {
         let failed = answer(
             &by_url("http://images.example.com/a.jpg"),
             0,
-            fetched(Err(JobError::Source(crate::source::FetchError::TooLarge {
-                limit: 10,
-            }))),
+            fetched(Err(JobError::Source(
+                chassis::source::FetchError::TooLarge { limit: 10 },
+            ))),
             RECEIVED + 80,
         );
         assert_eq!(failed.reply.timings.fetch_us, 7_000);
@@ -413,7 +414,7 @@ mod tests {
 
     #[test]
     fn a_source_that_could_not_be_fetched_is_answered_with_its_code_and_billed_as_refused() {
-        use crate::source::{FetchError, RangeClass};
+        use chassis::source::{FetchError, RangeClass};
         let cases = [
             (
                 FetchError::NotFound {

@@ -13,7 +13,7 @@ use futures::stream::FuturesUnordered;
 use tracing::Instrument as _;
 
 use super::job::{Pending, now_ms};
-use crate::source::{FetchError, Fetched, Fetcher};
+use chassis::source::{FetchError, Fetched, Fetcher};
 
 /// A fetch in flight: its request, the result and how long it took.
 type FetchFuture =

@@ -12,7 +12,7 @@ use schemas::events::ResizeRequested;
 use tokio::sync::oneshot;
 
 use crate::kernel::{self, KernelError, Limits, Resized};
-use crate::source::FetchError;
+use chassis::source::FetchError;
 
 /// A request on the pool, with what is needed to answer it (the image itself moved to the job).
 pub(super) struct Pending {
@@ -25,6 +25,8 @@ pub(super) struct Pending {
     pub(super) received: Instant,
     /// How long the source named by `source_url` took to download; zero for an inline image.
     pub(super) fetch: Duration,
+    /// The origin's validator of a source fetched by URL (`ETag`, else `Last-Modified`).
+    pub(super) source_validator: Option<String>,
     /// This resizer's hop of the request's trace (continued from the record's `traceparent`).
     pub(super) trace: TraceContext,
     /// The request's span in this resizer, for the pool job and the outputs.

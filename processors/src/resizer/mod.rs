@@ -23,7 +23,7 @@
 //! - `resize_loop`: `ResizeLoop`, the loop itself (consumer, pool, tracker, `select!` over one
 //!   `Event` enum, one `process_*` method per event);
 //! - `fetches`: `SourceFetches`, the sources given by reference downloading (see
-//!   [`crate::source`]) before their image work goes to the pool;
+//!   [`chassis::source`]) before their image work goes to the pool;
 //! - `job`: `ResizePool`, the image work on the CPU pool;
 //! - `answer`: the reply and usage record a finished job gets (pure);
 //! - `dead_letter`: the DLQ record of an input or output that cannot go on (pure);
@@ -187,7 +187,7 @@ pub async fn run(
             .max_message_bytes
             .min(schemas::topics::IMAGE_TOPIC_MAX_MESSAGE_BYTES),
     );
-    let fetcher = crate::source::Fetcher::new(&config.fetch_settings())?;
+    let fetcher = chassis::source::Fetcher::new(&config.fetch_settings())?;
     let resize_loop = ResizeLoop::new(Parts {
         consumer,
         inbox,

@@ -37,7 +37,7 @@ use super::transaction::{CommitDone, Transactions};
 use crate::config::ResizerConfig;
 use crate::metrics::ResizerMetrics;
 use crate::offsets::OffsetTracker;
-use crate::source::{FetchError, Fetched};
+use chassis::source::{FetchError, Fetched};
 
 /// What the loop waits for; each has its `process_*` method.
 enum Event<'c> {
@@ -299,6 +299,7 @@ impl ResizeLoop {
             request,
             received,
             fetch: Duration::ZERO,
+            source_validator: None,
             trace,
             span,
         };
@@ -331,6 +332,7 @@ impl ResizeLoop {
                 // The pool's queue time starts now; the fetch is its own stage (and histogram).
                 pending.received = Instant::now();
                 pending.fetch = took;
+                pending.source_validator = fetched.validator;
                 self.pool.submit(pending);
                 self.metrics.in_flight.set(self.pool.len() as i64);
                 Ok(())
@@ -364,7 +366,11 @@ impl ResizeLoop {
         let Some(done) = done else { return Ok(()) };
         let request = &pending.request;
         log_failure(&request.request_id, &done.result);
-        let answer = answer(request, pending.bytes_in, done, now_ms());
+        let mut answer = answer(request, pending.bytes_in, done, now_ms());
+        if answer.reply.image.is_some() {
+            // The api builds the answer's ETag from it; an error is never revalidated.
+            answer.reply.source_validator = pending.source_validator.clone();
+        }
         self.metrics.jobs.with_label_values(&[answer.outcome]).inc();
         for (stage, us) in answer.reply.timings.stages() {
             self.metrics

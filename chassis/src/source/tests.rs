@@ -109,6 +109,15 @@ async fn answer(
             response
         }
         ["version"] => Response::new(full(format!("{:?}", request.version()))),
+        // Validators: an entity tag, or a date; each answers its own condition with 304.
+        ["tagged"] => validated(&request, "if-none-match", "etag", "\"t1\""),
+        ["dated"] => validated(
+            &request,
+            "if-modified-since",
+            "last-modified",
+            "Tue, 08 Dec 2026 00:00:00 GMT",
+        ),
+        ["to-tagged"] => redirect("/tagged"),
         ["status", code] => status(code.parse().unwrap()),
         // /chain/N redirects N times (relative Locations), then serves the image.
         ["chain", "0"] => redirect("/jpeg"),
@@ -133,6 +142,28 @@ async fn answer(
         }
         _ => status(404),
     })
+}
+
+/// The image with `validator` in `field`, or 304 when the request's `condition` names it.
+fn validated(
+    request: &Request<hyper::body::Incoming>,
+    condition: &str,
+    field: &'static str,
+    validator: &'static str,
+) -> Response<Body> {
+    let mut response = if request
+        .headers()
+        .get(condition)
+        .is_some_and(|value| value == validator)
+    {
+        status(304)
+    } else {
+        Response::new(full(jpeg()))
+    };
+    response
+        .headers_mut()
+        .insert(field, validator.parse().unwrap());
+    response
 }
 
 fn settings(allow: &[&str]) -> FetchSettings {
@@ -163,6 +194,69 @@ async fn an_image_served_as_text_is_fetched_as_it_is() {
         .unwrap();
     assert_eq!(fetched.bytes, jpeg());
     assert_eq!(fetched.redirects, 0);
+}
+
+#[tokio::test]
+async fn a_fetch_keeps_the_origins_validator_and_revalidates_with_it() {
+    let origin = Origin::start(Ipv4Addr::LOCALHOST).await;
+    let fetcher = allowing_loopback();
+    let tagged = fetch(&fetcher, &origin.url("/tagged")).await.unwrap();
+    assert_eq!(tagged.validator.as_deref(), Some("\"t1\""));
+    let dated = fetch(&fetcher, &origin.url("/dated")).await.unwrap();
+    assert_eq!(
+        dated.validator.as_deref(),
+        Some("Tue, 08 Dec 2026 00:00:00 GMT")
+    );
+    let none = fetch(&fetcher, &origin.url("/jpeg")).await.unwrap();
+    assert_eq!(none.validator, None);
+
+    let revalidate = |path: &str, validator: &'static str| {
+        let url = origin.url(path);
+        let fetcher = fetcher.clone();
+        async move { fetcher.revalidate(&url, validator, soon()).await }
+    };
+    // The entity tag goes in If-None-Match, the date in If-Modified-Since, on every hop.
+    assert_eq!(
+        revalidate("/tagged", "\"t1\"").await.unwrap(),
+        Revalidation::NotModified
+    );
+    assert_eq!(
+        revalidate("/dated", "Tue, 08 Dec 2026 00:00:00 GMT")
+            .await
+            .unwrap(),
+        Revalidation::NotModified
+    );
+    assert_eq!(
+        revalidate("/to-tagged", "\"t1\"").await.unwrap(),
+        Revalidation::NotModified
+    );
+    // Another validator: the origin sends the image, which is not read.
+    assert_eq!(
+        revalidate("/tagged", "\"t0\"").await.unwrap(),
+        Revalidation::Changed
+    );
+    assert_eq!(
+        revalidate("/status/404", "\"t1\"").await.unwrap(),
+        Revalidation::Changed
+    );
+    // The guard applies as for a fetch.
+    let guarded = Fetcher::new(&settings(&[])).unwrap();
+    assert!(matches!(
+        guarded
+            .revalidate(&origin.url("/tagged"), "\"t1\"", soon())
+            .await,
+        Err(FetchError::AddressRefused { .. })
+    ));
+}
+
+#[test]
+fn entity_tags_are_told_from_dates() {
+    assert!(is_entity_tag("\"abc\""));
+    assert!(is_entity_tag("W/\"abc\""));
+    assert!(is_entity_tag("\"\""));
+    assert!(!is_entity_tag("Tue, 08 Dec 2026 00:00:00 GMT"));
+    assert!(!is_entity_tag("abc"));
+    assert!(!is_entity_tag("\""));
 }
 
 #[tokio::test]
@@ -434,7 +528,10 @@ async fn every_way_of_naming_loopback_is_refused_without_connecting() {
             matches!(&error, FetchError::AddressRefused { host: h, .. } if *h == host),
             "{url}: {error:?}"
         );
-        assert_eq!(source_host(&url).as_deref(), Some(host.as_str()));
+        // The same host the usage record's `source_host` takes: the URL parser's normal form.
+        let parsed = url::Url::parse(&url).unwrap();
+        let normal = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap());
+        assert_eq!(normal, host);
     }
     let error = fetch(&fetcher, &format!("http://localhost:{port}/jpeg"))
         .await

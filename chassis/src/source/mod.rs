@@ -1,6 +1,6 @@
-//! Sources by reference: a request whose image is a URL (`ResizeRequested::source_url`, from a
-//! signed GET) has it fetched here, on the async runtime, before its image work goes to the
-//! CPU pool.
+//! Sources by reference: a request whose image is a URL (a signed GET's source) has it fetched
+//! here by a resizer, on the async runtime, before its image work goes to the CPU pool; the api
+//! revalidates one here when a browser asks whether its cached answer is still good.
 //!
 //! - `guard`: which addresses may be connected to (a pure function and the operator's allow
 //!   list);
@@ -15,6 +15,5 @@ mod guard;
 mod tests;
 
 pub use error::{FetchError, Timeout, Unreachable, codes};
-pub use fetcher::{FetchSettings, Fetched, Fetcher};
+pub use fetcher::{FetchSettings, Fetched, Fetcher, Revalidation, is_entity_tag};
 pub use guard::{AddressGuard, RangeClass, Refused, classify};
-pub use schemas::events::source_host;

@@ -8,6 +8,10 @@
 //! hop is checked again, up to `max_redirects`. No proxy is used: a proxy would resolve and
 //! connect on our behalf, past the guard. The body is streamed and cut at the limit; the
 //! `Content-Type` is ignored (the kernel sniffs the bytes).
+//!
+//! A fetch keeps the origin's validator (`ETag`, else `Last-Modified`), and
+//! [`Fetcher::revalidate`] asks the origin, with that validator, whether the source changed: the
+//! api answers a browser's `If-None-Match` with 304 on the origin's 304, without a resize.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +43,18 @@ pub struct Fetched {
     pub bytes: Vec<u8>,
     /// Redirects followed to get it.
     pub redirects: usize,
+    /// The origin's validator: its `ETag` as sent (a weak `W/` one included), else its
+    /// `Last-Modified`; `None` when it sent neither.
+    pub validator: Option<String>,
+}
+
+/// What the origin said to a conditional request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revalidation {
+    /// 304: the source is as it was when the validator was given.
+    NotModified,
+    /// Anything else (a new body, an error): the caller fetches it afresh the usual way.
+    Changed,
 }
 
 /// Fetches sources; cheap to share (one connection pool).
@@ -103,53 +119,110 @@ impl Fetcher {
             .unwrap_or(Err(FetchError::Timeout(Timeout::Deadline)))
     }
 
-    async fn follow(&self, mut url: Url, max_bytes: usize) -> Result<Fetched, FetchError> {
+    /// Asks the origin of `source` whether it changed since it answered with `validator` (an
+    /// `ETag` goes in `If-None-Match`, a date in `If-Modified-Since`), following redirects and
+    /// guarded as [`Fetcher::fetch`] is, before `deadline`. The body of a changed source is never
+    /// read: the connection is dropped once its headers arrive.
+    pub async fn revalidate(
+        &self,
+        source: &str,
+        validator: &str,
+        deadline: Instant,
+    ) -> Result<Revalidation, FetchError> {
+        let url = parse(source).ok_or_else(|| FetchError::BadUrl(source.to_owned()))?;
+        if deadline <= Instant::now() {
+            return Err(FetchError::Timeout(Timeout::Deadline));
+        }
+        let condition = if is_entity_tag(validator) {
+            header::IF_NONE_MATCH
+        } else {
+            header::IF_MODIFIED_SINCE
+        };
+        let value = header::HeaderValue::from_str(validator)
+            .map_err(|_| FetchError::BadUrl(source.to_owned()))?;
+        let answered = tokio::time::timeout_at(deadline, self.send(url, Some((condition, value))))
+            .await
+            .unwrap_or(Err(FetchError::Timeout(Timeout::Deadline)))?;
+        Ok(if answered.response.status() == StatusCode::NOT_MODIFIED {
+            Revalidation::NotModified
+        } else {
+            Revalidation::Changed
+        })
+    }
+
+    async fn follow(&self, url: Url, max_bytes: usize) -> Result<Fetched, FetchError> {
+        let Answered {
+            response,
+            host,
+            redirects,
+        } = self.send(url, None).await?;
+        let status = response.status();
+        match status.as_u16() {
+            200..=299 => {
+                let validator = validator_of(response.headers());
+                Ok(Fetched {
+                    bytes: read_body(response, max_bytes, &host).await?,
+                    redirects,
+                    validator,
+                })
+            }
+            404 | 410 => Err(FetchError::NotFound {
+                host,
+                status: status.as_u16(),
+            }),
+            401 | 403 => Err(FetchError::Forbidden {
+                host,
+                status: status.as_u16(),
+            }),
+            other => Err(FetchError::Unreachable(Unreachable::Status {
+                host,
+                status: other,
+            })),
+        }
+    }
+
+    /// Sends a GET for `url` (with `condition`, when given, on every hop), following redirects
+    /// by hand, each hop guarded, and returns the first answer that is not a redirect.
+    async fn send(
+        &self,
+        mut url: Url,
+        condition: Option<(header::HeaderName, header::HeaderValue)>,
+    ) -> Result<Answered, FetchError> {
         let mut redirects = 0;
         loop {
             let host = host_of(&url);
             self.check_literal(&url, &host)?;
-            let response = self
+            let mut request = self
                 .client
                 .get(url.clone())
-                .header(header::ACCEPT, "image/*")
+                .header(header::ACCEPT, "image/*");
+            if let Some((name, value)) = &condition {
+                request = request.header(name, value);
+            }
+            let response = request
                 .send()
                 .await
                 .map_err(|error| classify(&error, &host))?;
-            let status = response.status();
-            if is_redirect(status) {
-                if redirects >= self.max_redirects {
-                    return Err(FetchError::Unreachable(Unreachable::TooManyRedirects(
-                        self.max_redirects,
-                    )));
-                }
-                url = response
-                    .headers()
-                    .get(header::LOCATION)
-                    .and_then(|location| location.to_str().ok())
-                    .and_then(|location| url.join(location).ok())
-                    .filter(is_fetchable)
-                    .ok_or(FetchError::Unreachable(Unreachable::BadRedirect(host)))?;
-                redirects += 1;
-                continue;
-            }
-            return match status.as_u16() {
-                200..=299 => Ok(Fetched {
-                    bytes: read_body(response, max_bytes, &host).await?,
+            if !is_redirect(response.status()) {
+                return Ok(Answered {
+                    response,
+                    host,
                     redirects,
-                }),
-                404 | 410 => Err(FetchError::NotFound {
-                    host,
-                    status: status.as_u16(),
-                }),
-                401 | 403 => Err(FetchError::Forbidden {
-                    host,
-                    status: status.as_u16(),
-                }),
-                other => Err(FetchError::Unreachable(Unreachable::Status {
-                    host,
-                    status: other,
-                })),
-            };
+                });
+            }
+            if redirects >= self.max_redirects {
+                return Err(FetchError::Unreachable(Unreachable::TooManyRedirects(
+                    self.max_redirects,
+                )));
+            }
+            url = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|location| location.to_str().ok())
+                .and_then(|location| url.join(location).ok())
+                .filter(is_fetchable)
+                .ok_or(FetchError::Unreachable(Unreachable::BadRedirect(host)))?;
+            redirects += 1;
         }
     }
 
@@ -167,6 +240,30 @@ impl Fetcher {
                 class: refused.class,
             })
     }
+}
+
+/// The origin's answer that ended a chain of redirects.
+struct Answered {
+    response: reqwest::Response,
+    host: String,
+    redirects: usize,
+}
+
+/// The origin's validator of a 2xx answer: its `ETag` (kept as sent, weak or strong), else its
+/// `Last-Modified`; header values that are not visible ASCII are ignored.
+fn validator_of(headers: &header::HeaderMap) -> Option<String> {
+    [header::ETAG, header::LAST_MODIFIED]
+        .iter()
+        .filter_map(|name| headers.get(name)?.to_str().ok())
+        .map(str::trim)
+        .find(|value| !value.is_empty())
+        .map(str::to_owned)
+}
+
+/// Whether `validator` is an entity tag (`"…"` or `W/"…"`, RFC 9110 §8.8.3) rather than a date.
+pub fn is_entity_tag(validator: &str) -> bool {
+    let opaque = validator.strip_prefix("W/").unwrap_or(validator);
+    opaque.len() >= 2 && opaque.starts_with('"') && opaque.ends_with('"')
 }
 
 fn host_of(url: &Url) -> String {
