@@ -186,6 +186,8 @@ async fn run_one(
                 c.api,
                 c.auth,
                 c.signing,
+                // The api asks origins what the resizers fetch from them: one set of rules.
+                c.resizer.fetch_settings(),
                 ctx,
             )
             .await?

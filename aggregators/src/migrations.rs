@@ -269,9 +269,16 @@ GROUP BY tenant_id, ",
 /// `unauthenticated`, `forbidden`, `rate_limited`, `bad_parameters`; a failure such as
 /// `undecodable_image`, `deadline_exceeded`; `client_closed_request`) got no image and is
 /// counted as refused. The tenant api uses the same list (`ingest::api::usage::query`).
+///
+/// From version 18 on (`billed_outcomes!(not_modified)`), `not_modified` too: a signed GET a
+/// client revalidated and the api answered 304 after its origin's 304, with no resize; the
+/// client keeps showing its image, so it is a request served, not refused.
 macro_rules! billed_outcomes {
     () => {
         "['ok', 'resized']"
+    };
+    (not_modified) => {
+        "['ok', 'resized', 'not_modified']"
     };
 }
 
@@ -360,9 +367,10 @@ GROUP BY tenant_id, ",
 /// `billed_rollup_view`, with `source_host` (the host of a signed GET's source URL, `''` for an
 /// image sent in the request body) a key beside outcome and format, in the settled rows (a key
 /// column of `usage_rollup`) and in the live tail (the request's host, as the rollup job takes
-/// it: `crate::rollup::per_request!`).
+/// it: `crate::rollup::per_request!`). A trailing `not_modified` selects the billed outcomes
+/// of version 18 on ([`billed_outcomes`]).
 macro_rules! host_rollup_view {
-    ($view:literal, $bucket:literal, $start_of:literal, $g:literal, $digest:literal) => {
+    ($view:literal, $bucket:literal, $start_of:literal, $g:literal, $digest:literal $(, $billed:ident)?) => {
         concat!(
             "CREATE VIEW IF NOT EXISTS {db}.",
             $view,
@@ -376,10 +384,10 @@ SELECT
     format,
     source_host,
     if(has(",
-            billed_outcomes!(),
+            billed_outcomes!($($billed)?),
             ", outcome), finalizeAggregation(requests_state), toUInt64(0)) AS requests,
     if(has(",
-            billed_outcomes!(),
+            billed_outcomes!($($billed)?),
             ", outcome), toUInt64(0), finalizeAggregation(requests_state)) AS refused,
     finalizeAggregation(bytes_in) AS bytes_in,
     finalizeAggregation(bytes_out) AS bytes_out,
@@ -410,10 +418,10 @@ SELECT
     request_format AS format,
     request_source_host AS source_host,
     countIf(has(",
-            billed_outcomes!(),
+            billed_outcomes!($($billed)?),
             ", request_outcome)) AS requests,
     countIf(NOT has(",
-            billed_outcomes!(),
+            billed_outcomes!($($billed)?),
             ", request_outcome)) AS refused,
     sum(request_bytes_in) AS bytes_in,
     sum(request_bytes_out) AS bytes_out,
@@ -1117,6 +1125,44 @@ GROUP BY kafka_partition",
         modern_only: true,
     },
     Migration {
+        version: 18,
+        name: "usage_minute, usage_hour, usage_day: not_modified (a 304 without a resize) is billed",
+        // Issue 24: a signed GET revalidated by its client is answered 304 when the origin's
+        // own conditional request says the source did not change, with no resize; its record
+        // says `not_modified`, a request served. Plain views: dropped and created again at once,
+        // nothing stored changes.
+        statements: &[
+            "DROP TABLE IF EXISTS {db}.usage_minute",
+            "DROP TABLE IF EXISTS {db}.usage_hour",
+            "DROP TABLE IF EXISTS {db}.usage_day",
+            host_rollup_view!(
+                "usage_minute",
+                "minute",
+                "toStartOfMinute",
+                "1",
+                "0",
+                not_modified
+            ),
+            host_rollup_view!(
+                "usage_hour",
+                "hour",
+                "toStartOfHour",
+                "2",
+                "1",
+                not_modified
+            ),
+            host_rollup_view!(
+                "usage_day",
+                "day",
+                "toStartOfDay",
+                "3",
+                "1",
+                not_modified
+            ),
+        ],
+        modern_only: false,
+    },
+    Migration {
         // Numbered apart from the usage migrations: the audit trail evolves on its own.
         version: 50,
         name: "create admin_audit",
@@ -1563,6 +1609,15 @@ SELECT 1"
         assert_eq!(
             billed_outcomes!(),
             format!("['{}', '{}']", outcomes::OK, outcomes::RESIZED)
+        );
+        assert_eq!(
+            billed_outcomes!(not_modified),
+            format!(
+                "['{}', '{}', '{}']",
+                outcomes::OK,
+                outcomes::RESIZED,
+                outcomes::NOT_MODIFIED
+            )
         );
     }
 

@@ -37,28 +37,48 @@ pub fn markdown() -> String {
     let root = schema.as_value();
     let mut page = String::from(HEADER);
     for (section, property) in properties(root) {
-        let definition = resolve(root, property);
-        let _ = write!(page, "\n## [{section}]\n\n");
-        if let Some(text) = description(property) {
-            let _ = write!(page, "{}\n\n", cell(text));
+        write_section(&mut page, root, section, property);
+    }
+    page
+}
+
+/// One section's table, then a section of its own for each table nested in it (`[api.web]`).
+fn write_section(page: &mut String, root: &Value, section: &str, property: &Value) {
+    let definition = resolve(root, property);
+    let _ = write!(page, "\n## [{section}]\n\n");
+    if let Some(text) = description(property) {
+        let _ = write!(page, "{}\n\n", cell(text));
+    }
+    let _ = writeln!(
+        page,
+        "Environment: `IMGPIPE_{}__<KEY>`.\n",
+        section.to_uppercase().replace('.', "__")
+    );
+    page.push_str("| key | type | default | description |\n|---|---|---|---|\n");
+    let mut nested = Vec::new();
+    for (key, field) in properties(definition) {
+        if is_table(root, field) {
+            let name = format!("{section}.{key}");
+            let _ = writeln!(
+                page,
+                "| `{key}` | table | see [`[{name}]`](#{}) | {} |",
+                name.replace('.', ""),
+                cell(description(field).unwrap_or_default())
+            );
+            nested.push((name, field));
+            continue;
         }
         let _ = writeln!(
             page,
-            "Environment: `IMGPIPE_{}__<KEY>`.\n",
-            section.to_uppercase()
+            "| `{key}` | {} | {} | {} |",
+            type_of(root, field),
+            default_of(root, field),
+            cell(description(field).unwrap_or_default())
         );
-        page.push_str("| key | type | default | description |\n|---|---|---|---|\n");
-        for (key, field) in properties(definition) {
-            let _ = writeln!(
-                page,
-                "| `{key}` | {} | {} | {} |",
-                type_of(root, field),
-                default_of(root, field),
-                cell(description(field).unwrap_or_default())
-            );
-        }
     }
-    page
+    for (name, field) in nested {
+        write_section(page, root, &name, field);
+    }
 }
 
 /// Keys without a doc comment, as `section.key` (the page would leave their meaning out).
@@ -67,16 +87,28 @@ pub fn undocumented() -> Vec<String> {
     let root = schema.as_value();
     let mut missing = Vec::new();
     for (section, property) in properties(root) {
-        if description(property).is_none() {
-            missing.push(section.clone());
-        }
-        for (key, field) in properties(resolve(root, property)) {
-            if description(field).is_none() {
-                missing.push(format!("{section}.{key}"));
-            }
-        }
+        undocumented_in(root, section, property, &mut missing);
     }
     missing
+}
+
+fn undocumented_in(root: &Value, section: &str, property: &Value, missing: &mut Vec<String>) {
+    if description(property).is_none() {
+        missing.push(section.to_owned());
+    }
+    for (key, field) in properties(resolve(root, property)) {
+        let name = format!("{section}.{key}");
+        if is_table(root, field) {
+            undocumented_in(root, &name, field, missing);
+        } else if description(field).is_none() {
+            missing.push(name);
+        }
+    }
+}
+
+/// Whether a field is a table of named keys (a struct), rendered as a section of its own.
+fn is_table(root: &Value, field: &Value) -> bool {
+    resolve(root, field).get("properties").is_some()
 }
 
 fn properties(schema: &Value) -> impl Iterator<Item = (&String, &Value)> {
@@ -194,7 +226,11 @@ mod tests {
         let page = markdown();
         let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
         let sections = defaults.as_object().map(Map::len).unwrap_or_default();
-        assert_eq!(page.matches("\n## [").count(), sections);
+        // Every section, and `[api.web]` nested in `[api]`.
+        assert_eq!(page.matches("\n## [").count(), sections + 1);
+        assert!(page.contains("\n## [api.web]\n"));
+        assert!(page.contains("Environment: `IMGPIPE_API__WEB__<KEY>`."));
+        assert!(page.contains("| `avif_budget` | duration | `\"250ms\"` |"));
         assert!(page.contains("| `brokers` | string | `\"127.0.0.1:9092\"` |"));
         assert!(page.contains("| `delivery_timeout` | duration | `\"10s\"` |"));
         assert!(page.contains("| `log_format` | `\"json\"` \\| `\"pretty\"` | `\"pretty\"` |"));

@@ -25,3 +25,4 @@ mod supervision;
 mod usage_api;
 mod usage_exactness;
 mod usage_rollups;
+mod web_caching;

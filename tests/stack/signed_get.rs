@@ -19,22 +19,23 @@ use serde_json::{Value, json};
 
 use crate::support;
 
-/// A URL path whose option (`g:sm`) is refused once the signature checked out: 400 while the
-/// key is valid, 403 while the view does not know it or after its revocation; never fetched.
-const PROBE: &str = "/g:sm/plain/http://127.0.0.1:9/never.jpg";
+/// A URL path whose option (one imgproxy lacks) is refused once the signature checked out: 400
+/// while the key is valid, 403 while the view does not know it or after its revocation; never
+/// fetched.
+pub(crate) const PROBE: &str = "/imgpipe_no_such_option:1/plain/http://127.0.0.1:9/never.jpg";
 
 /// A development signing secret (base64 of 40 bytes); tests only.
 const SIGNING_SECRET: &str = "dGVzdC1zaWduaW5nLXNlY3JldC1vZi10aGUtc3RhY2stdGVzdHMtMDAwMA==";
 
 /// An origin on loopback serving `photo` at `/img/photo.jpg` as `text/plain` (the resizer must
 /// sniff, never trust the type), counting the requests it gets.
-struct Origin {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
+pub(crate) struct Origin {
+    pub(crate) addr: SocketAddr,
+    pub(crate) hits: Arc<AtomicUsize>,
 }
 
 impl Origin {
-    async fn start(photo: Vec<u8>) -> Self {
+    pub(crate) async fn start(photo: Vec<u8>) -> Self {
         let hits = Arc::new(AtomicUsize::new(0));
         let counted = hits.clone();
         let app = axum::Router::new().route(
@@ -51,21 +52,21 @@ impl Origin {
         Self { addr, hits }
     }
 
-    fn photo_url(&self) -> String {
+    pub(crate) fn photo_url(&self) -> String {
         format!("http://{}/img/photo.jpg", self.addr)
     }
 }
 
 /// The whole pipeline in this process, with signing configured and loopback sources allowed.
-struct Pipeline {
-    config: Config,
-    api: SocketAddr,
-    identity: SocketAddr,
-    hosted: support::Hosted,
+pub(crate) struct Pipeline {
+    pub(crate) config: Config,
+    pub(crate) api: SocketAddr,
+    pub(crate) identity: SocketAddr,
+    pub(crate) hosted: support::Hosted,
 }
 
 impl Pipeline {
-    async fn start(test: &str) -> Self {
+    pub(crate) async fn start(test: &str) -> Self {
         let mut config = support::provisioned(test).await;
         let api = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
         let identity = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
@@ -84,7 +85,12 @@ impl Pipeline {
         }
     }
 
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
         let mut request = reqwest::Client::new()
             .request(method, format!("http://{}{path}", self.identity))
             .bearer_auth(support::ADMIN_TOKEN);
@@ -99,7 +105,7 @@ impl Pipeline {
     }
 
     /// A tenant allowed to fetch from `allowed`, and a signing key of it.
-    async fn tenant_with_signing_key(&self, allowed: &str) -> (String, SigningKey) {
+    pub(crate) async fn tenant_with_signing_key(&self, allowed: &str) -> (String, SigningKey) {
         let tenant = self
             .admin(
                 reqwest::Method::POST,
@@ -127,7 +133,7 @@ impl Pipeline {
     }
 
     /// The URL of `path` (imgproxy's, after the signature) signed with `key`.
-    fn signed_url(&self, key: &SigningKey, path: &str) -> String {
+    pub(crate) fn signed_url(&self, key: &SigningKey, path: &str) -> String {
         let signature = ingest::api::imgproxy::sign(&key.key, &key.salt, path);
         format!(
             "http://{}/v1/img/{}/{signature}{path}",
@@ -137,7 +143,7 @@ impl Pipeline {
 
     /// Waits until the api's view knows `key` (its first signed GET is no longer refused as an
     /// unknown key), using a URL whose options are refused, so that nothing is fetched.
-    async fn wait_for_signing_key(&self, key: &SigningKey) {
+    pub(crate) async fn wait_for_signing_key(&self, key: &SigningKey) {
         let probe = self.signed_url(key, PROBE);
         let http = reqwest::Client::new();
         support::eventually(
@@ -152,7 +158,7 @@ impl Pipeline {
     }
 
     /// `(outcome, status, source_host, bytes_in)` of `tenant`'s requests so far.
-    async fn usage_rows(&self, tenant: &str) -> Vec<(String, String, String, String)> {
+    pub(crate) async fn usage_rows(&self, tenant: &str) -> Vec<(String, String, String, String)> {
         let db = &self.config.clickhouse.database;
         let sql = format!(
             "SELECT outcome, toString(status), source_host, toString(bytes_in) \
@@ -170,7 +176,11 @@ impl Pipeline {
     }
 
     /// [`Self::usage_rows`], once there are `n`.
-    async fn usage(&self, tenant: &str, n: usize) -> Vec<(String, String, String, String)> {
+    pub(crate) async fn usage(
+        &self,
+        tenant: &str,
+        n: usize,
+    ) -> Vec<(String, String, String, String)> {
         support::eventually(
             Duration::from_secs(30),
             "the tenant's usage in ClickHouse",
@@ -183,10 +193,10 @@ impl Pipeline {
     }
 }
 
-struct SigningKey {
-    key_id: String,
-    key: Vec<u8>,
-    salt: Vec<u8>,
+pub(crate) struct SigningKey {
+    pub(crate) key_id: String,
+    pub(crate) key: Vec<u8>,
+    pub(crate) salt: Vec<u8>,
 }
 
 async fn get(url: &str) -> (StatusCode, String, Vec<u8>) {
@@ -204,7 +214,7 @@ async fn get(url: &str) -> (StatusCode, String, Vec<u8>) {
     )
 }
 
-fn problem_code(body: &[u8]) -> String {
+pub(crate) fn problem_code(body: &[u8]) -> String {
     let problem: Value = serde_json::from_slice(body).unwrap();
     problem["code"].as_str().unwrap_or_default().to_owned()
 }
@@ -466,7 +476,7 @@ fn base64_url(text: &str) -> String {
 }
 
 /// Sizes (key + value) of every record on the test's image.requests.
-async fn request_record_sizes(config: &Config) -> Vec<usize> {
+pub(crate) async fn request_record_sizes(config: &Config) -> Vec<usize> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     let kafka = config.kafka.clone();

@@ -29,6 +29,7 @@ use super::problem::{self, Problem};
 use super::publisher::{PublishError, RequestPublisher};
 use super::replies::{ReplySlot, ReserveError};
 use super::state::AppState;
+use super::web_cache::Representation;
 
 /// One image request from arrival to answer, whichever route read it: its id, its arrival, its
 /// trace; [`Call::serve`] produces what the route read, waits for the reply and answers.
@@ -70,23 +71,28 @@ impl Call {
     }
 
     /// Awaits `read` (the route's checks), then produces the request and answers with its
-    /// reply; every log line of it carries the trace, and `route` labels its duration.
+    /// reply, unless the route answered already ([`Next::Answered`]); every log line of it
+    /// carries the trace, and `route` labels its duration.
     pub(super) async fn serve(
         mut self,
         state: &AppState,
         route: &str,
-        read: impl Future<Output = Result<ReadRequest, Problem>>,
+        read: impl Future<Output = Result<Next, Problem>>,
     ) -> Response {
         let span = self.trace.span(self.request_id.as_str());
         let request_id = self.request_id.as_str();
         let (received, trace) = (self.received, &self.trace);
         let handled = async {
-            let read = read.await?;
+            let read = match read.await? {
+                Next::Produce(read) => read,
+                Next::Answered(response, outcome) => return Ok::<_, Problem>((response, outcome)),
+            };
             let published = publish_request(state, read, request_id, received, trace).await?;
-            await_reply(state, published, received).await
+            let response = await_reply(state, published, received).await?;
+            Ok((response, outcomes::OK))
         };
         let (response, outcome) = match handled.instrument(span).await {
-            Ok(response) => (response, outcomes::OK.to_owned()),
+            Ok((response, outcome)) => (response, outcome.to_owned()),
             Err(problem) => {
                 let code = problem.code.to_string();
                 (problem.into_response(), code)
@@ -121,12 +127,29 @@ impl Received {
     }
 }
 
+/// What a route's checks lead to.
+pub(super) enum Next {
+    /// A request to produce and await.
+    Produce(ReadRequest),
+    /// Answered without a resize (a signed GET's 304), with the outcome its usage record and
+    /// metrics carry (the record is written already).
+    Answered(Response, &'static str),
+}
+
+impl From<ReadRequest> for Next {
+    fn from(read: ReadRequest) -> Self {
+        Self::Produce(read)
+    }
+}
+
 /// A request read and checked: who sent it, what to do, and the image.
 pub(super) struct ReadRequest {
     /// The tenant's usage record so far (every answer from here on is also a usage record).
     pub(super) usage: UsageDraft,
     pub(super) params: ResizeParams,
     pub(super) input: Input,
+    /// How a signed GET's answer is cached (`None` for a POST: not cacheable).
+    pub(super) web: Option<Representation>,
 }
 
 /// Where the image of a request is.
@@ -165,6 +188,8 @@ pub(super) struct Published {
     delivery: Delivery,
     /// Counts the request in flight until the answer is built.
     _in_flight: InFlight,
+    /// A signed GET's caching headers.
+    web: Option<Representation>,
     /// Arrival → the request record handed to the producer.
     accept: Duration,
     produce_started: Instant,
@@ -193,6 +218,7 @@ pub(super) async fn publish_request(
     let timeout = state.config.request_timeout;
     let deadline_at_ms = received.at_ms + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
     let (bytes_in, input_format) = (read.input.bytes_in(), read.input.format());
+    let web = read.web;
     let (image, content_type, source_url) = match read.input {
         Input::Inline {
             image,
@@ -247,6 +273,7 @@ pub(super) async fn publish_request(
         slot,
         delivery,
         _in_flight: in_flight,
+        web,
         accept,
         produce_started,
         acknowledged: Instant::now(),
@@ -272,7 +299,14 @@ pub(super) async fn await_reply(
         produce: published.acknowledged - published.produce_started,
         remote: published.acknowledged.elapsed(),
     };
-    reply_response(state, result, received, timings, published.delivery)
+    reply_response(
+        state,
+        result,
+        received,
+        timings,
+        published.delivery,
+        published.web.as_ref(),
+    )
 }
 
 /// Where the api's time of one request went, next to the resizer's [`StageTimings`].
@@ -308,6 +342,7 @@ fn reply_response(
     received: Received,
     timings: ApiTimings,
     delivery: Delivery,
+    web: Option<&Representation>,
 ) -> Result<Response, Problem> {
     let stages = timings.stages(&result.timings);
     for &(stage, us) in &stages {
@@ -347,6 +382,9 @@ fn reply_response(
     headers.insert(header::CONTENT_TYPE, content_type);
     if let Ok(value) = HeaderValue::from_str(&timing) {
         headers.insert("server-timing", value);
+    }
+    if let Some(web) = web {
+        web.apply(headers, result.source_validator.as_deref());
     }
     Ok(response)
 }
@@ -391,6 +429,18 @@ impl UsageDraft {
             source: UsageSource::Api,
             source_host: self.source_host.clone(),
         }
+    }
+
+    /// The record of a signed GET answered 304 after its origin's own 304: no resize, no
+    /// bytes, billed as `not_modified`.
+    pub(super) fn not_modified(&self) -> UsageRecorded {
+        self.record(
+            outcomes::NOT_MODIFIED,
+            StatusCode::NOT_MODIFIED.as_u16(),
+            0,
+            None,
+            None,
+        )
     }
 
     /// The record of a request answered with `problem`.

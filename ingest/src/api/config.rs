@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::web_cache::WebConfig;
+
 /// How the api listens, limits and waits.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -23,6 +25,8 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// Requests handled at once; past this, new ones are shed with 503 at once.
     pub max_concurrent_requests: usize,
+    /// Caching and format negotiation of signed GETs.
+    pub web: WebConfig,
 }
 
 impl Default for ApiConfig {
@@ -33,6 +37,7 @@ impl Default for ApiConfig {
             max_body_bytes: 8 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             max_concurrent_requests: 2048,
+            web: WebConfig::default(),
         }
     }
 }
@@ -61,6 +66,7 @@ impl ApiConfig {
         if self.max_concurrent_requests == 0 {
             errors.push("api.max_concurrent_requests must be positive".into());
         }
+        self.web.validate(errors);
     }
 }
 

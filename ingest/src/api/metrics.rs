@@ -16,6 +16,8 @@ pub struct ApiMetrics {
     pub replies: IntCounterVec,
     /// [`api::USAGE_RECORDS_TOTAL`] `{outcome}`.
     pub usage_records: IntCounterVec,
+    /// [`api::REVALIDATIONS_TOTAL`] `{outcome}`.
+    pub revalidations: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -37,6 +39,7 @@ impl ApiMetrics {
             in_flight: metrics::gauge(registry, api::IN_FLIGHT_REQUESTS)?,
             replies: metrics::counter_vec(registry, api::REPLIES_TOTAL, &["outcome"])?,
             usage_records: metrics::counter_vec(registry, api::USAGE_RECORDS_TOTAL, &["outcome"])?,
+            revalidations: metrics::counter_vec(registry, api::REVALIDATIONS_TOTAL, &["outcome"])?,
         })
     }
 }
@@ -59,6 +62,7 @@ mod tests {
             .observe(0.01);
         m.replies.with_label_values(&["delivered"]).inc();
         m.usage_records.with_label_values(&["queued"]).inc();
+        m.revalidations.with_label_values(&["not_modified"]).inc();
         assert_eq!(
             metrics::registry_violations(&registry.gather(), api::ALL),
             Vec::<String>::new()

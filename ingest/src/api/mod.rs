@@ -5,6 +5,8 @@
 //! - [`routes`]: the HTTP handlers (`app(state) -> Router`).
 //! - [`call`]: one image request from arrival to answer (produce, await the reply, answer, bill).
 //! - [`signed_get`]: `GET /v1/img/...`, signed URLs in imgproxy's format ([`imgproxy`] parses them).
+//! - [`web_cache`]: how signed GETs' answers are cached and negotiated (`Cache-Control`, `ETag`,
+//!   `Vary: Accept`, the 304 of a revalidation).
 //! - [`replies`]: reply partition ownership and routing ([`ReplyRouter`]).
 //! - [`publisher`]: producing requests and api-side usage records.
 //! - [`params`]: query parameters → the contract's `ResizeParams`.
@@ -26,12 +28,14 @@ pub mod routes;
 pub mod signed_get;
 pub mod state;
 pub mod usage;
+pub mod web_cache;
 
 use std::sync::Arc;
 
 use chassis::ServiceContext;
 use chassis::clickhouse::ClickHouseConfig;
 use chassis::kafka::KafkaConfig;
+use chassis::source::{FetchSettings, Fetcher};
 use schemas::{Codec, RegistryConfig};
 
 pub use config::ApiConfig;
@@ -65,6 +69,9 @@ pub enum ApiError {
     /// The HTTP listener failed.
     #[error(transparent)]
     Serve(#[from] chassis::http::ServeError),
+    /// The HTTP client for origins could not be built (no TLS roots).
+    #[error("building the origin client: {0}")]
+    Sources(#[source] reqwest::Error),
 }
 
 /// Runs the api until shutdown: in-flight requests finish (up to their deadline) before it returns.
@@ -75,6 +82,7 @@ pub async fn run(
     config: ApiConfig,
     auth: AuthConfig,
     signing: crate::signing::SigningConfig,
+    sources: FetchSettings,
     ctx: ServiceContext,
 ) -> Result<(), ApiError> {
     let mut errors = Vec::new();
@@ -111,6 +119,7 @@ pub async fn run(
         usage: Some(usage::ClickHouseUsage::new(clickhouse)),
         metrics,
         config: Arc::new(config),
+        sources: Fetcher::new(&sources).map_err(ApiError::Sources)?,
     };
     let listen = state.config.listen;
     let router = app(state, &ctx.http);

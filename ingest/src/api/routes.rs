@@ -14,7 +14,7 @@ use chassis::http::RequestId;
 use schemas::events::ImageFormat;
 use tower::ServiceBuilder;
 
-use super::call::{Call, Input, ReadRequest, Received, UsageDraft};
+use super::call::{Call, Input, Next, ReadRequest, Received, UsageDraft};
 use super::params;
 use super::problem::{self, Problem};
 pub use super::state::AppState;
@@ -47,7 +47,11 @@ const RESIZE_ROUTE: &str = "/v1/resize";
 async fn resize(State(state): State<AppState>, request: Request) -> Response {
     let call = Call::start(&request);
     let (request_id, received) = (call.request_id().to_owned(), call.received());
-    let read = read_request(&state, request, &request_id, received);
+    let read = async {
+        read_request(&state, request, &request_id, received)
+            .await
+            .map(Next::from)
+    };
     call.serve(&state, RESIZE_ROUTE, read).await
 }
 
@@ -205,6 +209,7 @@ async fn read_request(
             format: input_format,
             content_type,
         },
+        web: None,
     })
 }
 

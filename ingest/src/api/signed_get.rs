@@ -8,15 +8,23 @@
 //! verified before any option is parsed, so an unsigned or tampered URL costs one HMAC and learns
 //! nothing (and spends none of the tenant's quota, charged only once the signature matched);
 //! then the options, the expiry and the tenant's allowed sources.
+//!
+//! Answers are cacheable ([`web_cache`](super::web_cache)): a browser's `If-None-Match` holding
+//! a tag this URL made is checked with the origin (a conditional request with the origin's own
+//! validator), and the origin's 304 is answered 304 here, with no request produced and nothing
+//! resized. Error answers get a short `Cache-Control`, or `no-store` for a 5xx.
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
+use chassis::source::Revalidation;
+use schemas::events::outcomes;
 
-use super::call::{Call, Input, ReadRequest, Received, UsageDraft};
+use super::call::{Call, Input, Next, ReadRequest, Received, UsageDraft};
 use super::imgproxy;
 use super::problem::{self, Problem};
 use super::state::AppState;
+use super::web_cache::Representation;
 use crate::auth::{AuthError, Principal};
 
 /// Where signed GETs are served; `{key_id}` follows, then imgproxy's path.
@@ -29,8 +37,74 @@ const ROUTE: &str = "/v1/img";
 pub(super) async fn image(State(state): State<AppState>, request: Request) -> Response {
     let call = Call::start(&request);
     let (request_id, received) = (call.request_id().to_owned(), call.received());
-    let read = read_signed(&state, request.uri().path(), &request_id, received);
-    call.serve(&state, ROUTE, read).await
+    // The body (never read: a GET) is not `Sync`, so only the head is held across awaits.
+    let (head, _) = request.into_parts();
+    let headers = &head.headers;
+    let read = async {
+        let read = read_signed(&state, head.uri.path(), headers, &request_id, received).await?;
+        Ok(match not_modified(&state, &read, headers, received).await {
+            Some(response) => Next::Answered(response, outcomes::NOT_MODIFIED),
+            None => Next::Produce(read),
+        })
+    };
+    let mut response = call.serve(&state, ROUTE, read).await;
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        let cache_control = state.config.web.error_cache_control(status);
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, cache_control);
+    }
+    response
+}
+
+/// A 304 for a client revalidating an answer of this URL (`If-None-Match` with a tag it made),
+/// when the origin answers the conditional request with its own 304; `None` when the answer
+/// must be made again (no such tag, the source changed, the origin failed to say). The 304 is
+/// billed `not_modified`.
+async fn not_modified(
+    state: &AppState,
+    read: &ReadRequest,
+    headers: &HeaderMap,
+    received: Received,
+) -> Option<Response> {
+    let (web, Input::Source { url }) = (read.web.as_ref()?, &read.input) else {
+        return None;
+    };
+    let validator = web.revalidates(headers.get(header::IF_NONE_MATCH)?)?;
+    let deadline = tokio::time::Instant::from_std(received.at + state.config.request_timeout);
+    let revalidated = state
+        .sources
+        .revalidate(url.as_str(), &validator, deadline)
+        .await;
+    state
+        .metrics
+        .revalidations
+        .with_label_values(&[match &revalidated {
+            Ok(Revalidation::NotModified) => "not_modified",
+            Ok(Revalidation::Changed) => "changed",
+            Err(error) => error.code(),
+        }])
+        .inc();
+    if revalidated.ok()? != Revalidation::NotModified {
+        return None;
+    }
+    state
+        .publisher
+        .record_usage(&read.usage.not_modified())
+        .await;
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    web.apply(response.headers_mut(), Some(&validator));
+    response.headers_mut().insert(
+        "server-timing",
+        HeaderValue::from_str(&format!(
+            "revalidate;dur={:.3}",
+            received.at.elapsed().as_secs_f64() * 1000.0
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("revalidate")),
+    );
+    Some(response)
 }
 
 /// Checks a signed URL and reads what it asks for. The path is the raw one the client sent: the
@@ -38,6 +112,7 @@ pub(super) async fn image(State(state): State<AppState>, request: Request) -> Re
 async fn read_signed(
     state: &AppState,
     path: &str,
+    headers: &HeaderMap,
     request_id: &str,
     received: Received,
 ) -> Result<ReadRequest, Problem> {
@@ -104,12 +179,23 @@ async fn read_signed(
         );
         return Err(refused(problem, &usage).await);
     }
+    let mut params = img.params;
+    params.auto_format = state.config.web.negotiate(&params, headers);
+    let web = Representation::new(
+        img.source_url.as_str(),
+        &params,
+        img.cachebuster.as_deref(),
+        state.config.web.max_age,
+        img.expires_at_s,
+        received.at_ms / 1000,
+    );
     Ok(ReadRequest {
         usage,
-        params: img.params,
+        params,
         input: Input::Source {
             url: img.source_url,
         },
+        web: Some(web),
     })
 }
 

@@ -29,6 +29,9 @@ pub struct AppState {
     pub metrics: ApiMetrics,
     /// Limits and timeouts.
     pub config: Arc<ApiConfig>,
+    /// Asks origins whether a source changed (a client revalidating a signed GET's answer),
+    /// guarded as the resizers' fetches are.
+    pub sources: chassis::source::Fetcher,
 }
 
 impl AppState {

@@ -88,6 +88,7 @@ impl RequestPublisher for FakePublisher {
                     encode_us: 4000,
                     fetch_us: 0,
                 },
+                source_validator: None,
             };
             match self.answer {
                 Answer::Image => {
@@ -149,6 +150,12 @@ fn harness(answer: Answer, owned: Vec<i32>) -> Harness {
         usage: None,
         metrics: ApiMetrics::register(&prometheus::Registry::new()).unwrap(),
         config: Arc::new(config),
+        sources: chassis::source::Fetcher::new(&chassis::source::FetchSettings {
+            allow_private: Vec::new(),
+            connect_timeout: Duration::from_secs(1),
+            max_redirects: 0,
+        })
+        .unwrap(),
     };
     Harness {
         app: app(state, &chassis::http::HttpConfig::default()),

@@ -30,11 +30,12 @@ use serde::{Deserialize, Serialize};
 
 pub use super::timestamp::{Timestamp, TimestampError};
 
-/// The outcomes billed as work, as the analysts' views count them (migration 15's
-/// `billed_outcomes`): `ok`, the api handed the image over, and `resized`, a resizer made it and
+/// The outcomes billed as work, as the analysts' views count them (migration 18's
+/// `billed_outcomes`): `ok`, the api handed the image over; `resized`, a resizer made it and
 /// the api's record is missing (the api died; also a request's state for the moment between the
-/// resizer's record and the api's `ok`). Every other outcome is a request that got no image.
-pub const BILLED_OUTCOMES: [&str; 2] = [outcomes::OK, outcomes::RESIZED];
+/// resizer's record and the api's `ok`); `not_modified`, a revalidated signed GET answered 304
+/// with no resize. Every other outcome is a request that got no image.
+pub const BILLED_OUTCOMES: [&str; 3] = [outcomes::OK, outcomes::RESIZED, outcomes::NOT_MODIFIED];
 
 /// Bucket width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
