@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use processors::kernel::{Limits, resize};
-use schemas::events::{Fit, Frames, ImageFormat, ResizeParams};
+use schemas::events::{Fit, FocusPoint, Frames, Gravity, ImageFormat, ResizeParams};
 
 /// The allocator of the `imgpipe` binary, so the kernel is timed as the resizer runs it.
 #[global_allocator]
@@ -105,6 +105,23 @@ fn parse(query: &str) -> Result<ResizeParams, Box<dyn std::error::Error>> {
                     "fill" => Fit::Fill,
                     _ => Fit::Inside,
                 }
+            }
+            // `gravity=smart` against `gravity=centre` (the default) measures smart crop's cost.
+            "gravity" => {
+                p.gravity = match v {
+                    "smart" => Gravity::Smart,
+                    "focus_point" => Gravity::FocusPoint,
+                    _ => Gravity::Centre,
+                }
+            }
+            "focus_x" | "focus_y" => {
+                let mut point = p.focus_point.unwrap_or(FocusPoint { x: 0.5, y: 0.5 });
+                if k == "focus_x" {
+                    point.x = v.parse()?;
+                } else {
+                    point.y = v.parse()?;
+                }
+                p.focus_point = Some(point);
             }
             "frames" => {
                 p.frames = if v == "first" {

@@ -660,3 +660,121 @@ fn generated_exif_segment_says_its_orientation() {
         Orientation::Rotate90
     );
 }
+
+/// A GIF with logical screen `screen` and one-colour frames (left, top, width, height, palette
+/// index 0–3 of red, blue, green, white), written by hand so that frames can lie anywhere
+/// relative to the screen (GIF encoders size the screen from the frames). The LZW stream starts
+/// a new code table every two pixels, so its codes stay 3 bits wide: valid, if not small.
+fn gif_on_screen(screen: (u16, u16), frames: &[(u16, u16, u16, u16, u8)]) -> Vec<u8> {
+    let mut out = b"GIF89a".to_vec();
+    out.extend_from_slice(&screen.0.to_le_bytes());
+    out.extend_from_slice(&screen.1.to_le_bytes());
+    // A global table of 4 colours, background 0, no aspect ratio.
+    out.extend_from_slice(&[0x81, 0, 0, 255, 0, 0, 0, 0, 255, 0, 255, 0, 255, 255, 255]);
+    for &(left, top, w, h, index) in frames {
+        // Graphic control: 100 ms, no transparency.
+        out.extend_from_slice(&[0x21, 0xF9, 4, 0, 10, 0, 0, 0, 0x2C]);
+        for v in [left, top, w, h] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.push(0);
+        let pixels = usize::from(w) * usize::from(h);
+        let mut codes = Vec::new();
+        for start in (0..pixels).step_by(2) {
+            codes.push(4u32); // clear
+            codes.extend(std::iter::repeat_n(
+                u32::from(index),
+                (pixels - start).min(2),
+            ));
+        }
+        codes.push(5); // end of information
+        let (mut data, mut bits, mut used) = (Vec::new(), 0u32, 0);
+        for code in codes {
+            bits |= code << used;
+            used += 3;
+            while used >= 8 {
+                data.push(bits as u8);
+                bits >>= 8;
+                used -= 8;
+            }
+        }
+        if used > 0 {
+            data.push(bits as u8);
+        }
+        out.push(2); // LZW minimum code size
+        for block in data.chunks(255) {
+            out.push(block.len() as u8);
+            out.extend_from_slice(block);
+        }
+        out.push(0);
+    }
+    out.push(b';');
+    out
+}
+
+/// libvips' size for an image file, from `vipsheader`.
+fn vips_size(path: &Path) -> (u32, u32) {
+    let text = String::from_utf8(run(Command::new("vipsheader").arg(path))).unwrap();
+    // "name.gif: 25x15 uchar, 3 bands, srgb, gifload"
+    let size = text
+        .split(": ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap();
+    let (w, h) = size.split_once('x').unwrap();
+    (w.parse().unwrap(), h.parse().unwrap())
+}
+
+/// GIFs whose frames are smaller than the logical screen, or placed partly outside it, come out
+/// at libvips' size: the screen, grown to take in a first frame reaching past it (as libnsgif and
+/// browsers draw it); later frames are clipped to it. Still (PNG) and animated (GIF) output both.
+#[test]
+fn gif_screen_size_matches_libvips() {
+    require_vips();
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, (u16, u16), &[(u16, u16, u16, u16, u8)]); 5] = [
+        ("frame-inside-screen", (20, 10), &[(4, 2, 8, 6, 0)]),
+        ("frame-past-right-bottom", (20, 10), &[(15, 5, 10, 10, 1)]),
+        (
+            "frame-larger-than-screen",
+            (20, 10),
+            &[(0, 0, 30, 16, 1), (2, 2, 4, 4, 0)],
+        ),
+        (
+            "later-frame-outside",
+            (30, 20),
+            &[(0, 0, 10, 10, 2), (25, 15, 20, 20, 0)],
+        ),
+        (
+            "offset-frames-inside",
+            (41, 33),
+            &[(3, 5, 7, 9, 3), (30, 20, 11, 13, 1)],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, screen, frames) in cases {
+        let input = gif_on_screen(screen, frames);
+        let path = dir.path().join(format!("{name}.gif"));
+        std::fs::write(&path, &input).unwrap();
+        let theirs = vips_size(&path);
+        for (format, label) in [(ImageFormat::Png, "still"), (ImageFormat::Gif, "animated")] {
+            let params = ResizeParams {
+                format: Some(format),
+                ..ResizeParams::default()
+            };
+            match resize(&input, &params, &Limits::default()) {
+                Ok(out) if (out.width, out.height) == theirs => {}
+                Ok(out) => failures.push(format!(
+                    "{name} ({label}): {}x{}, libvips {}x{}",
+                    out.width, out.height, theirs.0, theirs.1
+                )),
+                Err(e) => failures.push(format!("{name} ({label}): kernel failed: {e}")),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "differs from libvips:\n{}",
+        failures.join("\n")
+    );
+}
