@@ -52,6 +52,10 @@ pub enum Command {
     /// topic tails, the admin audit trail. Commands that change state print their plan and act
     /// only with --execute.
     Ops(imgpipe_ops::OpsArgs),
+    /// Writes a static HTML page showing photos through signed GET URLs: `srcset` with 1x and
+    /// 2x, fit and fill with centre, smart and focal-point gravity, the format from `Accept`
+    /// (the demo's gallery; the browser test opens the same page).
+    Gallery(imgpipe::gallery::GalleryArgs),
     /// Topic and schema management.
     Topics {
         #[command(subcommand)]

@@ -46,6 +46,10 @@ fn start(cli: Cli) -> anyhow::Result<()> {
         print!("{}", imgpipe::config::reference::markdown());
         return Ok(());
     }
+    if let Command::Gallery(args) = &cli.command {
+        // A page of signed URLs: no configuration, no runtime.
+        return gallery(args);
+    }
     let config: Config = chassis::load_config(cli.config.as_deref())?;
     chassis::telemetry::init(&config.telemetry);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -148,6 +152,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        Command::Gallery(args) => return gallery(&args),
         Command::Config { .. } => {
             println!(
                 "{}",
@@ -157,5 +162,21 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         }
     };
     host::run(config, services, Shutdown::on_signals()).await?;
+    Ok(())
+}
+
+/// `imgpipe gallery`: writes the page and says where it is and what it shows.
+fn gallery(args: &imgpipe::gallery::GalleryArgs) -> anyhow::Result<()> {
+    let pictures = imgpipe::gallery::write(args)?;
+    let photos = pictures
+        .iter()
+        .map(|p| p.photo.as_str())
+        .collect::<std::collections::BTreeSet<_>>();
+    println!(
+        "wrote {} ({} pictures of {} photos, each a signed 1x and 2x URL)",
+        args.out.display(),
+        pictures.len(),
+        photos.len()
+    );
     Ok(())
 }
