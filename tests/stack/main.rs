@@ -13,6 +13,7 @@ mod support;
 mod aggregator_outage;
 mod billing;
 mod contracts;
+mod gallery_browser;
 mod http_face;
 mod identity;
 mod monitoring;
