@@ -837,6 +837,8 @@ async fn the_gallery_loads_in_chromium_at_its_sizes_and_formats_and_a_reload_res
     let mut devtools = chromium.page().await;
     devtools.call("Network.enable", json!({})).await;
     devtools.call("Page.enable", json!({})).await;
+    // Over HTTP, as the demo serves it: opened as a file:// page, Chromium fetched stale
+    // pictures again in full (200s, each a resize) where over HTTP it revalidated them (304s).
     let gallery_url = format!("http://{}/gallery.html", origin.addr);
 
     // 1x: every picture as its page states.
