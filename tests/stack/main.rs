@@ -27,3 +27,4 @@ mod usage_api;
 mod usage_exactness;
 mod usage_rollups;
 mod web_caching;
+mod web_crops;

@@ -71,7 +71,7 @@ pub const GET_OPTIONS: &[(&str, &str, &str)] = &[
     (
         "gravity, g",
         "%type",
-        "Which part fill keeps: ce (default), no, so, ea, we, noea, nowe, soea, sowe. Offsets must be 0; fp and sm are refused with 400 unsupported_option for now.",
+        "Which part fill keeps: ce (default), no, so, ea, we, noea, nowe, soea, sowe; sm (smart: the most interesting region, chosen as libvips' attention does from edges, skin and saturation, deterministic); fp:%x:%y (focus point: x and y from 0 to 1, from the left and the top, kept as near the crop's centre as the image allows). Offsets must be 0; extend refuses sm and fp.",
     ),
     (
         "quality, q",
@@ -189,7 +189,9 @@ pub fn spec() -> Value {
                     query("width", "Target width, 1–8192. Either width or height may be omitted with fit=inside.", json!({"type": "integer", "minimum": 1, "maximum": 8192})),
                     query("height", "Target height, 1–8192.", json!({"type": "integer", "minimum": 1, "maximum": 8192})),
                     query("fit", "inside (default), cover, contain, fill, cover_clip, auto or pad (see docs/api.md).", json!({"type": "string", "enum": ["inside", "cover", "contain", "fill", "cover_clip", "auto", "pad"]})),
-                    query("gravity", "Crop anchor for cover and cover_clip, placement for contain and pad.", json!({"type": "string", "enum": ["centre", "north", "south", "east", "west", "northeast", "northwest", "southeast", "southwest"]})),
+                    query("gravity", "Crop anchor for cover and cover_clip, placement for contain and pad. smart: the most interesting region (edges, skin, saturation, as libvips' attention); focus_point: the point focus_x, focus_y kept as near the crop's centre as the image allows (both place as centre for contain and pad).", json!({"type": "string", "enum": ["centre", "north", "south", "east", "west", "northeast", "northwest", "southeast", "southwest", "smart", "focus_point"]})),
+                    query("focus_x", "With gravity=focus_point (required with it, refused without): the point's x, 0 (left) to 1 (right), of the upright source.", json!({"type": "number", "minimum": 0, "maximum": 1})),
+                    query("focus_y", "With gravity=focus_point (required with it, refused without): the point's y, 0 (top) to 1 (bottom), of the upright source.", json!({"type": "number", "minimum": 0, "maximum": 1})),
                     query("format", "Output format; default keeps the input's (a still GIF becomes PNG, an animated GIF stays GIF). gif and webp can be animated; jpeg, png and avif are stills.", json!({"type": "string", "enum": ["jpeg", "png", "webp", "avif", "gif"]})),
                     query("quality", "Encoder quality 1–100 for JPEG, lossy WebP and AVIF (8-bit 4:4:4, rav1e). Default 80.", json!({"type": "integer", "minimum": 1, "maximum": 100, "default": 80})),
                     query("lossless", "WebP output: lossless instead of lossy (quality and effort then do not apply). Allowed with webp or png output only.", json!({"type": "boolean", "default": false})),
@@ -291,8 +293,8 @@ mod tests {
             .filter_map(|p| p["name"].as_str())
             .collect();
         for name in [
-            "width", "height", "fit", "gravity", "format", "quality", "lossless", "effort",
-            "frames", "enlarge",
+            "width", "height", "fit", "gravity", "focus_x", "focus_y", "format", "quality",
+            "lossless", "effort", "frames", "enlarge",
         ] {
             assert!(names.contains(&name), "parameter {name} missing");
         }
@@ -349,6 +351,35 @@ mod tests {
         accepted.sort_unstable();
         listed.sort_unstable();
         assert_eq!(accepted, listed);
+    }
+
+    #[test]
+    fn every_gravity_in_the_enum_is_accepted() {
+        let spec = spec();
+        let gravity = spec["paths"]["/v1/resize"]["post"]["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "gravity")
+            .expect("gravity described");
+        for value in gravity["schema"]["enum"].as_array().expect("an enum") {
+            let value = value.as_str().expect("a name");
+            let focus = if value == "focus_point" {
+                "&focus_x=0.5&focus_y=0.5"
+            } else {
+                ""
+            };
+            let query = format!("width=8&height=8&fit=cover&gravity={value}{focus}");
+            assert!(
+                crate::api::params::parse(Some(&query)).is_ok(),
+                "{value} listed but refused"
+            );
+        }
+        let refused = crate::api::params::parse(Some("gravity=bogus")).unwrap_err();
+        for value in ["smart", "focus_point"] {
+            assert!(refused.contains(value), "{refused}");
+            assert!(gravity.to_string().contains(value));
+        }
     }
 
     #[test]
