@@ -179,18 +179,16 @@ async fn run_one(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     match service {
         Service::Api => {
-            ingest::api::run(
-                c.kafka,
-                c.registry,
-                c.clickhouse,
-                c.api,
-                c.auth,
-                c.signing,
-                // The api asks origins what the resizers fetch from them: one set of rules.
-                c.resizer.fetch_settings(),
-                ctx,
-            )
-            .await?
+            let settings = ingest::api::ApiSettings {
+                sources: c.resizer.fetch_settings(),
+                kafka: c.kafka,
+                registry: c.registry,
+                clickhouse: c.clickhouse,
+                api: c.api,
+                auth: c.auth,
+                signing: c.signing,
+            };
+            ingest::api::run(settings, ctx).await?
         }
         Service::Identity => {
             ingest::identity::run(c.kafka, c.registry, c.identity, c.signing, ctx).await?

@@ -661,11 +661,14 @@ fn generated_exif_segment_says_its_orientation() {
     );
 }
 
+/// One frame of [`gif_on_screen`]: left, top, width, height, palette index.
+type Frame = (u16, u16, u16, u16, u8);
+
 /// A GIF with logical screen `screen` and one-colour frames (left, top, width, height, palette
 /// index 0–3 of red, blue, green, white), written by hand so that frames can lie anywhere
 /// relative to the screen (GIF encoders size the screen from the frames). The LZW stream starts
 /// a new code table every two pixels, so its codes stay 3 bits wide: valid, if not small.
-fn gif_on_screen(screen: (u16, u16), frames: &[(u16, u16, u16, u16, u8)]) -> Vec<u8> {
+fn gif_on_screen(screen: (u16, u16), frames: &[Frame]) -> Vec<u8> {
     let mut out = b"GIF89a".to_vec();
     out.extend_from_slice(&screen.0.to_le_bytes());
     out.extend_from_slice(&screen.1.to_le_bytes());
@@ -732,7 +735,7 @@ fn vips_size(path: &Path) -> (u32, u32) {
 fn gif_screen_size_matches_libvips() {
     require_vips();
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, (u16, u16), &[(u16, u16, u16, u16, u8)]); 5] = [
+    let cases: [(&str, (u16, u16), &[Frame]); 5] = [
         ("frame-inside-screen", (20, 10), &[(4, 2, 8, 6, 0)]),
         ("frame-past-right-bottom", (20, 10), &[(15, 5, 10, 10, 1)]),
         (

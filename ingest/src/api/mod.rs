@@ -74,17 +74,37 @@ pub enum ApiError {
     Sources(#[source] reqwest::Error),
 }
 
+/// What `imgpipe api` runs with: its own section and the shared ones it reads.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Brokers and topics.
+    pub kafka: KafkaConfig,
+    /// The schema registry.
+    pub registry: RegistryConfig,
+    /// Where `GET /v1/usage` reads.
+    pub clickhouse: ClickHouseConfig,
+    /// The `[api]` section.
+    pub api: ApiConfig,
+    /// The identity view's bounds.
+    pub auth: AuthConfig,
+    /// The secret signing keys are derived from.
+    pub signing: crate::signing::SigningConfig,
+    /// How origins are asked whether a source changed: the resizers' own rules
+    /// (`resizer.source_*`), so the api reaches no origin a resizer would not.
+    pub sources: FetchSettings,
+}
+
 /// Runs the api until shutdown: in-flight requests finish (up to their deadline) before it returns.
-pub async fn run(
-    kafka: KafkaConfig,
-    registry: RegistryConfig,
-    clickhouse: ClickHouseConfig,
-    config: ApiConfig,
-    auth: AuthConfig,
-    signing: crate::signing::SigningConfig,
-    sources: FetchSettings,
-    ctx: ServiceContext,
-) -> Result<(), ApiError> {
+pub async fn run(settings: ApiSettings, ctx: ServiceContext) -> Result<(), ApiError> {
+    let ApiSettings {
+        kafka,
+        registry,
+        clickhouse,
+        api: config,
+        auth,
+        signing,
+        sources,
+    } = settings;
     let mut errors = Vec::new();
     config.validate(&mut errors);
     if !errors.is_empty() {
