@@ -94,8 +94,12 @@ pub enum ImageFormat {
     Webp,
     /// GIF, still or animated.
     Gif,
-    /// AVIF (output only: no decoder that builds from the project's packages is well kept).
+    /// AVIF, read and written (decoded by libheif with dav1d, encoded by rav1e).
     Avif,
+    /// HEIC (HEIF with HEVC images, as phones write it): an input only. Browsers cannot show
+    /// it, so it is never an output: the api refuses it as a requested format, and a HEIC input
+    /// with no format named becomes JPEG.
+    Heic,
 }
 
 impl ImageFormat {
@@ -107,6 +111,7 @@ impl ImageFormat {
             Self::Webp => "image/webp",
             Self::Gif => "image/gif",
             Self::Avif => "image/avif",
+            Self::Heic => "image/heic",
         }
     }
 
@@ -134,43 +139,58 @@ impl ImageFormat {
                 b'P',
                 ..,
             ] => Some(Self::Webp),
+            [_, _, _, _, b'f', b't', b'y', b'p', ..] => Self::sniff_heif(bytes),
             _ => None,
         }
     }
 
+    /// AVIF or HEIC from the `ftyp` box of an ISO-BMFF file: its size, `ftyp`, the major brand,
+    /// a minor version, then the compatible brands. The major brand decides when it names one of
+    /// them; else the compatible brands do, AVIF first. `mif1`/`msf1` alone (a HEIF whose codec
+    /// the brands do not name) is read as HEIC: libheif decodes whatever codec its primary image
+    /// has, or the decode fails with `undecodable_image`. Brands of other ISO-BMFF files (MP4's
+    /// `isom`, `mp41`, …) are no image.
+    fn sniff_heif(bytes: &[u8]) -> Option<Self> {
+        const AVIF: [&[u8; 4]; 2] = [b"avif", b"avis"];
+        const HEIC: [&[u8; 4]; 8] = [
+            b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1",
+        ];
+        let size = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        let ftyp = bytes.get(8..).unwrap_or_default();
+        let ftyp = ftyp.get(..size.saturating_sub(8)).unwrap_or(ftyp);
+        let is = |brand: &[u8], wanted: &[&[u8; 4]]| wanted.iter().any(|w| brand == w.as_slice());
+        let major = ftyp.get(..4)?;
+        // The minor version (bytes 4–8) is a number, not a brand.
+        let compatible = || ftyp.get(8..).unwrap_or_default().chunks_exact(4);
+        if is(major, &AVIF) {
+            Some(Self::Avif)
+        } else if is(major, &HEIC[..6]) {
+            Some(Self::Heic)
+        } else if compatible().any(|b| is(b, &AVIF)) {
+            Some(Self::Avif)
+        } else if is(major, &HEIC) || compatible().any(|b| is(b, &HEIC)) {
+            Some(Self::Heic)
+        } else {
+            None
+        }
+    }
+
     /// The name of a well-known image format that imgpipe does *not* read, from its magic bytes
-    /// (`"HEIC"`, `"AVIF"`, `"TIFF"`, `"BMP"`, `"JPEG XL"`), so that a 415 can say what it saw;
-    /// `None` for a format [`sniff`](Self::sniff) accepts and for bytes that are no known image.
+    /// (`"TIFF"`, `"BMP"`, `"JPEG XL"`), so that a 415 can say what it saw; `None` for a format
+    /// [`sniff`](Self::sniff) accepts and for bytes that are no known image.
     pub fn sniff_unsupported(bytes: &[u8]) -> Option<&'static str> {
         match bytes {
             [b'I', b'I', 0x2A, 0x00, ..] | [b'M', b'M', 0x00, 0x2A, ..] => Some("TIFF"),
             // "BM", then a 32-bit file size and two reserved 16-bit zeros.
             [b'B', b'M', _, _, _, _, 0, 0, 0, 0, ..] => Some("BMP"),
             [0xFF, 0x0A, ..] | [0, 0, 0, 0x0C, b'J', b'X', b'L', b' ', ..] => Some("JPEG XL"),
-            // ISO-BMFF: a box size, then `ftyp`, the major brand and the compatible brands.
-            [_, _, _, _, b'f', b't', b'y', b'p', rest @ ..] => {
-                let size = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-                let brands = rest.get(..size.saturating_sub(8)).unwrap_or(rest);
-                // Major brand (4 bytes), minor version (4 bytes), then compatible brands.
-                let has = |wanted: &[&[u8; 4]]| {
-                    brands
-                        .chunks_exact(4)
-                        .enumerate()
-                        .filter(|(i, _)| *i != 1)
-                        .any(|(_, b)| wanted.iter().any(|w| b == *w))
-                };
-                if has(&[b"avif", b"avis"]) {
-                    Some("AVIF")
-                } else if has(&[
-                    b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1",
-                ]) {
-                    Some("HEIC")
-                } else {
-                    None
-                }
-            }
             _ => None,
         }
+    }
+
+    /// Whether imgpipe can write this format. HEIC is read only.
+    pub fn is_output(self) -> bool {
+        self != Self::Heic
     }
 
     /// Lower-case short name, as used in query strings and usage records.
@@ -181,6 +201,7 @@ impl ImageFormat {
             Self::Webp => "webp",
             Self::Gif => "gif",
             Self::Avif => "avif",
+            Self::Heic => "heic",
         }
     }
 }
@@ -777,38 +798,77 @@ mod tests {
         assert_eq!(back, event);
     }
 
+    /// An ISO-BMFF `ftyp` box with `major` and `compatible` brands, then the start of `meta`.
+    fn ftyp(major: &[u8; 4], compatible: &[&[u8; 4]]) -> Vec<u8> {
+        let size = 16 + 4 * compatible.len() as u32;
+        let mut b = size.to_be_bytes().to_vec();
+        b.extend_from_slice(b"ftyp");
+        b.extend_from_slice(major);
+        b.extend_from_slice(&[0, 0, 0, 0]);
+        for brand in compatible {
+            b.extend_from_slice(*brand);
+        }
+        b.extend_from_slice(b"\0\0\0\0meta");
+        b
+    }
+
+    #[test]
+    fn heic_and_avif_are_read_by_their_ftyp_brands() {
+        /// Major brand, compatible brands, what is read.
+        type Case = (
+            &'static [u8; 4],
+            &'static [&'static [u8; 4]],
+            Option<ImageFormat>,
+        );
+        let cases: [Case; 10] = [
+            // An iPhone photo: major heic, compatible mif1 and heic.
+            (b"heic", &[b"mif1", b"heic"], Some(ImageFormat::Heic)),
+            (b"heix", &[b"mif1", b"heix"], Some(ImageFormat::Heic)),
+            (b"mif1", &[b"heic"], Some(ImageFormat::Heic)),
+            // A generic HEIF: libheif decodes whatever codec its primary image has.
+            (b"mif1", &[b"mif1", b"miaf"], Some(ImageFormat::Heic)),
+            // What libavif and heif-enc write.
+            (
+                b"avif",
+                &[b"mif1", b"miaf", b"MA1B"],
+                Some(ImageFormat::Avif),
+            ),
+            (b"mif1", &[b"avif", b"miaf"], Some(ImageFormat::Avif)),
+            (b"avis", &[b"msf1", b"avis"], Some(ImageFormat::Avif)),
+            // The major brand decides over compatible ones.
+            (b"heic", &[b"avif"], Some(ImageFormat::Heic)),
+            // MP4 and QuickTime are no image.
+            (b"isom", &[b"mp41", b"isom"], None),
+            (b"qt  ", &[b"qt  "], None),
+        ];
+        for (major, compatible, expected) in cases {
+            let bytes = ftyp(major, compatible);
+            assert_eq!(
+                ImageFormat::sniff(&bytes),
+                expected,
+                "{}",
+                String::from_utf8_lossy(major)
+            );
+            assert_eq!(ImageFormat::sniff_unsupported(&bytes), None);
+        }
+        // The minor version is no brand, and a brand past the box's size is not its own.
+        let mut minor = ftyp(b"isom", &[b"mp41"]);
+        minor[12..16].copy_from_slice(b"heic");
+        assert_eq!(ImageFormat::sniff(&minor), None);
+        let mut outside = ftyp(b"isom", &[b"mp41"]);
+        outside.extend_from_slice(b"avif");
+        assert_eq!(ImageFormat::sniff(&outside), None);
+        assert_eq!(
+            ImageFormat::sniff(b"\0\0\0\x18ftyp"),
+            None,
+            "cut in the brand"
+        );
+        assert!(!ImageFormat::Heic.is_output());
+        assert!(ImageFormat::Avif.is_output());
+    }
+
     #[test]
     fn unsupported_formats_are_named_by_their_magic_bytes() {
-        let ftyp = |major: &[u8; 4], compatible: &[u8; 4]| {
-            let mut b = 24u32.to_be_bytes().to_vec();
-            b.extend_from_slice(b"ftyp");
-            b.extend_from_slice(major);
-            b.extend_from_slice(&[0, 0, 0, 0]);
-            b.extend_from_slice(compatible);
-            b.extend_from_slice(b"miaf");
-            b.extend_from_slice(b"\0\0\0\0meta");
-            b
-        };
-        assert_eq!(
-            ImageFormat::sniff_unsupported(&ftyp(b"heic", b"heic")),
-            Some("HEIC")
-        );
-        assert_eq!(
-            ImageFormat::sniff_unsupported(&ftyp(b"mif1", b"heic")),
-            Some("HEIC")
-        );
-        assert_eq!(
-            ImageFormat::sniff_unsupported(&ftyp(b"avif", b"mif1")),
-            Some("AVIF")
-        );
-        assert_eq!(
-            ImageFormat::sniff_unsupported(&ftyp(b"mif1", b"avif")),
-            Some("AVIF")
-        );
-        assert_eq!(
-            ImageFormat::sniff_unsupported(&ftyp(b"isom", b"mp41")),
-            None
-        );
         assert_eq!(
             ImageFormat::sniff_unsupported(b"II*\0\x08\0\0\0"),
             Some("TIFF")
@@ -827,11 +887,27 @@ mod tests {
         );
         assert_eq!(ImageFormat::sniff_unsupported(b"GIF89a.."), None);
         assert_eq!(ImageFormat::sniff_unsupported(b"<svg"), None);
-        assert_eq!(
-            ImageFormat::sniff(&ftyp(b"avif", b"mif1")),
-            None,
-            "AVIF is not read"
-        );
+    }
+
+    #[test]
+    fn the_heic_symbol_keeps_both_schemas_backward_compatible() {
+        for (name, schema) in [
+            ("resize_requested", ResizeRequested::SCHEMA),
+            ("resize_result", ResizeResult::SCHEMA),
+        ] {
+            let before = schema.replace(r#""AVIF", "HEIC"]"#, r#""AVIF"]"#);
+            assert_ne!(before, schema, "{name} has the HEIC symbol");
+            let before = Schema::parse_str(&before).expect("previous schema parses");
+            let now = Schema::parse_str(schema).expect("schema parses");
+            apache_avro::schema_compatibility::SchemaCompatibility::can_read(&before, &now)
+                .unwrap_or_else(|e| panic!("{name}: the new schema reads the old one's: {e}"));
+        }
+        // Every format round-trips, HEIC included (never written, but the type is total).
+        for format in [ImageFormat::Avif, ImageFormat::Heic] {
+            let mut request = samples::request();
+            request.params.format = Some(format);
+            round_trip(request);
+        }
     }
 
     #[test]

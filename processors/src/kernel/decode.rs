@@ -1,8 +1,8 @@
 //! Decoding to pixels. JPEG goes through libjpeg-turbo with DCT shrink-on-load (the decoder
 //! produces a 1/2, 1/4 or 1/8 size image for almost the cost of the entropy decoding alone), CMYK
 //! and YCCK JPEGs included: they decode to CMYK, which [`colour`] turns into sRGB straight away.
-//! GIF is drawn on its screen by [`gif_anim`](super::gif_anim); every other format goes
-//! through `image`. The embedded ICC profile of RGB and gray images is
+//! GIF is drawn on its screen by [`gif_anim`](super::gif_anim), HEIC and AVIF are decoded by
+//! libheif in [`heif`](super::heif); every other format goes through `image`. The embedded ICC profile of RGB and gray images is
 //! handed on with the pixels, for conversion once they are small.
 
 use std::io::Cursor;
@@ -15,6 +15,7 @@ use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 use super::KernelError;
 use super::colour;
 use super::gif_anim::GifAnimation;
+use super::heif;
 use super::probe::{self, Header};
 
 /// Progressive scans allowed per JPEG. Real encoders use about ten; a crafted file with thousands
@@ -74,6 +75,11 @@ impl<'a> Source<'a> {
         };
         let (image, orientation, profile) = match header.format {
             ImageFormat::Gif => first_gif_frame(&input, header, max_pixels)?,
+            // Upright already: libheif applies the HEIF transforms (see `heif`).
+            ImageFormat::Avif | ImageFormat::Heic => {
+                let (image, profile) = heif::decode(&input, header.format, max_pixels)?;
+                (image, Orientation::NoTransforms, profile)
+            }
             _ => decode_with_image(&input, header.format, max_pixels)?,
         };
         Ok(Self::Decoded {
@@ -275,7 +281,7 @@ fn decode_with_image(
         ImageFormat::Png => image::ImageFormat::Png,
         ImageFormat::Webp => image::ImageFormat::WebP,
         ImageFormat::Gif => image::ImageFormat::Gif,
-        ImageFormat::Avif => return Err(KernelError::UnsupportedMediaType),
+        ImageFormat::Avif | ImageFormat::Heic => return Err(KernelError::UnsupportedMediaType),
     };
     let undecodable = |e| KernelError::undecodable(format, e);
     let mut reader = ImageReader::with_format(Cursor::new(input), image_format);

@@ -133,6 +133,12 @@ pub fn encode(
         }
         ImageFormat::Webp => webp_lossy(&image, settings),
         ImageFormat::Avif => avif(&image, settings),
+        // Refused with the parameters (`validate`); never reached.
+        ImageFormat::Heic => {
+            return Err(KernelError::BadParameters(
+                "heic is read but not written".into(),
+            ));
+        }
         ImageFormat::Gif => {
             let rgba = image.into_rgba8();
             let (w, h) = rgba.dimensions();

@@ -8,7 +8,7 @@
 //!    crop, a resampled size and a canvas, in the upright (EXIF-oriented) frame, and maps the crop
 //!    onto stored pixels; a smart crop is then placed on the decoded pixels by [`attention`];
 //! 3. [`decode`] decodes, JPEG with DCT shrink-on-load to the smallest size that still leaves the
-//!    resampler a real reduction to do;
+//!    resampler a real reduction to do, HEIC and AVIF through libheif in [`heif`];
 //! 4. [`resample`] filters the crop down to size on SIMD, [`colour`] converts the small result
 //!    from its embedded ICC profile to sRGB, then it is oriented, padded and, when the request
 //!    names a background, flattened onto it;
@@ -30,12 +30,15 @@ mod decode;
 mod encode;
 mod geometry;
 mod gif_anim;
+mod heif;
 mod probe;
 mod resample;
 mod webp_anim;
 
 #[cfg(test)]
 mod format_tests;
+#[cfg(test)]
+mod heif_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -167,12 +170,12 @@ pub enum KernelError {
     /// The encoded input is over `max_input_bytes`.
     #[error("input is {size} bytes, over the limit of {limit}")]
     PayloadTooLarge { size: usize, limit: usize },
-    /// Not JPEG, PNG, WebP or GIF by magic bytes.
-    #[error("input is not a JPEG, PNG, WebP or GIF image")]
+    /// Not JPEG, PNG, WebP, GIF, AVIF or HEIC by magic bytes.
+    #[error("input is not a JPEG, PNG, WebP, GIF, AVIF or HEIC image")]
     UnsupportedMediaType,
     /// A well-known image format this service does not read, named from its magic bytes
-    /// (`"HEIC"`, `"AVIF"`, `"TIFF"`, `"BMP"`, `"JPEG XL"`).
-    #[error("input is a {0} image; only JPEG, PNG, WebP and GIF are read")]
+    /// (`"TIFF"`, `"BMP"`, `"JPEG XL"`).
+    #[error("input is a {0} image; only JPEG, PNG, WebP, GIF, AVIF and HEIC are read")]
     UnsupportedFormat(&'static str),
     /// The animation has more frames than `max_frames` (counted from the header).
     #[error("{format} animation has {frames} frames, over the limit of {limit}")]
@@ -315,7 +318,7 @@ impl KernelError {
 ///
 /// Output format: `params.format`; else, with `params.auto_format` (what the client's `Accept`
 /// allows), AVIF for a still whose encode the cost model puts within its budget, else WebP;
-/// else the input's (a still GIF becomes PNG). JPEG, PNG, WebP (lossy, or lossless with
+/// else the input's (a still GIF becomes PNG, HEIC becomes JPEG). JPEG, PNG, WebP (lossy, or lossless with
 /// `params.lossless`), AVIF and GIF can be written.
 ///
 /// Gravity `FocusPoint` centres a crop on `params.focus_point`; `Smart` centres it on the most
@@ -426,7 +429,7 @@ pub fn resize(
 /// The output format: the request's; else, with `auto_format`, AVIF when accepted, the output
 /// is a still (`animated`: an animation is being kept), not lossless, and the cost model puts the
 /// encode of `pixels` within the AVIF budget, else WebP when accepted; else the input's (a still
-/// GIF becomes PNG).
+/// GIF becomes PNG; HEIC, which imgpipe does not write and browsers cannot show, becomes JPEG).
 fn output_format(
     request: &Request,
     input: ImageFormat,
@@ -451,6 +454,7 @@ fn output_format(
     match input {
         ImageFormat::Gif if animated => ImageFormat::Gif,
         ImageFormat::Gif => ImageFormat::Png,
+        ImageFormat::Heic => ImageFormat::Jpeg,
         other => other,
     }
 }
@@ -715,6 +719,12 @@ fn validate(params: &ResizeParams, limits: &Limits) -> Result<Request, KernelErr
         }
         _ => None,
     };
+    if let Some(format) = params.format.filter(|f| !f.is_output()) {
+        problems.push(format!(
+            "{} is read but not written; ask for jpeg, png, webp, gif or avif",
+            format.name()
+        ));
+    }
     if !problems.is_empty() {
         return Err(KernelError::BadParameters(problems.join("; ")));
     }

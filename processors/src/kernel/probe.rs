@@ -1,5 +1,6 @@
 //! Format sniffing and header-only inspection. Everything here reads a few hundred bytes at most
-//! and allocates nothing proportional to the image, so the pixel limit is enforced before any
+//! (HEIC and AVIF: the container's boxes, parsed by libheif in [`heif`](super::heif)) and
+//! allocates nothing proportional to the image, so the pixel limit is enforced before any
 //! decoder sizes a buffer from attacker-controlled dimensions.
 
 use std::io::Cursor;
@@ -9,7 +10,7 @@ use image::codecs::webp::WebPDecoder;
 use image::metadata::Orientation;
 use schemas::events::ImageFormat;
 
-use super::KernelError;
+use super::{KernelError, heif};
 
 /// What the header says about an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +35,9 @@ pub fn sniff(input: &[u8]) -> Option<ImageFormat> {
 }
 
 /// Sniffs the format and reads the stored dimensions, frame count and loop count from the
-/// headers alone. A well-known format this service does not read (HEIC, AVIF, TIFF, BMP, JPEG XL)
-/// is [`KernelError::UnsupportedFormat`], anything else unknown
+/// headers alone (HEIC and AVIF: the primary image's, as displayed, libheif applying its
+/// transforms while decoding). A well-known format this service does not read (TIFF, BMP, JPEG
+/// XL) is [`KernelError::UnsupportedFormat`], anything else unknown
 /// [`KernelError::UnsupportedMediaType`].
 pub fn probe(input: &[u8]) -> Result<Header, KernelError> {
     let format = sniff(input).ok_or_else(|| match ImageFormat::sniff_unsupported(input) {
@@ -47,7 +49,7 @@ pub fn probe(input: &[u8]) -> Result<Header, KernelError> {
         ImageFormat::Png => png_size(input),
         ImageFormat::Gif => gif_size(input),
         ImageFormat::Webp => webp_size(input),
-        ImageFormat::Avif => None,
+        ImageFormat::Avif | ImageFormat::Heic => Some(heif::size(input, format)?),
     }
     .ok_or_else(|| {
         if format == ImageFormat::Jpeg && jpeg_header_cut(input) {

@@ -1427,7 +1427,7 @@ fn every_error_has_a_listed_code_and_a_client_status() {
         KernelError::BadParameters("x".into()),
         KernelError::PayloadTooLarge { size: 2, limit: 1 },
         KernelError::UnsupportedMediaType,
-        KernelError::UnsupportedFormat("HEIC"),
+        KernelError::UnsupportedFormat("TIFF"),
         KernelError::TooManyFrames {
             format: "GIF",
             frames: 2,
