@@ -168,6 +168,11 @@ pub(crate) fn format(value: &str) -> Result<ImageFormat, String> {
         "webp" => Ok(ImageFormat::Webp),
         "gif" => Ok(ImageFormat::Gif),
         "avif" => Ok(ImageFormat::Avif),
+        "heic" | "heif" => Err(format!(
+            "`format={value}` is not an output: imgpipe reads HEIC but does not write it \
+             (browsers cannot show it); ask for jpeg, png, webp, gif or avif, or name none \
+             (HEIC input then becomes jpeg)"
+        )),
         _ => Err(format!(
             "`format` must be jpeg, png, webp, gif or avif, got `{value}`"
         )),

@@ -185,9 +185,11 @@ async fn read_request(
     let Some(input_format) = ImageFormat::sniff(&image) else {
         let message = match ImageFormat::sniff_unsupported(&image) {
             Some(seen) => {
-                format!("The body is a {seen} image; only JPEG, PNG, WebP and GIF are read.")
+                format!(
+                    "The body is a {seen} image; only JPEG, PNG, WebP, GIF, AVIF and HEIC are read."
+                )
             }
-            None => "The body is not a JPEG, PNG, WebP or GIF image.".to_owned(),
+            None => "The body is not a JPEG, PNG, WebP, GIF, AVIF or HEIC image.".to_owned(),
         };
         let problem = Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -403,13 +403,51 @@ async fn bad_input_is_refused_before_producing_and_recorded_as_usage() {
 }
 
 #[tokio::test]
+async fn heic_and_avif_bodies_are_produced_for_the_resizers() {
+    let h = harness(Answer::Image, vec![0]);
+    let ftyp = |major: &[u8; 4], compatible: &[u8; 4]| {
+        let mut b = 24u32.to_be_bytes().to_vec();
+        b.extend_from_slice(b"ftyp");
+        b.extend_from_slice(major);
+        b.extend_from_slice(b"\0\0\0\0mif1");
+        b.extend_from_slice(compatible);
+        b.extend_from_slice(b"\0\0\0\0meta");
+        b
+    };
+    for body in [ftyp(b"heic", b"heic"), ftyp(b"avif", b"miaf")] {
+        let (status, _, _) = call(
+            &h,
+            resize_request("width=100&format=webp", Some("good"), body.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let published = h.publisher.published.lock().unwrap();
+        assert_eq!(published.last().unwrap().image, body);
+    }
+    // HEIC is read, never written.
+    for query in ["width=100&format=heic", "width=100&format=heif"] {
+        let (status, json, _) =
+            problem_of(&h, resize_request(query, Some("good"), JPEG.to_vec())).await;
+        assert_eq!(
+            (status, json["code"].as_str().unwrap()),
+            (StatusCode::BAD_REQUEST, "bad_parameters")
+        );
+        let message = json["message"].as_str().unwrap();
+        assert!(
+            message.contains("reads HEIC but does not write it"),
+            "{json}"
+        );
+    }
+    assert_eq!(h.publisher.published.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
 async fn a_well_known_unsupported_format_is_a_415_that_names_it() {
     let h = harness(Answer::Image, vec![0]);
-    let mut heic = 24u32.to_be_bytes().to_vec();
-    heic.extend_from_slice(b"ftypheic\0\0\0\0mif1heic\0\0\0\0meta");
     let bmp = b"BM\x3a\0\0\0\0\0\0\0\x36\0\0\0".to_vec();
     let tiff = b"II*\0\x08\0\0\0".to_vec();
-    for (body, name) in [(heic, "HEIC"), (bmp, "BMP"), (tiff, "TIFF")] {
+    let jxl = b"\xff\x0a\xfa\x7f".to_vec();
+    for (body, name) in [(bmp, "BMP"), (tiff, "TIFF"), (jxl, "JPEG XL")] {
         let (status, json, _) =
             problem_of(&h, resize_request("width=10", Some("good"), body)).await;
         assert_eq!(

@@ -51,7 +51,7 @@ const NOT_SUPPORTED: &[&[&str]] = &[
     &["max_result_dimension", "mrd"],
 ];
 
-/// Formats imgproxy names that imgpipe does not write.
+/// Formats imgproxy names that imgpipe does not write (HEIC, which it reads, has its own message).
 const OTHER_FORMATS: &[&str] = &["jxl", "ico", "svg", "heic", "bmp", "tiff", "pdf", "mp4"];
 
 /// imgproxy's resizing types (`resizing_type`, `rt`, first argument of `resize`).
@@ -478,7 +478,15 @@ fn quality(name: &str, value: &str) -> Result<Option<i32>, UrlError> {
 
 fn format(name: &str, value: &str) -> Result<ImageFormat, UrlError> {
     params::format(value).map_err(|message| {
-        if OTHER_FORMATS.contains(&value) {
+        if matches!(value, "heic" | "heif") {
+            UrlError::unsupported_option(
+                name,
+                format!(
+                    "imgpipe reads HEIC but does not write `{value}` (browsers cannot show it); \
+                     formats are jpg (jpeg), png, webp, gif and avif"
+                ),
+            )
+        } else if OTHER_FORMATS.contains(&value) {
             UrlError::unsupported_option(
                 name,
                 format!(

@@ -549,6 +549,16 @@ fn formats_from_the_option_and_the_extension() {
             Some(format)
         );
     }
+    let e = err(&format!("/f:heic/{SRC}"));
+    assert_eq!(
+        (e.code, e.option.as_deref()),
+        ("unsupported_option", Some("f"))
+    );
+    assert!(
+        e.message.contains("reads HEIC but does not write"),
+        "{}",
+        e.message
+    );
     for other in ["bmp", "tiff", "heic", "jxl", "svg", "ico"] {
         let e = err(&format!("/f:{other}/{SRC}"));
         assert_eq!(
