@@ -17,6 +17,7 @@ mod gallery_browser;
 mod http_face;
 mod identity;
 mod monitoring;
+mod phone_formats;
 mod ops;
 mod resize_pipeline;
 mod resizer_failover;
