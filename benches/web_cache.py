@@ -149,13 +149,19 @@ def gallery_bytes(args, url_of, photos):
     progress(f"2. gallery bytes, {len(urls)} images ({source}): Chrome's Accept against JPEG only")
     negotiated, jpeg_only = Phase("Accept: Chrome's"), Phase("Accept: image/jpeg")
     types = {}
+    # The bytes of the images whose format was negotiated (the URL named none), both ways.
+    varied = [0, 0]
     for url in urls:
-        status, headers, _ = get(url, {"Accept": CHROME_ACCEPT}, negotiated)
+        status, headers, body = get(url, {"Accept": CHROME_ACCEPT}, negotiated)
         expect(status, 200, url)
         kind = headers.get("content-type")
         types[kind] = types.get(kind, 0) + 1
-        expect(get(url, {"Accept": "image/jpeg"}, jpeg_only)[0], 200, url)
-    return negotiated, jpeg_only, types
+        status, _, jpeg = get(url, {"Accept": "image/jpeg"}, jpeg_only)
+        expect(status, 200, url)
+        if headers.get("vary") == "Accept":
+            varied[0] += len(jpeg)
+            varied[1] += len(body)
+    return negotiated, jpeg_only, types, varied
 
 
 def smart_crop(args, url_of, photos):
@@ -195,7 +201,7 @@ def main():
         sys.exit(f"web_cache.py: no photos in {args.photos}")
 
     full, not_modified = revalidation(args, url_of, photos)
-    negotiated, jpeg_only, types = gallery_bytes(args, url_of, photos)
+    negotiated, jpeg_only, types, varied = gallery_bytes(args, url_of, photos)
     centre, smart = smart_crop(args, url_of, photos)
 
     print(f"\nweb delivery, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
@@ -207,6 +213,7 @@ def main():
         ("p99 ms (full resize → 304)", full.quantile(0.99), not_modified.quantile(0.99)),
         ("machine CPU ms/request (full resize → 304)", full.cpu_ms_per_request(), not_modified.cpu_ms_per_request()),
         ("gallery KB (JPEG only → Chrome's Accept)", jpeg_only.bytes / 1024, negotiated.bytes / 1024),
+        ("negotiated images' KB (JPEG only → Chrome's Accept)", varied[0] / 1024, varied[1] / 1024),
         ("resize stage p50 ms (g:ce → g:sm)", statistics.median(centre.resize_ms), statistics.median(smart.resize_ms)),
         ("end-to-end p50 ms (g:ce → g:sm)", centre.quantile(0.5), smart.quantile(0.5)),
         ("machine CPU ms/request (g:ce → g:sm)", centre.cpu_ms_per_request(), smart.cpu_ms_per_request()),
