@@ -198,11 +198,11 @@ const VARIANTS: [Variant; 5] = [
     },
     Variant {
         id: "fill-focal-point",
-        caption: "fill 240×240, focal point at 20 %, 30 % (g:fp)",
+        caption: "fill 240×240, focal point at 70 %, 55 % (g:fp)",
         resizing: Resizing::Fill,
         width: 240,
         height: 240,
-        extra: "/g:fp:0.2:0.3",
+        extra: "/g:fp:0.7:0.55",
         format: ExpectedFormat::Negotiated,
     },
     Variant {

@@ -39,7 +39,7 @@ pub struct WebConfig {
     #[schemars(with = "chassis::config::HumanDuration")]
     pub max_age: Duration,
     /// `max-age` of a 4xx answer (a bad signature, a missing source), kept short so a fixed
-    /// URL or origin is seen soon; 5xx answers are `no-store`.
+    /// URL or origin is seen soon; 429, 408 and 5xx answers are `no-store`.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "chassis::config::HumanDuration")]
     pub error_max_age: Duration,
@@ -96,9 +96,16 @@ impl WebConfig {
         })
     }
 
-    /// `Cache-Control` of an error answer with `status`: short for a 4xx, none for a 5xx.
+    /// `Cache-Control` of an error answer with `status`: short for a 4xx that says something
+    /// about the URL or its source (a bad option, a missing source), none for an answer about
+    /// this moment (429 rate limited, 408 too slow, every 5xx): a CDN that kept one would refuse
+    /// every visitor of the URL for what one burst or one outage did.
     pub fn error_cache_control(&self, status: StatusCode) -> HeaderValue {
-        if status.is_client_error() {
+        let momentary = matches!(
+            status,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
+        );
+        if status.is_client_error() && !momentary {
             max_age_value(self.error_max_age.as_secs())
         } else {
             HeaderValue::from_static("no-store")
@@ -393,5 +400,8 @@ mod tests {
             config.error_cache_control(StatusCode::SERVICE_UNAVAILABLE),
             "no-store"
         );
+        for momentary in [StatusCode::TOO_MANY_REQUESTS, StatusCode::REQUEST_TIMEOUT] {
+            assert_eq!(config.error_cache_control(momentary), "no-store");
+        }
     }
 }
