@@ -113,8 +113,9 @@ pub mod api {
         "Usage records the api produced.",
     );
     /// `{outcome}`: signed GETs revalidated with their origin for a client's `If-None-Match`:
-    /// `not_modified` (answered 304 with no resize), `changed` (resized again), or the fetch
-    /// error's code (the origin did not say; resized again).
+    /// `not_modified` (answered 304 with no resize), `modified` (a newer source: resized again),
+    /// `other_status` (the origin answered neither; resized again, which reports it), or the
+    /// fetch error's code (the origin could not be asked; resized again).
     pub const REVALIDATIONS_TOTAL: Metric = metric(
         "imgpipe_api_revalidations_total",
         "Conditional requests to origins for clients' If-None-Match, by what the origin said.",

@@ -36,6 +36,8 @@ const KEY_ID_BYTES: usize = 8;
 const KEY_LABEL: &[u8] = b"imgpipe signing key\0";
 /// Domain label of the derived salt.
 const SALT_LABEL: &[u8] = b"imgpipe signing salt\0";
+/// Label of the key that makes the `ETag`s of a signing key's answers unforgeable.
+const ETAG_LABEL: &[u8] = b"imgpipe etag\0";
 
 /// Settings of signed GET URLs (the `[signing]` section), read by the identity service (which
 /// hands out keys) and by every api (which checks signatures).
@@ -138,6 +140,12 @@ impl SigningSecret {
             key: self.hmac(KEY_LABEL, key_id),
             salt: self.hmac(SALT_LABEL, key_id),
         }
+    }
+
+    /// The key the api's `ETag`s of signing key `key_id`'s answers are made with (see
+    /// `api::web_cache`): only a holder of the secret can make a tag the api revalidates.
+    pub fn etag_key(&self, key_id: &str) -> [u8; KEY_BYTES] {
+        self.hmac(ETAG_LABEL, key_id)
     }
 
     fn hmac(&self, label: &[u8], key_id: &str) -> [u8; KEY_BYTES] {

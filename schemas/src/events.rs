@@ -206,6 +206,13 @@ impl ImageFormat {
     }
 }
 
+/// The kernel's output revision: bump it with every change that alters the bytes the kernel makes
+/// of some input (a decoder, a resampler, an encoder or its settings, a crop rule, a dependency
+/// update of one of them), so that the api's `ETag`s of earlier answers stop revalidating. No
+/// test pins the bytes: the SIMD paths libjpeg-turbo, libwebp, rav1e and the resampler pick at run
+/// time may round differently on another CPU, and a digest of them would fail there.
+pub const KERNEL_OUTPUT_REVISION: u32 = 1;
+
 /// What the client asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ResizeParams {

@@ -53,8 +53,11 @@ pub struct Fetched {
 pub enum Revalidation {
     /// 304: the source is as it was when the validator was given.
     NotModified,
-    /// Anything else (a new body, an error): the caller fetches it afresh the usual way.
-    Changed,
+    /// 2xx: a newer source (its body is not read); the caller fetches it afresh the usual way.
+    Modified,
+    /// Any other status (a 404, a 5xx, ...): nothing confirmed; the caller fetches the usual way,
+    /// which reports the origin's error.
+    Other(u16),
 }
 
 /// Fetches sources; cheap to share (one connection pool).
@@ -143,10 +146,13 @@ impl Fetcher {
         let answered = tokio::time::timeout_at(deadline, self.send(url, Some((condition, value))))
             .await
             .unwrap_or(Err(FetchError::Timeout(Timeout::Deadline)))?;
-        Ok(if answered.response.status() == StatusCode::NOT_MODIFIED {
+        let status = answered.response.status();
+        Ok(if status == StatusCode::NOT_MODIFIED {
             Revalidation::NotModified
+        } else if status.is_success() {
+            Revalidation::Modified
         } else {
-            Revalidation::Changed
+            Revalidation::Other(status.as_u16())
         })
     }
 

@@ -233,11 +233,11 @@ async fn a_fetch_keeps_the_origins_validator_and_revalidates_with_it() {
     // Another validator: the origin sends the image, which is not read.
     assert_eq!(
         revalidate("/tagged", "\"t0\"").await.unwrap(),
-        Revalidation::Changed
+        Revalidation::Modified
     );
     assert_eq!(
         revalidate("/status/404", "\"t1\"").await.unwrap(),
-        Revalidation::Changed
+        Revalidation::Other(404)
     );
     // The guard applies as for a fetch.
     let guarded = Fetcher::new(&settings(&[])).unwrap();

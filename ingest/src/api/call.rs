@@ -84,7 +84,7 @@ impl Call {
         let (received, trace) = (self.received, &self.trace);
         let handled = async {
             let read = match read.await? {
-                Next::Produce(read) => read,
+                Next::Produce(read) => *read,
                 Next::Answered(response, outcome) => return Ok::<_, Problem>((response, outcome)),
             };
             let published = publish_request(state, read, request_id, received, trace).await?;
@@ -129,8 +129,8 @@ impl Received {
 
 /// What a route's checks lead to.
 pub(super) enum Next {
-    /// A request to produce and await.
-    Produce(ReadRequest),
+    /// A request to produce and await (boxed: it is large, the other variant small).
+    Produce(Box<ReadRequest>),
     /// Answered without a resize (a signed GET's 304), with the outcome its usage record and
     /// metrics carry (the record is written already).
     Answered(Response, &'static str),
@@ -138,7 +138,7 @@ pub(super) enum Next {
 
 impl From<ReadRequest> for Next {
     fn from(read: ReadRequest) -> Self {
-        Self::Produce(read)
+        Self::Produce(Box::new(read))
     }
 }
 

@@ -140,6 +140,8 @@ pub async fn run(settings: ApiSettings, ctx: ServiceContext) -> Result<(), ApiEr
         metrics,
         config: Arc::new(config),
         sources: Fetcher::new(&sources).map_err(ApiError::Sources)?,
+        // Checked with the rest of the configuration at start-up; a bad secret refuses every GET.
+        signing: signing.secret().ok().flatten().map(Arc::new),
     };
     let listen = state.config.listen;
     let router = app(state, &ctx.http);

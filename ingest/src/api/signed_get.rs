@@ -33,6 +33,10 @@ pub const PREFIX: &str = "/v1/img/";
 /// Route template label for metrics.
 const ROUTE: &str = "/v1/img";
 
+/// Longest wait for an origin's answer to a revalidation (a quarter of the request's timeout
+/// when that is shorter).
+const REVALIDATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The handler of `GET /v1/img/...`.
 pub(super) async fn image(State(state): State<AppState>, request: Request) -> Response {
     let call = Call::start(&request);
@@ -44,7 +48,7 @@ pub(super) async fn image(State(state): State<AppState>, request: Request) -> Re
         let read = read_signed(&state, head.uri.path(), headers, &request_id, received).await?;
         Ok(match not_modified(&state, &read, headers, received).await {
             Some(response) => Next::Answered(response, outcomes::NOT_MODIFIED),
-            None => Next::Produce(read),
+            None => Next::from(read),
         })
     };
     let mut response = call.serve(&state, ROUTE, read).await;
@@ -72,7 +76,10 @@ async fn not_modified(
         return None;
     };
     let validator = web.revalidates(headers.get(header::IF_NONE_MATCH)?)?;
-    let deadline = tokio::time::Instant::from_std(received.at + state.config.request_timeout);
+    // A quarter of the request's time, at most REVALIDATE_TIMEOUT: an origin slow to answer
+    // leaves the rest for the resize the client then needs.
+    let budget = (state.config.request_timeout / 4).min(REVALIDATE_TIMEOUT);
+    let deadline = tokio::time::Instant::from_std(received.at + budget);
     let revalidated = state
         .sources
         .revalidate(url.as_str(), &validator, deadline)
@@ -82,7 +89,8 @@ async fn not_modified(
         .revalidations
         .with_label_values(&[match &revalidated {
             Ok(Revalidation::NotModified) => "not_modified",
-            Ok(Revalidation::Changed) => "changed",
+            Ok(Revalidation::Modified) => "modified",
+            Ok(Revalidation::Other(_)) => "other_status",
             Err(error) => error.code(),
         }])
         .inc();
@@ -181,21 +189,25 @@ async fn read_signed(
     }
     let mut params = img.params;
     params.auto_format = state.config.web.negotiate(&params, headers);
-    let web = Representation::new(
-        img.source_url.as_str(),
-        &params,
-        img.cachebuster.as_deref(),
-        state.config.web.max_age,
-        img.expires_at_s,
-        received.at_ms / 1000,
-    );
+    // Tags are keyed per signing key: a tenant's tags never revalidate another's answers.
+    let web = state.signing.as_ref().map(|secret| {
+        Representation::new(
+            secret.etag_key(key_id),
+            img.source_url.as_str(),
+            &params,
+            img.cachebuster.as_deref(),
+            state.config.web.max_age,
+            img.expires_at_s,
+            received.at_ms / 1000,
+        )
+    });
     Ok(ReadRequest {
         usage,
         params,
         input: Input::Source {
             url: img.source_url,
         },
-        web: Some(web),
+        web,
     })
 }
 

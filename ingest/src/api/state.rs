@@ -32,6 +32,9 @@ pub struct AppState {
     /// Asks origins whether a source changed (a client revalidating a signed GET's answer),
     /// guarded as the resizers' fetches are.
     pub sources: chassis::source::Fetcher,
+    /// The signing secret (`None` when signing is not configured: no signed GET then passes),
+    /// from which each signing key's `ETag` key is derived.
+    pub signing: Option<Arc<crate::signing::SigningSecret>>,
 }
 
 impl AppState {

@@ -156,6 +156,7 @@ fn harness(answer: Answer, owned: Vec<i32>) -> Harness {
             max_redirects: 0,
         })
         .unwrap(),
+        signing: None,
     };
     Harness {
         app: app(state, &chassis::http::HttpConfig::default()),

@@ -5,24 +5,34 @@
 //!
 //! The `ETag` carries the origin's validator in the clear next to a keyed digest of it:
 //! `"<digest>.<validator, base64url>"`. So a browser's `If-None-Match` alone tells the api which
-//! validator to ask the origin about, with no state kept anywhere, and the digest (over the
-//! representation's [`Representation::seed`] and that validator) proves the tag was made for
-//! this very URL, options and `Accept` class, so a tag copied from another image never
-//! revalidates this one.
+//! validator to ask the origin about, with no state kept anywhere. The digest is an HMAC, keyed
+//! from the signing secret and the URL's signing key, over the canonical request (release and
+//! kernel revision, source URL, cachebuster, every option, the `Accept` class) and that
+//! validator: it proves the api made the tag for this very URL, so a tag copied from another
+//! image never revalidates this one, and nobody without the secret can make one up with a
+//! validator of their choosing (say a far-future date that an origin would answer 304).
 
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
 use schemas::events::{AutoFormat, ResizeParams};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
 
-/// What changes the bytes of an answer besides the source and the options: the release that
-/// made it (a new kernel may encode differently, so its tags must differ).
-const RENDERER: &str = concat!("imgpipe/", env!("CARGO_PKG_VERSION"));
+/// What changes the bytes of an answer besides the source and the options: the kernel's output
+/// revision (bumped with every change to what it makes; a kernel test holds it to the bytes) and
+/// the release.
+fn renderer() -> String {
+    format!(
+        "imgpipe/{} kernel/{}",
+        env!("CARGO_PKG_VERSION"),
+        schemas::events::KERNEL_OUTPUT_REVISION
+    )
+}
 
 /// Bytes of the digest in a tag (128 bits: a collision needs 2^64 tries).
 const DIGEST_BYTES: usize = 16;
@@ -120,11 +130,12 @@ fn accepts(accept: &str, mime: &str) -> bool {
     accept.split(',').any(|entry| {
         let mut parts = entry.split(';').map(str::trim);
         let named = parts.next().is_some_and(|m| m.eq_ignore_ascii_case(mime));
+        // `q` as RFC 9110 writes it, spaces around `=` tolerated; an unreadable one does not count.
         let quality = parts
-            .filter_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
-            .find_map(|q| q.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
-        named && quality > 0.0
+            .filter_map(|p| p.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1.0), |(_, q)| q.trim().parse::<f32>().ok());
+        named && quality.is_some_and(|q| q > 0.0)
     })
 }
 
@@ -135,17 +146,30 @@ fn max_age_value(seconds: u64) -> HeaderValue {
 
 /// One cacheable answer of a signed GET before its source is known: the canonical request
 /// (source, options, negotiated `Accept` class) and how long it may be kept.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Representation {
+    /// HMAC key of the tags: the signing key's `etag_key`.
+    key: [u8; 32],
     seed: [u8; 32],
     vary_accept: bool,
     max_age_s: u64,
 }
 
+impl std::fmt::Debug for Representation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Representation")
+            .field("vary_accept", &self.vary_accept)
+            .field("max_age_s", &self.max_age_s)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Representation {
     /// The representation of `params` applied to `source_url` (with `cachebuster`), kept for
-    /// `max_age` but never past `expires_at_s` (unix seconds) from `now_s`.
+    /// `max_age` but never past `expires_at_s` (unix seconds) from `now_s`; its tags are made
+    /// with `key` (the URL's signing key's `etag_key`).
     pub fn new(
+        key: [u8; 32],
         source_url: &str,
         params: &ResizeParams,
         cachebuster: Option<&str>,
@@ -154,11 +178,12 @@ impl Representation {
         now_s: i64,
     ) -> Self {
         let mut seed = Sha256::new();
+        let renderer = renderer();
         for part in [
-            RENDERER.as_bytes(),
+            renderer.as_bytes(),
             source_url.as_bytes(),
             cachebuster.unwrap_or_default().as_bytes(),
-            // Field order is the struct's, so the text is stable for one release (and RENDERER
+            // Field order is the struct's, so the text is stable for one release (and the renderer
             // changes with the release).
             serde_json::to_string(params).unwrap_or_default().as_bytes(),
         ] {
@@ -169,6 +194,7 @@ impl Representation {
             .filter(|&at| at > 0)
             .map_or(u64::MAX, |at| u64::try_from(at - now_s).unwrap_or(0));
         Self {
+            key,
             seed: seed.finalize().into(),
             vary_accept: params.format.is_none() && params.auto_format.is_some(),
             max_age_s: max_age.as_secs().min(until_expiry),
@@ -216,10 +242,13 @@ impl Representation {
     }
 
     fn digest(&self, validator: &str) -> [u8; DIGEST_BYTES] {
-        let mut digest = Sha256::new();
-        digest.update(self.seed);
-        digest.update(validator.as_bytes());
-        let full: [u8; 32] = digest.finalize().into();
+        // HMAC takes keys of any length, so this cannot fail.
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
+            unreachable!("HMAC takes keys of any length")
+        };
+        mac.update(&self.seed);
+        mac.update(validator.as_bytes());
+        let full: [u8; 32] = mac.finalize().into_bytes().into();
         let mut short = [0; DIGEST_BYTES];
         short.copy_from_slice(&full[..DIGEST_BYTES]);
         short
@@ -232,8 +261,11 @@ mod tests {
 
     use super::*;
 
+    const KEY: [u8; 32] = [7; 32];
+
     fn representation(params: &ResizeParams) -> Representation {
         Representation::new(
+            KEY,
             "https://images.example.com/a.jpg",
             params,
             None,
@@ -261,6 +293,7 @@ mod tests {
         // Other options, another source, another Accept class: not ours.
         assert_eq!(representation(&width(301)).revalidates(&tag), None);
         let other_source = Representation::new(
+            KEY,
             "https://images.example.com/b.jpg",
             &width(300),
             None,
@@ -288,6 +321,18 @@ mod tests {
             None
         );
         assert_eq!(mine.revalidates(&HeaderValue::from_static("*")), None);
+        // The same request under another signing key (another tenant, or a forger without the
+        // secret): not ours.
+        let other_key = Representation::new(
+            [8; 32],
+            "https://images.example.com/a.jpg",
+            &width(300),
+            None,
+            Duration::from_secs(86_400),
+            None,
+            1_700_000_000,
+        );
+        assert_eq!(other_key.revalidates(&tag), None);
     }
 
     #[test]
@@ -380,6 +425,7 @@ mod tests {
     #[test]
     fn max_age_never_outlives_the_urls_expiry_and_errors_are_short_or_not_stored() {
         let soon = Representation::new(
+            KEY,
             "https://images.example.com/a.jpg",
             &width(1),
             None,

@@ -2,7 +2,7 @@
 //! produces a 1/2, 1/4 or 1/8 size image for almost the cost of the entropy decoding alone), CMYK
 //! and YCCK JPEGs included: they decode to CMYK, which [`colour`] turns into sRGB straight away.
 //! GIF is drawn on its screen by [`gif_anim`](super::gif_anim), HEIC and AVIF are decoded by
-//! libheif in [`heif`](super::heif); every other format goes through `image`. The embedded ICC profile of RGB and gray images is
+//! libheif in [`heif`]; every other format goes through `image`. The embedded ICC profile of RGB and gray images is
 //! handed on with the pixels, for conversion once they are small.
 
 use std::io::Cursor;

@@ -61,11 +61,18 @@ pub fn decode(
 ) -> Result<(DynamicImage, Option<Vec<u8>>), KernelError> {
     with_primary(input, format, |handle| {
         // What the codec allocates for: the coded size, which a `clap` may crop much further.
-        let coded = (handle.ispe_width(), handle.ispe_height());
-        let coded = (
-            u32::try_from(coded.0).unwrap_or(0),
-            u32::try_from(coded.1).unwrap_or(0),
-        );
+        // The `ispe` box is mandatory; without it (libheif says -1) there is no size to check
+        // before decoding, so the file is refused rather than decoded unchecked.
+        let (Ok(width), Ok(height)) = (
+            u32::try_from(handle.ispe_width()),
+            u32::try_from(handle.ispe_height()),
+        ) else {
+            return Err(KernelError::Undecodable {
+                format: format.name(),
+                source: "the image has no ispe (image spatial extents) property".into(),
+            });
+        };
+        let coded = (width, height);
         if u64::from(coded.0) * u64::from(coded.1) > max_pixels {
             return Err(KernelError::TooManyPixels {
                 format: format.name(),

@@ -1,5 +1,5 @@
 //! Format sniffing and header-only inspection. Everything here reads a few hundred bytes at most
-//! (HEIC and AVIF: the container's boxes, parsed by libheif in [`heif`](super::heif)) and
+//! (HEIC and AVIF: the container's boxes, parsed by libheif in [`heif`]) and
 //! allocates nothing proportional to the image, so the pixel limit is enforced before any
 //! decoder sizes a buffer from attacker-controlled dimensions.
 
