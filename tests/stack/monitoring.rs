@@ -430,7 +430,7 @@ fn usage_record(tenant: &str, i: usize) -> UsageRecorded {
         tenant_id: tenant.into(),
         key_id: "k".into(),
         event_time_ms: i64::try_from(
-            std::time::SystemTime::now()
+            SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_millis(),
