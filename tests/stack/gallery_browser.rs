@@ -24,16 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
-use imgpipe::Config;
 use imgpipe::gallery::{GalleryArgs, Picture};
-use imgpipe::host::Service;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::signed_get::Pipeline;
 use crate::support;
-
-/// A development signing secret (base64 of 40 bytes); tests only.
-const SIGNING_SECRET: &str = "dGVzdC1zaWduaW5nLXNlY3JldC1vZi10aGUtc3RhY2stdGVzdHMtMDAwMA==";
 
 /// `max-age` of the api's image answers in this test (a day by default).
 const MAX_AGE: Duration = Duration::from_secs(2);
@@ -744,22 +740,17 @@ fn write_photos(dir: &Path) {
 
 #[tokio::test]
 async fn the_gallery_loads_in_chromium_at_its_sizes_and_formats_and_a_reload_resizes_nothing() {
-    let mut config: Config = support::provisioned("gallery_browser").await;
-    let api = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let identity = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    config.api.listen = api;
-    config.identity.listen = identity;
-    config.identity.admin_token = support::ADMIN_TOKEN.into();
-    config.signing.secret = SIGNING_SECRET.into();
-    config.resizer.source_allow_private = vec!["127.0.0.0/8".parse().unwrap()];
-    // The 1x pictures are AVIF (within the default budget by the cost model), and a test
-    // build's AVIF encoder takes seconds per picture on a busy machine; this test is about what
-    // the browser gets, not how fast.
-    config.api.request_timeout = Duration::from_secs(45);
-    // Short enough that the test sees the cached answers go stale and revalidate.
-    config.api.web.max_age = MAX_AGE;
-    config.api.web.error_max_age = Duration::from_secs(1);
-    let hosted = support::host(config, &Service::ALL).await;
+    let pipeline = Pipeline::start_with("gallery_browser", |config| {
+        // The 1x pictures are AVIF (within the default budget by the cost model), and a test
+        // build's AVIF encoder takes seconds per picture on a busy machine; this test is about
+        // what the browser gets, not how fast.
+        config.api.request_timeout = Duration::from_secs(45);
+        // Short enough that the test sees the cached answers go stale and revalidate.
+        config.api.web.max_age = MAX_AGE;
+        config.api.web.error_max_age = Duration::from_secs(1);
+    })
+    .await;
+    let hosted = &pipeline.hosted;
 
     let work = tempfile::tempdir().unwrap();
     let photos = work.path().join("photos");
@@ -769,42 +760,20 @@ async fn the_gallery_loads_in_chromium_at_its_sizes_and_formats_and_a_reload_res
     let origin = Origin::start(photos.clone(), page.clone()).await;
 
     // A tenant that may fetch from the origin's photos, and a signing key of it, as the demo
-    // makes them.
-    let http = reqwest::Client::new();
+    // makes them; the key as the admin API answered it, in the file `imgpipe gallery` reads.
     let source_base = format!("http://{}/photos/", origin.addr);
-    let admin = |path: String| {
-        http.post(format!("http://{identity}{path}"))
-            .bearer_auth(support::ADMIN_TOKEN)
-    };
-    let tenant: Value = admin("/admin/v1/tenants".into())
-        .json(
-            &json!({"name": "gallery", "rate_limit_per_second": 1000, "burst": 1000,
-                      "allowed_sources": [source_base]}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let tenant_id = tenant["id"].as_str().unwrap();
-    let answer = admin(format!("/admin/v1/tenants/{tenant_id}/signing-keys"))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, key) = pipeline.tenant_with_signing_key(&source_base).await;
+    let answer = json!({
+        "key_id": key.key_id,
+        "key": hex::encode(&key.key),
+        "salt": hex::encode(&key.salt),
+    });
     let signing_key = work.path().join("signing_key.json");
-    std::fs::write(&signing_key, &answer).unwrap();
+    std::fs::write(&signing_key, answer.to_string()).unwrap();
 
     // The page, by `imgpipe gallery`'s own code.
     let pictures: Vec<Picture> = imgpipe::gallery::write(&GalleryArgs {
-        api_url: format!("http://{api}"),
+        api_url: format!("http://{}", pipeline.api),
         signing_key,
         source_base,
         photos,
@@ -813,25 +782,7 @@ async fn the_gallery_loads_in_chromium_at_its_sizes_and_formats_and_a_reload_res
     })
     .unwrap();
     assert_eq!(pictures.len(), 10);
-
-    // The api learns the new key within milliseconds: a URL with an option no version
-    // implements is a 400 once the key is known (403 before), and fetches nothing.
-    let key = imgpipe::gallery::SigningKey::from_admin_answer(&answer).unwrap();
-    let probe_path = "/imgpipe_never:1/plain/http://127.0.0.1:9/never.jpg";
-    let probe = format!(
-        "http://{api}/v1/img/{}/{}{probe_path}",
-        key.key_id,
-        ingest::api::imgproxy::sign(&key.key, &key.salt, probe_path)
-    );
-    support::eventually(
-        Duration::from_secs(20),
-        "the signing key to reach the api",
-        || async {
-            let status = http.get(&probe).send().await.ok()?.status();
-            (status == reqwest::StatusCode::BAD_REQUEST).then_some(())
-        },
-    )
-    .await;
+    pipeline.wait_for_signing_key(&key).await;
 
     let chromium = Chromium::launch().await;
     let mut devtools = chromium.page().await;
@@ -848,12 +799,12 @@ async fn the_gallery_loads_in_chromium_at_its_sizes_and_formats_and_a_reload_res
     assert!(failures.is_empty(), "at 1x:\n{}", failures.join("\n"));
 
     // A reload: each picture revalidated (304) or from the browser's cache, and no resize.
-    let how = check_reload(&mut devtools, &hosted, &origin, false).await;
+    let how = check_reload(&mut devtools, hosted, &origin, false).await;
     println!("reload: {how:?}");
     // Once the answers' max-age has passed, a reload revalidates every picture: a 304 each,
     // still without a resize or a full fetch from the origin.
     tokio::time::sleep(MAX_AGE + Duration::from_millis(500)).await;
-    let how = check_reload(&mut devtools, &hosted, &origin, true).await;
+    let how = check_reload(&mut devtools, hosted, &origin, true).await;
     println!(
         "reload after max-age: {how:?}; the origin answered {} conditional requests with 304",
         origin.not_modified.load(Ordering::SeqCst)
@@ -866,5 +817,5 @@ async fn the_gallery_loads_in_chromium_at_its_sizes_and_formats_and_a_reload_res
 
     drop(devtools);
     drop(chromium);
-    hosted.stop().await;
+    pipeline.hosted.stop().await;
 }

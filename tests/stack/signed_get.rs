@@ -67,6 +67,11 @@ pub(crate) struct Pipeline {
 
 impl Pipeline {
     pub(crate) async fn start(test: &str) -> Self {
+        Self::start_with(test, |_| {}).await
+    }
+
+    /// [`Self::start`], with `adjust` applied to the configuration before the services start.
+    pub(crate) async fn start_with(test: &str, adjust: impl FnOnce(&mut Config)) -> Self {
         let mut config = support::provisioned(test).await;
         let api = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
         let identity = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
@@ -76,6 +81,7 @@ impl Pipeline {
         config.signing.secret = SIGNING_SECRET.into();
         config.resizer.source_allow_private = vec!["127.0.0.0/8".parse().unwrap()];
         config.aggregator.batch_max_age = Duration::from_millis(200);
+        adjust(&mut config);
         let hosted = support::host(config.clone(), &Service::ALL).await;
         Self {
             config,
